@@ -1,0 +1,32 @@
+# Two commands matter: `make demo` (the main job) and `make test` (the test suite). Both install first.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+CIFAR10_SOURCE ?=
+SHARDS ?= shards
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+# torch first and pinned: 2.13.0 is the CPU build on this machine's disk; GPU users override
+# TORCH_SPEC. Everything else comes from pyproject.toml.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/prep-cifar10 --out $(SHARDS) --overwrite $(if $(CIFAR10_SOURCE),--source $(CIFAR10_SOURCE))
+	$(VENV)/bin/rmm-shards info $(SHARDS)
+	$(VENV)/bin/rmm-bench aug --quick --out bench-out/demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info bench-out

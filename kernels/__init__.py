@@ -1,0 +1,31 @@
+"""CTAugment operations as fused Numba kernels: one source compiled for CPU and CUDA.
+
+Public entry points: :func:`apply_ops` (the K strong views: each view its own chain of ops and
+levels) and :func:`weak_augment` (flip, reflect-pad, crop). The ops themselves are declared once in
+:mod:`remixmatch.kernels.ops` (names, bins) and :mod:`remixmatch.kernels.scalar` (level mappings and
+pixel math).
+"""
+
+from .api import AugmentInputError, apply_ops, weak_augment
+from .ops import MAX_DEPTH, NUM_OPS, OP_ID, OP_NAMES, OPS, RESCALE_FILTERS, OpSpec
+
+__all__ = [
+    "AugmentInputError", "apply_ops", "weak_augment", "compile_all",
+    "MAX_DEPTH", "NUM_OPS", "OP_ID", "OP_NAMES", "OPS", "RESCALE_FILTERS", "OpSpec",
+]
+
+
+def compile_all() -> float:
+    """Compiles the CPU kernels now (a first call would otherwise pay it); returns the seconds spent."""
+    import time
+
+    import numpy as np
+
+    start = time.perf_counter()
+    images = np.zeros((1, 8, 8, 3), np.uint8)
+    op_ids = np.zeros((1, 1), np.int32)
+    levels = np.zeros((1, 1, 2), np.float32)
+    rand = np.zeros((1, 2, 2), np.float32)
+    apply_ops(images, op_ids, levels, rand)
+    weak_augment(images, np.zeros(1, np.int32), np.zeros((1, 2), np.int32), pad=2)
+    return time.perf_counter() - start

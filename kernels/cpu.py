@@ -1,0 +1,104 @@
+"""The CPU backend: one ``njit(parallel=True)`` pass over views, each view's ops chained in two
+private buffers, the pixel math inlined from :mod:`scalar`."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from . import jit_cache
+from .compile import cpu_functions
+from .scalar import CUTOUT, LUT_SIZE, PARAMS_F, PARAMS_I
+
+jit_cache.install()
+_f = cpu_functions()
+prepare_op = _f.prepare_op
+op_value = _f.op_value
+needs_histogram = _f.needs_histogram
+histogram_slot = _f.histogram_slot
+finish_statistics = _f.finish_statistics
+weak_source = _f.weak_source
+
+
+@numba.njit(inline="always")
+def _load_view(image, buf, height, width, weak, flip, off_y, off_x, pad):
+    if not weak:
+        buf[:] = image
+        return
+    for y in range(height):
+        for x in range(width):
+            s = weak_source(y, x, height, width, flip, off_y, off_x, pad) * 3
+            d = (y * width + x) * 3
+            buf[d] = image[s]
+            buf[d + 1] = image[s + 1]
+            buf[d + 2] = image[s + 2]
+
+
+@numba.njit(inline="always")
+def _apply_view(image, op_ids, levels, rand, cutout_level, height, width, weak, flip, off_y, off_x,
+                pad, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
+    # One view end to end; kept out of the parallel loop so that Numba's parfor passes do not
+    # analyse the whole inlined op dispatch (that alone costs tens of seconds of compile time).
+    size = height * width * 3
+    pixels = height * width
+    depth = op_ids.shape[0]
+    a = np.empty(size, np.uint8)
+    b = np.empty(size, np.uint8)
+    params_i = np.zeros(PARAMS_I, np.int32)
+    params_f = np.zeros(PARAMS_F, np.float64)
+    coords = np.zeros(height + width, np.int32)
+    hist = np.zeros(LUT_SIZE, np.int32)
+    lut = np.zeros(LUT_SIZE, np.int32)
+    _load_view(image, a, height, width, weak, flip, off_y, off_x, pad)
+    steps = depth + (1 if cutout_level >= 0.0 else 0)
+    for step in range(steps):
+        if step < depth:
+            op = op_ids[step]
+            v0 = float(levels[step, 0])
+            v1 = float(levels[step, 1])
+        else:
+            op = CUTOUT
+            v0 = cutout_level
+            v1 = 0.0
+        u0 = float(rand[step, 0])
+        u1 = float(rand[step, 1])
+        prepare_op(op, v0, v1, u0, u1, height, width, params_i, params_f, coords, rotations)
+        if needs_histogram(op):
+            hist[:] = 0
+            for p in range(pixels):
+                for c in range(3):
+                    slot = histogram_slot(op, a, p, c)
+                    if slot >= 0:
+                        hist[slot] += 1
+            for c in range(3):
+                finish_statistics(op, hist, lut, params_i, c, pixels)
+        for y in range(height):
+            for x in range(width):
+                for c in range(3):
+                    b[(y * width + x) * 3 + c] = op_value(
+                        op, a, y, x, c, height, width, params_i, params_f, coords, lut,
+                        bounds_y, coef_y, bounds_x, coef_x)
+        a, b = b, a
+    out[:] = a
+
+
+@numba.njit(parallel=True, cache=True)
+def apply_ops_cpu(images, sources, flips, offsets, pad, op_ids, levels, rand, cutout_level,
+                  height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
+    """images (B, H*W*3) -> out (N, H*W*3); every argument already validated by the API."""
+    weak = flips.shape[0] > 0
+    for n in prange(out.shape[0]):
+        flip = flips[n] if weak else 0
+        off_y = offsets[n, 0] if weak else 0
+        off_x = offsets[n, 1] if weak else 0
+        _apply_view(images[sources[n]], op_ids[n], levels[n], rand[n], cutout_level, height, width,
+                    weak, flip, off_y, off_x, pad, out[n], rotations, bounds_y, coef_y, bounds_x,
+                    coef_x)
+
+
+@numba.njit(parallel=True, cache=True)
+def weak_augment_cpu(images, sources, flips, offsets, pad, height, width, out):
+    for n in prange(out.shape[0]):
+        _load_view(images[sources[n]], out[n], height, width, True, flips[n], offsets[n, 0],
+                   offsets[n, 1], pad)

@@ -1,0 +1,149 @@
+"""The CUDA backend: one launch for the whole batch, one thread block per view.
+
+A block stages its view in shared memory (flip/pad/crop applied on the way in when asked), chains the
+view's ops between two shared buffers, with histograms built by shared-memory atomics and the lookup
+tables finished by one thread per channel, and writes the result once. The pixel math is the same
+:mod:`scalar` source as the CPU backend, compiled as inlined device functions.
+
+Dynamic shared memory holds, in order: coords (H + W int32), hist (768 int32), lut (768 int32), then
+the two image buffers (H * W * 3 bytes each).
+"""
+
+from __future__ import annotations
+
+from numba import cuda, float64, int32, uint8
+
+from .compile import cuda_functions
+from .scalar import CUTOUT, LUT_SIZE, PARAMS_F, PARAMS_I
+
+_f = cuda_functions()
+prepare_op = _f.prepare_op
+op_value = _f.op_value
+needs_histogram = _f.needs_histogram
+histogram_slot = _f.histogram_slot
+finish_statistics = _f.finish_statistics
+weak_source = _f.weak_source
+
+THREADS_PER_BLOCK = 256
+
+
+def shared_bytes(height: int, width: int) -> int:
+    """Dynamic shared memory one block needs for a height x width view."""
+    return 4 * (height + width + 2 * LUT_SIZE) + 2 * height * width * 3
+
+
+@cuda.jit(device=True, inline="always")
+def _load_view(images, source, buf, height, width, weak, flip, off_y, off_x, pad, tid, nthreads):
+    for p in range(tid, height * width, nthreads):
+        s = p
+        if weak:
+            y = p // width
+            s = weak_source(y, p - y * width, height, width, flip, off_y, off_x, pad)
+        buf[p * 3] = images[source, s * 3]
+        buf[p * 3 + 1] = images[source, s * 3 + 1]
+        buf[p * 3 + 2] = images[source, s * 3 + 2]
+
+
+@cuda.jit
+def apply_ops_kernel(images, sources, flips, offsets, pad, op_ids, levels, rand, cutout_level,
+                     height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
+    """images (B, H*W*3) -> out (N, H*W*3); grid = N blocks."""
+    n = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    nthreads = cuda.blockDim.x
+    size = height * width * 3
+    pixels = height * width
+
+    words = cuda.shared.array(0, int32)
+    bytes_ = cuda.shared.array(0, uint8)
+    coords = words[: height + width]
+    hist = words[height + width: height + width + LUT_SIZE]
+    lut = words[height + width + LUT_SIZE: height + width + 2 * LUT_SIZE]
+    image_base = 4 * (height + width + 2 * LUT_SIZE)
+    a = bytes_[image_base: image_base + size]
+    b = bytes_[image_base + size: image_base + 2 * size]
+    params_i = cuda.shared.array(PARAMS_I, int32)
+    params_f = cuda.shared.array(PARAMS_F, float64)
+
+    weak = flips.shape[0] > 0
+    flip = 0
+    off_y = 0
+    off_x = 0
+    if weak:
+        flip = flips[n]
+        off_y = offsets[n, 0]
+        off_x = offsets[n, 1]
+    _load_view(images, sources[n], a, height, width, weak, flip, off_y, off_x, pad, tid, nthreads)
+
+    depth = op_ids.shape[1]
+    steps = depth
+    if cutout_level >= 0.0:
+        steps = depth + 1
+    for step in range(steps):
+        if step < depth:
+            op = op_ids[n, step]
+            v0 = float(levels[n, step, 0])
+            v1 = float(levels[n, step, 1])
+        else:
+            op = CUTOUT
+            v0 = cutout_level
+            v1 = 0.0
+        if tid == 0:
+            prepare_op(op, v0, v1, float(rand[n, step, 0]), float(rand[n, step, 1]), height, width,
+                       params_i, params_f, coords, rotations)
+        if needs_histogram(op):
+            for i in range(tid, LUT_SIZE, nthreads):
+                hist[i] = 0
+            cuda.syncthreads()
+            for i in range(tid, size, nthreads):
+                p = i // 3
+                slot = histogram_slot(op, a, p, i - p * 3)
+                if slot >= 0:
+                    cuda.atomic.add(hist, slot, 1)
+            cuda.syncthreads()
+            if tid < 3:
+                finish_statistics(op, hist, lut, params_i, tid, pixels)
+        cuda.syncthreads()
+        for i in range(tid, size, nthreads):
+            p = i // 3
+            y = p // width
+            b[i] = op_value(op, a, y, p - y * width, i - p * 3, height, width, params_i, params_f,
+                            coords, lut, bounds_y, coef_y, bounds_x, coef_x)
+        cuda.syncthreads()
+        a, b = b, a
+
+    for i in range(tid, size, nthreads):
+        out[n, i] = a[i]
+
+
+@cuda.jit
+def weak_augment_kernel(images, sources, flips, offsets, pad, height, width, out):
+    """One thread per output pixel; grid covers N * H * W."""
+    i = cuda.grid(1)
+    pixels = height * width
+    if i >= out.shape[0] * pixels:
+        return
+    n = i // pixels
+    p = i - n * pixels
+    y = p // width
+    s = weak_source(y, p - y * width, height, width, flips[n], offsets[n, 0], offsets[n, 1], pad)
+    source = sources[n]
+    out[n, p * 3] = images[source, s * 3]
+    out[n, p * 3 + 1] = images[source, s * 3 + 1]
+    out[n, p * 3 + 2] = images[source, s * 3 + 2]
+
+
+def kernel_signatures():
+    """The argument types of both kernels for C-contiguous inputs, for compiling PTX ahead of time."""
+    from numba import float32, types
+
+    u8_2d = types.Array(uint8, 2, "C")
+    i32_1d = types.Array(int32, 1, "C")
+    i32_2d = types.Array(int32, 2, "C")
+    i32_4d = types.Array(int32, 4, "C")
+    f32_3d = types.Array(float32, 3, "C")
+    apply_sig = (u8_2d, i32_1d, i32_1d, i32_2d, int32, i32_2d, f32_3d, f32_3d, float64, int32,
+                 int32, u8_2d, i32_2d, i32_4d, i32_4d, i32_4d, i32_4d)
+    weak_sig = (u8_2d, i32_1d, i32_1d, i32_2d, int32, int32, int32, u8_2d)
+    return {"apply_ops_kernel": (apply_ops_kernel, apply_sig), "weak_augment_kernel": (weak_augment_kernel, weak_sig)}
+

@@ -1,0 +1,519 @@
+"""The CTAugment pixel math as plain Python scalar functions: one source for every backend.
+
+Nothing here imports numba. :mod:`remixmatch.kernels.compile` rebinds these functions for a target
+(Numba CPU, Numba CUDA, the CUDA simulator) by cloning each function with a globals dict in which
+every helper name below resolves to that target's compiled wrapper. The PIL reference and the policy
+call the level mappings directly as Python.
+
+Bit-exactness with PIL (Pillow 13) is the contract, so the arithmetic follows Pillow's C code step by
+step: float32 where Pillow computes in float (blend, filters), float64 where it computes in double
+(affine set-up, autocontrast), integers where it uses fixed point (L conversion, resampling). Products
+and sums go through ``f32_mul``/``f32_add``/``f64_mul``/``f64_add`` because the CUDA compiler would
+otherwise fuse ``a * b + c`` into one FMA with a different rounding; the CUDA target binds them to
+round-to-nearest intrinsics that are never contracted. Every integer read from an image is widened
+with ``np.int32`` first because the CUDA simulator runs on NumPy scalars, where uint8 arithmetic
+wraps.
+
+Images are flat HWC uint8 arrays of one view: element (y, x, c) is at ``(y * W + x) * 3 + c``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .ops import OP_ID
+
+AUTOCONTRAST = OP_ID["autocontrast"]
+BLUR = OP_ID["blur"]
+BRIGHTNESS = OP_ID["brightness"]
+COLOR = OP_ID["color"]
+CONTRAST = OP_ID["contrast"]
+CUTOUT = OP_ID["cutout"]
+EQUALIZE = OP_ID["equalize"]
+INVERT = OP_ID["invert"]
+IDENTITY = OP_ID["identity"]
+POSTERIZE = OP_ID["posterize"]
+RESCALE = OP_ID["rescale"]
+ROTATE = OP_ID["rotate"]
+SHARPNESS = OP_ID["sharpness"]
+SHEAR_X = OP_ID["shear_x"]
+SHEAR_Y = OP_ID["shear_y"]
+SMOOTH = OP_ID["smooth"]
+SOLARIZE = OP_ID["solarize"]
+TRANSLATE_X = OP_ID["translate_x"]
+TRANSLATE_Y = OP_ID["translate_y"]
+
+# Geometric ops store how their source coordinates are computed in params_i[0]; Pillow picks the
+# path from the affine matrix: a scaling/translation matrix walks double-precision accumulators
+# (ImagingScaleAffine), anything else uses 16.16 fixed point (affine_fixed).
+AFFINE_SCALE = 0
+AFFINE_FIXED = 1
+
+# PIL's SMOOTH weights after Pillow divides each by the divisor in float32 (1/13 and 5/13), stored
+# as the exact float32 values so np.float32(...) of them is exact on every target.
+SMOOTH_SIDE = float(np.float32(1.0) / np.float32(13.0))
+SMOOTH_CENTRE = float(np.float32(5.0) / np.float32(13.0))
+
+# Pillow's resampling keeps coefficients in fixed point with this many fractional bits.
+RESAMPLE_BITS = 22
+RESAMPLE_HALF = 1 << (RESAMPLE_BITS - 1)
+
+# Per-view scratch sizes the kernels allocate: params_i (int32), params_f (float64), lut (int32).
+PARAMS_I = 8
+PARAMS_F = 4
+LUT_SIZE = 3 * 256
+
+
+# ---------------------------------------------------------------------------------------------
+# Arithmetic primitives (rebound per target; see the module docstring).
+
+
+def f32_mul(a, b):
+    return a * b
+
+
+def f32_add(a, b):
+    return a + b
+
+
+def f64_mul(a, b):
+    return a * b
+
+
+def f64_add(a, b):
+    return a + b
+
+
+def floor_int(x):
+    i = int(x)
+    if x < i:
+        i -= 1
+    return i
+
+
+def round_half_even(x):
+    # Python's round() and np.round on a float: ties go to the even neighbour.
+    r = floor_int(x)
+    d = x - r
+    if d > 0.5 or (d == 0.5 and r % 2 != 0):
+        r += 1
+    return r
+
+
+def clamp_u8_float(t):
+    # Pillow's float -> UINT8 store: clip to [0, 255], then truncate.
+    if t <= np.float32(0.0):
+        return 0
+    if t >= np.float32(255.0):
+        return 255
+    return int(t)
+
+
+def px(img, i):
+    return np.int32(img[i])
+
+
+# ---------------------------------------------------------------------------------------------
+# Level -> parameter mappings (the reference code's, with its three documented defects fixed).
+
+
+def enhance_factor(v):
+    # Brightness, color, contrast and sharpness all enhance with f = 0.1 + 1.9 v; Pillow's blend takes
+    # the factor as a C float, hence the float32.
+    return np.float32(f64_add(0.1, f64_mul(1.9, v)))
+
+
+def blend_alpha(v):
+    return np.float32(v)
+
+
+def cutout_side(v, height, width):
+    # Fixed defect: the square is exactly this many pixels wide (the reference drew 2 * (side // 2)).
+    return 1 + int(f64_mul(f64_mul(v, float(min(height, width))), 0.499))
+
+
+def cutout_start(u, size, side):
+    centre = int(f64_mul(u, float(size)))
+    return centre - side // 2
+
+
+def posterize_bits(v):
+    return 1 + int(f64_mul(v, 7.999))
+
+
+def posterize_mask(bits):
+    return 255 & ~((1 << (8 - bits)) - 1)
+
+
+def solarize_threshold(v):
+    return int(f64_mul(v, 255.999))
+
+
+def rotate_degrees(v):
+    return round_half_even(f64_mul(f64_add(f64_mul(2.0, v), -1.0), 45.0))
+
+
+def shear_amount(v):
+    return f64_mul(f64_add(f64_mul(2.0, v), -1.0), 0.3)
+
+
+def translate_offset(v, size):
+    # Fixed defect: a fraction of the image size (the reference passed the fraction as pixels).
+    return f64_mul(shear_amount(v), float(size))
+
+
+def rescale_low(v, size):
+    # Fixed defect: the margin is v * 0.25 of the size (the reference used v * 0.25 pixels).
+    # Pillow rounds a float crop box with Python's round().
+    return round_half_even(f64_mul(f64_mul(v, 0.25), float(size)))
+
+
+def rescale_high(v, size):
+    return round_half_even(f64_mul(float(size), f64_add(1.0, -f64_mul(v, 0.25))))
+
+
+def rescale_filter(v):
+    return int(f64_mul(v, 5.99))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixel math.
+
+
+def blend_u8(a, b, alpha):
+    # ImagingBlend: float(a) + alpha * float(b - a), clipped, truncated.
+    return clamp_u8_float(f32_add(np.float32(a), f32_mul(alpha, np.float32(b - a))))
+
+
+def grey_l24(r, g, b):
+    # Pillow's RGB -> L: ITU-R 601-2 luma in 16.16 fixed point, rounded.
+    return (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
+
+
+def grey_at(img, p):
+    return grey_l24(px(img, p * 3), px(img, p * 3 + 1), px(img, p * 3 + 2))
+
+
+def smooth_at(img, y, x, c, height, width):
+    # ImagingFilter3x3 with SMOOTH: the outer ring is copied, images under 3x3 are copied whole,
+    # and the float32 sum runs row y+1, row y, row y-1 in Pillow's order.
+    i = (y * width + x) * 3 + c
+    if y == 0 or x == 0 or y == height - 1 or x == width - 1:
+        return px(img, i)
+    side = np.float32(SMOOTH_SIDE)
+    centre = np.float32(SMOOTH_CENTRE)
+    row = width * 3
+    ss = np.float32(0.5)
+    for dy in range(1, -2, -1):
+        j = i + dy * row
+        mid = side
+        if dy == 0:
+            mid = centre
+        t = f32_add(f32_mul(np.float32(px(img, j - 3)), side), f32_mul(np.float32(px(img, j)), mid))
+        t = f32_add(t, f32_mul(np.float32(px(img, j + 3)), side))
+        ss = f32_add(ss, t)
+    return clamp_u8_float(ss)
+
+
+def blur_at(img, y, x, c, height, width):
+    # ImagingFilter5x5 with BLUR (the 16 ring pixels, weight 1/16 each): every product and partial
+    # sum is a multiple of 1/16 below 2^8, so Pillow's float32 sum 0.5 + S/16 is exact and its
+    # truncation equals (S + 8) >> 4 in integers. The 2-pixel border is copied.
+    i = (y * width + x) * 3 + c
+    if y < 2 or x < 2 or y >= height - 2 or x >= width - 2:
+        return px(img, i)
+    row = width * 3
+    s = 0
+    for d in range(-2, 3):
+        s += px(img, i - 2 * row + 3 * d) + px(img, i + 2 * row + 3 * d)
+    for d in range(-1, 2):
+        s += px(img, i + d * row - 6) + px(img, i + d * row + 6)
+    return (s + 8) >> 4
+
+
+def fix16(v):
+    # Pillow's FIX(): 16.16 fixed point, FLOOR(v * 65536 + 0.5).
+    return floor_int(f64_add(f64_mul(v, 65536.0), 0.5))
+
+
+def scale_coord(start, step, n):
+    # ImagingScaleAffine walks a double accumulator pixel by pixel; replaying the same additions
+    # gives the same roundings. COORD() maps negatives to -1 (outside) and truncates the rest.
+    acc = start
+    for _ in range(n):
+        acc = f64_add(acc, step)
+    if acc < 0.0:
+        return -1
+    return int(acc)
+
+
+def set_affine_fixed(params_i, a0, a1, a2, a3, a4, a5):
+    # affine_fixed's set-up of the matrix (a0..a5 map output (x, y) to input coordinates).
+    params_i[0] = AFFINE_FIXED
+    params_i[1] = fix16(a0)
+    params_i[2] = fix16(a1)
+    params_i[3] = fix16(f64_add(f64_add(a2, f64_mul(a0, 0.5)), f64_mul(a1, 0.5)))
+    params_i[4] = fix16(a3)
+    params_i[5] = fix16(a4)
+    params_i[6] = fix16(f64_add(f64_add(a5, f64_mul(a3, 0.5)), f64_mul(a4, 0.5)))
+
+
+def set_affine_scale(params_i, coords, a0, a2, a4, a5, height, width):
+    # ImagingScaleAffine: x and y source coordinates tabulated once per view (x in coords[:W],
+    # y in coords[W:W+H]).
+    params_i[0] = AFFINE_SCALE
+    x0 = f64_add(a2, f64_mul(a0, 0.5))
+    y0 = f64_add(a5, f64_mul(a4, 0.5))
+    for x in range(width):
+        coords[x] = scale_coord(x0, a0, x)
+    for y in range(height):
+        coords[width + y] = scale_coord(y0, a4, y)
+
+
+def affine_at(img, y, x, c, height, width, params_i, coords):
+    if params_i[0] == AFFINE_FIXED:
+        xx = np.int64(params_i[3]) + np.int64(y) * params_i[2] + np.int64(x) * params_i[1]
+        yy = np.int64(params_i[6]) + np.int64(y) * params_i[5] + np.int64(x) * params_i[4]
+        xin = xx >> 16
+        yin = yy >> 16
+    else:
+        xin = np.int64(coords[x])
+        yin = np.int64(coords[width + y])
+    if xin < 0 or yin < 0 or xin >= width or yin >= height:
+        return 0
+    return px(img, (yin * width + xin) * 3 + c)
+
+
+def clip8_fixed(s):
+    # Pillow's clip8 for resampling sums: drop the fraction bits (floor), saturate to [0, 255].
+    v = s >> RESAMPLE_BITS
+    if v < 0:
+        return 0
+    if v > 255:
+        return 255
+    return v
+
+
+def rescale_at(img, y, x, c, width, params_i, bounds_y, coef_y, bounds_x, coef_x):
+    # Pillow crops, then resizes back in two separable fixed-point passes (horizontal first, each
+    # pass rounded to uint8). Each output pixel recomputes the horizontal results of the rows its
+    # vertical taps read, so no intermediate image is kept and the roundings stay Pillow's.
+    filt = params_i[0]
+    top = params_i[1]
+    crop_h = params_i[2] - top
+    left = params_i[3]
+    crop_w = params_i[4] - left
+    ymin = bounds_y[filt, crop_h, y, 0]
+    ny = bounds_y[filt, crop_h, y, 1]
+    xmin = bounds_x[filt, crop_w, x, 0]
+    nx = bounds_x[filt, crop_w, x, 1]
+    acc_v = np.int64(RESAMPLE_HALF)
+    for ty in range(ny):
+        base = ((top + ymin + ty) * width + left + xmin) * 3 + c
+        acc_h = np.int64(RESAMPLE_HALF)
+        for tx in range(nx):
+            acc_h += np.int64(px(img, base + 3 * tx)) * coef_x[filt, crop_w, x, tx]
+        acc_v += np.int64(clip8_fixed(acc_h)) * coef_y[filt, crop_h, y, ty]
+    return clip8_fixed(acc_v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-image statistics: histograms and the lookup tables built from them.
+
+
+def needs_histogram(op):
+    return op == AUTOCONTRAST or op == EQUALIZE or op == CONTRAST
+
+
+def histogram_slot(op, img, p, c):
+    # Which histogram bin element (pixel p, channel c) counts in, or -1: contrast histograms the
+    # grey level once per pixel, autocontrast and equalize each channel.
+    if op == CONTRAST:
+        if c != 0:
+            return -1
+        return grey_at(img, p)
+    return c * 256 + px(img, p * 3 + c)
+
+
+def autocontrast_lut(hist, lut, c):
+    # ImageOps.autocontrast (cutoff 0): stretch [lo, hi] to [0, 255] with double arithmetic.
+    base = c * 256
+    lo = 0
+    while lo < 256 and hist[base + lo] == 0:
+        lo += 1
+    hi = 255
+    while hi >= 0 and hist[base + hi] == 0:
+        hi -= 1
+    if hi <= lo:
+        for i in range(256):
+            lut[base + i] = i
+        return
+    scale = 255.0 / float(hi - lo)
+    offset = -float(lo) * scale
+    for i in range(256):
+        v = int(f64_add(f64_mul(float(i), scale), offset))
+        if v < 0:
+            v = 0
+        elif v > 255:
+            v = 255
+        lut[base + i] = v
+
+
+def equalize_lut(hist, lut, c):
+    # ImageOps.equalize (Pillow >= 12): step = (pixels - count of the last used level) // 255.
+    base = c * 256
+    used = 0
+    total = 0
+    last = 0
+    for i in range(256):
+        h = hist[base + i]
+        if h != 0:
+            used += 1
+            total += h
+            last = h
+    step = 0
+    if used > 1:
+        step = (total - last) // 255
+    if step == 0:
+        for i in range(256):
+            lut[base + i] = i
+        return
+    n = step // 2
+    for i in range(256):
+        v = n // step
+        # Point() stores the table as uint8 with saturation.
+        if v > 255:
+            v = 255
+        lut[base + i] = v
+        n += hist[base + i]
+
+
+def contrast_mean(hist, params_i, pixels):
+    # ImageEnhance.Contrast: int(mean grey + 0.5); in integers, since S / n is never within
+    # rounding distance of a half-integer boundary: floor((2S + n) / 2n).
+    s = np.int64(0)
+    for i in range(256):
+        s += np.int64(hist[i]) * i
+    params_i[0] = (2 * s + pixels) // (2 * pixels)
+
+
+def finish_statistics(op, hist, lut, params_i, c, pixels):
+    # Turns the histogram into what the pixel pass reads; called once per channel c.
+    if op == AUTOCONTRAST:
+        autocontrast_lut(hist, lut, c)
+    elif op == EQUALIZE:
+        equalize_lut(hist, lut, c)
+    elif op == CONTRAST and c == 0:
+        contrast_mean(hist, params_i, pixels)
+
+
+# ---------------------------------------------------------------------------------------------
+# One op: per-view set-up, then one value per output element.
+
+
+def prepare_op(op, v0, v1, u0, u1, height, width, params_i, params_f, coords, rotations):
+    """Turns an op's levels (and random numbers) into the parameters its pixel pass reads."""
+    if op == AUTOCONTRAST or op == BLUR or op == EQUALIZE or op == INVERT or op == SMOOTH:
+        params_f[0] = blend_alpha(v0)
+    elif op == BRIGHTNESS or op == COLOR or op == CONTRAST or op == SHARPNESS:
+        params_f[0] = enhance_factor(v0)
+    elif op == CUTOUT:
+        side = cutout_side(v0, height, width)
+        y0 = cutout_start(u0, height, side)
+        x0 = cutout_start(u1, width, side)
+        params_i[0] = max(y0, 0)
+        params_i[1] = min(y0 + side, height)
+        params_i[2] = max(x0, 0)
+        params_i[3] = min(x0 + side, width)
+    elif op == POSTERIZE:
+        params_i[0] = posterize_mask(posterize_bits(v0))
+    elif op == SOLARIZE:
+        params_i[0] = solarize_threshold(v0)
+    elif op == RESCALE:
+        params_i[0] = rescale_filter(v1)
+        params_i[1] = rescale_low(v0, height)
+        params_i[2] = rescale_high(v0, height)
+        params_i[3] = rescale_low(v0, width)
+        params_i[4] = rescale_high(v0, width)
+    elif op == ROTATE:
+        row = rotate_degrees(v0) + 45
+        if rotations[row, 0] == 0:
+            # Pillow returns a copy for 0 degrees; the identity scale walk reproduces it.
+            set_affine_scale(params_i, coords, 1.0, 0.0, 1.0, 0.0, height, width)
+        else:
+            params_i[0] = AFFINE_FIXED
+            for k in range(6):
+                params_i[1 + k] = rotations[row, 1 + k]
+    elif op == SHEAR_X or op == SHEAR_Y:
+        s = shear_amount(v0)
+        if s == 0.0:
+            set_affine_scale(params_i, coords, 1.0, 0.0, 1.0, 0.0, height, width)
+        elif op == SHEAR_X:
+            set_affine_fixed(params_i, 1.0, s, 0.0, 0.0, 1.0, 0.0)
+        else:
+            set_affine_fixed(params_i, 1.0, 0.0, 0.0, s, 1.0, 0.0)
+    elif op == TRANSLATE_X:
+        set_affine_scale(params_i, coords, 1.0, translate_offset(v0, width), 1.0, 0.0, height, width)
+    elif op == TRANSLATE_Y:
+        set_affine_scale(params_i, coords, 1.0, 0.0, 1.0, translate_offset(v0, height), height, width)
+
+
+def op_value(op, img, y, x, c, height, width, params_i, params_f, coords, lut,
+             bounds_y, coef_y, bounds_x, coef_x):
+    """The output value of element (y, x, c) of ``img`` after ``op`` (set up by prepare_op)."""
+    i = (y * width + x) * 3 + c
+    v = px(img, i)
+    if op == IDENTITY:
+        return v
+    if op == AUTOCONTRAST or op == EQUALIZE:
+        return blend_u8(v, lut[c * 256 + v], np.float32(params_f[0]))
+    if op == INVERT:
+        return blend_u8(v, 255 - v, np.float32(params_f[0]))
+    if op == BRIGHTNESS:
+        return blend_u8(0, v, np.float32(params_f[0]))
+    if op == COLOR:
+        return blend_u8(grey_at(img, y * width + x), v, np.float32(params_f[0]))
+    if op == CONTRAST:
+        return blend_u8(params_i[0], v, np.float32(params_f[0]))
+    if op == SHARPNESS:
+        return blend_u8(smooth_at(img, y, x, c, height, width), v, np.float32(params_f[0]))
+    if op == SMOOTH:
+        return blend_u8(v, smooth_at(img, y, x, c, height, width), np.float32(params_f[0]))
+    if op == BLUR:
+        return blend_u8(v, blur_at(img, y, x, c, height, width), np.float32(params_f[0]))
+    if op == POSTERIZE:
+        return v & params_i[0]
+    if op == SOLARIZE:
+        if v < params_i[0]:
+            return v
+        return 255 - v
+    if op == CUTOUT:
+        if params_i[0] <= y < params_i[1] and params_i[2] <= x < params_i[3]:
+            return 127
+        return v
+    if op == RESCALE:
+        return rescale_at(img, y, x, c, width, params_i, bounds_y, coef_y, bounds_x, coef_x)
+    return affine_at(img, y, x, c, height, width, params_i, coords)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weak augmentation: flip, reflect-pad, crop back, as one source coordinate per output pixel.
+
+
+def reflect(i, size):
+    # numpy/TF 'reflect' padding (the edge pixel is not repeated); one reflection is enough for
+    # pads smaller than the image.
+    if i < 0:
+        return -i
+    if i >= size:
+        return 2 * size - 2 - i
+    return i
+
+
+def weak_source(y, x, height, width, flip, off_y, off_x, pad):
+    """Flat source pixel index of output pixel (y, x): flip, then pad by ``pad``, crop at the offset."""
+    sy = reflect(y + off_y - pad, height)
+    sx = reflect(x + off_x - pad, width)
+    if flip != 0:
+        sx = width - 1 - sx
+    return sy * width + sx
