@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-CIFAR10_SOURCE ?=
+# The official archive is downloaded unless a local source is given; the shared real-data archive
+# beside a checkout is used when present (machines here have no internet).
+CIFAR10_SOURCE ?= $(wildcard ../shared/data/cifar10-jpg.tar.gz)
 SHARDS ?= shards
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

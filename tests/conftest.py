@@ -1,0 +1,33 @@
+"""Shared pytest set-up: `gpu`-marked tests run only where a CUDA device answers."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+
+@functools.cache
+def cuda_device_reason() -> str | None:
+    """None when a real CUDA device is usable, else why not."""
+    try:
+        from numba import config, cuda
+    except ImportError as exc:  # pragma: no cover - numba is a hard dependency
+        return f"numba.cuda unavailable: {exc}"
+    if config.ENABLE_CUDASIM:
+        return "the CUDA simulator is enabled in this process"
+    try:
+        if not cuda.is_available():
+            return "no CUDA device or driver"
+    except Exception as exc:  # a driver that fails to initialise says so here
+        return f"CUDA unavailable: {exc}"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = None
+    for item in items:
+        if "gpu" in item.keywords:
+            reason = reason or cuda_device_reason()
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))

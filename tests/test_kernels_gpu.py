@@ -1,0 +1,79 @@
+"""On a real CUDA device: the CUDA kernels equal the CPU kernels on 512 views of real images, through
+Numba device arrays and through torch CUDA tensors on a torch stream (no copies)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from remixmatch.kernels import NUM_OPS, apply_ops, weak_augment
+
+from kernel_images import cifar_images
+
+pytestmark = pytest.mark.gpu
+
+K = 8
+
+
+@pytest.fixture(scope="module")
+def batch():
+    real = cifar_images()
+    if real is None:
+        pytest.skip("the shared CIFAR-10 archive is absent")
+    images = np.resize(real[1], (64, 32, 32, 3))
+    rng = np.random.default_rng(8)
+    n = images.shape[0] * K
+    return {
+        "images": np.ascontiguousarray(images),
+        "op_ids": rng.integers(0, NUM_OPS, (n, 2)).astype(np.int32),
+        "levels": rng.random((n, 2, 2), dtype=np.float32),
+        "rand": rng.random((n, 3, 2), dtype=np.float32),
+        "sources": np.repeat(np.arange(64, dtype=np.int32), K),
+        "flips": rng.integers(0, 2, n).astype(np.int32),
+        "offsets": rng.integers(0, 9, (n, 2)).astype(np.int32),
+    }
+
+
+def cpu_views(batch, **extra):
+    return apply_ops(batch["images"], batch["op_ids"], batch["levels"], batch["rand"],
+                     sources=batch["sources"], **extra)
+
+
+def test_cuda_equals_cpu_on_512_real_views(batch):
+    from numba import cuda
+
+    views = apply_ops(cuda.to_device(batch["images"]), batch["op_ids"], batch["levels"],
+                      batch["rand"], sources=batch["sources"])
+    assert np.array_equal(views.copy_to_host(), cpu_views(batch))
+
+
+def test_cuda_fused_weak_and_cutout_equals_cpu(batch):
+    from numba import cuda
+
+    extra = {"flips": batch["flips"], "offsets": batch["offsets"], "cutout_level": 1.0}
+    views = apply_ops(cuda.to_device(batch["images"]), batch["op_ids"], batch["levels"],
+                      batch["rand"], sources=batch["sources"], **extra)
+    assert np.array_equal(views.copy_to_host(), cpu_views(batch, **extra))
+
+
+def test_torch_tensors_on_a_torch_stream(batch):
+    torch = pytest.importorskip("torch")
+    device = torch.device("cuda")
+    images = torch.from_numpy(batch["images"]).to(device)
+    per_view = {k: torch.from_numpy(batch[k]).to(device) for k in ("op_ids", "levels", "rand", "sources")}
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        views = apply_ops(images, per_view["op_ids"], per_view["levels"], per_view["rand"],
+                          sources=per_view["sources"])
+    stream.synchronize()
+    assert isinstance(views, torch.Tensor) and views.device.type == "cuda"
+    assert np.array_equal(views.cpu().numpy(), cpu_views(batch))
+
+
+def test_cuda_weak_augment_equals_cpu(batch):
+    from numba import cuda
+
+    got = weak_augment(cuda.to_device(batch["images"]), batch["flips"], batch["offsets"],
+                       sources=batch["sources"]).copy_to_host()
+    expected = weak_augment(batch["images"], batch["flips"], batch["offsets"], sources=batch["sources"])
+    assert np.array_equal(got, expected)
