@@ -14,7 +14,12 @@ from .scalar import CUTOUT, LUT_SIZE, PARAMS_F, PARAMS_I
 jit_cache.install()
 _f = cpu_functions()
 prepare_op = _f.prepare_op
-op_value = _f.op_value
+op_pixel = _f.op_pixel
+is_point_op = _f.is_point_op
+point_value = _f.point_value
+has_row_pass = _f.has_row_pass
+row_pass_rows = _f.row_pass_rows
+row_pass_pixel = _f.row_pass_pixel
 needs_histogram = _f.needs_histogram
 histogram_slot = _f.histogram_slot
 finish_statistics = _f.finish_statistics
@@ -38,13 +43,13 @@ def _load_view(image, buf, height, width, weak, flip, off_y, off_x, pad):
 @numba.njit(inline="always")
 def _apply_view(image, op_ids, levels, rand, cutout_level, height, width, weak, flip, off_y, off_x,
                 pad, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
-    # One view end to end; kept out of the parallel loop so that Numba's parfor passes do not
-    # analyse the whole inlined op dispatch (that alone costs tens of seconds of compile time).
+    # One view end to end, in three private buffers: a (input), b (output), rows (row passes).
     size = height * width * 3
     pixels = height * width
     depth = op_ids.shape[0]
     a = np.empty(size, np.uint8)
     b = np.empty(size, np.uint8)
+    rows = np.empty(size, np.uint8)
     params_i = np.zeros(PARAMS_I, np.int32)
     params_f = np.zeros(PARAMS_F, np.float64)
     coords = np.zeros(height + width, np.int32)
@@ -73,12 +78,21 @@ def _apply_view(image, op_ids, levels, rand, cutout_level, height, width, weak, 
                         hist[slot] += 1
             for c in range(3):
                 finish_statistics(op, hist, lut, params_i, c, pixels)
-        for y in range(height):
-            for x in range(width):
+        if is_point_op(op):
+            for j in range(LUT_SIZE):
+                lut[j] = point_value(op, j & 255, lut[j], params_i, params_f)
+            for p in range(pixels):
                 for c in range(3):
-                    b[(y * width + x) * 3 + c] = op_value(
-                        op, a, y, x, c, height, width, params_i, params_f, coords, lut,
-                        bounds_y, coef_y, bounds_x, coef_x)
+                    b[p * 3 + c] = lut[c * 256 + a[p * 3 + c]]
+        else:
+            if has_row_pass(op):
+                for r in range(row_pass_rows(op, params_i)):
+                    for x in range(width):
+                        row_pass_pixel(op, a, rows, r, x, width, params_i, bounds_x, coef_x)
+            for y in range(height):
+                for x in range(width):
+                    op_pixel(op, a, rows, b, y, x, height, width, params_i, params_f, coords,
+                             bounds_y, coef_y)
         a, b = b, a
     out[:] = a
 

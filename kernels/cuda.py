@@ -6,11 +6,12 @@ tables finished by one thread per channel, and writes the result once. The pixel
 :mod:`scalar` source as the CPU backend, compiled as inlined device functions.
 
 Dynamic shared memory holds, in order: coords (H + W int32), hist (768 int32), lut (768 int32), then
-the two image buffers (H * W * 3 bytes each).
+the three image buffers (H * W * 3 bytes each: input, output, row pass).
 """
 
 from __future__ import annotations
 
+import numpy as np
 from numba import cuda, float64, int32, uint8
 
 from .compile import cuda_functions
@@ -18,7 +19,12 @@ from .scalar import CUTOUT, LUT_SIZE, PARAMS_F, PARAMS_I
 
 _f = cuda_functions()
 prepare_op = _f.prepare_op
-op_value = _f.op_value
+op_pixel = _f.op_pixel
+is_point_op = _f.is_point_op
+point_value = _f.point_value
+has_row_pass = _f.has_row_pass
+row_pass_rows = _f.row_pass_rows
+row_pass_pixel = _f.row_pass_pixel
 needs_histogram = _f.needs_histogram
 histogram_slot = _f.histogram_slot
 finish_statistics = _f.finish_statistics
@@ -29,7 +35,7 @@ THREADS_PER_BLOCK = 256
 
 def shared_bytes(height: int, width: int) -> int:
     """Dynamic shared memory one block needs for a height x width view."""
-    return 4 * (height + width + 2 * LUT_SIZE) + 2 * height * width * 3
+    return 4 * (height + width + 2 * LUT_SIZE) + 3 * height * width * 3
 
 
 @cuda.jit(device=True, inline="always")
@@ -62,6 +68,7 @@ def apply_ops_kernel(images, sources, flips, offsets, pad, op_ids, levels, rand,
     image_base = 4 * (height + width + 2 * LUT_SIZE)
     a = bytes_[image_base: image_base + size]
     b = bytes_[image_base + size: image_base + 2 * size]
+    rows = bytes_[image_base + 2 * size: image_base + 3 * size]
     params_i = cuda.shared.array(PARAMS_I, int32)
     params_f = cuda.shared.array(PARAMS_F, float64)
 
@@ -104,11 +111,22 @@ def apply_ops_kernel(images, sources, flips, offsets, pad, op_ids, levels, rand,
             if tid < 3:
                 finish_statistics(op, hist, lut, params_i, tid, pixels)
         cuda.syncthreads()
-        for i in range(tid, size, nthreads):
-            p = i // 3
-            y = p // width
-            b[i] = op_value(op, a, y, p - y * width, i - p * 3, height, width, params_i, params_f,
-                            coords, lut, bounds_y, coef_y, bounds_x, coef_x)
+        if is_point_op(op):
+            for j in range(tid, LUT_SIZE, nthreads):
+                lut[j] = point_value(op, j & 255, lut[j], params_i, params_f)
+            cuda.syncthreads()
+            for i in range(tid, size, nthreads):
+                b[i] = lut[(i - (i // 3) * 3) * 256 + np.int32(a[i])]
+        else:
+            if has_row_pass(op):
+                for p in range(tid, row_pass_rows(op, params_i) * width, nthreads):
+                    r = p // width
+                    row_pass_pixel(op, a, rows, r, p - r * width, width, params_i, bounds_x, coef_x)
+                cuda.syncthreads()
+            for p in range(tid, pixels, nthreads):
+                y = p // width
+                op_pixel(op, a, rows, b, y, p - y * width, height, width, params_i, params_f, coords,
+                         bounds_y, coef_y)
         cuda.syncthreads()
         a, b = b, a
 

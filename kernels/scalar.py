@@ -270,7 +270,8 @@ def set_affine_scale(params_i, coords, a0, a2, a4, a5, height, width):
         coords[width + y] = scale_coord(y0, a4, y)
 
 
-def affine_at(img, y, x, c, height, width, params_i, coords):
+def affine_source(y, x, height, width, params_i, coords):
+    """Flat source pixel of output pixel (y, x) under the view's affine map, or -1 (filled with 0)."""
     if params_i[0] == AFFINE_FIXED:
         xx = np.int64(params_i[3]) + np.int64(y) * params_i[2] + np.int64(x) * params_i[1]
         yy = np.int64(params_i[6]) + np.int64(y) * params_i[5] + np.int64(x) * params_i[4]
@@ -280,8 +281,8 @@ def affine_at(img, y, x, c, height, width, params_i, coords):
         xin = np.int64(coords[x])
         yin = np.int64(coords[width + y])
     if xin < 0 or yin < 0 or xin >= width or yin >= height:
-        return 0
-    return px(img, (yin * width + xin) * 3 + c)
+        return -1
+    return yin * width + xin
 
 
 def clip8_fixed(s):
@@ -294,27 +295,29 @@ def clip8_fixed(s):
     return v
 
 
-def rescale_at(img, y, x, c, width, params_i, bounds_y, coef_y, bounds_x, coef_x):
-    # Pillow crops, then resizes back in two separable fixed-point passes (horizontal first, each
-    # pass rounded to uint8). Each output pixel recomputes the horizontal results of the rows its
-    # vertical taps read, so no intermediate image is kept and the roundings stay Pillow's.
+def rescale_horizontal_at(img, r, x, c, width, params_i, bounds_x, coef_x):
+    # Pillow crops, then resizes back in two separable fixed-point passes, horizontal first, each
+    # pass rounded to uint8. This is the horizontal pass: element (r, x, c) of the crop's row r.
     filt = params_i[0]
-    top = params_i[1]
-    crop_h = params_i[2] - top
     left = params_i[3]
     crop_w = params_i[4] - left
-    ymin = bounds_y[filt, crop_h, y, 0]
-    ny = bounds_y[filt, crop_h, y, 1]
     xmin = bounds_x[filt, crop_w, x, 0]
-    nx = bounds_x[filt, crop_w, x, 1]
-    acc_v = np.int64(RESAMPLE_HALF)
-    for ty in range(ny):
-        base = ((top + ymin + ty) * width + left + xmin) * 3 + c
-        acc_h = np.int64(RESAMPLE_HALF)
-        for tx in range(nx):
-            acc_h += np.int64(px(img, base + 3 * tx)) * coef_x[filt, crop_w, x, tx]
-        acc_v += np.int64(clip8_fixed(acc_h)) * coef_y[filt, crop_h, y, ty]
-    return clip8_fixed(acc_v)
+    base = ((params_i[1] + r) * width + left + xmin) * 3 + c
+    acc = np.int64(RESAMPLE_HALF)
+    for tx in range(bounds_x[filt, crop_w, x, 1]):
+        acc += np.int64(px(img, base + 3 * tx)) * coef_x[filt, crop_w, x, tx]
+    return clip8_fixed(acc)
+
+
+def rescale_vertical_at(rows, y, x, c, width, params_i, bounds_y, coef_y):
+    # The vertical pass over the horizontal pass's rows.
+    filt = params_i[0]
+    crop_h = params_i[2] - params_i[1]
+    base = (bounds_y[filt, crop_h, y, 0] * width + x) * 3 + c
+    acc = np.int64(RESAMPLE_HALF)
+    for ty in range(bounds_y[filt, crop_h, y, 1]):
+        acc += np.int64(px(rows, base + ty * width * 3)) * coef_y[filt, crop_h, y, ty]
+    return clip8_fixed(acc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,42 +461,80 @@ def prepare_op(op, v0, v1, u0, u1, height, width, params_i, params_f, coords, ro
         set_affine_scale(params_i, coords, 1.0, 0.0, 1.0, translate_offset(v0, height), height, width)
 
 
-def op_value(op, img, y, x, c, height, width, params_i, params_f, coords, lut,
-             bounds_y, coef_y, bounds_x, coef_x):
-    """The output value of element (y, x, c) of ``img`` after ``op`` (set up by prepare_op)."""
-    i = (y * width + x) * 3 + c
-    v = px(img, i)
-    if op == IDENTITY:
-        return v
+def is_point_op(op):
+    # Ops whose output element depends only on the input element's value and channel: the kernels
+    # evaluate them once per (channel, value) into a table and apply the table to the image.
+    return (op == IDENTITY or op == AUTOCONTRAST or op == EQUALIZE or op == INVERT
+            or op == BRIGHTNESS or op == CONTRAST or op == POSTERIZE or op == SOLARIZE)
+
+
+def point_value(op, v, stat, params_i, params_f):
+    """Output of point op ``op`` for input value ``v``; ``stat`` is the histogram table's entry."""
     if op == AUTOCONTRAST or op == EQUALIZE:
-        return blend_u8(v, lut[c * 256 + v], np.float32(params_f[0]))
+        return blend_u8(v, stat, np.float32(params_f[0]))
     if op == INVERT:
         return blend_u8(v, 255 - v, np.float32(params_f[0]))
     if op == BRIGHTNESS:
         return blend_u8(0, v, np.float32(params_f[0]))
-    if op == COLOR:
-        return blend_u8(grey_at(img, y * width + x), v, np.float32(params_f[0]))
     if op == CONTRAST:
         return blend_u8(params_i[0], v, np.float32(params_f[0]))
-    if op == SHARPNESS:
-        return blend_u8(smooth_at(img, y, x, c, height, width), v, np.float32(params_f[0]))
-    if op == SMOOTH:
-        return blend_u8(v, smooth_at(img, y, x, c, height, width), np.float32(params_f[0]))
-    if op == BLUR:
-        return blend_u8(v, blur_at(img, y, x, c, height, width), np.float32(params_f[0]))
     if op == POSTERIZE:
         return v & params_i[0]
     if op == SOLARIZE:
         if v < params_i[0]:
             return v
         return 255 - v
-    if op == CUTOUT:
-        if params_i[0] <= y < params_i[1] and params_i[2] <= x < params_i[3]:
-            return 127
-        return v
-    if op == RESCALE:
-        return rescale_at(img, y, x, c, width, params_i, bounds_y, coef_y, bounds_x, coef_x)
-    return affine_at(img, y, x, c, height, width, params_i, coords)
+    return v
+
+
+def has_row_pass(op):
+    # Ops computed in two passes: first rows into a scratch image, then the output from those rows.
+    return op == RESCALE
+
+
+def row_pass_rows(op, params_i):
+    # Rows of the row pass: rescale's crop height.
+    return params_i[2] - params_i[1]
+
+
+def row_pass_pixel(op, img, rows, r, x, width, params_i, bounds_x, coef_x):
+    # Writes pixel (r, x) of the row pass.
+    for c in range(3):
+        rows[(r * width + x) * 3 + c] = rescale_horizontal_at(img, r, x, c, width, params_i,
+                                                              bounds_x, coef_x)
+
+
+def op_pixel(op, img, rows, out, y, x, height, width, params_i, params_f, coords, bounds_y, coef_y):
+    """Writes output pixel (y, x) of a non-point op (set up by prepare_op; ``rows`` holds the row
+    pass of two-pass ops). Per pixel rather than per channel: coordinates, grey levels and the
+    cutout test are shared by the three channels."""
+    p = y * width + x
+    i = p * 3
+    alpha = np.float32(params_f[0])
+    if op == COLOR:
+        grey = grey_at(img, p)
+        for c in range(3):
+            out[i + c] = blend_u8(grey, px(img, i + c), alpha)
+    elif op == SHARPNESS:
+        for c in range(3):
+            out[i + c] = blend_u8(smooth_at(img, y, x, c, height, width), px(img, i + c), alpha)
+    elif op == SMOOTH:
+        for c in range(3):
+            out[i + c] = blend_u8(px(img, i + c), smooth_at(img, y, x, c, height, width), alpha)
+    elif op == BLUR:
+        for c in range(3):
+            out[i + c] = blend_u8(px(img, i + c), blur_at(img, y, x, c, height, width), alpha)
+    elif op == CUTOUT:
+        inside = params_i[0] <= y < params_i[1] and params_i[2] <= x < params_i[3]
+        for c in range(3):
+            out[i + c] = 127 if inside else img[i + c]
+    elif op == RESCALE:
+        for c in range(3):
+            out[i + c] = rescale_vertical_at(rows, y, x, c, width, params_i, bounds_y, coef_y)
+    else:
+        s = affine_source(y, x, height, width, params_i, coords)
+        for c in range(3):
+            out[i + c] = 0 if s < 0 else img[s * 3 + c]
 
 
 # ---------------------------------------------------------------------------------------------
