@@ -295,29 +295,46 @@ def clip8_fixed(s):
     return v
 
 
-def rescale_horizontal_at(img, r, x, c, width, params_i, bounds_x, coef_x):
+def rescale_horizontal_pixel(img, rows, r, x, width, params_i, bounds_x, coef_x):
     # Pillow crops, then resizes back in two separable fixed-point passes, horizontal first, each
-    # pass rounded to uint8. This is the horizontal pass: element (r, x, c) of the crop's row r.
+    # pass rounded to uint8. This is the horizontal pass: pixel (r, x) of the crop's row r.
     filt = params_i[0]
     left = params_i[3]
     crop_w = params_i[4] - left
-    xmin = bounds_x[filt, crop_w, x, 0]
-    base = ((params_i[1] + r) * width + left + xmin) * 3 + c
-    acc = np.int64(RESAMPLE_HALF)
+    base = ((params_i[1] + r) * width + left + bounds_x[filt, crop_w, x, 0]) * 3
+    acc0 = np.int64(RESAMPLE_HALF)
+    acc1 = np.int64(RESAMPLE_HALF)
+    acc2 = np.int64(RESAMPLE_HALF)
     for tx in range(bounds_x[filt, crop_w, x, 1]):
-        acc += np.int64(px(img, base + 3 * tx)) * coef_x[filt, crop_w, x, tx]
-    return clip8_fixed(acc)
+        k = np.int64(coef_x[filt, crop_w, x, tx])
+        j = base + 3 * tx
+        acc0 += px(img, j) * k
+        acc1 += px(img, j + 1) * k
+        acc2 += px(img, j + 2) * k
+    o = (r * width + x) * 3
+    rows[o] = clip8_fixed(acc0)
+    rows[o + 1] = clip8_fixed(acc1)
+    rows[o + 2] = clip8_fixed(acc2)
 
 
-def rescale_vertical_at(rows, y, x, c, width, params_i, bounds_y, coef_y):
+def rescale_vertical_pixel(rows, out, y, x, width, params_i, bounds_y, coef_y):
     # The vertical pass over the horizontal pass's rows.
     filt = params_i[0]
     crop_h = params_i[2] - params_i[1]
-    base = (bounds_y[filt, crop_h, y, 0] * width + x) * 3 + c
-    acc = np.int64(RESAMPLE_HALF)
+    base = (bounds_y[filt, crop_h, y, 0] * width + x) * 3
+    acc0 = np.int64(RESAMPLE_HALF)
+    acc1 = np.int64(RESAMPLE_HALF)
+    acc2 = np.int64(RESAMPLE_HALF)
     for ty in range(bounds_y[filt, crop_h, y, 1]):
-        acc += np.int64(px(rows, base + ty * width * 3)) * coef_y[filt, crop_h, y, ty]
-    return clip8_fixed(acc)
+        k = np.int64(coef_y[filt, crop_h, y, ty])
+        j = base + ty * width * 3
+        acc0 += px(rows, j) * k
+        acc1 += px(rows, j + 1) * k
+        acc2 += px(rows, j + 2) * k
+    o = (y * width + x) * 3
+    out[o] = clip8_fixed(acc0)
+    out[o + 1] = clip8_fixed(acc1)
+    out[o + 2] = clip8_fixed(acc2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,9 +516,7 @@ def row_pass_rows(op, params_i):
 
 def row_pass_pixel(op, img, rows, r, x, width, params_i, bounds_x, coef_x):
     # Writes pixel (r, x) of the row pass.
-    for c in range(3):
-        rows[(r * width + x) * 3 + c] = rescale_horizontal_at(img, r, x, c, width, params_i,
-                                                              bounds_x, coef_x)
+    rescale_horizontal_pixel(img, rows, r, x, width, params_i, bounds_x, coef_x)
 
 
 def op_pixel(op, img, rows, out, y, x, height, width, params_i, params_f, coords, bounds_y, coef_y):
@@ -529,8 +544,7 @@ def op_pixel(op, img, rows, out, y, x, height, width, params_i, params_f, coords
         for c in range(3):
             out[i + c] = 127 if inside else img[i + c]
     elif op == RESCALE:
-        for c in range(3):
-            out[i + c] = rescale_vertical_at(rows, y, x, c, width, params_i, bounds_y, coef_y)
+        rescale_vertical_pixel(rows, out, y, x, width, params_i, bounds_y, coef_y)
     else:
         s = affine_source(y, x, height, width, params_i, coords)
         for c in range(3):
