@@ -11,6 +11,8 @@ from .cuda import THREADS_PER_BLOCK, apply_ops_kernel, shared_bytes, weak_augmen
 from .tables import kernel_tables
 
 WEAK_THREADS_PER_BLOCK = 256
+# Dynamic shared memory a block may use without opting in to more (every CUDA GPU since Kepler).
+SHARED_BYTES_LIMIT = 48 * 1024
 
 
 def _is_torch(array) -> bool:
@@ -70,6 +72,12 @@ def _current_device_id() -> int:
 
 def apply_ops_device(images, op_ids, levels, rand, cutout, sources, flips, offsets, pad, out,
                      stream, n_views, height, width):
+    if shared_bytes(height, width) > SHARED_BYTES_LIMIT:
+        from .api import AugmentInputError
+
+        raise AugmentInputError(
+            f"apply_ops: {height}x{width} views need {shared_bytes(height, width)} bytes of shared "
+            f"memory per block on CUDA, more than {SHARED_BYTES_LIMIT}; use the CPU backend")
     stream = _resolve_stream(stream, images)
     if out is None:
         out = _allocate_out(images, n_views, height, width)

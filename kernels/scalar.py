@@ -194,24 +194,23 @@ def grey_at(img, p):
     return grey_l24(px(img, p * 3), px(img, p * 3 + 1), px(img, p * 3 + 2))
 
 
+def smooth_row(img, j, mid):
+    # One kernel row of ImagingFilter3x3, in Pillow's float32 order: left, centre, right.
+    side = np.float32(SMOOTH_SIDE)
+    t = f32_add(f32_mul(np.float32(px(img, j - 3)), side), f32_mul(np.float32(px(img, j)), mid))
+    return f32_add(t, f32_mul(np.float32(px(img, j + 3)), side))
+
+
 def smooth_at(img, y, x, c, height, width):
     # ImagingFilter3x3 with SMOOTH: the outer ring is copied, images under 3x3 are copied whole,
     # and the float32 sum runs row y+1, row y, row y-1 in Pillow's order.
     i = (y * width + x) * 3 + c
     if y == 0 or x == 0 or y == height - 1 or x == width - 1:
         return px(img, i)
-    side = np.float32(SMOOTH_SIDE)
-    centre = np.float32(SMOOTH_CENTRE)
     row = width * 3
-    ss = np.float32(0.5)
-    for dy in range(1, -2, -1):
-        j = i + dy * row
-        mid = side
-        if dy == 0:
-            mid = centre
-        t = f32_add(f32_mul(np.float32(px(img, j - 3)), side), f32_mul(np.float32(px(img, j)), mid))
-        t = f32_add(t, f32_mul(np.float32(px(img, j + 3)), side))
-        ss = f32_add(ss, t)
+    ss = f32_add(np.float32(0.5), smooth_row(img, i + row, np.float32(SMOOTH_SIDE)))
+    ss = f32_add(ss, smooth_row(img, i, np.float32(SMOOTH_CENTRE)))
+    ss = f32_add(ss, smooth_row(img, i - row, np.float32(SMOOTH_SIDE)))
     return clamp_u8_float(ss)
 
 

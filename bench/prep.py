@@ -1,0 +1,315 @@
+"""Data preparation benchmark: prep time of CIFAR-10 sources and random-access reads from the shards.
+
+``python -m remixmatch.bench.prep --out DIR [--quick]`` (or ``rmm-bench prep ...``) writes
+``DIR/prep_report.json`` and ``DIR/prep_report.md``. Figures:
+
+- prep of a synthetic archive in the official python format (60,000 images; 6,000 with --quick),
+  median over repetitions (goal: <= 10 s for 60,000 on 2 cores);
+- prep of the real JPEG export ``../shared/data/cifar10-jpg.tar.gz`` (goal: <= 60 s on 2 cores;
+  skipped with --quick or when the file is absent);
+- reading 64 images at random indices from the memory-mapped shards (a gather across shards), and
+  64 contiguous rows (a zero-copy view), in microseconds per batch: median and spread over the
+  repetitions. The page cache is warm (the shards were just written).
+
+The JSON follows the layout of :mod:`remixmatch.bench.report` (``command`` "prep"); a ``results``
+row is ``{"bench": "prep", "source": ..., "images": N, "seconds": median, "images_per_s": ...,
+"spread": {...seconds}, "reps": n, "goal_seconds": ...}`` or ``{"bench": "read", "pattern":
+"random" | "contiguous", "batch": 64, "us_per_batch": median, "spread": {...us}, "reps": n}``, or
+a skipped row ``{"bench": "prep", "source": ..., "skipped": reason}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .report import finish_report, load_average, machine_info, markdown_table, new_report, spread
+
+DEFAULT_JPEG_TREE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpg.tar.gz"
+BATCH = 64
+VERSION_PACKAGES = ("numpy", "pyarrow", "pillow", "rich", "remixmatch")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(prog="rmm-bench prep", description="Prep and shard-read benchmark (CIFAR-10 sources).")
+    parser.add_argument("--out", required=True, type=Path, help="directory for prep_report.json and prep_report.md")
+    parser.add_argument(
+        "--quick", action="store_true", help="6,000 synthetic images, no JPEG tree, fewer reads (well under a minute)"
+    )
+    parser.add_argument(
+        "--jpeg-tree", type=Path, default=DEFAULT_JPEG_TREE, help="the CIFAR-10 JPEG export (default: the shared one)"
+    )
+    parser.add_argument(
+        "--prep-reps",
+        type=_positive_int,
+        default=None,
+        help="repetitions of the synthetic prep (default 3; 1 with --quick)",
+    )
+    parser.add_argument(
+        "--read-reps", type=_positive_int, default=None, help="timed 64-image reads (default 2000; 300 with --quick)"
+    )
+    parser.add_argument(
+        "--workers", type=_positive_int, default=None, help="decoding processes for the JPEG tree (default: all cores)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in VERSION_PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _time_prep(run: Callable[[Path], dict], work: Path, reps: int) -> tuple[list[float], dict]:
+    seconds, manifest = [], {}
+    for i in range(reps):
+        out = work / f"shards-{i}"
+        start = time.perf_counter()
+        manifest = run(out)
+        seconds.append(time.perf_counter() - start)
+        if i < reps - 1:
+            shutil.rmtree(out)
+    return seconds, manifest
+
+
+def _prep_row(source: str, seconds: list[float], images: int, goal: float, **extra) -> dict:
+    median = statistics.median(seconds)
+    row = {
+        "bench": "prep",
+        "source": source,
+        "images": images,
+        "seconds": round(median, 3),
+        "images_per_s": round(images / median, 1),
+        "reps": len(seconds),
+        "goal_seconds": goal,
+    }
+    if len(seconds) > 1:
+        row["spread"] = {k: round(v, 3) for k, v in spread(seconds).items()}
+    else:
+        row["spread"] = None
+    row.update(extra)
+    return row
+
+
+def _read_rows(shards: Path, reps: int, seed: int) -> list[dict]:
+    from remixmatch.datasets_prep import open_shards
+
+    part = open_shards(shards)["train"]
+    rng = np.random.default_rng(seed)
+    n = len(part)
+    out = np.empty((BATCH, *part.image_shape), np.uint8)
+    rows = []
+    patterns = {
+        "random": lambda: part.images(rng.integers(0, n, BATCH), out=out),
+        "contiguous": lambda: part.images(slice(s := int(rng.integers(0, n - BATCH)), s + BATCH)),
+    }
+    for pattern, read in patterns.items():
+        for _ in range(min(50, reps)):  # warm-up
+            read()
+        timings = []
+        for _ in range(reps):
+            start = time.perf_counter_ns()
+            read()
+            timings.append((time.perf_counter_ns() - start) / 1000)
+        median = statistics.median(timings)
+        rows.append(
+            {
+                "bench": "read",
+                "pattern": pattern,
+                "batch": BATCH,
+                "rows": n,
+                "shards": len(part.shardset.shard_paths("train")),
+                "us_per_batch": round(median, 2),
+                "images_per_s": round(BATCH / median * 1e6, 1),
+                "spread": {k: round(v, 2) for k, v in spread(timings).items()},
+                "reps": reps,
+            }
+        )
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict:
+    from remixmatch.datasets_prep.decode import default_workers
+    from remixmatch.datasets_prep.sources_cifar import prep_cifar10
+    from remixmatch.datasets_prep.synthetic import synthetic_batches, write_cifar10_archive
+
+    import pyarrow as pa
+
+    per_batch = 1000 if args.quick else 10000
+    prep_reps = args.prep_reps or (1 if args.quick else 3)
+    read_reps = args.read_reps or (300 if args.quick else 2000)
+    workers = args.workers or default_workers()
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    report = new_report("prep", config)
+    report["machine"] = machine_info(load_at_start=load_average())
+    report["versions"] = versions()
+    report["threads"] = {"prep_decode_processes": workers, "pyarrow_cpu_count": pa.cpu_count(), "reader": 1}
+    images = per_batch * 6
+    report["inputs"] = {
+        "synthetic": f"official python format, {images} random 32x32x3 images, "
+        "gzip level 1 (inflating costs the same at any level)",
+        "seed": args.seed,
+    }
+
+    work = args.out / f"work-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        archive = write_cifar10_archive(
+            work / "cifar-10-python.tar.gz", synthetic_batches(per_batch, args.seed), compresslevel=1
+        )
+        report["inputs"]["synthetic_archive_bytes"] = archive.stat().st_size
+        seconds, _ = _time_prep(
+            lambda out: prep_cifar10(str(archive), out, progress=False), work / "synthetic", prep_reps
+        )
+        report["results"].append(_prep_row("synthetic-official", seconds, images, 10.0 * images / 60000))
+        shards = work / "synthetic" / f"shards-{prep_reps - 1}"
+
+        if args.quick:
+            report["results"].append({"bench": "prep", "source": "cifar10-jpg", "skipped": "--quick"})
+        elif not args.jpeg_tree.is_file():
+            report["results"].append(
+                {"bench": "prep", "source": "cifar10-jpg", "skipped": f"{args.jpeg_tree} not found"}
+            )
+        else:
+            report["inputs"]["jpeg_tree"] = args.jpeg_tree.name
+            seconds, manifest = _time_prep(
+                lambda out: prep_cifar10(str(args.jpeg_tree), out, workers=workers, progress=False), work / "jpeg", 1
+            )
+            rows = sum(s["rows"] for s in manifest["splits"].values())
+            report["results"].append(_prep_row("cifar10-jpg", seconds, rows, 60.0, workers=workers))
+
+        report["results"].extend(_read_rows(shards, read_reps, args.seed))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    by_key = {(r["bench"], r.get("source") or r.get("pattern")): r for r in report["results"]}
+    report["summary"] = {
+        "synthetic_official_prep_seconds": by_key[("prep", "synthetic-official")]["seconds"],
+        "synthetic_official_images": images,
+        "cifar10_jpg_prep_seconds": by_key[("prep", "cifar10-jpg")].get("seconds"),
+        "random_read_64_us": by_key[("read", "random")]["us_per_batch"],
+        "contiguous_read_64_us": by_key[("read", "contiguous")]["us_per_batch"],
+    }
+    return report
+
+
+def markdown(report: dict) -> str:
+    m, v, t = report["machine"], report["versions"], report["threads"]
+    lines = [
+        "# Data preparation benchmark",
+        "",
+        f"Machine: {m['processor']}, {m['cpus_usable']} of {m['cpu_count']} CPUs usable, {m['memory_gib']} GiB; "
+        f"{m['platform']}; load average at start {m['load_average_at_start']}.  ",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val is not None) + ".  ",
+        "Threads: " + ", ".join(f"{k} {val}" for k, val in t.items()) + ".",
+        "",
+        "## Prep",
+        "",
+    ]
+    prep_rows = []
+    for r in report["results"]:
+        if r["bench"] != "prep":
+            continue
+        if "skipped" in r:
+            prep_rows.append([r["source"], "-", "-", "-", "-", f"skipped: {r['skipped']}"])
+            continue
+        spread_text = "-" if not r["spread"] else f"{r['spread']['min']:.2f}-{r['spread']['max']:.2f} s"
+        prep_rows.append(
+            [
+                r["source"],
+                f"{r['images']:,}",
+                f"{r['seconds']:.2f}",
+                f"{r['images_per_s']:,.0f}",
+                spread_text,
+                f"<= {r['goal_seconds']:g} s" + (" (met)" if r["seconds"] <= r["goal_seconds"] else " (missed)"),
+            ]
+        )
+    lines.append(markdown_table(["source", "images", "seconds (median)", "images/s", "range", "goal"], prep_rows))
+    lines += ["", "## Reads from the shards (64 images, memory-mapped, warm page cache)", ""]
+    read_rows = [
+        [
+            r["pattern"],
+            f"{r['us_per_batch']:.1f}",
+            f"{r['spread']['q1']:.1f}-{r['spread']['q3']:.1f}",
+            f"{r['spread']['min']:.1f}-{r['spread']['max']:.1f}",
+            f"{r['images_per_s']:,.0f}",
+            str(r["reps"]),
+        ]
+        for r in report["results"]
+        if r["bench"] == "read"
+    ]
+    lines.append(markdown_table(["indices", "µs per batch (median)", "IQR", "min-max", "images/s", "reps"], read_rows))
+    lines += [
+        "",
+        "random: `Split.images(random indices, out=buffer)`, a gather across the train shards; "
+        "contiguous: `Split.images(slice)`, a zero-copy view of the mapped file.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    from remixmatch.datasets_prep import PrepError
+
+    start = time.perf_counter()
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        report = run(args)
+    except PrepError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"{parser.prog}: error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    finish_report(report, time.perf_counter() - start)
+    _write(args.out / "prep_report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    _write(args.out / "prep_report.md", markdown(report))
+    print(markdown(report))
+    print(f"wrote {args.out / 'prep_report.json'} and {args.out / 'prep_report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""Command-line entry points: prep-cifar10, prep-svhn, prep-folder and rmm-shards.
+
+Each `*_main(argv=None) -> int` returns the exit status. Expected bad input prints one line,
+``prog: error: <what is wrong and where>``, to stderr and returns 2 (1 when `verify` finds a
+changed shard); only bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, NoReturn, Sequence
+
+from .decode import FILTERS
+from .errors import PrepError, VerifyError
+from .format import DEFAULT_SHARD_ROWS
+
+EXIT_BAD_INPUT = 2
+EXIT_VERIFY_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _fail(prog: str, message: str, status: int = EXIT_BAD_INPUT) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return status
+
+
+def _run(prog: str, body: Callable[[], int]) -> int:
+    try:
+        return body()
+    except PrepError as e:
+        return _fail(prog, str(e))
+    except KeyboardInterrupt:
+        return _fail(prog, "interrupted; nothing was written", EXIT_INTERRUPTED)
+    except OSError as e:  # disk full, permission denied on --out, ...
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(prog, f"{where}{e.strerror or e}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
+def _common_prep_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="shard directory to create")
+    parser.add_argument("--overwrite", action="store_true", help="replace DIR if it holds an earlier shard directory")
+    parser.add_argument(
+        "--shard-rows",
+        type=_positive_int,
+        default=DEFAULT_SHARD_ROWS,
+        metavar="N",
+        help=f"rows per shard file (default {DEFAULT_SHARD_ROWS})",
+    )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (they are off anyway when stderr is not a terminal)",
+    )
+
+
+def _summary(manifest: dict, out: Path, seconds: float) -> str:
+    parts = [
+        f"{name} {entry['rows']:,} rows in {len(entry['shards'])} shard{'s' if len(entry['shards']) != 1 else ''}"
+        for name, entry in manifest["splits"].items()
+    ]
+    return f"{manifest['dataset']}: {', '.join(parts)} -> {out} ({seconds:.1f} s)"
+
+
+def _progress(args) -> bool | None:
+    return False if args.no_progress else None
+
+
+def prep_cifar10_main(argv: Sequence[str] | None = None) -> int:
+    parser = _Parser(
+        prog="prep-cifar10",
+        description="Shard CIFAR-10 (the official python archive, downloaded by default; its extracted "
+        "cifar-10-batches-py/ folder; or a train/<class>/*, test/<class>/* image tree, as a folder or a tar).",
+    )
+    parser.add_argument(
+        "--source",
+        metavar="PATH|URL",
+        help="archive, folder or URL (default: download the official archive and check its MD5)",
+    )
+    parser.add_argument(
+        "--workers", type=_positive_int, metavar="N", help="decoding processes for image trees (default: CPU count)"
+    )
+    parser.add_argument("--md5", help=argparse.SUPPRESS)  # replaces the official MD5 of a download (tests)
+    _common_prep_options(parser)
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        from .sources_cifar import prep_cifar10
+
+        start = time.perf_counter()
+        manifest = prep_cifar10(
+            args.source,
+            args.out,
+            overwrite=args.overwrite,
+            shard_rows=args.shard_rows,
+            workers=args.workers,
+            expected_md5=args.md5,
+            progress=_progress(args),
+        )
+        print(_summary(manifest, args.out, time.perf_counter() - start))
+        return 0
+
+    return _run(parser.prog, body)
+
+
+def prep_svhn_main(argv: Sequence[str] | None = None) -> int:
+    parser = _Parser(
+        prog="prep-svhn",
+        description="Shard SVHN (cropped digits: train_32x32.mat, test_32x32.mat, and with --extra extra_32x32.mat). "
+        "Label 10 in the files is stored as digit 0.",
+    )
+    parser.add_argument(
+        "--source",
+        metavar="DIR|URL",
+        help="folder holding the .mat files, or a base URL (default: download the official files and check their MD5s)",
+    )
+    parser.add_argument("--extra", action="store_true", help="also prepare the extra split (531,131 images)")
+    parser.add_argument("--md5", action="append", default=[], help=argparse.SUPPRESS)  # FILE=HEX (tests)
+    _common_prep_options(parser)
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        from .sources_svhn import prep_svhn
+
+        md5s = {}
+        for item in args.md5:
+            name, sep, digest = item.partition("=")
+            if not sep:
+                raise PrepError(f"--md5 takes FILE=HEX, not {item!r}")
+            md5s[name] = digest
+        start = time.perf_counter()
+        manifest = prep_svhn(
+            args.source,
+            args.out,
+            extra=args.extra,
+            overwrite=args.overwrite,
+            shard_rows=args.shard_rows,
+            expected_md5=md5s,
+            progress=_progress(args),
+        )
+        print(_summary(manifest, args.out, time.perf_counter() - start))
+        return 0
+
+    return _run(parser.prog, body)
+
+
+def prep_folder_main(argv: Sequence[str] | None = None) -> int:
+    parser = _Parser(
+        prog="prep-folder",
+        description="Shard a class-per-folder image tree: <class>/<image>, or <split>/<class>/<image> when a train/ "
+        "folder is present; as a folder or a tar. Classes are the sorted folder names.",
+    )
+    parser.add_argument("--source", required=True, metavar="DIR|TAR", help="the tree, or a .tar/.tar.gz holding it")
+    parser.add_argument(
+        "--size",
+        type=_positive_int,
+        metavar="S",
+        help="resize every image to SxS (without it all images must share one size)",
+    )
+    parser.add_argument(
+        "--filter",
+        choices=sorted(FILTERS),
+        default="bicubic",
+        help="resampling filter for --size (PIL's; default bicubic)",
+    )
+    parser.add_argument(
+        "--mode", choices=("RGB", "L"), default="RGB", help="stored pixels: RGB (C=3, default) or L (grey, C=1)"
+    )
+    parser.add_argument("--encoded", action="store_true", help="keep each file's PNG/JPEG bytes instead of decoding")
+    parser.add_argument("--name", metavar="NAME", help="dataset name in the manifest (default: the source's name)")
+    parser.add_argument("--workers", type=_positive_int, metavar="N", help="decoding processes (default: CPU count)")
+    _common_prep_options(parser)
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        from .sources_folder import prep_folder
+
+        start = time.perf_counter()
+        manifest = prep_folder(
+            args.source,
+            args.out,
+            size=args.size,
+            resample=args.filter,
+            mode=args.mode,
+            encoded=args.encoded,
+            dataset=args.name,
+            overwrite=args.overwrite,
+            shard_rows=args.shard_rows,
+            workers=args.workers,
+            progress=_progress(args),
+        )
+        print(_summary(manifest, args.out, time.perf_counter() - start))
+        return 0
+
+    return _run(parser.prog, body)
+
+
+# -- rmm-shards ------------------------------------------------------------------------------------
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def _info(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .reader import open_shards
+
+    ds = open_shards(args.dir)
+    m = ds.manifest
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    console = Console()
+    shape = "x".join(str(d) for d in ds.image_shape) if ds.image_shape else "mixed"
+    console.print(
+        f"[bold]{ds.path}[/]: dataset [bold]{ds.dataset}[/], {ds.num_classes} classes, images {shape} ({ds.encoding})"
+    )
+    console.print(
+        f"format {m['format']} v{m['format_version']}, written by {m['tool']['name']} {m['tool']['version']}, "
+        f"fingerprint {ds.fingerprint[:16]}"
+    )
+    console.print(f"source: {m['source']}")
+
+    splits = Table(title="Splits")
+    for col in ("split", "rows", "labeled", "shards", "size", "per class"):
+        splits.add_column(col, justify="left" if col == "split" else "right")
+    for name in ds.splits:
+        e = m["splits"][name]
+        counts = e["class_counts"]
+        per_class = f"{min(counts):,}" if min(counts) == max(counts) else f"{min(counts):,}-{max(counts):,}"
+        size = sum(s["bytes"] for s in e["shards"])
+        splits.add_row(
+            name, f"{e['rows']:,}", f"{e['labeled_rows']:,}", str(len(e["shards"])), _human_bytes(size), per_class
+        )
+    console.print(splits)
+
+    classes = Table(title="Classes")
+    classes.add_column("id", justify="right")
+    classes.add_column("name")
+    for name in ds.splits:
+        classes.add_column(name, justify="right")
+    for i, cls in enumerate(ds.class_names):
+        classes.add_row(str(i), cls, *(f"{m['splits'][s]['class_counts'][i]:,}" for s in ds.splits))
+    console.print(classes)
+    return 0
+
+
+def _verify(args) -> int:
+    from .progress import progress_bars
+    from .reader import open_shards
+
+    ds = open_shards(args.dir)
+    paths = ds.shard_paths()
+    total = sum(s["bytes"] for e in ds.manifest["splits"].values() for s in e["shards"])
+    start = time.perf_counter()
+    with progress_bars(False if args.no_progress else None) as bars:
+        ds.verify(progress=bars.task("verify", total, unit="bytes"))
+    print(
+        f"{ds.path}: {len(paths)} shards, {_human_bytes(total)} match the manifest "
+        f"({time.perf_counter() - start:.1f} s)"
+    )
+    return 0
+
+
+def _subset(args) -> int:
+    from .reader import open_shards
+    from .subsets import labeled_subset, save_subset
+
+    ds = open_shards(args.dir)
+    subset = labeled_subset(ds, args.labels, args.seed, args.valid, split=args.split)
+    out = args.out or Path(f"{ds.dataset}.{args.split}@{args.labels}-seed{args.seed}.json")
+    save_subset(subset, out, labels=ds[args.split].labels)
+    print(
+        f"{out}: {len(subset.labeled)} labeled, {len(subset.valid)} validation of {subset.num_rows} {args.split} rows"
+    )
+    return 0
+
+
+def shards_main(argv: Sequence[str] | None = None) -> int:
+    parser = _Parser(prog="rmm-shards", description="Inspect and check shard directories.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    info = sub.add_parser("info", help="splits, classes, counts and sizes")
+    info.add_argument("dir", type=Path)
+    info.add_argument("--json", action="store_true", help="print the manifest instead")
+    verify = sub.add_parser("verify", help="check every shard's sha256 against the manifest")
+    verify.add_argument("dir", type=Path)
+    verify.add_argument("--no-progress", action="store_true")
+    subset = sub.add_parser("subset", help="write a class-balanced labeled subset (JSON)")
+    subset.add_argument("dir", type=Path)
+    subset.add_argument("--labels", type=_positive_int, required=True, metavar="N", help="number of labeled rows")
+    subset.add_argument("--seed", type=int, required=True)
+    subset.add_argument("--valid", type=int, default=0, metavar="N", help="validation rows held out from the rest")
+    subset.add_argument("--split", default="train")
+    subset.add_argument("--out", type=Path, metavar="FILE")
+    args = parser.parse_args(argv)
+    prog = f"{parser.prog} {args.command}"
+    command = {"info": _info, "verify": _verify, "subset": _subset}[args.command]
+
+    def body() -> int:
+        try:
+            return command(args)
+        except VerifyError as e:
+            return _fail(prog, str(e), EXIT_VERIFY_FAILED)
+
+    return _run(prog, body)
