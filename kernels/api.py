@@ -87,7 +87,9 @@ def _host_values(array) -> np.ndarray:
     return cuda.as_cuda_array(array).copy_to_host()
 
 
-def _check_range(name, array, low, high, fn, high_inclusive=True):
+def _check_range(name, array, low, high, fn, high_inclusive=True, check_values=True):
+    if not check_values:
+        return
     values = _host_values(array)
     if values.size == 0:
         return
@@ -109,7 +111,7 @@ def _check_images(images, fn):
     return batch, height, width
 
 
-def _check_weak(flips, offsets, n_views, pad, height, width, fn):
+def _check_weak(flips, offsets, n_views, pad, height, width, fn, check_values=True):
     if (flips is None) != (offsets is None):
         raise AugmentInputError(f"{fn}: flips and offsets go together; got only one of them")
     if flips is None:
@@ -118,17 +120,17 @@ def _check_weak(flips, offsets, n_views, pad, height, width, fn):
         raise AugmentInputError(f"{fn}: pad must be in [0, {min(height, width) - 1}] for {height}x{width} images, got {pad}")
     _check("flips", flips, np.int32, (n_views,), fn)
     _check("offsets", offsets, np.int32, (n_views, 2), fn)
-    _check_range("flips", flips, 0, 1, fn)
-    _check_range("offsets", offsets, 0, 2 * pad, fn)
+    _check_range("flips", flips, 0, 1, fn, check_values=check_values)
+    _check_range("offsets", offsets, 0, 2 * pad, fn, check_values=check_values)
 
 
-def _check_sources(sources, n_views, batch, fn):
+def _check_sources(sources, n_views, batch, fn, check_values=True):
     if sources is None:
         if n_views != batch:
             raise AugmentInputError(f"{fn}: {n_views} views of {batch} images need sources (view -> image index)")
         return
     _check("sources", sources, np.int32, (n_views,), fn)
-    _check_range("sources", sources, 0, batch - 1, fn)
+    _check_range("sources", sources, 0, batch - 1, fn, check_values=check_values)
 
 
 def _check_out(out, n_views, height, width, fn):
@@ -136,7 +138,8 @@ def _check_out(out, n_views, height, width, fn):
         _check("out", out, np.uint8, (n_views, height, width, 3), fn)
 
 
-def _validate_ops(images, op_ids, levels, rand, cutout_level, sources, flips, offsets, pad, out):
+def _validate_ops(images, op_ids, levels, rand, cutout_level, sources, flips, offsets, pad, out,
+                  check_values):
     fn = "apply_ops"
     batch, height, width = _check_images(images, fn)
     shape = _check("op_ids", op_ids, np.int32, (None, None), fn)
@@ -145,19 +148,19 @@ def _validate_ops(images, op_ids, levels, rand, cutout_level, sources, flips, of
         raise AugmentInputError(f"{fn}: depth (op_ids.shape[1]) must be 1..{MAX_DEPTH}, got {depth}")
     _check("levels", levels, np.float32, (n_views, depth, LEVELS_PER_OP), fn)
     _check("rand", rand, np.float32, (n_views, depth + 1, 2), fn)
-    _check_range("op_ids", op_ids, 0, NUM_OPS - 1, fn)
-    _check_range("levels", levels, 0.0, 1.0, fn)
-    _check_range("rand", rand, 0.0, 1.0, fn, high_inclusive=False)
+    _check_range("op_ids", op_ids, 0, NUM_OPS - 1, fn, check_values=check_values)
+    _check_range("levels", levels, 0.0, 1.0, fn, check_values=check_values)
+    _check_range("rand", rand, 0.0, 1.0, fn, high_inclusive=False, check_values=check_values)
     if cutout_level is not None and not (0.0 <= float(cutout_level) <= 1.0):
         raise AugmentInputError(f"{fn}: cutout_level must be in [0, 1] or None, got {cutout_level}")
-    _check_sources(sources, n_views, batch, fn)
-    _check_weak(flips, offsets, n_views, pad, height, width, fn)
+    _check_sources(sources, n_views, batch, fn, check_values)
+    _check_weak(flips, offsets, n_views, pad, height, width, fn, check_values)
     _check_out(out, n_views, height, width, fn)
     return n_views, height, width
 
 
 def apply_ops(images, op_ids, levels, rand, *, cutout_level=None, sources=None, flips=None,
-              offsets=None, pad=4, out=None, stream=None):
+              offsets=None, pad=4, out=None, stream=None, check_values=True):
     """Applies each view's CTAugment ops, fused in one pass over the batch.
 
     images: (B, H, W, 3) uint8, C-contiguous; NumPy (CPU backend) or a CUDA array (CUDA backend).
@@ -173,10 +176,15 @@ def apply_ops(images, op_ids, levels, rand, *, cutout_level=None, sources=None, 
     out: optional (N, H, W, 3) uint8 array on the same device to write into.
     stream: CUDA backend only: a Numba stream or a torch.cuda.Stream (default: torch's current stream
             for torch tensors, else the default stream).
+    check_values: shapes and dtypes are always checked; the values (op ids, levels, random
+            numbers, sources, flips, offsets in range) too unless False. Checking per-view arrays
+            that live on the GPU copies them to the host and waits for the stream: a caller whose
+            arrays come from a trusted sampler turns it off. Out-of-range values then give wrong
+            views but never an out-of-bounds access (the kernels clamp every index they derive).
     Returns (N, H, W, 3) uint8 on the images' device (a torch tensor for torch input).
     """
     n_views, height, width = _validate_ops(images, op_ids, levels, rand, cutout_level, sources,
-                                           flips, offsets, pad, out)
+                                           flips, offsets, pad, out, check_values)
     cutout = -1.0 if cutout_level is None else float(cutout_level)
     if _is_cuda(images):
         from .cuda_launch import apply_ops_device
@@ -197,7 +205,8 @@ def apply_ops(images, op_ids, levels, rand, *, cutout_level=None, sources=None, 
     return out
 
 
-def weak_augment(images, flips, offsets, *, sources=None, pad=4, out=None, stream=None):
+def weak_augment(images, flips, offsets, *, sources=None, pad=4, out=None, stream=None,
+                 check_values=True):
     """Random horizontal flip (flips[n] = 1), reflect-pad by ``pad``, crop back at offsets[n] = (y, x).
 
     Same conventions as :func:`apply_ops`; offsets lie in [0, 2 * pad].
@@ -205,8 +214,8 @@ def weak_augment(images, flips, offsets, *, sources=None, pad=4, out=None, strea
     fn = "weak_augment"
     batch, height, width = _check_images(images, fn)
     (n_views,) = _check("flips", flips, np.int32, (None,), fn)
-    _check_sources(sources, n_views, batch, fn)
-    _check_weak(flips, offsets, n_views, pad, height, width, fn)
+    _check_sources(sources, n_views, batch, fn, check_values)
+    _check_weak(flips, offsets, n_views, pad, height, width, fn, check_values)
     _check_out(out, n_views, height, width, fn)
     if _is_cuda(images):
         from .cuda_launch import weak_augment_device

@@ -24,6 +24,7 @@ needs_histogram = _f.needs_histogram
 histogram_slot = _f.histogram_slot
 finish_statistics = _f.finish_statistics
 weak_source = _f.weak_source
+clamp_index = _f.clamp_index
 
 
 @numba.njit(inline="always")
@@ -100,13 +101,14 @@ def _apply_view(image, op_ids, levels, rand, cutout_level, height, width, weak, 
 @numba.njit(parallel=True, cache=True)
 def apply_ops_cpu(images, sources, flips, offsets, pad, op_ids, levels, rand, cutout_level,
                   height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
-    """images (B, H*W*3) -> out (N, H*W*3); every argument already validated by the API."""
+    """images (B, H*W*3) -> out (N, H*W*3); shapes and dtypes already checked by the API."""
     weak = flips.shape[0] > 0
     for n in prange(out.shape[0]):
         flip = flips[n] if weak else 0
         off_y = offsets[n, 0] if weak else 0
         off_x = offsets[n, 1] if weak else 0
-        _apply_view(images[sources[n]], op_ids[n], levels[n], rand[n], cutout_level, height, width,
+        image = images[clamp_index(sources[n], images.shape[0])]
+        _apply_view(image, op_ids[n], levels[n], rand[n], cutout_level, height, width,
                     weak, flip, off_y, off_x, pad, out[n], rotations, bounds_y, coef_y, bounds_x,
                     coef_x)
 
@@ -114,5 +116,6 @@ def apply_ops_cpu(images, sources, flips, offsets, pad, op_ids, levels, rand, cu
 @numba.njit(parallel=True, cache=True)
 def weak_augment_cpu(images, sources, flips, offsets, pad, height, width, out):
     for n in prange(out.shape[0]):
-        _load_view(images[sources[n]], out[n], height, width, True, flips[n], offsets[n, 0],
+        image = images[clamp_index(sources[n], images.shape[0])]
+        _load_view(image, out[n], height, width, True, flips[n], offsets[n, 0],
                    offsets[n, 1], pad)

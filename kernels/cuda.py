@@ -29,6 +29,7 @@ needs_histogram = _f.needs_histogram
 histogram_slot = _f.histogram_slot
 finish_statistics = _f.finish_statistics
 weak_source = _f.weak_source
+clamp_index = _f.clamp_index
 
 THREADS_PER_BLOCK = 256
 
@@ -80,7 +81,8 @@ def apply_ops_kernel(images, sources, flips, offsets, pad, op_ids, levels, rand,
         flip = flips[n]
         off_y = offsets[n, 0]
         off_x = offsets[n, 1]
-    _load_view(images, sources[n], a, height, width, weak, flip, off_y, off_x, pad, tid, nthreads)
+    source = clamp_index(sources[n], images.shape[0])
+    _load_view(images, source, a, height, width, weak, flip, off_y, off_x, pad, tid, nthreads)
 
     depth = op_ids.shape[1]
     steps = depth
@@ -145,7 +147,7 @@ def weak_augment_kernel(images, sources, flips, offsets, pad, height, width, out
     p = i - n * pixels
     y = p // width
     s = weak_source(y, p - y * width, height, width, flips[n], offsets[n, 0], offsets[n, 1], pad)
-    source = sources[n]
+    source = clamp_index(sources[n], images.shape[0])
     out[n, p * 3] = images[source, s * 3]
     out[n, p * 3 + 1] = images[source, s * 3 + 1]
     out[n, p * 3 + 2] = images[source, s * 3 + 2]

@@ -430,8 +430,19 @@ def finish_statistics(op, hist, lut, params_i, c, pixels):
 # One op: per-view set-up, then one value per output element.
 
 
+def unit(v):
+    # Clamps to [0, 1] (NaN -> 0): unchecked inputs must never index outside a table or an image.
+    if not v >= 0.0:
+        return 0.0
+    if v > 1.0:
+        return 1.0
+    return v
+
+
 def prepare_op(op, v0, v1, u0, u1, height, width, params_i, params_f, coords, rotations):
     """Turns an op's levels (and random numbers) into the parameters its pixel pass reads."""
+    v0 = unit(v0)
+    v1 = unit(v1)
     if op == AUTOCONTRAST or op == BLUR or op == EQUALIZE or op == INVERT or op == SMOOTH:
         params_f[0] = blend_alpha(v0)
     elif op == BRIGHTNESS or op == COLOR or op == CONTRAST or op == SHARPNESS:
@@ -556,12 +567,17 @@ def op_pixel(op, img, rows, out, y, x, height, width, params_i, params_f, coords
 
 def reflect(i, size):
     # numpy/TF 'reflect' padding (the edge pixel is not repeated); one reflection is enough for
-    # pads smaller than the image.
+    # pads smaller than the image, and the clamp keeps unchecked offsets inside it.
     if i < 0:
-        return -i
+        i = -i
     if i >= size:
-        return 2 * size - 2 - i
-    return i
+        i = 2 * size - 2 - i
+    return min(max(i, 0), size - 1)
+
+
+def clamp_index(i, count):
+    # Keeps an unchecked image index (a view's source) inside the batch.
+    return min(max(i, 0), count - 1)
 
 
 def weak_source(y, x, height, width, flip, off_y, off_x, pad):

@@ -181,3 +181,20 @@ def test_cutout_level_one_covers_a_third_of_a_side():
     views = apply_ops(images, op_ids, levels, rand, cutout_level=1.0)
     side = 1 + int(1.0 * min(H, W) * 0.499)
     assert (views == 127).all(axis=-1).sum(axis=(1, 2)).tolist() == [side * side] * N
+
+
+def test_unchecked_values_never_index_outside_the_inputs():
+    # check_values=False skips the value checks (for trusted samplers on the GPU); the kernels
+    # still clamp every index they derive, so bad values give wrong views, not a crash.
+    images, op_ids, levels, rand = inputs(depth=2)
+    op_ids[:] = [[OP_ID["rotate"], OP_ID["rescale"]]]
+    levels[:] = np.array([[7.5, -3.0], [np.nan, 40.0]], np.float32)
+    rand[:] = 5.0
+    sources = np.array([0, -4, 99, 1, 2, 3], np.int32)
+    flips = np.full(N, 3, np.int32)
+    offsets = np.full((N, 2), 1000, np.int32)
+    views = apply_ops(images, op_ids, levels, rand, sources=sources, flips=flips, offsets=offsets,
+                      cutout_level=1.0, check_values=False)
+    assert views.shape == (N, H, W, 3)
+    weak = weak_augment(images, flips, offsets, sources=sources, check_values=False)
+    assert weak.shape == (N, H, W, 3)

@@ -17,7 +17,7 @@ import pytest
 
 from remixmatch.kernels import apply_ops, weak_augment
 from remixmatch.kernels import pil_reference as ref
-from remixmatch.kernels.ops import MAX_DEPTH, NUM_OPS, OP_ID, OP_NAMES, OPS, RESCALE_FILTERS
+from remixmatch.kernels.ops import MAX_DEPTH, NUM_OPS, OP_ID, OP_NAMES, RESCALE_FILTERS
 
 try:
     from kernel_images import cifar_images, group

@@ -1,0 +1,555 @@
+"""``rmm-bench aug``: strong-view throughput of the fused Numba kernels against the PIL reference.
+
+Workload: K = 8 strong views (depth 2, op ids uniform over all ops, levels uniform) of a batch of 64
+real CIFAR-10 images, the same images and policies for every backend of a run. Backends:
+
+- ``pil``: the per-view PIL reference in this process (the reference code's CTAugment, one core);
+- ``pil-pool``: the same function in a pool of worker processes, one per thread (the reference code's
+  augmentation pool); pool start-up is outside the timed region, pickling in and out inside it;
+- ``numba-cpu``: ``apply_ops`` on NumPy arrays, ``--threads`` Numba threads; also K = 1..16 and one
+  row per op (every view applying that op once);
+- ``numba-cuda``: ``apply_ops`` on device arrays at N = 512, 8,192 and 65,536 views (K = 8 views of
+  N / 8 images, the 64 images tiled), with the per-view arrays already on the device and on the
+  host (their copy timed), plus one row per op at the largest N.
+
+Every row is the median of ``--reps`` (>= 5) timed repetitions after a warm-up call; the JIT compile
+time is a separate ``aug-compile`` entry. The report schema is documented in
+:mod:`remixmatch.bench.report`.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .images import ImageSet, Policies, load_images, random_policies, single_op_policies
+from .report import (
+    RunConditions, conditions_line, finish_report, format_rate, format_ratio, machine_info, machine_line,
+    markdown_table, new_report, spread,
+)
+
+BATCH = 64  # images per batch: the reference code's unlabeled batch
+HEADLINE_K = 8  # strong views per image (ReMixMatch's default K)
+DEPTH = 2  # ops per strong view
+K_SWEEP = (1, 2, 4, 8, 16)
+CUDA_SIZES = (512, 8192, 65536)
+MIN_REPS = 5
+DEFAULT_REPS = 7
+# Calls shorter than this are repeated back to back within one repetition, so that timer resolution
+# and per-call jitter do not dominate; quick runs accept a noisier figure to stay under two minutes.
+REP_SECONDS = {False: 0.2, True: 0.05}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class AugInputError(ValueError):
+    """A command-line value the benchmark cannot run with; the message is shown as one line."""
+
+
+@dataclass(frozen=True)
+class AugConfig:
+    out: Path
+    device: str = "auto"  # "auto": CPU backends, plus numba-cuda when a device is present
+    quick: bool = False
+    reps: int = DEFAULT_REPS
+    threads: int = 1
+    images: str | None = None
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        config = asdict(self)
+        config["out"] = str(self.out)
+        return config
+
+
+def default_threads() -> int:
+    """All usable cores (Numba's own default, NUMBA_NUM_THREADS, already counts only those)."""
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def validate(config: AugConfig) -> None:
+    """Rejects what would fail late (after minutes of compiling) before any work starts."""
+    if config.device not in DEVICES:
+        raise AugInputError(f"--device must be one of {', '.join(DEVICES)}, got {config.device!r}")
+    if config.reps < MIN_REPS:
+        raise AugInputError(f"--reps must be at least {MIN_REPS} (every figure is a median of >= {MIN_REPS} repetitions), got {config.reps}")
+    import numba
+
+    max_threads = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= config.threads <= max_threads:
+        raise AugInputError(f"--threads must be in 1..{max_threads} (NUMBA_NUM_THREADS), got {config.threads}")
+    if config.out.exists() and not config.out.is_dir():
+        raise AugInputError(f"--out {config.out} exists and is not a directory")
+    if config.device == "cuda":
+        reason = cuda_unavailable_reason()
+        if reason:
+            raise AugInputError(f"--device cuda: {reason}")
+
+
+# ---- timing ---------------------------------------------------------------------------------------
+
+def _no_sync() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Timing:
+    per_call: list[float]  # seconds per call, one entry per repetition
+    calls_per_rep: int
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.per_call)
+
+    def fields(self, views: int) -> dict:
+        rates = [views / seconds for seconds in self.per_call]
+        return {
+            "views_per_s": statistics.median(rates),
+            "seconds": self.median_seconds,
+            "spread": spread(rates),
+            "reps": len(self.per_call),
+            "calls_per_rep": self.calls_per_rep,
+        }
+
+
+def measure(call: Callable[[], object], reps: int, rep_seconds: float, sync: Callable[[], None] = _no_sync) -> Timing:
+    """One warm-up call (its duration sizes the repetitions), then ``reps`` timed repetitions."""
+    start = time.perf_counter()
+    call()
+    sync()
+    warm = time.perf_counter() - start
+    calls = max(1, min(1000, math.ceil(rep_seconds / max(warm, 1e-6))))
+    per_call = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        for _ in range(calls):
+            call()
+        sync()
+        per_call.append((time.perf_counter() - start) / calls)
+    return Timing(per_call, calls)
+
+
+def time_first_call(call: Callable[[], object], sync: Callable[[], None] = _no_sync) -> float:
+    start = time.perf_counter()
+    call()
+    sync()
+    return time.perf_counter() - start
+
+
+def row(backend: str, k: int, batch: int, policies: Policies, op: str | None, timing: Timing,
+        threads: int, device: str, inputs: str = "host", **extra) -> dict:
+    return {
+        "bench": "aug", "backend": backend, "k": k, "batch": batch, "views": policies.views,
+        "depth": policies.depth, "op": op, "inputs": inputs, **timing.fields(policies.views),
+        "ratio_vs_pil": None, "threads": threads, "device": device, **extra,
+    }
+
+
+def skipped(backend: str, reason: str) -> dict:
+    return {"bench": "aug", "backend": backend, "skipped": reason}
+
+
+def _import_error_reason(module: str, error: BaseException) -> str:
+    return f"{module} is not importable here ({type(error).__name__}: {error})"
+
+
+# ---- the workload -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Workload:
+    images: ImageSet
+    seed: int
+
+    def mixed(self, k: int = HEADLINE_K, batch: int = BATCH) -> Policies:
+        return random_policies(batch, k, DEPTH, self.seed)
+
+    def single_op(self, op_id: int, k: int = HEADLINE_K, batch: int = BATCH) -> Policies:
+        return single_op_policies(batch, k, op_id, self.seed)
+
+
+def op_table() -> list[tuple[int, str]]:
+    from remixmatch.kernels.ops import OP_NAMES
+
+    return list(enumerate(OP_NAMES))
+
+
+# ---- PIL ----------------------------------------------------------------------------------------------
+
+def _pil_apply():
+    from remixmatch.kernels.pil_reference import apply_ops_batch
+
+    return apply_ops_batch
+
+
+def _pil_chunk(task: tuple) -> np.ndarray:
+    """Pool worker: one chunk of images with their views (module level so that spawn can pickle it)."""
+    images, op_ids, levels, rand, sources = task
+    return _pil_apply()(images, op_ids, levels, rand, sources=sources)
+
+
+def run_pil(work: Workload, config: AugConfig, log) -> list[dict]:
+    try:
+        apply_ops_batch = _pil_apply()
+    except Exception as error:  # a missing or broken reference must not cost the other backends
+        return [skipped("pil", _import_error_reason("remixmatch.kernels.pil_reference", error))]
+    rows = []
+    rep_seconds = REP_SECONDS[config.quick]
+    pixels = work.images.pixels
+    cases = [(None, work.mixed())]
+    if not config.quick:
+        cases += [(name, work.single_op(op_id)) for op_id, name in op_table()]
+    for op, policies in cases:
+        timing = measure(lambda p=policies: apply_ops_batch(pixels, p.op_ids, p.levels, p.rand, sources=p.sources),
+                         config.reps, rep_seconds)
+        rows.append(row("pil", HEADLINE_K, BATCH, policies, op, timing, threads=1, device="cpu"))
+        log(rows[-1])
+    return rows
+
+
+def _pil_worker_init() -> None:
+    # Imports PIL and the reference in each worker at start-up, outside the timed region.
+    _pil_apply()
+
+
+@contextmanager
+def pil_pool(processes: int):
+    # spawn, not fork: the parent may already run Numba or OpenMP threads, which fork does not copy.
+    context = multiprocessing.get_context("spawn")
+    pool = context.Pool(processes, initializer=_pil_worker_init)
+    try:
+        yield pool
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _pool_call(pool, pixels: np.ndarray, policies: Policies, k: int, processes: int):
+    # One chunk of whole images per process, like the reference code's one-batch-per-task workers.
+    bounds = np.linspace(0, len(pixels), processes + 1).astype(int)
+    tasks = [(pixels[a:b], *policies.image_range(a, b, k).arrays()) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+    def call():
+        return np.concatenate(pool.map(_pil_chunk, tasks, chunksize=1))
+
+    return call
+
+
+def run_pil_pool(work: Workload, config: AugConfig, log) -> list[dict]:
+    try:
+        _pil_apply()
+    except Exception as error:
+        return [skipped("pil-pool", _import_error_reason("remixmatch.kernels.pil_reference", error))]
+    processes = config.threads
+    start = time.perf_counter()
+    with pil_pool(processes) as pool:
+        _wait_for_workers(pool, processes)
+        startup = time.perf_counter() - start
+        policies = work.mixed()
+        timing = measure(_pool_call(pool, work.images.pixels, policies, HEADLINE_K, processes),
+                         config.reps, REP_SECONDS[config.quick])
+    result = row("pil-pool", HEADLINE_K, BATCH, policies, None, timing, threads=processes, device="cpu",
+                 startup_seconds=startup)
+    log(result)
+    return [result]
+
+
+def _worker_pid(_: int) -> int:
+    # The pause keeps one ready worker from taking every probe while the others are still starting.
+    time.sleep(0.01)
+    return os.getpid()
+
+
+def _wait_for_workers(pool, processes: int) -> None:
+    """Returns once every worker has started and run its initializer (spawn start-up is seconds)."""
+    seen: set[int] = set()
+    while len(seen) < processes:
+        seen.update(pool.map(_worker_pid, range(processes), chunksize=1))
+
+
+# ---- Numba CPU ----------------------------------------------------------------------------------------
+
+def numba_cache_outcome(module_name: str) -> str:
+    """Whether the module's Numba dispatchers were loaded from the on-disk cache or compiled."""
+    module = sys.modules.get(module_name)
+    hits = misses = 0
+    for value in vars(module).values() if module else ():
+        stats = getattr(value, "stats", None)
+        if stats is not None and hasattr(stats, "cache_hits"):
+            hits += sum(stats.cache_hits.values())
+            misses += sum(stats.cache_misses.values())
+    if hits and misses:
+        return "partial"
+    return "hit" if hits else "miss" if misses else "unknown"
+
+
+def compile_entry(backend: str, compile_all_seconds: float | None, first: float, steady: float, cache: str) -> dict:
+    return {
+        "bench": "aug-compile", "backend": backend,
+        "seconds": (compile_all_seconds or 0.0) + max(0.0, first - steady),
+        "method": "compile_all + first call" if compile_all_seconds is not None else "first call",
+        "compile_all_seconds": compile_all_seconds, "first_call_seconds": first,
+        "steady_call_seconds": steady, "cache": cache,
+    }
+
+
+def run_numba_cpu(work: Workload, config: AugConfig, log) -> tuple[list[dict], dict]:
+    """The numba-cpu rows and the threads it ran with."""
+    try:
+        import numba
+
+        from remixmatch import kernels
+    except Exception as error:
+        return [skipped("numba-cpu", _import_error_reason("remixmatch.kernels", error))], {}
+    numba.set_num_threads(config.threads)
+    apply_ops = kernels.apply_ops
+    pixels = work.images.pixels
+    rep_seconds = REP_SECONDS[config.quick]
+
+    def bound(policies: Policies):
+        out = np.empty((policies.views, *pixels.shape[1:]), np.uint8)
+        return lambda: apply_ops(pixels, policies.op_ids, policies.levels, policies.rand,
+                                 sources=policies.sources, out=out)
+
+    log("numba-cpu: compiling (tens of seconds unless Numba's cache has the kernels)")
+    compile_all = getattr(kernels, "compile_all", None)
+    compile_seconds = None
+    if compile_all is not None:
+        start = time.perf_counter()
+        compile_all()
+        compile_seconds = time.perf_counter() - start
+    headline = work.mixed()
+    headline_call = bound(headline)
+    first = time_first_call(headline_call)
+    cache = numba_cache_outcome("remixmatch.kernels.cpu")
+
+    rows = []
+    for k in K_SWEEP:
+        policies = headline if k == HEADLINE_K else work.mixed(k)
+        timing = measure(headline_call if k == HEADLINE_K else bound(policies), config.reps, rep_seconds)
+        rows.append(row("numba-cpu", k, BATCH, policies, None, timing, config.threads, "cpu"))
+        log(rows[-1])
+    steady = next(r["seconds"] for r in rows if r["k"] == HEADLINE_K)
+    rows.insert(0, compile_entry("numba-cpu", compile_seconds, first, steady, cache))
+    log(rows[0])
+    for op_id, name in op_table():
+        policies = work.single_op(op_id)
+        rows.append(row("numba-cpu", HEADLINE_K, BATCH, policies, name,
+                        measure(bound(policies), config.reps, rep_seconds), config.threads, "cpu"))
+        log(rows[-1])
+    threads = {
+        "numba": numba.get_num_threads(),
+        "numba_threading_layer": numba.threading_layer(),
+        "numba_threading_layer_config": numba.config.THREADING_LAYER,
+    }
+    return rows, threads
+
+
+# ---- Numba CUDA ---------------------------------------------------------------------------------------
+
+def cuda_unavailable_reason() -> str | None:
+    try:
+        from numba import cuda
+    except Exception as error:
+        return _import_error_reason("numba.cuda", error)
+    if not cuda.is_available():
+        return "no CUDA device (numba.cuda.is_available() is False)"
+    return None
+
+
+def cuda_device_name() -> str:
+    from numba import cuda
+
+    # The simulator's device (NUMBA_ENABLE_CUDASIM=1) has no name.
+    name = getattr(cuda.get_current_device(), "name", "CUDA simulator")
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def run_numba_cuda(work: Workload, config: AugConfig, log) -> list[dict]:
+    try:
+        from numba import cuda
+
+        from remixmatch.kernels import apply_ops
+    except Exception as error:
+        return [skipped("numba-cuda", _import_error_reason("remixmatch.kernels (CUDA)", error))]
+    device = cuda_device_name()
+    stream = cuda.stream()
+    rep_seconds = REP_SECONDS[config.quick]
+
+    def bound(images, policies: Policies, on_device: bool):
+        arrays = [cuda.to_device(a, stream=stream) for a in policies.arrays()] if on_device else policies.arrays()
+        op_ids, levels, rand, sources = arrays
+        out = cuda.device_array((policies.views, *images.shape[1:]), np.uint8, stream=stream)
+        # Device-resident per-view arrays come from the benchmark's own sampler: their value checks
+        # (a device-to-host copy and a wait) are skipped so the rows time the kernel alone.
+        return lambda: apply_ops(images, op_ids, levels, rand, sources=sources, out=out, stream=stream,
+                                 check_values=not on_device)
+
+    rows = []
+    log("numba-cuda: compiling (on the first call)")
+    for n in CUDA_SIZES:
+        batch = n // HEADLINE_K
+        images = cuda.to_device(work.images.tiled(batch), stream=stream)
+        policies = work.mixed(HEADLINE_K, batch)
+        for on_device in (True, False):
+            call = bound(images, policies, on_device)
+            first = None if rows else time_first_call(call, stream.synchronize)
+            timing = measure(call, config.reps, rep_seconds, stream.synchronize)
+            rows.append(row("numba-cuda", HEADLINE_K, batch, policies, None, timing, 1, device,
+                            inputs="device" if on_device else "host"))
+            log(rows[-1])
+            if first is not None:
+                compiled = compile_entry("numba-cuda", None, first, timing.median_seconds,
+                                         numba_cache_outcome("remixmatch.kernels.cuda"))
+                log(compiled)
+    # Per-op rows at the largest N, whose images the last size left on the device.
+    for op_id, name in op_table():
+        policies = work.single_op(op_id, HEADLINE_K, batch)
+        rows.append(row("numba-cuda", HEADLINE_K, batch, policies, name,
+                        measure(bound(images, policies, True), config.reps, rep_seconds, stream.synchronize),
+                        1, device, inputs="device"))
+        log(rows[-1])
+    return [compiled] + rows
+
+
+# ---- assembling the report ---------------------------------------------------------------------------
+
+def measured(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["bench"] == "aug" and "skipped" not in r]
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """ratio_vs_pil against the pil row of the same op (the mixed pil row for mixed policies)."""
+    pil = {r["op"]: r["views_per_s"] for r in measured(rows) if r["backend"] == "pil"}
+    for r in measured(rows):
+        if r["op"] in pil:
+            r["ratio_vs_pil"] = r["views_per_s"] / pil[r["op"]]
+
+
+def _find(rows: list[dict], backend: str, **match) -> dict | None:
+    for r in measured(rows):
+        if r["backend"] == backend and all(r.get(key) == value for key, value in match.items()):
+            return r
+    return None
+
+
+def summarize(rows: list[dict]) -> dict:
+    headline = dict(k=HEADLINE_K, batch=BATCH, op=None)
+    cpu, pil, pool = (_find(rows, b, **headline) for b in ("numba-cpu", "pil", "pil-pool"))
+    cuda_rates = [r["views_per_s"] for r in measured(rows) if r["backend"] == "numba-cuda" and r["op"] is None]
+    return {
+        "numba_cpu_vs_pil": cpu["views_per_s"] / pil["views_per_s"] if cpu and pil else None,
+        "numba_cpu_vs_pil_pool": cpu["views_per_s"] / pool["views_per_s"] if cpu and pool else None,
+        "numba_cuda_best_views_per_s": max(cuda_rates) if cuda_rates else None,
+    }
+
+
+def _spread_text(r: dict) -> str:
+    s = r["spread"]
+    return f"{format_rate(s['min'])}-{format_rate(s['max'])}"
+
+
+def render_markdown(report: dict) -> str:
+    rows = report["results"]
+    summary = report["summary"]
+    inputs = report["inputs"]
+    lines = [
+        "# rmm-bench aug",
+        "",
+        machine_line(report),
+        "",
+        conditions_line(report),
+        "",
+        f"Inputs: {inputs['count']} {inputs['images']} images ({inputs['source']}), "
+        f"{inputs['height']}x{inputs['width']}; {inputs['policy']}; seed {inputs['seed']}. "
+        f"Each figure: median of {report['config']['reps']} repetitions after warm-up (spread: min-max).",
+        "",
+        "## Headline: K = 8 strong views of 64 images (512 views)",
+        "",
+        f"- numba-cpu vs pil (one process): **{format_ratio(summary['numba_cpu_vs_pil'])}** (goal >= 10x)",
+        f"- numba-cpu vs pil-pool: **{format_ratio(summary['numba_cpu_vs_pil_pool'])}**",
+    ]
+    if summary["numba_cuda_best_views_per_s"] is not None:
+        lines.append(f"- numba-cuda best: **{format_rate(summary['numba_cuda_best_views_per_s'])} views/s** "
+                     "(goal >= 20M at 32x32 on one H100)")
+    mixed = [r for r in measured(rows) if r["op"] is None]
+    lines += ["", markdown_table(
+        ["backend", "K", "images", "views", "inputs", "threads", "views/s", "spread", "vs pil", "device"],
+        [[r["backend"], str(r["k"]), str(r["batch"]), str(r["views"]), r["inputs"], str(r["threads"]),
+          format_rate(r["views_per_s"]), _spread_text(r), format_ratio(r["ratio_vs_pil"]), r["device"]]
+         for r in mixed])]
+    compiles = [r for r in rows if r["bench"] == "aug-compile"]
+    if compiles:
+        lines += ["", "## JIT compile", "", markdown_table(
+            ["backend", "seconds", "method", "Numba cache"],
+            [[r["backend"], f"{r['seconds']:.1f}", r["method"], r["cache"]] for r in compiles])]
+    lines += _per_op_section(rows)
+    skips = [r for r in rows if "skipped" in r]
+    if skips:
+        lines += ["", "## Skipped", ""] + [f"- {r['backend']}: {r['skipped']}" for r in skips]
+    lines += ["", f"Run took {report['wall_seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def _per_op_section(rows: list[dict]) -> list[str]:
+    per_op = [r for r in measured(rows) if r["op"] is not None]
+    if not per_op:
+        return []
+    backends = [b for b in ("pil", "numba-cpu", "numba-cuda") if any(r["backend"] == b for r in per_op)]
+    header = ["op"] + [f"{b} views/s" for b in backends]
+    if "pil" in backends and "numba-cpu" in backends:
+        header.append("numba-cpu vs pil")
+    table = []
+    for op in dict.fromkeys(r["op"] for r in per_op):
+        found = {b: _find(per_op, b, op=op) for b in backends}
+        cells = [op] + [format_rate(found[b]["views_per_s"]) if found[b] else "-" for b in backends]
+        if len(header) > len(backends) + 1:
+            cells.append(format_ratio(found["numba-cpu"]["ratio_vs_pil"] if found["numba-cpu"] else None))
+        table.append(cells)
+    sizes = ", ".join(f"{b}: {next(r['views'] for r in per_op if r['backend'] == b)} views" for b in backends)
+    return ["", "## Per op (every view applies one op, depth 1, levels uniform)", "", f"Batch: {sizes}.", "",
+            markdown_table(header, table)]
+
+
+def run(config: AugConfig, log: Callable[[object], None]) -> dict:
+    """Runs every backend this machine has; returns the report (not yet written)."""
+    started = time.perf_counter()
+    conditions = RunConditions()
+    report = new_report("aug", config.as_dict())
+    images = load_images(BATCH, config.images, config.seed)
+    work = Workload(images, config.seed)
+    report["inputs"] = {**images.describe(), "policy": f"depth {DEPTH}, op ids uniform over all {len(op_table())} ops, levels and rand uniform [0, 1)", "seed": config.seed}
+    log(f"images: {images.kind} ({images.source}), {len(images.pixels)} x {images.pixels.shape[1:]}")
+
+    rows = run_pil(work, config, log)
+    rows += run_pil_pool(work, config, log)
+    threads = {"numba": None, "numba_threading_layer": None, "numba_threading_layer_config": None,
+               "pil": 1, "pil_pool_processes": config.threads}
+    if config.device == "cuda":
+        rows.append(skipped("numba-cpu", "not requested (--device cuda)"))
+    else:
+        cpu_rows, numba_threads = run_numba_cpu(work, config, log)
+        rows += cpu_rows
+        threads.update(numba_threads)
+    gpu = None
+    cuda_reason = "not requested (--device cpu)" if config.device == "cpu" else cuda_unavailable_reason()
+    if cuda_reason:
+        rows.append(skipped("numba-cuda", cuda_reason))
+    else:
+        gpu = cuda_device_name()
+        rows += run_numba_cuda(work, config, log)
+
+    add_ratios(rows)
+    report.update(machine=machine_info(gpu), threads=threads, results=rows, summary=summarize(rows))
+    finish_report(report, time.perf_counter() - started, conditions)
+    return report

@@ -1,0 +1,124 @@
+"""``rmm-bench``: the benchmark commands.
+
+``rmm-bench aug [--device auto|cpu|cuda] [--quick] [--reps N] [--threads N] [--images PATH]
+[--seed N] --out DIR`` writes ``DIR/report.json`` and ``DIR/report.md`` (schema in
+:mod:`remixmatch.bench.report`). ``rmm-bench prep ...`` hands its arguments to
+:mod:`remixmatch.bench.prep`. Bad input exits with status 2 and a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# Subcommands that own their argument parsing: everything after the name goes to their main(argv).
+DELEGATED = {"prep": ("remixmatch.bench.prep", "data preparation benchmark (see: rmm-bench prep --help)")}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (status 2) instead of the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="rmm-bench", description="Benchmarks of the ReMixMatch building blocks.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    aug = commands.add_parser("aug", help="CTAugment strong views/s: Numba CPU/CUDA kernels vs the PIL reference",
+                              description="CTAugment strong views/s: Numba CPU/CUDA kernels vs the PIL reference.")
+    aug.add_argument("--out", required=True, type=Path, help="directory for report.json and report.md")
+    aug.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                     help="which Numba backends to run: auto (CPU, plus CUDA if a device is present), "
+                          "cpu, or cuda (an error without a device); the PIL reference always runs")
+    aug.add_argument("--quick", action="store_true",
+                     help="5 repetitions, shorter repetitions, no PIL per-op rows (under 2 minutes on 2 cores)")
+    aug.add_argument("--reps", type=int, default=None,
+                     help="timed repetitions per figure, at least 5 (default 7; 5 with --quick)")
+    aug.add_argument("--threads", type=_positive_int, default=None,
+                     help="Numba threads and PIL pool processes (default: all cores)")
+    aug.add_argument("--images", default=None,
+                     help="tar archive or directory of images (default: the shared cifar10-jpg.tar.gz; "
+                          "synthetic images if that is absent)")
+    aug.add_argument("--seed", type=int, default=0, help="seed of the policies (and of synthetic images)")
+    for name, (_, help_text) in DELEGATED.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def run_aug(args: argparse.Namespace) -> int:
+    # Imported here so that `rmm-bench prep` and `--help` do not pay for NumPy/Numba imports.
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from . import aug
+    from .images import ImageInputError
+    from .report import write_report
+
+    config = aug.AugConfig(
+        out=args.out,
+        device=args.device,
+        quick=args.quick,
+        reps=args.reps if args.reps is not None else (aug.MIN_REPS if args.quick else aug.DEFAULT_REPS),
+        threads=args.threads if args.threads is not None else aug.default_threads(),
+        images=args.images,
+        seed=args.seed,
+    )
+    try:
+        aug.validate(config)
+    except aug.AugInputError as error:
+        print(f"rmm-bench aug: error: {error}", file=sys.stderr)
+        return 2
+    console = Console(stderr=True, highlight=False)
+
+    def log(item) -> None:
+        console.print(item if isinstance(item, str) else _progress_line(item))
+
+    try:
+        report = aug.run(config, log)
+    except ImageInputError as error:
+        print(f"rmm-bench aug: error: {error}", file=sys.stderr)
+        return 2
+    json_path, md_path = write_report(config.out, report, aug.render_markdown(report))
+    Console(highlight=False).print(Markdown(md_path.read_text(encoding="utf-8")))
+    console.print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def _progress_line(result: dict) -> str:
+    from .report import format_rate
+
+    if "skipped" in result:
+        return f"{result['backend']}: skipped ({result['skipped']})"
+    if result["bench"] == "aug-compile":
+        return f"{result['backend']}: JIT compile {result['seconds']:.1f} s (Numba cache: {result['cache']})"
+    what = result["op"] or f"K={result['k']} x {result['batch']} images"
+    return (f"{result['backend']} {what} [{result['inputs']}]: {format_rate(result['views_per_s'])} views/s "
+            f"(median of {result['reps']}, {format_rate(result['spread']['min'])}-{format_rate(result['spread']['max'])})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error (2): return the status, do not raise
+        return int(exit_.code or 0)
+    return COMMANDS[args.command](args)
+
+
+COMMANDS = {"aug": run_aug}

@@ -1,0 +1,291 @@
+"""Benchmark reports: what machine and software ran, and writing ``report.json`` / ``report.md``.
+
+``report.json`` schema (``schema_version`` 1; keys are only ever added, never renamed)::
+
+    {
+      "schema_version": 1,
+      "command": "aug",                      # the rmm-bench subcommand that wrote it
+      "created": "2025-01-01T12:00:00Z",     # UTC, when the run finished
+      "wall_seconds": 97.3,                  # the whole run, JIT compile and pool start-up included
+      "machine": {
+        "platform": "Linux-6.1-x86_64-with-glibc2.36", "machine": "x86_64",
+        "processor": "AMD EPYC ...",         # /proc/cpuinfo model name where there is one
+        "cpu_count": 2,                      # os.cpu_count()
+        "cpus_usable": 2,                    # CPUs this process may run on (affinity)
+        "memory_gib": 23.4,
+        "gpu": "NVIDIA H100 80GB HBM3" | null
+      },
+      "conditions": {                        # was the machine ours alone? (Linux; null elsewhere)
+        "load_average_at_start": [0.1, 0.3, 0.2],  # 1/5/15 min
+        "other_cpu_seconds": 0.8,            # CPU time other processes used during the run
+        "other_cpu_share": 0.003             # that / (wall seconds * CPUs); above ~0.05 the
+      },                                     # figures are lower than on an idle machine
+      "versions": {"python": "3.11.7", "numpy": ..., "numba": ..., "numba-cuda": ..., "pillow": ...,
+                   "torch": ... | null, "remixmatch": ...},   # null: not installed
+      "threads": {
+        "numba": 2,                          # numba.get_num_threads() during the numba-cpu rows
+        "numba_threading_layer": "omp",      # the layer Numba actually used (null if none ran)
+        "numba_threading_layer_config": "default",   # numba.config.THREADING_LAYER
+        "pil": 1,                            # the single-process PIL reference
+        "pil_pool_processes": 2              # the PIL worker pool
+      },
+      "config": {...},                       # the parsed command-line arguments
+      "inputs": {"images": "cifar10-jpg" | "archive" | "directory" | "synthetic",
+                 "source": "cifar10-jpg.tar.gz", "count": 64, "height": 32, "width": 32,
+                 "policy": "depth 2, op ids uniform over all 19 ops, levels and rand uniform [0, 1)",
+                 "seed": 0},
+      "summary": {                           # the headline ratios, derived from "results"
+        "numba_cpu_vs_pil": <float> | null,  # numba-cpu / pil views/s, K=8 x 64 images (goal >= 10)
+        "numba_cpu_vs_pil_pool": <float> | null,
+        "numba_cuda_best_views_per_s": <float> | null  # goal >= 2e7 at 32x32 on one H100
+      },
+      "results": [ <row>, ... ]
+    }
+
+A ``results`` row is one of three kinds, told apart by its keys:
+
+- a measurement (``"bench": "aug"``)::
+
+    {"bench": "aug",
+     "backend": "pil" | "pil-pool" | "numba-cpu" | "numba-cuda",
+     "k": 8,               # views per image
+     "batch": 64,          # images
+     "views": 512,         # k * batch: views made per call
+     "depth": 2,           # ops per view
+     "op": null | "rotate",  # null: mixed policies; a name: every view applies that op once (depth 1)
+     "inputs": "host" | "device",  # where the per-view arrays live; numba-cuda images are always on
+                                   # the device, "host" rows time the per-view arrays' value checks
+                                   # and copy too; "device" rows skip the checks (kernel alone)
+     "views_per_s": 41000.0,       # median over the repetitions
+     "seconds": 0.0125,            # median seconds per call (one call makes "views" views)
+     "spread": {"min": ..., "max": ..., "q1": ..., "q3": ..., "iqr": ..., "stdev": ...},  # views/s
+     "reps": 7,                    # timed repetitions (>= 5), after warm-up
+     "calls_per_rep": 4,           # back-to-back calls per repetition (short calls are batched)
+     "ratio_vs_pil": 30.1 | null,  # views_per_s / the pil row's views_per_s for the same op
+                                   # (the mixed-policy pil row when "op" is null)
+     "threads": 2,                 # numba threads, pool processes, or 1
+     "device": "cpu" | "<GPU name>",
+     "startup_seconds": 1.9}       # pil-pool only: starting the workers (not in the timed region)
+
+- a compile-time entry (``"bench": "aug-compile"``)::
+
+    {"bench": "aug-compile", "backend": "numba-cpu" | "numba-cuda",
+     "seconds": 61.2,              # JIT cost before the first steady call: explicit compile (if any)
+                                   # + first call - steady per-call time
+     "method": "compile_all + first call" | "first call",
+     "compile_all_seconds": 60.9 | null,   # remixmatch.kernels.compile_all(): every CPU kernel
+     "first_call_seconds": ..., "steady_call_seconds": ...,
+     "cache": "miss" | "hit" | "partial" | "unknown"}   # Numba's on-disk cache: "hit" means every
+                                                        # kernel was loaded, not compiled
+
+- a skipped backend (``"skipped"`` holds the reason)::
+
+    {"bench": "aug", "backend": "numba-cuda", "skipped": "no CUDA device (numba.cuda.is_available() is False)"}
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+# Distribution names whose versions a report records (importlib.metadata: nothing gets imported).
+PACKAGES = ("numpy", "numba", "numba-cuda", "pillow", "torch", "remixmatch")
+
+
+def package_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _processor_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else (platform.processor() or platform.machine())
+
+
+def _memory_gib() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def machine_info(gpu: str | None = None) -> dict:
+    """The machine, without anything that names it (no hostname, user or paths)."""
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": _processor_name(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable_cpus(),
+        "memory_gib": _memory_gib(),
+        "gpu": gpu,
+    }
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds all processes have used since boot (/proc/stat: everything but idle and iowait)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:9]]  # user..steal; guest is in user
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _own_cpu_seconds() -> float:
+    # Children count once reaped, so worker pools must be joined before the run is closed.
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class RunConditions:
+    """How much of the machine other processes took while a benchmark ran.
+
+    On a shared machine another job on one of two cores halves a two-thread figure; recording it
+    tells a slow figure from a slow kernel.
+    """
+
+    def __init__(self) -> None:
+        try:
+            self.load_at_start = [round(v, 2) for v in os.getloadavg()]
+        except (OSError, AttributeError):
+            self.load_at_start = None
+        self.busy_at_start = _machine_busy_seconds()
+        self.own_at_start = _own_cpu_seconds()
+
+    def finish(self, wall_seconds: float) -> dict:
+        busy = _machine_busy_seconds()
+        other = None
+        if busy is not None and self.busy_at_start is not None:
+            # Tick rounding can make a quiet machine read slightly negative.
+            other = max(0.0, (busy - self.busy_at_start) - (_own_cpu_seconds() - self.own_at_start))
+        return {
+            "load_average_at_start": self.load_at_start,
+            "other_cpu_seconds": None if other is None else round(other, 2),
+            "other_cpu_share": None if other is None else round(other / (wall_seconds * usable_cpus()), 4),
+        }
+
+
+def spread(values: list[float]) -> dict:
+    """Median-centred summary of repeated measurements (quartiles by the inclusive method)."""
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return {
+        "min": min(values),
+        "max": max(values),
+        "q1": q1,
+        "q3": q3,
+        "iqr": q3 - q1,
+        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+def new_report(command: str, config: dict) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "created": None,
+        "wall_seconds": None,
+        "machine": None,
+        "conditions": None,
+        "versions": package_versions(),
+        "threads": {},
+        "config": config,
+        "inputs": {},
+        "summary": {},
+        "results": [],
+    }
+
+
+def finish_report(report: dict, wall_seconds: float, conditions: RunConditions) -> None:
+    report["created"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    report["wall_seconds"] = round(wall_seconds, 2)
+    report["conditions"] = conditions.finish(wall_seconds)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # A reader (CI, a plotting script) never sees a half-written report: write beside it, then rename.
+    # A plain open (not mkstemp, which makes the file private) keeps the usual umask permissions.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_report(out_dir: Path, report: dict, markdown: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+    _write_atomically(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    _write_atomically(md_path, markdown)
+    return json_path, md_path
+
+
+# ---- markdown -------------------------------------------------------------------------------------
+
+def format_rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if value >= 1e4:
+        return f"{value / 1e3:.1f}k"
+    return f"{value:,.0f}"
+
+
+def format_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}x"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_line(report: dict) -> str:
+    m, v, t = report["machine"], report["versions"], report["threads"]
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
+    threads = ", ".join(f"{key} {value}" for key, value in t.items() if value is not None)
+    return (
+        f"Machine: {m['processor']}, {m['cpus_usable']} of {m['cpu_count']} CPUs usable, "
+        f"{m['memory_gib']} GiB{gpu}; {m['platform']}.  \n"
+        f"Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val is not None) + ".  \n"
+        f"Threads: {threads}."
+    )
+
+
+# Above this share of the machine taken by other processes, a report says its figures are low.
+BUSY_SHARE = 0.05
+
+
+def conditions_line(report: dict) -> str:
+    c = report["conditions"]
+    if c["other_cpu_share"] is None:
+        return "Conditions: other processes' CPU use was not measured (no /proc/stat)."
+    line = (f"Conditions: load average at start {c['load_average_at_start'][0]}; other processes used "
+            f"{c['other_cpu_seconds']:.1f} CPU-s ({100 * c['other_cpu_share']:.1f}% of the machine) during the run.")
+    if c["other_cpu_share"] > BUSY_SHARE:
+        line += "  \n**Other work competed for the CPUs: these figures are lower than on an idle machine.**"
+    return line
