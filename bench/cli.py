@@ -23,7 +23,7 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -46,7 +46,7 @@ def build_parser() -> OneLineParser:
                      help="5 repetitions, shorter repetitions, no PIL per-op rows (under 2 minutes on 2 cores)")
     aug.add_argument("--reps", type=int, default=None,
                      help="timed repetitions per figure, at least 5 (default 7; 5 with --quick)")
-    aug.add_argument("--threads", type=_positive_int, default=None,
+    aug.add_argument("--threads", type=positive_int, default=None,
                      help="Numba threads and PIL pool processes (default: all cores)")
     aug.add_argument("--images", default=None,
                      help="tar archive or directory of images (default: the shared cifar10-jpg.tar.gz; "

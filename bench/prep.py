@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import os
 import platform
 import shutil
@@ -34,30 +33,19 @@ from typing import Callable
 
 import numpy as np
 
-from .report import finish_report, load_average, machine_info, markdown_table, new_report, spread
+from .cli import OneLineParser, positive_int
+from .report import (
+    RunConditions, conditions_line, finish_report, machine_info, markdown_table, new_report, spread,
+    write_report,
+)
 
 DEFAULT_JPEG_TREE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpg.tar.gz"
 BATCH = 64
 VERSION_PACKAGES = ("numpy", "pyarrow", "pillow", "rich", "remixmatch")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def build_parser() -> _Parser:
-    parser = _Parser(prog="rmm-bench prep", description="Prep and shard-read benchmark (CIFAR-10 sources).")
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="rmm-bench prep", description="Prep and shard-read benchmark (CIFAR-10 sources).")
     parser.add_argument("--out", required=True, type=Path, help="directory for prep_report.json and prep_report.md")
     parser.add_argument(
         "--quick", action="store_true", help="6,000 synthetic images, no JPEG tree, fewer reads (well under a minute)"
@@ -67,15 +55,15 @@ def build_parser() -> _Parser:
     )
     parser.add_argument(
         "--prep-reps",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="repetitions of the synthetic prep (default 3; 1 with --quick)",
     )
     parser.add_argument(
-        "--read-reps", type=_positive_int, default=None, help="timed 64-image reads (default 2000; 300 with --quick)"
+        "--read-reps", type=positive_int, default=None, help="timed 64-image reads (default 2000; 300 with --quick)"
     )
     parser.add_argument(
-        "--workers", type=_positive_int, default=None, help="decoding processes for the JPEG tree (default: all cores)"
+        "--workers", type=positive_int, default=None, help="decoding processes for the JPEG tree (default: all cores)"
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -172,7 +160,7 @@ def run(args: argparse.Namespace) -> dict:
     workers = args.workers or default_workers()
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     report = new_report("prep", config)
-    report["machine"] = machine_info(load_at_start=load_average())
+    report["machine"] = machine_info()
     report["versions"] = versions()
     report["threads"] = {"prep_decode_processes": workers, "pyarrow_cpu_count": pa.cpu_count(), "reader": 1}
     images = per_batch * 6
@@ -230,7 +218,8 @@ def markdown(report: dict) -> str:
         "# Data preparation benchmark",
         "",
         f"Machine: {m['processor']}, {m['cpus_usable']} of {m['cpu_count']} CPUs usable, {m['memory_gib']} GiB; "
-        f"{m['platform']}; load average at start {m['load_average_at_start']}.  ",
+        f"{m['platform']}.  ",
+        conditions_line(report) + "  ",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val is not None) + ".  ",
         "Threads: " + ", ".join(f"{k} {val}" for k, val in t.items()) + ".",
         "",
@@ -279,12 +268,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -294,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     from remixmatch.datasets_prep import PrepError
 
     start = time.perf_counter()
+    conditions = RunConditions()
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         report = run(args)
@@ -303,11 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"{parser.prog}: error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
         return 2
-    finish_report(report, time.perf_counter() - start)
-    _write(args.out / "prep_report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
-    _write(args.out / "prep_report.md", markdown(report))
-    print(markdown(report))
-    print(f"wrote {args.out / 'prep_report.json'} and {args.out / 'prep_report.md'}")
+    finish_report(report, time.perf_counter() - start, conditions)
+    text = markdown(report)
+    json_path, md_path = write_report(args.out, report, text, stem="prep_report")
+    print(text)
+    print(f"wrote {json_path} and {md_path}")
     return 0
 
 

@@ -234,9 +234,9 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def write_report(out_dir: Path, report: dict, markdown: str) -> tuple[Path, Path]:
+def write_report(out_dir: Path, report: dict, markdown: str, stem: str = "report") -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     _write_atomically(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
     _write_atomically(md_path, markdown)
     return json_path, md_path

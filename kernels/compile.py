@@ -32,7 +32,7 @@ def _scalar_functions() -> dict[str, types.FunctionType]:
     }
 
 
-def _build(wrap, overrides: dict) -> types.SimpleNamespace:
+def _build(wrap, overrides: dict, target: str) -> types.ModuleType:
     namespace = dict(vars(scalar))
     compiled = {}
     for name, fn in _scalar_functions().items():
@@ -41,27 +41,32 @@ def _build(wrap, overrides: dict) -> types.SimpleNamespace:
         compiled[name] = wrap(clone)
     compiled.update(overrides)
     namespace.update(compiled)
-    return types.SimpleNamespace(**compiled)
+    # A module object, so that kernels can call ``fns.name(...)``: Numba resolves attributes of
+    # module globals when it compiles.
+    module = types.ModuleType(f"{scalar.__name__}.{target}")
+    vars(module).update(compiled)
+    return module
 
 
 @functools.cache
-def cpu_functions() -> types.SimpleNamespace:
+def cpu_functions() -> types.ModuleType:
     import numba
 
-    return _build(lambda fn: numba.njit(inline="always")(fn), {})
+    return _build(lambda fn: numba.njit(inline="always")(fn), {}, "cpu")
 
 
 @functools.cache
-def cuda_functions() -> types.SimpleNamespace:
+def cuda_functions() -> types.ModuleType:
     """Device functions for the real CUDA target, or for the simulator when it is enabled."""
     from numba import cuda
 
     wrap = lambda fn: cuda.jit(device=True, inline="always")(fn)  # noqa: E731
     if cuda_simulated():
-        return _build(wrap, {})
+        return _build(wrap, {}, "cudasim")
     from numba.cuda import libdevice
 
-    return _build(wrap, {name: getattr(libdevice, fn) for name, fn in _CUDA_INTRINSICS.items()})
+    intrinsics = {name: getattr(libdevice, fn) for name, fn in _CUDA_INTRINSICS.items()}
+    return _build(wrap, intrinsics, "cuda")
 
 
 def cuda_simulated() -> bool:

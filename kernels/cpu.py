@@ -12,19 +12,7 @@ from .compile import cpu_functions
 from .scalar import CUTOUT, LUT_SIZE, PARAMS_F, PARAMS_I
 
 jit_cache.install()
-_f = cpu_functions()
-prepare_op = _f.prepare_op
-op_pixel = _f.op_pixel
-is_point_op = _f.is_point_op
-point_value = _f.point_value
-has_row_pass = _f.has_row_pass
-row_pass_rows = _f.row_pass_rows
-row_pass_pixel = _f.row_pass_pixel
-needs_histogram = _f.needs_histogram
-histogram_slot = _f.histogram_slot
-finish_statistics = _f.finish_statistics
-weak_source = _f.weak_source
-clamp_index = _f.clamp_index
+fns = cpu_functions()  # the scalar.py functions compiled for this target
 
 
 @numba.njit(inline="always")
@@ -34,7 +22,7 @@ def _load_view(image, buf, height, width, weak, flip, off_y, off_x, pad):
         return
     for y in range(height):
         for x in range(width):
-            s = weak_source(y, x, height, width, flip, off_y, off_x, pad) * 3
+            s = fns.weak_source(y, x, height, width, flip, off_y, off_x, pad) * 3
             d = (y * width + x) * 3
             buf[d] = image[s]
             buf[d + 1] = image[s + 1]
@@ -69,31 +57,31 @@ def _apply_view(image, op_ids, levels, rand, cutout_level, height, width, weak, 
             v1 = 0.0
         u0 = float(rand[step, 0])
         u1 = float(rand[step, 1])
-        prepare_op(op, v0, v1, u0, u1, height, width, params_i, params_f, coords, rotations)
-        if needs_histogram(op):
+        fns.prepare_op(op, v0, v1, u0, u1, height, width, params_i, params_f, coords, rotations)
+        if fns.needs_histogram(op):
             hist[:] = 0
             for p in range(pixels):
                 for c in range(3):
-                    slot = histogram_slot(op, a, p, c)
+                    slot = fns.histogram_slot(op, a, p, c)
                     if slot >= 0:
                         hist[slot] += 1
             for c in range(3):
-                finish_statistics(op, hist, lut, params_i, c, pixels)
-        if is_point_op(op):
+                fns.finish_statistics(op, hist, lut, params_i, c, pixels)
+        if fns.is_point_op(op):
             for j in range(LUT_SIZE):
-                lut[j] = point_value(op, j & 255, lut[j], params_i, params_f)
+                lut[j] = fns.point_value(op, j & 255, lut[j], params_i, params_f)
             for p in range(pixels):
                 for c in range(3):
                     b[p * 3 + c] = lut[c * 256 + a[p * 3 + c]]
         else:
-            if has_row_pass(op):
-                for r in range(row_pass_rows(op, params_i)):
+            if fns.has_row_pass(op):
+                for r in range(fns.row_pass_rows(op, params_i)):
                     for x in range(width):
-                        row_pass_pixel(op, a, rows, r, x, width, params_i, bounds_x, coef_x)
+                        fns.row_pass_pixel(op, a, rows, r, x, width, params_i, bounds_x, coef_x)
             for y in range(height):
                 for x in range(width):
-                    op_pixel(op, a, rows, b, y, x, height, width, params_i, params_f, coords,
-                             bounds_y, coef_y)
+                    fns.op_pixel(op, a, rows, b, y, x, height, width, params_i, params_f,
+                                 coords, bounds_y, coef_y)
         a, b = b, a
     out[:] = a
 
@@ -107,7 +95,7 @@ def apply_ops_cpu(images, sources, flips, offsets, pad, op_ids, levels, rand, cu
         flip = flips[n] if weak else 0
         off_y = offsets[n, 0] if weak else 0
         off_x = offsets[n, 1] if weak else 0
-        image = images[clamp_index(sources[n], images.shape[0])]
+        image = images[fns.clamp_index(sources[n], images.shape[0])]
         _apply_view(image, op_ids[n], levels[n], rand[n], cutout_level, height, width,
                     weak, flip, off_y, off_x, pad, out[n], rotations, bounds_y, coef_y, bounds_x,
                     coef_x)
@@ -116,6 +104,6 @@ def apply_ops_cpu(images, sources, flips, offsets, pad, op_ids, levels, rand, cu
 @numba.njit(parallel=True, cache=True)
 def weak_augment_cpu(images, sources, flips, offsets, pad, height, width, out):
     for n in prange(out.shape[0]):
-        image = images[clamp_index(sources[n], images.shape[0])]
+        image = images[fns.clamp_index(sources[n], images.shape[0])]
         _load_view(image, out[n], height, width, True, flips[n], offsets[n, 0],
                    offsets[n, 1], pad)

@@ -17,19 +17,7 @@ from numba import cuda, float64, int32, uint8
 from .compile import cuda_functions
 from .scalar import CUTOUT, LUT_SIZE, PARAMS_F, PARAMS_I
 
-_f = cuda_functions()
-prepare_op = _f.prepare_op
-op_pixel = _f.op_pixel
-is_point_op = _f.is_point_op
-point_value = _f.point_value
-has_row_pass = _f.has_row_pass
-row_pass_rows = _f.row_pass_rows
-row_pass_pixel = _f.row_pass_pixel
-needs_histogram = _f.needs_histogram
-histogram_slot = _f.histogram_slot
-finish_statistics = _f.finish_statistics
-weak_source = _f.weak_source
-clamp_index = _f.clamp_index
+fns = cuda_functions()  # the scalar.py functions compiled for this target
 
 THREADS_PER_BLOCK = 256
 
@@ -45,7 +33,7 @@ def _load_view(images, source, buf, height, width, weak, flip, off_y, off_x, pad
         s = p
         if weak:
             y = p // width
-            s = weak_source(y, p - y * width, height, width, flip, off_y, off_x, pad)
+            s = fns.weak_source(y, p - y * width, height, width, flip, off_y, off_x, pad)
         buf[p * 3] = images[source, s * 3]
         buf[p * 3 + 1] = images[source, s * 3 + 1]
         buf[p * 3 + 2] = images[source, s * 3 + 2]
@@ -81,7 +69,7 @@ def apply_ops_kernel(images, sources, flips, offsets, pad, op_ids, levels, rand,
         flip = flips[n]
         off_y = offsets[n, 0]
         off_x = offsets[n, 1]
-    source = clamp_index(sources[n], images.shape[0])
+    source = fns.clamp_index(sources[n], images.shape[0])
     _load_view(images, source, a, height, width, weak, flip, off_y, off_x, pad, tid, nthreads)
 
     depth = op_ids.shape[1]
@@ -98,37 +86,38 @@ def apply_ops_kernel(images, sources, flips, offsets, pad, op_ids, levels, rand,
             v0 = cutout_level
             v1 = 0.0
         if tid == 0:
-            prepare_op(op, v0, v1, float(rand[n, step, 0]), float(rand[n, step, 1]), height, width,
-                       params_i, params_f, coords, rotations)
-        if needs_histogram(op):
+            fns.prepare_op(op, v0, v1, float(rand[n, step, 0]), float(rand[n, step, 1]), height,
+                           width, params_i, params_f, coords, rotations)
+        if fns.needs_histogram(op):
             for i in range(tid, LUT_SIZE, nthreads):
                 hist[i] = 0
             cuda.syncthreads()
             for i in range(tid, size, nthreads):
                 p = i // 3
-                slot = histogram_slot(op, a, p, i - p * 3)
+                slot = fns.histogram_slot(op, a, p, i - p * 3)
                 if slot >= 0:
                     cuda.atomic.add(hist, slot, 1)
             cuda.syncthreads()
             if tid < 3:
-                finish_statistics(op, hist, lut, params_i, tid, pixels)
+                fns.finish_statistics(op, hist, lut, params_i, tid, pixels)
         cuda.syncthreads()
-        if is_point_op(op):
+        if fns.is_point_op(op):
             for j in range(tid, LUT_SIZE, nthreads):
-                lut[j] = point_value(op, j & 255, lut[j], params_i, params_f)
+                lut[j] = fns.point_value(op, j & 255, lut[j], params_i, params_f)
             cuda.syncthreads()
             for i in range(tid, size, nthreads):
                 b[i] = lut[(i - (i // 3) * 3) * 256 + np.int32(a[i])]
         else:
-            if has_row_pass(op):
-                for p in range(tid, row_pass_rows(op, params_i) * width, nthreads):
+            if fns.has_row_pass(op):
+                for p in range(tid, fns.row_pass_rows(op, params_i) * width, nthreads):
                     r = p // width
-                    row_pass_pixel(op, a, rows, r, p - r * width, width, params_i, bounds_x, coef_x)
+                    fns.row_pass_pixel(op, a, rows, r, p - r * width, width, params_i, bounds_x,
+                                       coef_x)
                 cuda.syncthreads()
             for p in range(tid, pixels, nthreads):
                 y = p // width
-                op_pixel(op, a, rows, b, y, p - y * width, height, width, params_i, params_f, coords,
-                         bounds_y, coef_y)
+                fns.op_pixel(op, a, rows, b, y, p - y * width, height, width, params_i, params_f,
+                             coords, bounds_y, coef_y)
         cuda.syncthreads()
         a, b = b, a
 
@@ -146,8 +135,9 @@ def weak_augment_kernel(images, sources, flips, offsets, pad, height, width, out
     n = i // pixels
     p = i - n * pixels
     y = p // width
-    s = weak_source(y, p - y * width, height, width, flips[n], offsets[n, 0], offsets[n, 1], pad)
-    source = clamp_index(sources[n], images.shape[0])
+    s = fns.weak_source(y, p - y * width, height, width, flips[n], offsets[n, 0], offsets[n, 1],
+                        pad)
+    source = fns.clamp_index(sources[n], images.shape[0])
     out[n, p * 3] = images[source, s * 3]
     out[n, p * 3 + 1] = images[source, s * 3 + 1]
     out[n, p * 3 + 2] = images[source, s * 3 + 2]
