@@ -28,6 +28,7 @@ test: install
 demo: install
 	$(VENV)/bin/prep-cifar10 --out $(SHARDS) --overwrite $(if $(CIFAR10_SOURCE),--source $(CIFAR10_SOURCE))
 	$(VENV)/bin/rmm-shards info $(SHARDS)
+	$(VENV)/bin/rmm-bench views --shards $(SHARDS) --out bench-out/demo/views.png
 	$(VENV)/bin/rmm-bench aug --quick --out bench-out/demo
 
 clean:

@@ -13,7 +13,10 @@ import sys
 from pathlib import Path
 
 # Subcommands that own their argument parsing: everything after the name goes to their main(argv).
-DELEGATED = {"prep": ("remixmatch.bench.prep", "data preparation benchmark (see: rmm-bench prep --help)")}
+DELEGATED = {
+    "prep": ("remixmatch.bench.prep", "data preparation benchmark (see: rmm-bench prep --help)"),
+    "views": ("remixmatch.bench.views", "a PNG of weak and strong views (see: rmm-bench views --help)"),
+}
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -113,7 +113,7 @@ def http_server(directory: Path) -> Iterator[str]:
 
     class QuietHandler(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args) -> None:
-            pass
+            return None  # keep the access log out of the test output
 
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(directory))
