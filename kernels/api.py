@@ -64,7 +64,11 @@ def _c_strides(shape, itemsize) -> tuple[int, ...]:
 
 
 def _check(name, array, dtype, shape, fn):
-    actual_shape, actual_dtype, contiguous = _describe(array)
+    try:
+        actual_shape, actual_dtype, contiguous = _describe(array)
+    except AugmentInputError as error:
+        hint = " (a CPU tensor: pass tensor.numpy())" if type(array).__module__.startswith("torch") else ""
+        raise AugmentInputError(f"{fn}: {name}: {error}{hint}") from None
     if actual_dtype != np.dtype(dtype):
         raise AugmentInputError(f"{fn}: {name} must be {np.dtype(dtype).name}, got {actual_dtype.name}")
     if len(actual_shape) != len(shape) or any(
