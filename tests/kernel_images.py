@@ -9,6 +9,7 @@ so tests that need real photos can skip cleanly.
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,7 +18,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CIFAR_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+def _find_archive() -> Path:
+    # REMIXMATCH_CIFAR10_JPG names it anywhere (e.g. a copy carried to a GPU machine, where the
+    # shared folder beside the checkout does not travel); by default it sits beside the checkout.
+    named = os.environ.get("REMIXMATCH_CIFAR10_JPG")
+    if named:
+        return Path(named)
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+
+
+CIFAR_ARCHIVE = _find_archive()
 PER_CLASS = 2
 CLASSES = 10
 
