@@ -125,3 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 COMMANDS = {"aug": run_aug}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
