@@ -66,6 +66,15 @@ def _view_arrays(sources, flips, offsets, n_views, stream):
     return tuple(_device_view(a, stream) for a in (sources, flips, offsets))
 
 
+def _launch_arrays(images, sources, flips, offsets, out, stream, n_views, height, width):
+    """The stream, the output (allocated if not given) and device views of every array a launch reads."""
+    stream = _resolve_stream(stream, images)
+    if out is None:
+        out = _allocate_out(images, n_views, height, width)
+    views = _view_arrays(sources, flips, offsets, n_views, stream)
+    return (stream, out, _device_view(images, stream), _device_view(out, stream), *views)
+
+
 def _current_device_id() -> int:
     return getattr(cuda.get_current_device(), "id", 0)  # the simulator's device has no id
 
@@ -78,12 +87,8 @@ def apply_ops_device(images, op_ids, levels, rand, cutout, sources, flips, offse
         raise AugmentInputError(
             f"apply_ops: {height}x{width} views need {shared_bytes(height, width)} bytes of shared "
             f"memory per block on CUDA, more than {SHARED_BYTES_LIMIT}; use the CPU backend")
-    stream = _resolve_stream(stream, images)
-    if out is None:
-        out = _allocate_out(images, n_views, height, width)
-    d_images = _device_view(images, stream)
-    d_out = _device_view(out, stream)
-    d_sources, d_flips, d_offsets = _view_arrays(sources, flips, offsets, n_views, stream)
+    stream, out, d_images, d_out, d_sources, d_flips, d_offsets = _launch_arrays(
+        images, sources, flips, offsets, out, stream, n_views, height, width)
     rotations, bounds_y, coef_y, bounds_x, coef_x = _device_tables(height, width, _current_device_id())
     apply_ops_kernel[n_views, THREADS_PER_BLOCK, stream, shared_bytes(height, width)](
         d_images.reshape(d_images.shape[0], height * width * 3), d_sources, d_flips, d_offsets,
@@ -94,12 +99,8 @@ def apply_ops_device(images, op_ids, levels, rand, cutout, sources, flips, offse
 
 
 def weak_augment_device(images, flips, offsets, sources, pad, out, stream, n_views, height, width):
-    stream = _resolve_stream(stream, images)
-    if out is None:
-        out = _allocate_out(images, n_views, height, width)
-    d_images = _device_view(images, stream)
-    d_out = _device_view(out, stream)
-    d_sources, d_flips, d_offsets = _view_arrays(sources, flips, offsets, n_views, stream)
+    stream, out, d_images, d_out, d_sources, d_flips, d_offsets = _launch_arrays(
+        images, sources, flips, offsets, out, stream, n_views, height, width)
     total = n_views * height * width
     blocks = (total + WEAK_THREADS_PER_BLOCK - 1) // WEAK_THREADS_PER_BLOCK
     weak_augment_kernel[blocks, WEAK_THREADS_PER_BLOCK, stream](

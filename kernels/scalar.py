@@ -294,6 +294,23 @@ def clip8_fixed(s):
     return v
 
 
+def resample_pixel(src, base, stride, taps, coefs, filt, crop, pos, out, o):
+    # One output pixel of a fixed-point resampling pass: the three channels' weighted sums over
+    # ``taps`` source pixels ``stride`` bytes apart, rounded and saturated as Pillow does.
+    acc0 = np.int64(RESAMPLE_HALF)
+    acc1 = np.int64(RESAMPLE_HALF)
+    acc2 = np.int64(RESAMPLE_HALF)
+    for t in range(taps):
+        k = np.int64(coefs[filt, crop, pos, t])
+        j = base + t * stride
+        acc0 += px(src, j) * k
+        acc1 += px(src, j + 1) * k
+        acc2 += px(src, j + 2) * k
+    out[o] = clip8_fixed(acc0)
+    out[o + 1] = clip8_fixed(acc1)
+    out[o + 2] = clip8_fixed(acc2)
+
+
 def rescale_horizontal_pixel(img, rows, r, x, width, params_i, bounds_x, coef_x):
     # Pillow crops, then resizes back in two separable fixed-point passes, horizontal first, each
     # pass rounded to uint8. This is the horizontal pass: pixel (r, x) of the crop's row r.
@@ -301,19 +318,8 @@ def rescale_horizontal_pixel(img, rows, r, x, width, params_i, bounds_x, coef_x)
     left = params_i[3]
     crop_w = params_i[4] - left
     base = ((params_i[1] + r) * width + left + bounds_x[filt, crop_w, x, 0]) * 3
-    acc0 = np.int64(RESAMPLE_HALF)
-    acc1 = np.int64(RESAMPLE_HALF)
-    acc2 = np.int64(RESAMPLE_HALF)
-    for tx in range(bounds_x[filt, crop_w, x, 1]):
-        k = np.int64(coef_x[filt, crop_w, x, tx])
-        j = base + 3 * tx
-        acc0 += px(img, j) * k
-        acc1 += px(img, j + 1) * k
-        acc2 += px(img, j + 2) * k
-    o = (r * width + x) * 3
-    rows[o] = clip8_fixed(acc0)
-    rows[o + 1] = clip8_fixed(acc1)
-    rows[o + 2] = clip8_fixed(acc2)
+    resample_pixel(img, base, 3, bounds_x[filt, crop_w, x, 1], coef_x, filt, crop_w, x, rows,
+                   (r * width + x) * 3)
 
 
 def rescale_vertical_pixel(rows, out, y, x, width, params_i, bounds_y, coef_y):
@@ -321,19 +327,8 @@ def rescale_vertical_pixel(rows, out, y, x, width, params_i, bounds_y, coef_y):
     filt = params_i[0]
     crop_h = params_i[2] - params_i[1]
     base = (bounds_y[filt, crop_h, y, 0] * width + x) * 3
-    acc0 = np.int64(RESAMPLE_HALF)
-    acc1 = np.int64(RESAMPLE_HALF)
-    acc2 = np.int64(RESAMPLE_HALF)
-    for ty in range(bounds_y[filt, crop_h, y, 1]):
-        k = np.int64(coef_y[filt, crop_h, y, ty])
-        j = base + ty * width * 3
-        acc0 += px(rows, j) * k
-        acc1 += px(rows, j + 1) * k
-        acc2 += px(rows, j + 2) * k
-    o = (y * width + x) * 3
-    out[o] = clip8_fixed(acc0)
-    out[o + 1] = clip8_fixed(acc1)
-    out[o + 2] = clip8_fixed(acc2)
+    resample_pixel(rows, base, width * 3, bounds_y[filt, crop_h, y, 1], coef_y, filt, crop_h, y, out,
+                   (y * width + x) * 3)
 
 
 # ---------------------------------------------------------------------------------------------
