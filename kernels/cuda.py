@@ -6,7 +6,8 @@ tables finished by one thread per channel, and writes the result once. The pixel
 :mod:`scalar` source as the CPU backend, compiled as inlined device functions.
 
 Dynamic shared memory holds, in order: coords (H + W int32), hist (768 int32), lut (768 int32), then
-the three image buffers (H * W * 3 bytes each: input, output, row pass).
+the three image buffers (H * W * 3 bytes each: input, output, row pass). Views too large for a
+block's shared memory run the same per-view code with those buffers in global memory instead.
 """
 
 from __future__ import annotations
@@ -39,28 +40,13 @@ def _load_view(images, source, buf, height, width, weak, flip, off_y, off_x, pad
         buf[p * 3 + 2] = images[source, s * 3 + 2]
 
 
-@cuda.jit
-def apply_ops_kernel(images, sources, flips, offsets, pad, op_ids, levels, rand, cutout_level,
-                     height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
-    """images (B, H*W*3) -> out (N, H*W*3); grid = N blocks."""
-    n = cuda.blockIdx.x
-    tid = cuda.threadIdx.x
-    nthreads = cuda.blockDim.x
+@cuda.jit(device=True, inline="always")
+def _apply_view(n, images, sources, flips, offsets, pad, op_ids, levels, rand, cutout_level, height,
+                width, out, rotations, bounds_y, coef_y, bounds_x, coef_x, a, b, rows, coords, hist,
+                lut, params_i, params_f, tid, nthreads):
+    # View n end to end by one block: load into a, chain the ops between a and b, write out.
     size = height * width * 3
     pixels = height * width
-
-    words = cuda.shared.array(0, int32)
-    bytes_ = cuda.shared.array(0, uint8)
-    coords = words[: height + width]
-    hist = words[height + width: height + width + LUT_SIZE]
-    lut = words[height + width + LUT_SIZE: height + width + 2 * LUT_SIZE]
-    image_base = 4 * (height + width + 2 * LUT_SIZE)
-    a = bytes_[image_base: image_base + size]
-    b = bytes_[image_base + size: image_base + 2 * size]
-    rows = bytes_[image_base + 2 * size: image_base + 3 * size]
-    params_i = cuda.shared.array(PARAMS_I, int32)
-    params_f = cuda.shared.array(PARAMS_F, float64)
-
     weak = flips.shape[0] > 0
     flip = 0
     off_y = 0
@@ -126,6 +112,52 @@ def apply_ops_kernel(images, sources, flips, offsets, pad, op_ids, levels, rand,
 
 
 @cuda.jit
+def apply_ops_kernel(images, sources, flips, offsets, pad, op_ids, levels, rand, cutout_level,
+                     height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
+    """images (B, H*W*3) -> out (N, H*W*3); grid = N blocks, each view staged in shared memory."""
+    size = height * width * 3
+    words = cuda.shared.array(0, int32)
+    bytes_ = cuda.shared.array(0, uint8)
+    coords = words[: height + width]
+    hist = words[height + width: height + width + LUT_SIZE]
+    lut = words[height + width + LUT_SIZE: height + width + 2 * LUT_SIZE]
+    image_base = 4 * (height + width + 2 * LUT_SIZE)
+    a = bytes_[image_base: image_base + size]
+    b = bytes_[image_base + size: image_base + 2 * size]
+    rows = bytes_[image_base + 2 * size: image_base + 3 * size]
+    params_i = cuda.shared.array(PARAMS_I, int32)
+    params_f = cuda.shared.array(PARAMS_F, float64)
+    _apply_view(cuda.blockIdx.x, images, sources, flips, offsets, pad, op_ids, levels, rand,
+                cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x,
+                a, b, rows, coords, hist, lut, params_i, params_f, cuda.threadIdx.x,
+                cuda.blockDim.x)
+
+
+@cuda.jit
+def apply_ops_kernel_global(images, sources, flips, offsets, pad, op_ids, levels, rand,
+                            cutout_level, height, width, out, rotations, bounds_y, coef_y,
+                            bounds_x, coef_x, scratch, scratch_words):
+    """The same for views too large for shared memory: block k's buffers live in scratch[k]
+    (3 images) and scratch_words[k] (coords, hist, lut), and the blocks stride over the views."""
+    block = cuda.blockIdx.x
+    size = height * width * 3
+    a = scratch[block, :size]
+    b = scratch[block, size: 2 * size]
+    rows = scratch[block, 2 * size: 3 * size]
+    coords = scratch_words[block, : height + width]
+    hist = scratch_words[block, height + width: height + width + LUT_SIZE]
+    lut = scratch_words[block, height + width + LUT_SIZE: height + width + 2 * LUT_SIZE]
+    params_i = cuda.shared.array(PARAMS_I, int32)
+    params_f = cuda.shared.array(PARAMS_F, float64)
+    for n in range(block, out.shape[0], cuda.gridDim.x):
+        _apply_view(n, images, sources, flips, offsets, pad, op_ids, levels, rand, cutout_level,
+                    height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x, a, b, rows,
+                    coords, hist, lut, params_i, params_f, cuda.threadIdx.x, cuda.blockDim.x)
+        # The next view's load overwrites the buffers this view's last pass read.
+        cuda.syncthreads()
+
+
+@cuda.jit
 def weak_augment_kernel(images, sources, flips, offsets, pad, height, width, out):
     """One thread per output pixel; grid covers N * H * W."""
     i = cuda.grid(1)
@@ -144,7 +176,7 @@ def weak_augment_kernel(images, sources, flips, offsets, pad, height, width, out
 
 
 def kernel_signatures():
-    """The argument types of both kernels for C-contiguous inputs, for compiling PTX ahead of time."""
+    """The argument types of the kernels for C-contiguous inputs, for compiling PTX ahead of time."""
     from numba import float32, types
 
     u8_2d = types.Array(uint8, 2, "C")
@@ -155,5 +187,9 @@ def kernel_signatures():
     apply_sig = (u8_2d, i32_1d, i32_1d, i32_2d, int32, i32_2d, f32_3d, f32_3d, float64, int32,
                  int32, u8_2d, i32_2d, i32_4d, i32_4d, i32_4d, i32_4d)
     weak_sig = (u8_2d, i32_1d, i32_1d, i32_2d, int32, int32, int32, u8_2d)
-    return {"apply_ops_kernel": (apply_ops_kernel, apply_sig), "weak_augment_kernel": (weak_augment_kernel, weak_sig)}
+    return {
+        "apply_ops_kernel": (apply_ops_kernel, apply_sig),
+        "apply_ops_kernel_global": (apply_ops_kernel_global, apply_sig + (u8_2d, i32_2d)),
+        "weak_augment_kernel": (weak_augment_kernel, weak_sig),
+    }
 

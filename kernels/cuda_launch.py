@@ -7,12 +7,19 @@ import functools
 import numpy as np
 from numba import cuda
 
-from .cuda import THREADS_PER_BLOCK, apply_ops_kernel, shared_bytes, weak_augment_kernel
+from .cuda import (
+    THREADS_PER_BLOCK, apply_ops_kernel, apply_ops_kernel_global, shared_bytes, weak_augment_kernel,
+)
+from .scalar import LUT_SIZE
 from .tables import kernel_tables
 
 WEAK_THREADS_PER_BLOCK = 256
-# Dynamic shared memory a block may use without opting in to more (every CUDA GPU since Kepler).
+# Dynamic shared memory a block may use without opting in to more (every CUDA GPU since Kepler);
+# larger views take the global-memory kernel.
 SHARED_BYTES_LIMIT = 48 * 1024
+# Blocks of the global-memory kernel (each holds one view's buffers in global memory at a time):
+# enough to fill an H100's 132 SMs several times over, few enough to keep the scratch small.
+GLOBAL_BLOCKS = 1024
 
 
 def _is_torch(array) -> bool:
@@ -81,20 +88,23 @@ def _current_device_id() -> int:
 
 def apply_ops_device(images, op_ids, levels, rand, cutout, sources, flips, offsets, pad, out,
                      stream, n_views, height, width):
-    if shared_bytes(height, width) > SHARED_BYTES_LIMIT:
-        from .api import AugmentInputError
-
-        raise AugmentInputError(
-            f"apply_ops: {height}x{width} views need {shared_bytes(height, width)} bytes of shared "
-            f"memory per block on CUDA, more than {SHARED_BYTES_LIMIT}; use the CPU backend")
     stream, out, d_images, d_out, d_sources, d_flips, d_offsets = _launch_arrays(
         images, sources, flips, offsets, out, stream, n_views, height, width)
-    rotations, bounds_y, coef_y, bounds_x, coef_x = _device_tables(height, width, _current_device_id())
-    apply_ops_kernel[n_views, THREADS_PER_BLOCK, stream, shared_bytes(height, width)](
-        d_images.reshape(d_images.shape[0], height * width * 3), d_sources, d_flips, d_offsets,
-        np.int32(pad), _device_view(op_ids, stream), _device_view(levels, stream),
-        _device_view(rand, stream), np.float64(cutout), np.int32(height), np.int32(width),
-        d_out.reshape(n_views, height * width * 3), rotations, bounds_y, coef_y, bounds_x, coef_x)
+    tables = _device_tables(height, width, _current_device_id())
+    args = (d_images.reshape(d_images.shape[0], height * width * 3), d_sources, d_flips, d_offsets,
+            np.int32(pad), _device_view(op_ids, stream), _device_view(levels, stream),
+            _device_view(rand, stream), np.float64(cutout), np.int32(height), np.int32(width),
+            d_out.reshape(n_views, height * width * 3), *tables)
+    dynamic_shared = shared_bytes(height, width)
+    if dynamic_shared <= SHARED_BYTES_LIMIT:
+        apply_ops_kernel[n_views, THREADS_PER_BLOCK, stream, dynamic_shared](*args)
+    else:
+        # Numba's allocations, even for torch input: their release waits for the device, so the
+        # scratch outlives the kernel whatever stream it runs on.
+        blocks = min(n_views, GLOBAL_BLOCKS)
+        scratch = cuda.device_array((blocks, 3 * height * width * 3), np.uint8, stream=stream)
+        words = cuda.device_array((blocks, height + width + 2 * LUT_SIZE), np.int32, stream=stream)
+        apply_ops_kernel_global[blocks, THREADS_PER_BLOCK, stream](*args, scratch, words)
     return out
 
 

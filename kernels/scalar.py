@@ -530,7 +530,9 @@ def op_pixel(op, img, rows, out, y, x, height, width, params_i, params_f, coords
     cutout test are shared by the three channels."""
     p = y * width + x
     i = p * 3
-    alpha = np.float32(params_f[0])
+    if op == COLOR or op == SHARPNESS or op == SMOOTH or op == BLUR:
+        # The blend factor, set by prepare_op for these ops only.
+        alpha = np.float32(params_f[0])
     if op == COLOR:
         grey = grey_at(img, p)
         for c in range(3):

@@ -17,7 +17,7 @@ assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run with NUMBA_ENABLE_CUD
 
 from numba import cuda  # noqa: E402
 
-from remixmatch.kernels import NUM_OPS, apply_ops, weak_augment  # noqa: E402
+from remixmatch.kernels import NUM_OPS, apply_ops, cuda_launch, weak_augment  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from kernel_images import cifar_images  # noqa: E402
@@ -55,7 +55,13 @@ def main() -> int:
     rng = np.random.default_rng(2020)
     compared = 0
     mismatches: list[str] = []
-    for height, width in ((12, 12), (10, 13)):
+    # The last size runs the global-memory kernel (as views too large for shared memory do), with
+    # fewer blocks than views so that blocks loop over views.
+    for height, width, shared_limit, blocks in ((12, 12, None, None), (10, 13, None, None),
+                                                (11, 9, 0, 3)):
+        if shared_limit is not None:
+            cuda_launch.SHARED_BYTES_LIMIT = shared_limit
+            cuda_launch.GLOBAL_BLOCKS = blocks
         images = source_images(height, width)
         device_images = cuda.to_device(images)
         sources = np.array([0, 1, 2, 3], np.int32)
