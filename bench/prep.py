@@ -21,9 +21,7 @@ a skipped row ``{"bench": "prep", "source": ..., "skipped": reason}``.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -35,8 +33,8 @@ import numpy as np
 
 from .cli import OneLineParser, positive_int
 from .report import (
-    RunConditions, conditions_line, finish_report, machine_info, markdown_table, new_report, spread,
-    write_report,
+    RunConditions, conditions_line, finish_report, machine_info, markdown_table, new_report,
+    package_versions, spread, write_report,
 )
 
 DEFAULT_JPEG_TREE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpg.tar.gz"
@@ -67,16 +65,6 @@ def build_parser() -> OneLineParser:
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser
-
-
-def versions() -> dict:
-    found = {"python": platform.python_version()}
-    for name in VERSION_PACKAGES:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = None
-    return found
 
 
 def _time_prep(run: Callable[[Path], dict], work: Path, reps: int) -> tuple[list[float], dict]:
@@ -161,7 +149,7 @@ def run(args: argparse.Namespace) -> dict:
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     report = new_report("prep", config)
     report["machine"] = machine_info()
-    report["versions"] = versions()
+    report["versions"] = package_versions(VERSION_PACKAGES)
     report["threads"] = {"prep_decode_processes": workers, "pyarrow_cpu_count": pa.cpu_count(), "reader": 1}
     images = per_batch * 6
     report["inputs"] = {

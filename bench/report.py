@@ -99,9 +99,9 @@ SCHEMA_VERSION = 1
 PACKAGES = ("numpy", "numba", "numba-cuda", "pillow", "torch", "remixmatch")
 
 
-def package_versions() -> dict:
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict:
     versions = {"python": platform.python_version()}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
