@@ -86,7 +86,8 @@ def _apply_view(image, op_ids, levels, rand, cutout_level, height, width, weak, 
     out[:] = a
 
 
-@numba.njit(parallel=True, cache=True)
+# nogil: a loader thread renders the next step's views while the trainer runs Python.
+@numba.njit(parallel=True, cache=True, nogil=True)
 def apply_ops_cpu(images, sources, flips, offsets, pad, op_ids, levels, rand, cutout_level,
                   height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
     """images (B, H*W*3) -> out (N, H*W*3); shapes and dtypes already checked by the API."""
@@ -101,7 +102,7 @@ def apply_ops_cpu(images, sources, flips, offsets, pad, op_ids, levels, rand, cu
                     coef_x)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def weak_augment_cpu(images, sources, flips, offsets, pad, height, width, out):
     for n in prange(out.shape[0]):
         image = images[fns.clamp_index(sources[n], images.shape[0])]

@@ -31,7 +31,9 @@ def _device_view(array, stream):
     if isinstance(array, np.ndarray):
         return cuda.to_device(np.ascontiguousarray(array), stream=stream)
     if hasattr(array, "__cuda_array_interface__"):
-        return cuda.as_cuda_array(array)
+        # No sync: the launch is ordered on the caller's stream (torch's current one by default);
+        # Numba's default would block the host on the producer's stream at every call.
+        return cuda.as_cuda_array(array, sync=False)
     return array  # already a Numba (or simulator) device array
 
 

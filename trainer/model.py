@@ -1,0 +1,205 @@
+"""WRN-28-2 as the ReMixMatch reference code builds it (``libml/models.py``, class ResNet).
+
+The reference network, restated (spec section 1):
+
+- input normalised per channel, ``(x - mean) / std``, then a 3x3 conv to 16 channels;
+- 3 stages of ``blocks_per_stage`` pre-activation residual blocks of widths ``width``, ``2 width``,
+  ``4 width`` (32/64/128 for WRN-28-2); stride 2 in the first block of stages 2 and 3;
+- each block: BN, leaky ReLU(0.1), 3x3 conv, BN, leaky ReLU(0.1), 3x3 conv, plus a shortcut that is
+  the identity, or a strided 1x1 conv where the width changes;
+- the network's very first block "activates before the residual" (see ``ResidualBlock``);
+- BN, leaky ReLU, global average pool -> the "embeds", then a dense layer to the classes;
+- conv kernels ~ N(0, 2 / (k * k * out_channels)), dense kernels Glorot-normal, biases zero.
+
+ReMixMatch adds a 4-way dense rotation head that reads the embeds (``classify_rot`` in
+``remixmatch_no_cta.py``).
+
+Where PyTorch and the TF1 reference differ, and what this module does:
+
+- BatchNorm: TF ``momentum=0.999`` is the decay of the running statistics, i.e. PyTorch
+  ``momentum=0.001``; ``eps=1e-3`` is TF's ``tf.layers.batch_normalization`` default (PyTorch's own
+  default, 1e-5, would change the normalisation of low-variance channels).
+- The reference's ``tf.layers.conv2d`` keeps its default zero-initialised bias. Every conv output
+  here reaches a BatchNorm (directly or through a residual sum) before anything else reads it, so
+  such a bias is absorbed by the BN shift; the convs here have none (nor does the parameter count).
+- TF ``padding='same'`` pads a stride-2 3x3 conv on an even-sized input asymmetrically (0 before,
+  1 after), which offsets the residual branch by one pixel from the 1x1 strided shortcut. Here every
+  3x3 conv pads 1 on each side, so both paths sample the same pixel grid.
+- TF's ``glorot_normal_initializer`` draws from a truncated normal rescaled to the Glorot variance;
+  ``xavier_normal_`` draws an untruncated normal of that variance: the same scale, only the tails
+  differ.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# TF's tf.layers.batch_normalization default; the reference never overrides it.
+BN_EPS = 1e-3
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
+    conv = nn.Conv2d(
+        in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False
+    )
+    # He initialisation on fan-out, as the reference's rsqrt(0.5 * k * k * filters).
+    nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / (kernel_size * kernel_size * out_channels)))
+    return conv
+
+
+def _dense(in_features: int, out_features: int) -> nn.Linear:
+    dense = nn.Linear(in_features, out_features)
+    nn.init.xavier_normal_(dense.weight)
+    nn.init.zeros_(dense.bias)
+    return dense
+
+
+def _bn(channels: int, momentum: float) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=momentum)
+
+
+class ResidualBlock(nn.Module):
+    """One pre-activation block: BN, leaky ReLU, 3x3 conv, BN, leaky ReLU, 3x3 conv, plus a shortcut.
+
+    ``activate_before_residual`` follows the reference's ``residual(..., activate_before_residual)``:
+    the block always computes ``a = leaky_relu(bn1(x))`` for its first conv; with the flag set, the
+    shortcut also reads ``a`` instead of the raw input ``x``. The reference sets it only for the first
+    block of the first stage (``scale == 0``), whose 1x1 shortcut conv (16 -> width channels) thus sees
+    the normalised, activated stem output. Every other block's shortcut - the identity, or the strided
+    1x1 conv of the first block of stages 2 and 3 - reads the raw, un-normalised block input.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        activate_before_residual: bool,
+        bn_momentum: float,
+        leaky_slope: float,
+    ):
+        super().__init__()
+        self.activate_before_residual = activate_before_residual
+        self.leaky_slope = leaky_slope
+        self.bn1 = _bn(in_channels, bn_momentum)
+        self.conv1 = _conv(in_channels, out_channels, 3, stride)
+        self.bn2 = _bn(out_channels, bn_momentum)
+        self.conv2 = _conv(out_channels, out_channels, 3)
+        # The reference only tests the width (its strides never change without the width changing);
+        # checking the stride too keeps other configurations shape-correct.
+        needs_projection = in_channels != out_channels or stride != 1
+        self.shortcut = _conv(in_channels, out_channels, 1, stride) if needs_projection else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In place is safe: BN's backward reads its input and saved statistics, not its output, and
+        # leaky ReLU's backward can be taken from its output for a positive slope.
+        a = F.leaky_relu(self.bn1(x), self.leaky_slope, inplace=True)
+        residual_input = a if self.activate_before_residual else x
+        y = self.conv1(a)
+        y = F.leaky_relu(self.bn2(y), self.leaky_slope, inplace=True)
+        y = self.conv2(y)
+        shortcut = residual_input if self.shortcut is None else self.shortcut(residual_input)
+        return shortcut + y
+
+
+class WideResNet(nn.Module):
+    """WRN-28-2 of the ReMixMatch reference (defaults), with its rotation head.
+
+    ``forward`` takes float NCHW images with values in [0, 1] and normalises them itself with the
+    ``mean`` / ``std`` buffers, so callers only convert uint8 to float. The defaults hold 1,467,610
+    classifier parameters plus 516 in the rotation head: 1,468,126 in all (``count_parameters``).
+    """
+
+    STEM_CHANNELS = 16
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        width: int = 32,
+        blocks_per_stage: int = 4,
+        bn_momentum: float = 0.001,
+        leaky_slope: float = 0.1,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.25, 0.25, 0.25),
+    ):
+        super().__init__()
+        if num_classes < 1 or width < 1 or blocks_per_stage < 1:
+            raise ValueError(
+                f"num_classes, width and blocks_per_stage must be positive, got "
+                f"{num_classes}, {width}, {blocks_per_stage}"
+            )
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean and std need 3 channels, got {len(mean)} and {len(std)}")
+        if min(std) <= 0:
+            raise ValueError(f"std must be positive, got {tuple(std)}")
+        self.num_classes = num_classes
+        self.leaky_slope = leaky_slope
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+        self.stem = _conv(3, self.STEM_CHANNELS, 3)
+        blocks = []
+        in_channels = self.STEM_CHANNELS
+        for stage in range(3):
+            out_channels = width << stage
+            for index in range(blocks_per_stage):
+                first = index == 0
+                blocks.append(
+                    ResidualBlock(
+                        in_channels,
+                        out_channels,
+                        stride=2 if first and stage > 0 else 1,
+                        activate_before_residual=first and stage == 0,
+                        bn_momentum=bn_momentum,
+                        leaky_slope=leaky_slope,
+                    )
+                )
+                in_channels = out_channels
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = _bn(in_channels, bn_momentum)
+        self.embed_dim = in_channels
+        self.classifier = _dense(in_channels, num_classes)
+        self.rotation_head = _dense(in_channels, 4)
+
+    def forward(self, x: torch.Tensor, with_embeds: bool = False):
+        """Logits of float images in [0, 1]; ``(logits, embeds)`` when ``with_embeds``."""
+        if not x.is_floating_point():
+            # uint8 would broadcast against the float buffers silently, on a 0..255 scale.
+            raise TypeError(f"expected float images in [0, 1], got {x.dtype}")
+        x = (x - self.mean) / self.std
+        y = self.blocks(self.stem(x))
+        y = F.leaky_relu(self.bn(y), self.leaky_slope, inplace=True)
+        embeds = y.mean(dim=(2, 3))
+        logits = self.classifier(embeds)
+        return (logits, embeds) if with_embeds else logits
+
+    def rotation_logits(self, embeds: torch.Tensor) -> torch.Tensor:
+        """The 4-way rotation prediction (0/90/180/270 degrees) from pooled features."""
+        return self.rotation_head(embeds)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable scalars (BN running statistics excluded).
+
+    ``WideResNet()`` (WRN-28-2, 10 classes): 1,468,126 = 1,467,610 for the classifier (the spec's
+    "about 1.47M") + 516 for the rotation head.
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def decay_parameters(model: nn.Module) -> list[torch.Tensor]:
+    """The conv and dense *weights*: what the decoupled weight decay shrinks.
+
+    The reference decays every variable named ``kernel`` under the ``classify`` scope prefix, which
+    includes ``classify_rot`` (the rotation head); biases and BN scales/shifts are left alone.
+    """
+    return [
+        module.weight
+        for module in model.modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear))
+    ]

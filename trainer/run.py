@@ -1,0 +1,368 @@
+"""A training run from start (or checkpoint) to summary, top to bottom.
+
+    run dir/
+      config.json      the resolved TrainConfig
+      labeled.json     the labeled subset (indices, seed, dataset fingerprint)
+      metrics.jsonl    one line per logged step and per evaluation
+      checkpoints/     ckpt-<step>.pt, the last --keep-ckpts of them
+      cta_weights.txt, cta_heatmap.png   the CTAugment weights at the last evaluation
+      summary.json     the result (written at the end)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from remixmatch.pipeline import CTAugment, EvalLoader, PipelineError, StepLoader, ViewConfig, update_policy
+from remixmatch.pipeline.loader import make_fetcher
+
+from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_paths, latest_checkpoint, save_checkpoint
+from .config import TrainConfig, contradictions
+from .data import load_run_data
+from .losses import DistributionAlignment
+from .model import WideResNet, count_parameters, decay_parameters
+from .progress import MetricsLog, Progress
+from .step import LOSS_NAMES, STEPS, TrainState
+
+SUMMARY_VERSION = 1
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue; one line saying why and where."""
+
+
+class Diverged(RunError):
+    """A non-finite loss: the run stops, the last good checkpoint stays."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"--device {name}: no CUDA device is available (torch {torch.__version__}, "
+                       f"CUDA build: {torch.version.cuda or 'none'}); use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise RunError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
+def resolve_loader(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        try:
+            import nvidia.dali  # noqa: F401
+        except ImportError:
+            return "torch"
+        return "dali"
+    return "torch"  # DALI's CPU ops do not beat the Numba kernels on a few cores
+
+
+def check_run_dir(out: Path, resume: bool) -> bool:
+    """True when resuming a run that exists; refuses to write over another run."""
+    holds_run = (out / "config.json").exists() or bool(checkpoint_paths(out))
+    if holds_run and not resume:
+        raise RunError(f"{out} holds a run already (config.json); pass --resume to continue it, or choose another --out")
+    if not holds_run and out.exists() and any(out.iterdir()) and not resume:
+        raise RunError(f"{out} is not empty and holds no run; choose an empty or new --out")
+    return holds_run and resume
+
+
+def versions() -> dict:
+    from remixmatch.bench.report import package_versions
+
+    return package_versions(("torch", "numpy", "numba", "numba-cuda", "nvidia-dali-cuda120", "pyarrow", "remixmatch"))
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+class Run:
+    """The objects of one run and the loop that drives them."""
+
+    def __init__(self, config: TrainConfig, out: Path, *, resume: bool = False, rank: int = 0,
+                 world_size: int = 1, all_reduce_mean=None, wrap_model=None, quiet: bool = False):
+        self.config, self.out = config, Path(out)
+        self.rank, self.world_size = rank, world_size
+        self.lead = rank == 0
+        self.device = resolve_device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        resuming = check_run_dir(self.out, resume)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.progress = Progress(config.steps, enabled=self.lead and not quiet)
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.lead)
+        checkpoint = self._load_checkpoint() if resuming else None
+        self.data = load_run_data(config, self.out, resuming)
+        if len(self.data.train.labeled) < config.batch and self.lead:
+            self.progress.message(f"note: the labeled set ({len(self.data.train.labeled)} images) is smaller than "
+                                  f"the batch ({config.batch}): each batch repeats labeled images, each epoch "
+                                  "reshuffled, as the reference's endless shuffled stream does")
+
+        # Model, EMA copy, optimiser: the same initialisation on every rank (seeded).
+        torch.manual_seed(config.run_seed)
+        model = WideResNet(self.data.shards.num_classes, config.width, config.blocks_per_stage, config.bn_momentum,
+                           mean=self.data.mean, std=self.data.std).to(self.device)
+        if self.device.type == "cuda" and config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        ema_model = copy.deepcopy(model)
+        for p in ema_model.parameters():
+            p.requires_grad_(False)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        trained = wrap_model(model) if wrap_model is not None else model
+        if config.compile:
+            trained = torch.compile(trained)
+        distribution = None
+        if config.algorithm == "remixmatch":
+            distribution = DistributionAlignment(self.data.train.class_distribution(), size=config.da_size,
+                                                 device=self.device)
+        self.state = TrainState(trained, model, ema_model, optimizer, decay_parameters(model), distribution,
+                                config, self.device, rank, world_size, all_reduce_mean)
+
+        # CTAugment and the loaders.
+        remixmatch = config.algorithm == "remixmatch"
+        cta = remixmatch and config.strong_aug
+        self.policy = CTAugment(config.cta_depth, config.cta_decay, config.cta_threshold, config.cta_rule) if cta else None
+        views = ViewConfig(batch=config.batch, unlabeled_batch=config.unlabeled_batch,
+                           k=config.k if remixmatch else 0, seed=config.run_seed, flip=config.flip,
+                           weak=config.weak_aug, strong=config.strong_aug, labeled_strong=remixmatch, probes=cta)
+        self.loader_kind = resolve_loader(config.loader, self.device)
+        fetch = make_fetcher(self.loader_kind, self.data.train.split, str(self.device),
+                             max_batch=config.batch + config.unlabeled_batch)
+        # The run draws each plan itself (prepare()), after its CTAugment update: see train().
+        self.loader = StepLoader(self.data.train, self.policy, views, device=str(self.device), rank=rank,
+                                 world_size=world_size, prefetch=False, fetcher=fetch)
+        self.eval_loader = EvalLoader(self.data.eval_split, self.data.eval_rows, config.eval_batch,
+                                      device=str(self.device), rank=rank, world_size=world_size,
+                                      fetcher=make_fetcher(self.loader_kind, self.data.eval_split, str(self.device),
+                                                           max_batch=config.eval_batch))
+        self.step = 0
+        self.evaluations: list[dict] = []
+        self.elapsed = 0.0  # wall seconds of earlier sessions of this run
+        self.pending = None  # (probe policies, this rank's scores) awaiting the CTAugment update
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        elif self.lead:
+            _write_json(self.out / "config.json", config.to_dict())
+        self.step_fn = STEPS[config.algorithm]
+
+    # -- checkpoints --------------------------------------------------------------------------------
+
+    def _load_checkpoint(self) -> dict | None:
+        found = latest_checkpoint(self.out, self.progress.message)
+        if found is None:
+            return None
+        path, state = found
+        clash = contradictions(state["config"], self.config)
+        if clash:
+            name = clash[0]
+            raise RunError(f"--resume: {name} = {getattr(self.config, name)!r} contradicts the checkpoint's "
+                           f"{state['config'][name]!r} ({path}); drop the flag or start a new --out")
+        self.progress.message(f"resuming from {path} (step {state['step']})")
+        return state
+
+    def _restore(self, state: dict) -> None:
+        self.state.raw_model.load_state_dict(state["model"])
+        self.state.ema_model.load_state_dict(state["ema"])
+        self.state.optimizer.load_state_dict(state["optimizer"])
+        if self.policy is not None:
+            self.policy.load_state_dict(state["policy"])
+        if self.state.distribution is not None:
+            self.state.distribution.load_state_dict(state["distribution_alignment"])
+        self.loader.load_state_dict(state["loader"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.step = int(state["step"])
+        self.evaluations = list(state["evaluations"])
+        self.elapsed = float(state["elapsed"])
+        self.metrics.truncate_after(self.step)
+
+    def _checkpoint_state(self, elapsed: float) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": self.step,
+            "config": self.config.to_dict(),
+            "model": self.state.raw_model.state_dict(), "ema": self.state.ema_model.state_dict(),
+            "optimizer": self.state.optimizer.state_dict(),
+            "policy": None if self.policy is None else self.policy.state_dict(),
+            "distribution_alignment": None if self.state.distribution is None else self.state.distribution.state_dict(),
+            "loader": self.loader.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
+            "labeled_subset": self.data.subset.to_json(),
+            "evaluations": self.evaluations, "elapsed": elapsed,
+        }
+
+    # -- CTAugment feedback ---------------------------------------------------------------------------
+
+    def _apply_pending(self) -> None:
+        """Feeds the held probe scores to the policy (every rank the same global update)."""
+        if self.pending is not None:
+            plan, scores = self.pending
+            self.pending = None
+            update_policy(self.policy, plan, scores, self.world_size)
+
+    # -- evaluation -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def accuracy(self, model: torch.nn.Module) -> float:
+        model.eval()
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        total = torch.zeros((), dtype=torch.int64, device=self.device)
+        for batch in self.eval_loader:
+            images = batch.images.permute(0, 3, 1, 2).float().div_(255.0)
+            with self.state.autocast():
+                logits = model(images)
+            correct += (logits.argmax(dim=1) == batch.labels).sum()
+            total += batch.labels.numel()
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            counts = torch.stack([correct, total])
+            dist.all_reduce(counts)
+            correct, total = counts[0], counts[1]
+        return float(correct) / max(int(total), 1)
+
+    def evaluate(self) -> dict:
+        record = {"eval": True, "step": self.step, "kimg": self.step * self.config.batch / 1024,
+                  "acc_ema": self.accuracy(self.state.ema_model), "acc_raw": self.accuracy(self.state.raw_model)}
+        self.evaluations.append(record)
+        if self.lead:
+            self.metrics.write(record)
+            self.progress.evaluation(record)
+            if self.policy is not None:
+                (self.out / "cta_weights.txt").write_text(self.policy.table() + "\n")
+                try:
+                    self.policy.heatmap(self.out / "cta_heatmap.png")
+                except PipelineError:
+                    pass  # matplotlib (the plots extra) is optional; the table is always written
+        return record
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    def _log(self, rows: list, first_step: int, seconds: float, wait: float) -> None:
+        """Reads the logged steps' losses back (the only host sync of the loop) and stops on a
+        non-finite one, naming the step and the loss term."""
+        losses = torch.stack(rows).cpu().numpy()
+        bad = np.argwhere(~np.isfinite(losses))
+        if bad.size:
+            row, term = bad[0]
+            kept = checkpoint_paths(self.out)
+            raise Diverged(f"step {first_step + row}: {LOSS_NAMES[term]} is {losses[row, term]}; stopped. "
+                           f"Last good checkpoint: {kept[-1] if kept else 'none (no checkpoint written yet)'}")
+        mean = losses.mean(axis=0)
+        images = len(rows) * self.config.batch
+        record = {"step": self.step, "kimg": self.step * self.config.batch / 1024,
+                  "loss": float(mean[0]), **{name: float(mean[i]) for i, name in enumerate(LOSS_NAMES) if i},
+                  "kimg_per_s": images / 1024 / max(seconds, 1e-9), "data_wait": wait / max(seconds, 1e-9),
+                  "step_seconds": seconds / len(rows)}
+        if self.lead:
+            self.metrics.write(record)
+            self.progress.step(record)
+
+    def train(self) -> dict:
+        config = self.config
+        start_time = time.perf_counter()
+        rows, first, window_start, wait = [], self.step, time.perf_counter(), 0.0
+        while self.step < config.steps:
+            before = time.perf_counter()
+            batch = next(self.loader)
+            wait += time.perf_counter() - before
+            result = self.step_fn(self.state, batch, self.step)
+            self.step += 1
+            rows.append(result.losses)
+            if self.policy is not None:
+                if config.prefetch:
+                    # Update with the previous step's scores (ready by now on a GPU: no stall), then
+                    # draw the next plan: its policies come from the weights after step t - 1.
+                    self._apply_pending()
+                    self.pending = (batch.global_plan, result.probe_scores)
+                    self.loader.prepare()
+                else:
+                    self.pending = (batch.global_plan, result.probe_scores)
+                    self._apply_pending()
+            elif config.prefetch:
+                self.loader.prepare()
+            last = self.step == config.steps
+            if self.step % config.log_every == 0 or last or self.step % config.ckpt_every == 0:
+                self._log(rows, first, time.perf_counter() - window_start, wait)
+                rows, first, window_start, wait = [], self.step, time.perf_counter(), 0.0
+            if self.step % config.eval_every == 0 or last:
+                self._apply_pending()  # the weights written beside the evaluation are current
+                self.evaluate()
+            if self.step % config.ckpt_every == 0 or last:
+                # Applying the held update now is what the next step would do before drawing a plan.
+                self._apply_pending()
+                self._save(self.elapsed + time.perf_counter() - start_time)
+        self.loader.close()
+        self.progress.close()
+        return self.finish(self.elapsed + time.perf_counter() - start_time)
+
+    def _save(self, elapsed: float) -> None:
+        state = self._checkpoint_state(elapsed)  # every rank joins the collectives above
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        if self.lead:
+            save_checkpoint(self.out, state, self.config.keep_ckpts)
+
+    def finish(self, elapsed: float) -> dict:
+        config = self.config
+        recent = self.evaluations[-config.median_of:]
+        summary = {
+            "summary_version": SUMMARY_VERSION,
+            "algorithm": config.algorithm,
+            "steps": self.step,
+            "kimg": self.step * config.batch / 1024,
+            "accuracy": {
+                "ema_median_last": statistics.median(e["acc_ema"] for e in recent) if recent else None,
+                "raw_median_last": statistics.median(e["acc_raw"] for e in recent) if recent else None,
+                "median_of": len(recent),
+                "ema_best": max((e["acc_ema"] for e in self.evaluations), default=None),
+                "raw_best": max((e["acc_raw"] for e in self.evaluations), default=None),
+                "ema_last": self.evaluations[-1]["acc_ema"] if self.evaluations else None,
+            },
+            "eval_split": config.eval_split, "eval_rows": int(len(self.data.eval_rows)),
+            "labeled": {"file": "labeled.json", "n_labeled": int(len(self.data.subset.labeled)),
+                        "seed": config.seed, "n_valid": int(len(self.data.subset.valid)),
+                        "fingerprint": self.data.shards.fingerprint},
+            "dataset": {"path": str(self.data.shards.path), "name": self.data.shards.dataset,
+                        "mean": self.data.mean, "std": self.data.std},
+            "model": {"parameters": count_parameters(self.state.raw_model),
+                      "name": f"WRN-{6 * config.blocks_per_stage + 4}-{config.width // 16}"
+                              if config.width % 16 == 0 else f"WRN-{6 * config.blocks_per_stage + 4} width {config.width}"},
+            "device": str(self.device), "loader": self.loader_kind, "world_size": self.world_size,
+            "wall_seconds": elapsed,
+            "versions": versions(),
+            "config": config.to_dict(),
+        }
+        if self.lead:
+            _write_json(self.out / "summary.json", summary)
+            acc = summary["accuracy"]
+            if acc["ema_median_last"] is not None:
+                self.progress.message(
+                    f"done: {self.step} steps in {elapsed:.0f} s; EMA accuracy median of the last {acc['median_of']} "
+                    f"evaluations {100 * acc['ema_median_last']:.2f}% (best {100 * acc['ema_best']:.2f}%); "
+                    f"{self.out / 'summary.json'}")
+        return summary
+
+
+def check_finite_config(config: TrainConfig) -> None:
+    for name, value in config.to_dict().items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RunError(f"--{name.replace('_', '-')} must be finite, got {value}")

@@ -1,0 +1,187 @@
+"""One training step, in the order of the paper's Algorithm 1 (spec §1, items 3-12).
+
+The step reads only a StepBatch's tensors (uint8 NHWC, on the device), so it does not know whether
+they came from the torch loader, DALI or a synthetic benchmark. It never reads a value back to the
+host: the losses and the probe scores stay on the device for the caller to collect.
+
+Forward passes, and how batch-norm statistics are gathered:
+- the label guess runs on the weak views without gradients, in training mode (batch statistics,
+  as the reference), with BN running statistics left untouched;
+- everything that trains goes through one forward: the mixed batch (labeled + K + 1 unlabeled
+  views), strong view 1 (pre-mixup loss) and its rotations (rotation loss). Its batch statistics
+  are taken over that whole concatenation and it alone updates the running statistics. The
+  reference instead runs the mixed batch in interleaved chunks of B (each normalised by its own
+  statistics, running statistics from one chunk) and strong view 1 and the rotations in calls of
+  their own; one concatenated call gives the GPU one large batch instead of K + 4 small ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .losses import (
+    cta_probe_scores, decoupled_weight_decay_, ema_update_, linear_ramp, mixup, mixup_lambdas,
+    mixup_permutation, rotate_quarters, rotation_labels, sharpen, soft_cross_entropy,
+)
+
+LOSS_NAMES = ("total", "loss_x", "loss_u", "loss_kl", "loss_rot")
+_MIXUP_STREAM = 7  # keeps the MixUp generator apart from the pipeline's (seed, step) streams
+
+
+@dataclass
+class TrainState:
+    """Everything a step reads and changes. Each piece has one owner with a state_dict."""
+
+    model: torch.nn.Module  # the module that trains (DDP-wrapped on several ranks)
+    raw_model: torch.nn.Module  # the bare model (model.module under DDP)
+    ema_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    decay_params: list
+    distribution: object | None  # losses.DistributionAlignment (None: supervised)
+    config: object  # TrainConfig
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    all_reduce_mean: object = None  # callable(tensor) -> the mean over ranks; None on one rank
+
+    def autocast(self):
+        if self.device.type == "cuda" and self.config.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+@dataclass
+class StepResult:
+    losses: torch.Tensor  # (5,) float32 on the device, in LOSS_NAMES order
+    probe_scores: torch.Tensor | None  # (B,) float32 on the device: this rank's CTAugment probes
+
+
+def as_float_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [0, 1]. The permuted view of NHWC memory is channels_last, which
+    the convolutions keep on the GPU."""
+    return images.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@contextlib.contextmanager
+def frozen_bn_statistics(model: torch.nn.Module):
+    """Training-mode forward (batch statistics) that leaves the running statistics as they are."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) running + 0 batch
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+
+
+def step_generator(config, rank: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([config.run_seed, rank, step, _MIXUP_STREAM])
+
+
+def _optimise(state: TrainState, total: torch.Tensor) -> None:
+    """Items 10-11: Adam, then the decoupled weight decay and the EMA of the weights."""
+    config = state.config
+    state.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    state.optimizer.step()
+    decoupled_weight_decay_(state.decay_params, config.weight_decay, config.lr)
+    ema_update_(state.ema_model, state.raw_model, config.ema)
+
+
+@torch.no_grad()
+def _probe_scores(state: TrainState, probe: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Item 12: the EMA model, in eval mode, scores the probe views."""
+    state.ema_model.eval()
+    with state.autocast():
+        logits = state.ema_model(as_float_images(probe))
+    return cta_probe_scores(torch.softmax(logits.float(), dim=1), labels)
+
+
+def remixmatch_step(state: TrainState, batch, step: int) -> StepResult:
+    config, model = state.config, state.model
+    model.train()
+    labels = batch.x_labels
+    num_classes = state.raw_model.num_classes
+    b, k = batch.x.shape[0], batch.k
+    x = as_float_images(batch.x)  # 1. labeled: weak + CTAugment (made by the pipeline)
+    u_weak = as_float_images(batch.u_weak)  # 2. unlabeled: one weak view ...
+    u_strong = as_float_images(batch.u_strong.flatten(0, 1))  # ... and K strong views, K-major
+    bu = u_weak.shape[0]
+
+    # 3. Label guess from the weak view.
+    with torch.no_grad(), frozen_bn_statistics(state.raw_model), state.autocast():
+        p_weak = torch.softmax(state.raw_model(u_weak).float(), dim=1)
+    # 4. Distribution alignment against the labeled class distribution.
+    q = state.distribution.align(p_weak) if config.distribution_alignment else p_weak
+    # 5. Sharpening; q is a constant target from here on.
+    q = sharpen(q, config.temperature)
+
+    # 6-7. Strong view 1 (pre-mixup loss) and its rotations, one per quarter (rotation loss).
+    use_strong1 = k >= 1 and (config.w_kl > 0 or config.w_rot > 0)
+    extra = []
+    if use_strong1:
+        strong1 = u_strong[:bu]
+        rot_labels = rotation_labels(bu)
+        extra = [strong1, rotate_quarters(strong1, rot_labels)]
+
+    # 8. MixUp over labeled + all K + 1 unlabeled views, each example with a shuffled partner.
+    inputs = torch.cat([x, u_weak, u_strong])
+    targets = torch.cat([F.one_hot(labels, num_classes).float(), q.repeat(k + 1, 1)])
+    rng = step_generator(config, state.rank, step)
+    n = inputs.shape[0]
+    lambdas, permutation = mixup_lambdas(n, config.mixup_alpha, rng), mixup_permutation(n, rng)
+    mixed, mixed_targets = mixup(inputs, targets, lambdas, permutation)
+
+    # 9. One forward for everything that trains; losses on the mixed batch.
+    with state.autocast():
+        logits, embeds = model(torch.cat([mixed, *extra]), with_embeds=True)
+    logits_x, logits_u = logits[:b], logits[b:n]
+    loss_x = soft_cross_entropy(logits_x, mixed_targets[:b])
+    if config.unlabeled_loss == "xe":
+        loss_u = soft_cross_entropy(logits_u, mixed_targets[b:])
+    else:
+        loss_u = (torch.softmax(logits_u.float(), dim=1) - mixed_targets[b:]).square().mean()
+    zero = logits.new_zeros((), dtype=torch.float32)
+    loss_kl = loss_rot = zero
+    if use_strong1:
+        loss_kl = soft_cross_entropy(logits[n:n + bu], q)
+        rot_logits = state.raw_model.rotation_logits(embeds[n + bu:])
+        loss_rot = F.cross_entropy(rot_logits.float(), rot_labels.to(rot_logits.device))
+
+    # 10. Total loss with the ramped weights.
+    ramp = linear_ramp(step, config.ramp_steps)
+    total = loss_x + config.w_match * ramp * loss_u + config.w_kl * ramp * loss_kl + config.w_rot * loss_rot
+    # 11. Adam, decoupled weight decay, EMA.
+    _optimise(state, total)
+    # p_model learns this step's (global) mean weak-view prediction, before alignment.
+    batch_mean = p_weak.mean(dim=0)
+    if state.all_reduce_mean is not None:
+        batch_mean = state.all_reduce_mean(batch_mean)
+    state.distribution.push(batch_mean)
+    # 12. CTAugment probes, scored by the EMA model (the caller feeds them to the policy).
+    scores = _probe_scores(state, batch.x_probe, labels) if batch.x_probe is not None else None
+    losses = torch.stack([total, loss_x, loss_u, loss_kl, loss_rot]).detach().float()
+    return StepResult(losses, scores)
+
+
+def supervised_step(state: TrainState, batch, step: int) -> StepResult:
+    """The baseline: cross-entropy on the labeled views alone, same optimiser, decay and EMA."""
+    del step
+    state.model.train()
+    with state.autocast():
+        logits = state.model(as_float_images(batch.x))
+    loss = F.cross_entropy(logits.float(), batch.x_labels)
+    _optimise(state, loss)
+    zero = loss.new_zeros(())
+    scores = _probe_scores(state, batch.x_probe, batch.x_labels) if batch.x_probe is not None else None
+    return StepResult(torch.stack([loss, loss, zero, zero, zero]).detach().float(), scores)
+
+
+STEPS = {"remixmatch": remixmatch_step, "supervised": supervised_step}
