@@ -77,7 +77,9 @@ class WeakParams:
 
 def _k_major(array: np.ndarray, k: int, rows: slice) -> np.ndarray:
     """Rows ``rows`` of every one of the K blocks of a K-major array."""
-    blocks = array.reshape(k, -1, *array.shape[1:])[:, rows]
+    if k == 0:  # no blocks (and reshape(0, -1) is ambiguous)
+        return np.ascontiguousarray(array[:0])
+    blocks = array.reshape(k, len(array) // k, *array.shape[1:])[:, rows]
     return np.ascontiguousarray(blocks.reshape(-1, *array.shape[1:]))
 
 
