@@ -36,11 +36,17 @@ def save_checkpoint(run_dir: Path, state: dict, keep: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"ckpt-{state['step']:08d}.pt"
     tmp = folder / f".{path.name}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves the checkpoints as they were, no stray file
+        raise
     os.replace(tmp, path)  # a reader sees the old set or the new file whole, never half of it
+    for stale in folder.glob(".ckpt-*.pt.tmp-*"):
+        stale.unlink(missing_ok=True)  # left by a write that was killed
     for old in checkpoint_paths(run_dir)[:-keep]:
         old.unlink()
     return path
@@ -72,7 +78,8 @@ def latest_checkpoint(run_dir: Path, warn) -> tuple[Path, dict] | None:
             state = load_checkpoint(path)
         except CheckpointError as error:
             errors.append(str(error))
-            warn(f"{error}; falling back to the previous checkpoint")
+            if path != paths[0]:
+                warn(f"{error}; falling back to the previous checkpoint")
             continue
         return path, state
     raise CheckpointError(f"no loadable checkpoint in {checkpoint_dir(run_dir)}: {'; '.join(errors)}")

@@ -115,9 +115,10 @@ ABLATIONS: dict[str, dict] = {
 }
 
 # Fields that may differ between a checkpoint and a resumed run: they change how the run executes
-# or reports, not what it computes.
+# or reports, not what it computes. (prefetch is not one: it changes which weights the policies
+# are drawn from.)
 RESUMABLE_FIELDS = frozenset({
-    "steps", "device", "loader", "prefetch", "compile", "threads", "eval_every", "eval_batch",
+    "steps", "device", "loader", "compile", "threads", "eval_every", "eval_batch",
     "ckpt_every", "keep_ckpts", "log_every", "median_of"})
 
 

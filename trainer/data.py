@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from remixmatch.datasets_prep import open_shards
+from remixmatch.datasets_prep import PrepError, open_shards
 from remixmatch.datasets_prep.subsets import labeled_subset, load_subset, save_subset
 from remixmatch.pipeline import TrainData, train_data
 
@@ -48,7 +48,10 @@ def load_run_data(config, run_dir: Path, resuming: bool) -> RunData:
     if resuming and subset_path.exists():
         subset = load_subset(subset_path, expect_fingerprint=shards.fingerprint)
     else:
-        subset = labeled_subset(shards, config.labels, config.seed, n_valid=config.valid)
+        try:
+            subset = labeled_subset(shards, config.labels, config.seed, n_valid=config.valid)
+        except PrepError as error:
+            raise PrepError(f"--labels {config.labels} --valid {config.valid} on {shards.path}: {error}") from None
         save_subset(subset, subset_path, labels=shards["train"].labels)
     data = train_data(shards, subset)
     if config.eval_split == "valid":

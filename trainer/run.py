@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -85,6 +86,18 @@ def versions() -> dict:
     return package_versions(("torch", "numpy", "numba", "numba-cuda", "nvidia-dali-cuda120", "pyarrow", "remixmatch"))
 
 
+def _remove_new_files(out: Path, existed: set[str] | None) -> None:
+    """Undoes a failed fresh start: the files it wrote, and ``out`` itself if it made it."""
+    for path in out.iterdir():
+        if (existed is None or path.name not in existed) and path.is_file():
+            path.unlink()
+    if existed is None:
+        try:
+            out.rmdir()
+        except OSError:
+            pass  # something else put files there meanwhile: leave it
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1) + "\n")
@@ -103,11 +116,25 @@ class Run:
         if config.threads:
             torch.set_num_threads(config.threads)
         resuming = check_run_dir(self.out, resume)
+        existed = {p.name for p in self.out.iterdir()} if self.out.is_dir() else None
         self.out.mkdir(parents=True, exist_ok=True)
         self.progress = Progress(config.steps, enabled=self.lead and not quiet)
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.lead)
+        try:
+            self._setup(config, resuming, all_reduce_mean, wrap_model)
+        except BaseException:
+            self.progress.close()
+            if not resuming and self.lead:
+                _remove_new_files(self.out, existed)  # a failed start must not block the next one
+            raise
+
+    def _setup(self, config: TrainConfig, resuming: bool, all_reduce_mean, wrap_model) -> None:
+        rank, world_size = self.rank, self.world_size
         checkpoint = self._load_checkpoint() if resuming else None
-        self.data = load_run_data(config, self.out, resuming)
+        if resuming and checkpoint is None:
+            # Stopped before its first checkpoint: the run starts over, so its log does too.
+            self.metrics.truncate_after(0)
+        self.data = load_run_data(config, self.out, checkpoint is not None)
         if len(self.data.train.labeled) < config.batch and self.lead:
             self.progress.message(f"note: the labeled set ({len(self.data.train.labeled)} images) is smaller than "
                                   f"the batch ({config.batch}): each batch repeats labeled images, each epoch "
@@ -163,7 +190,7 @@ class Run:
     # -- checkpoints --------------------------------------------------------------------------------
 
     def _load_checkpoint(self) -> dict | None:
-        found = latest_checkpoint(self.out, self.progress.message)
+        found = latest_checkpoint(self.out, self._warn)
         if found is None:
             return None
         path, state = found
@@ -174,6 +201,13 @@ class Run:
                            f"{state['config'][name]!r} ({path}); drop the flag or start a new --out")
         self.progress.message(f"resuming from {path} (step {state['step']})")
         return state
+
+    def _warn(self, text: str) -> None:
+        """A skipped checkpoint is reported even with --quiet (which silences progress only)."""
+        if self.progress.enabled:
+            self.progress.message(text)
+        elif self.lead:
+            print(text, file=sys.stderr, flush=True)
 
     def _restore(self, state: dict) -> None:
         self.state.raw_model.load_state_dict(state["model"])
@@ -258,12 +292,14 @@ class Run:
         """Reads the logged steps' losses back (the only host sync of the loop) and stops on a
         non-finite one, naming the step and the loss term."""
         losses = torch.stack(rows).cpu().numpy()
-        bad = np.argwhere(~np.isfinite(losses))
-        if bad.size:
-            row, term = bad[0]
-            kept = checkpoint_paths(self.out)
-            raise Diverged(f"step {first_step + row}: {LOSS_NAMES[term]} is {losses[row, term]}; stopped. "
-                           f"Last good checkpoint: {kept[-1] if kept else 'none (no checkpoint written yet)'}")
+        bad = ~np.isfinite(losses)
+        if bad.any():
+            row = int(np.flatnonzero(bad.any(axis=1))[0])
+            # The total is non-finite whenever a term is: name the term (the total only if it alone is).
+            terms = np.flatnonzero(bad[row, 1:])
+            term = int(terms[0]) + 1 if terms.size else 0
+            raise Diverged(f"step {first_step + row}: loss term {LOSS_NAMES[term]} is {losses[row, term]}; "
+                           f"stopped. {self._last_good()}")
         mean = losses.mean(axis=0)
         images = len(rows) * self.config.batch
         record = {"step": self.step, "kimg": self.step * self.config.batch / 1024,
@@ -275,8 +311,16 @@ class Run:
             self.progress.step(record)
 
     def train(self) -> dict:
-        config = self.config
         start_time = time.perf_counter()
+        try:
+            self._loop(start_time)
+        finally:
+            self.loader.close()
+            self.progress.close()
+        return self.finish(self.elapsed + time.perf_counter() - start_time)
+
+    def _loop(self, start_time: float) -> None:
+        config = self.config
         rows, first, window_start, wait = [], self.step, time.perf_counter(), 0.0
         while self.step < config.steps:
             before = time.perf_counter()
@@ -308,11 +352,18 @@ class Run:
                 # Applying the held update now is what the next step would do before drawing a plan.
                 self._apply_pending()
                 self._save(self.elapsed + time.perf_counter() - start_time)
-        self.loader.close()
-        self.progress.close()
-        return self.finish(self.elapsed + time.perf_counter() - start_time)
+
+    def _last_good(self) -> str:
+        kept = checkpoint_paths(self.out)
+        return f"Last good checkpoint: {kept[-1] if kept else 'none (no checkpoint written yet)'}"
 
     def _save(self, elapsed: float) -> None:
+        # A finite loss is computed before its update: an update can still overflow the weights
+        # (an absurd lr), and a checkpoint of those would not be a good one to fall back to.
+        finite = torch.stack([torch.isfinite(p).all() for p in self.state.raw_model.parameters()]).all()
+        if not bool(finite):
+            raise Diverged(f"step {self.step - 1}: the weights are not finite after the update; stopped "
+                           f"without writing a checkpoint. {self._last_good()}")
         state = self._checkpoint_state(elapsed)  # every rank joins the collectives above
         if self.world_size > 1:
             import torch.distributed as dist

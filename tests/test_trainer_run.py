@@ -1,0 +1,342 @@
+"""A training run end to end (remixmatch.trainer.run, .checkpoint, .step, .data, .progress): exact
+resume, checkpoint safety, what a run writes, and that training learns."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from datasets_helpers import REAL_CIFAR_JPG, REPO
+from remixmatch.pipeline import CTAugment
+from remixmatch.trainer import checkpoint as checkpoint_module
+from remixmatch.trainer.checkpoint import (
+    CheckpointError, checkpoint_paths, latest_checkpoint, load_checkpoint, save_checkpoint,
+)
+from remixmatch.trainer.config import resolve
+from remixmatch.trainer.run import Run, SUMMARY_VERSION
+from remixmatch.trainer.step import LOSS_NAMES
+from trainer_helpers import (
+    assert_identical, cli, latest_state, metrics, pipeline_shards, smoke_args, smoke_config, train,  # noqa: F401
+)
+
+VARIANTS = {
+    "remixmatch-prefetch-off": {"prefetch": False},
+    "remixmatch-prefetch-on": {"prefetch": True},
+    "supervised": {"algorithm": "supervised"},
+}
+
+
+def variant_args(variant: str) -> list[str]:
+    flags = {"remixmatch-prefetch-off": ["--no-prefetch"], "remixmatch-prefetch-on": ["--prefetch"],
+             "supervised": ["--algorithm", "supervised"]}
+    return flags[variant]
+
+
+@pytest.fixture(scope="module")
+def straight(pipeline_shards, tmp_path_factory):
+    """The 20-step smoke run of a variant, trained once per module without a stop (read-only)."""
+    done = {}
+
+    def get(variant: str):
+        if variant not in done:
+            out = tmp_path_factory.mktemp(f"straight-{variant}") / "run"
+            train(smoke_config(pipeline_shards.path, **VARIANTS[variant]), out)
+            done[variant] = out
+        return done[variant]
+
+    return get
+
+
+def copy_run(src, dest):
+    shutil.copytree(src, dest)
+    return dest
+
+
+def assert_same_final_state(out, reference):
+    """The last checkpoints hold the same training state (wall-clock time aside) and the logs match."""
+    a, b = latest_state(out), latest_state(reference)
+    a.pop("elapsed"), b.pop("elapsed")
+    for key in ("model", "ema", "optimizer", "policy", "distribution_alignment", "loader", "rng", "step"):
+        assert_identical(a[key], b[key], key)
+    assert_identical(a, b, "checkpoint")
+    assert metrics(out) == metrics(reference)
+
+
+# -- exact resume ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_ten_steps_resume_ten_steps_equals_twenty_straight(variant, pipeline_shards, straight, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = smoke_args(pipeline_shards.path, out, *variant_args(variant))
+    assert cli([*args, "--steps", "10"], capsys)[0] == 0
+    if variant != "supervised":
+        # The weight table beside the checkpoints is the policy of that evaluation.
+        policy = CTAugment()
+        policy.load_state_dict(latest_state(out)["policy"])
+        assert (out / "cta_weights.txt").read_text() == policy.table() + "\n"
+    rc, _, err = cli([*args, "--steps", "20", "--resume"], capsys)
+    assert rc == 0, err
+    reference = straight(variant)
+    state = latest_state(reference)
+    if variant == "supervised":
+        assert state["policy"] is None and state["distribution_alignment"] is None
+    else:
+        # Ten steps move the CTAugment weights and fill the DA buffer: the comparison is not vacuous.
+        assert not np.array_equal(state["policy"]["rates"], CTAugment().rates)
+        assert int(state["distribution_alignment"]["position"]) == 20
+    assert_same_final_state(out, reference)
+    assert [p.name for p in checkpoint_paths(out)] == ["ckpt-00000010.pt", "ckpt-00000020.pt"]
+
+
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_over(pipeline_shards, straight, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = smoke_args(pipeline_shards.path, out, "--algorithm", "supervised")
+    assert cli([*args, "--steps", "10"], capsys)[0] == 0
+    shutil.rmtree(out / "checkpoints")  # as if killed before the step-10 checkpoint
+    (out / "summary.json").unlink()
+    rc, _, err = cli([*args, "--steps", "20", "--resume"], capsys)
+    assert rc == 0, err
+    # The log holds each step once: the stopped attempt's lines are gone.
+    assert_same_final_state(out, straight("supervised"))
+
+
+# -- the step ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["supervised", "remixmatch"])
+def test_repeated_steps_on_one_batch_lower_its_loss(algorithm, pipeline_shards, tmp_path):
+    run = Run(smoke_config(pipeline_shards.path, algorithm=algorithm), tmp_path / "run", quiet=True)
+    try:
+        batch = next(run.loader)
+        before = [p.detach().clone() for p in run.state.ema_model.parameters()]
+        # Past the ramp, so every step weighs the terms alike; each loss is the one before its update.
+        losses = torch.stack([run.step_fn(run.state, batch, 1000).losses for _ in range(6)]).numpy()
+    finally:
+        run.loader.close()
+    assert np.isfinite(losses).all()
+    assert losses[1, 0] < losses[0, 0], "one step did not lower the loss on its own batch"
+    assert losses[-1, 0] < 0.95 * losses[0, 0], losses[:, 0]
+    assert losses[-1, LOSS_NAMES.index("loss_x")] < losses[0, LOSS_NAMES.index("loss_x")]
+    if algorithm == "remixmatch":
+        assert losses[-1, LOSS_NAMES.index("loss_rot")] < losses[0, LOSS_NAMES.index("loss_rot")]
+    assert any(not torch.equal(a, b) for a, b in zip(before, run.state.ema_model.parameters())), \
+        "the EMA did not follow the trained weights"
+
+
+def test_a_short_run_fits_forty_labeled_images(pipeline_shards, tmp_path):
+    config = smoke_config(pipeline_shards.path, algorithm="supervised", labels=40, batch=40, width=16, steps=150,
+                          eval_every=150, ckpt_every=150, log_every=50)
+    run = Run(config, tmp_path / "run", quiet=True)
+    run.train()
+    rows = np.sort(run.data.train.labeled)
+    assert len(rows) == 40
+    images = torch.from_numpy(run.data.train.split.images(rows)).permute(0, 3, 1, 2).float() / 255
+    labels = torch.from_numpy(run.data.train.labels[rows])
+    with torch.no_grad():
+        for name, model in (("raw", run.state.raw_model), ("ema", run.state.ema_model)):
+            model.eval()
+            accuracy = (model(images).argmax(dim=1) == labels).float().mean().item()
+            # Noise images carry no signal: high accuracy on them is memorisation by the training loop.
+            assert accuracy >= 0.9, f"{name} model fits {accuracy:.0%} of its 40 training images"
+
+
+# -- what a run writes ---------------------------------------------------------------------------------
+
+
+def test_summary_config_and_metrics_are_well_formed(pipeline_shards, straight):
+    out = straight("remixmatch-prefetch-on")
+    config = smoke_config(pipeline_shards.path, prefetch=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"summary_version", "algorithm", "steps", "kimg", "accuracy", "eval_split", "eval_rows",
+                            "labeled", "dataset", "model", "device", "loader", "world_size", "wall_seconds",
+                            "versions", "config"}
+    assert summary["summary_version"] == SUMMARY_VERSION
+    assert summary["algorithm"] == "remixmatch" and summary["steps"] == 20 and summary["kimg"] == 20 * 8 / 1024
+    assert summary["config"] == config.to_dict() == json.loads((out / "config.json").read_text())
+    assert summary["eval_split"] == "test" and summary["eval_rows"] == len(pipeline_shards.shards["test"])
+    assert summary["device"] == "cpu" and summary["loader"] == "torch" and summary["world_size"] == 1
+    assert summary["wall_seconds"] > 0 and summary["versions"]["torch"] == torch.__version__
+    assert summary["model"]["name"] == "WRN-10 width 8" and summary["model"]["parameters"] > 0
+    assert summary["dataset"]["path"] == str(pipeline_shards.path) and len(summary["dataset"]["mean"]) == 3
+
+    records = metrics(out)
+    evaluations = [r for r in records if r.get("eval")]
+    steps = [r for r in records if not r.get("eval")]
+    assert [r["step"] for r in steps] == [5, 10, 15, 20]
+    assert all(set(LOSS_NAMES[1:]) | {"loss", "kimg"} <= set(r) for r in steps)
+    assert [r["step"] for r in evaluations] == [10, 20]
+    assert all(0 <= r["acc_ema"] <= 1 and 0 <= r["acc_raw"] <= 1 for r in evaluations)
+    raw_lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert all(set(json.loads(line)) >= {"kimg_per_s", "data_wait", "step_seconds"}
+               for line, r in zip(raw_lines, records) if not r.get("eval"))
+
+    accuracy = summary["accuracy"]
+    assert accuracy["median_of"] == 2
+    assert accuracy["ema_median_last"] == float(np.median([r["acc_ema"] for r in evaluations]))
+    assert accuracy["raw_median_last"] == float(np.median([r["acc_raw"] for r in evaluations]))
+    assert accuracy["ema_best"] == max(r["acc_ema"] for r in evaluations)
+    assert accuracy["ema_last"] == evaluations[-1]["acc_ema"]
+
+    labeled = json.loads((out / summary["labeled"]["file"]).read_text())
+    assert summary["labeled"]["n_labeled"] == len(labeled["labeled"]) == 20
+    assert labeled["fingerprint"] == summary["labeled"]["fingerprint"] == pipeline_shards.shards.fingerprint
+
+
+def test_cta_weight_table_and_heatmap_are_written_at_the_evaluation(straight):
+    out = straight("remixmatch-prefetch-off")
+    policy = CTAugment()
+    policy.load_state_dict(latest_state(out)["policy"])
+    assert (out / "cta_weights.txt").read_text() == policy.table() + "\n"
+    assert (out / "cta_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob(".*tmp*")) and not list((out / "checkpoints").glob(".*"))
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------
+
+
+def test_checkpoint_is_written_whole_under_a_temporary_name_then_renamed(straight, tmp_path, monkeypatch):
+    state = latest_state(straight("supervised"))
+    state["step"] = 30
+    renames = []
+    real_replace = os.replace
+
+    def watching_replace(src, dst):
+        src, dst = type(tmp_path)(src), type(tmp_path)(dst)
+        renames.append((src.name, dst.name))
+        assert not dst.exists(), "the final name existed before the rename"
+        assert load_checkpoint(src)["step"] == 30, "the temporary file was not complete at the rename"
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", watching_replace)
+    path = save_checkpoint(tmp_path, state, keep=3)
+    assert path == tmp_path / "checkpoints" / "ckpt-00000030.pt"
+    assert len(renames) == 1 and renames[0][1] == path.name
+    assert renames[0][0].startswith(".ckpt-00000030.pt.tmp-")
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_ones_and_no_stray_file(straight, tmp_path):
+    run_dir = copy_run(straight("supervised"), tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in checkpoint_paths(run_dir)}
+    state = latest_state(run_dir)
+    state["step"] = 30
+    state["evaluations"] = [lambda: None]  # cannot be pickled: torch.save fails part way
+    with pytest.raises(Exception):
+        save_checkpoint(run_dir, state, keep=1)
+    assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == before
+
+
+def test_only_the_last_keep_ckpts_checkpoints_are_kept(pipeline_shards, tmp_path):
+    out = tmp_path / "run"
+    train(smoke_config(pipeline_shards.path, algorithm="supervised", steps=10, ckpt_every=2, keep_ckpts=3), out)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "ckpt-00000006.pt", "ckpt-00000008.pt", "ckpt-00000010.pt"]
+    assert [load_checkpoint(p)["step"] for p in checkpoint_paths(out)] == [6, 8, 10]
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _garbage(path):
+    path.write_bytes(os.urandom(4096))
+
+
+def _foreign(path):
+    torch.save({"model": {}}, path)
+
+
+@pytest.mark.parametrize("corrupt", [_truncate, _garbage, _foreign], ids=["truncated", "garbage", "not-ours"])
+def test_resume_falls_back_past_a_corrupt_latest_checkpoint(corrupt, pipeline_shards, straight, tmp_path, capsys):
+    reference = straight("supervised")
+    out = copy_run(reference, tmp_path / "run")
+    bad = out / "checkpoints" / "ckpt-00000020.pt"
+    corrupt(bad)
+    rc, _, err = cli([*smoke_args(pipeline_shards.path, out, "--algorithm", "supervised", quiet=False), "--resume"],
+                     capsys)
+    assert rc == 0, err
+    warning = next(line for line in err.splitlines() if "falling back" in line)
+    assert str(bad) in warning
+    assert f"resuming from {out / 'checkpoints' / 'ckpt-00000010.pt'} (step 10)" in err
+    # Steps 11-20 again, from the step-10 checkpoint: the same run as one that never stopped.
+    assert_same_final_state(out, reference)
+
+
+def test_resume_refuses_when_no_checkpoint_loads_naming_them(pipeline_shards, straight, tmp_path, capsys):
+    out = copy_run(straight("supervised"), tmp_path / "run")
+    paths = checkpoint_paths(out)
+    for path in paths:
+        _truncate(path)
+    with pytest.raises(CheckpointError) as raised:
+        latest_checkpoint(out, warn=lambda text: None)
+    assert all(str(p) in str(raised.value) for p in paths)
+    untouched = (out / "metrics.jsonl").read_bytes()
+    rc, _, err = cli([*smoke_args(pipeline_shards.path, out, "--algorithm", "supervised"), "--resume"], capsys)
+    assert rc == 2
+    errors = [line for line in err.splitlines() if line.startswith("rmm-train: error: ")]
+    assert len(errors) == 1 and "no loadable checkpoint" in errors[0]
+    assert all(str(p) in errors[0] for p in paths)
+    assert (out / "metrics.jsonl").read_bytes() == untouched
+
+
+KILLED_WRITER = textwrap.dedent("""
+    import os, signal, sys
+    # The process dies by SIGKILL once a checkpoint's bytes are written, before its rename.
+    os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)
+    from remixmatch.trainer.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one_and_resume_works(
+        pipeline_shards, straight, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [str(a) for a in smoke_args(pipeline_shards.path, out, "--algorithm", "supervised")]
+    assert cli([*args, "--steps", "10"], capsys)[0] == 0
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, *args, "--steps", "20", "--resume"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    leftovers = list((out / "checkpoints").glob(".ckpt-00000020.pt.tmp-*"))
+    assert len(leftovers) == 1, "the killed write should have left its temporary file"
+    assert [p.name for p in checkpoint_paths(out)] == ["ckpt-00000010.pt"]
+    assert load_checkpoint(checkpoint_paths(out)[0])["step"] == 10
+    rc, _, err = cli([*args, "--steps", "20", "--resume"], capsys)
+    assert rc == 0, err
+    assert_same_final_state(out, straight("supervised"))
+    assert not list((out / "checkpoints").glob(".*")), "the killed write's temporary file was not cleared"
+
+
+# -- real data -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_cifar10(tmp_path_factory):
+    if not REAL_CIFAR_JPG.is_file():
+        pytest.skip(f"real data not present at {REAL_CIFAR_JPG}")
+    from remixmatch.datasets_prep.cli import prep_cifar10_main
+
+    out = tmp_path_factory.mktemp("real") / "cifar10"
+    assert prep_cifar10_main(["--source", str(REAL_CIFAR_JPG), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_short_supervised_run_on_real_cifar10_evaluates_far_above_chance(real_cifar10, tmp_path):
+    config = resolve("cpu", [], {"data": str(real_cifar10), "algorithm": "supervised", "labels": 4000,
+                                 "device": "cpu", "loader": "torch", "steps": 300, "eval_every": 300,
+                                 "ckpt_every": 300})
+    summary = train(config, tmp_path / "run")
+    assert summary["eval_rows"] == 10000
+    # Chance is 10%; an evaluation that mixed up images, labels or normalisation would sit near it.
+    assert summary["accuracy"]["ema_last"] > 0.25, summary["accuracy"]
+    assert summary["accuracy"]["raw_median_last"] > 0.25, summary["accuracy"]
