@@ -2,8 +2,19 @@
 
 ``rmm-bench aug [--device auto|cpu|cuda] [--quick] [--reps N] [--threads N] [--images PATH]
 [--seed N] --out DIR`` writes ``DIR/report.json`` and ``DIR/report.md`` (schema in
-:mod:`remixmatch.bench.report`). ``rmm-bench prep ...`` hands its arguments to
-:mod:`remixmatch.bench.prep`. Bad input exits with status 2 and a one-line message.
+:mod:`remixmatch.bench.report`). Every subcommand:
+
+- ``aug``: CTAugment strong views/s, Numba CPU/CUDA kernels vs the PIL reference (parsed here);
+- ``prep``: data preparation throughput (:mod:`remixmatch.bench.prep`);
+- ``views``: a PNG contact sheet of weak and strong views (:mod:`remixmatch.bench.views`);
+- ``pipeline``: step batches/s, the torch and DALI loaders vs the PIL pool (:mod:`remixmatch.bench.pipeline`);
+- ``train``: training steps/s, the step fed by ready tensors vs by the loader, and the paper's
+  2^20-step run projected (:mod:`remixmatch.bench.train`);
+- ``efficacy``: ReMixMatch vs the supervised baseline and ablations, same data and steps
+  (:mod:`remixmatch.bench.efficacy`).
+
+All but ``aug`` own their arguments (``rmm-bench NAME --help``): everything after the name goes to
+the ``main(argv)`` of their module (:data:`DELEGATED`). Bad input exits with status 2 and a one-line message.
 """
 
 from __future__ import annotations
@@ -16,6 +27,12 @@ from pathlib import Path
 DELEGATED = {
     "prep": ("remixmatch.bench.prep", "data preparation benchmark (see: rmm-bench prep --help)"),
     "views": ("remixmatch.bench.views", "a PNG of weak and strong views (see: rmm-bench views --help)"),
+    "pipeline": ("remixmatch.bench.pipeline",
+                 "step batches/s: torch and DALI loaders vs the PIL pool (see: rmm-bench pipeline --help)"),
+    "train": ("remixmatch.bench.train",
+              "training steps/s, synthetic vs loader-fed (see: rmm-bench train --help)"),
+    "efficacy": ("remixmatch.bench.efficacy",
+                 "ReMixMatch vs supervised and ablations, same data and steps (see: rmm-bench efficacy --help)"),
 }
 
 

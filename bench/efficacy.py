@@ -1,0 +1,230 @@
+"""``rmm-bench efficacy``: does ReMixMatch beat training on the labels alone, and do the paper's
+ablations point the same way, on a run sized for the machine at hand?
+
+Every variant trains on the same shards, the same labeled subset (same --labels and --seed) and the
+same number of steps with the same model; only the algorithm or the ablated part differs. Each row
+is one ``rmm-train`` run (:class:`remixmatch.trainer.run.Run`; its run directory is kept under
+OUT/runs/, and a second call with the same OUT continues or reuses those runs) and reports the
+paper's figure (median EMA test accuracy of the last evaluations) and the best one.
+
+    rmm-bench efficacy --shards shards/cifar10 --out bench-out/efficacy [--steps 5000] [--seeds 1 2]
+                       [--variants remixmatch supervised ...] [--labels 250] [--width 16]
+                       [--blocks-per-stage 1] [--batch 32] [--k 2] [--evaluations 20] [--median-of 5]
+                       [--threads N]
+
+``report.json`` (the common schema of :mod:`remixmatch.bench.report`, ``"command": "efficacy"``):
+``config`` holds ``settings`` (the TrainConfig values every variant shares, before its overrides),
+``variants`` and ``seeds``; ``inputs`` the shard directory's name and dataset; ``threads`` the torch
+threads; ``results`` one row per (seed, variant)::
+
+    {"variant": "remixmatch", "seed": 1, "what": "ReMixMatch, all parts",
+     "run_dir": "OUT/runs/remixmatch-seed1",
+     "acc_ema_median": 0.41,      # median EMA accuracy of the last `median_of` evaluations (the figure)
+     "acc_ema_best": 0.43, "acc_raw_median": 0.40, "median_of": 5,
+     "wall_seconds": 611.0, "steps": 5000}
+
+``summary``: per variant ``{"acc_ema_median_mean": ..., "acc_ema_median_stdev": ... | null,
+"vs_remixmatch": <difference of the means, in accuracy> | null, "seeds": n}``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from .cli import OneLineParser, positive_int
+
+PROG = "rmm-bench efficacy"
+
+# name -> (what it tests, TrainConfig overrides on top of the common settings)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "remixmatch": ("ReMixMatch, all parts", {}),
+    "supervised": ("labeled images only, weak augmentation", {"algorithm": "supervised"}),
+    "no-da": ("ReMixMatch without distribution alignment", {"distribution_alignment": False}),
+    "k1": ("ReMixMatch with K = 1 strong view", {"k": 1}),
+    "no-rotation": ("ReMixMatch without the rotation loss", {"w_rot": 0.0}),
+    "no-kl": ("ReMixMatch without the pre-mixup loss", {"w_kl": 0.0}),
+}
+DEFAULT_VARIANTS = ("remixmatch", "supervised", "no-da", "k1")
+
+
+def common_settings(args) -> dict:
+    """The settings every variant shares: the `cpu` preset's short-run values, sized by the flags."""
+    from remixmatch.trainer.config import PRESETS
+
+    settings = dict(PRESETS["cpu"])
+    settings.update(data=str(args.shards), labels=args.labels, steps=args.steps, width=args.width,
+                    blocks_per_stage=args.blocks_per_stage, batch=args.batch, k=args.k,
+                    eval_every=max(1, args.steps // args.evaluations), ckpt_every=args.steps,
+                    log_every=max(1, args.steps // 50), median_of=args.median_of, threads=args.threads)
+    return settings
+
+
+def variant_config(name: str, seed: int, settings: dict):
+    from remixmatch.trainer.config import TrainConfig, validate
+
+    config = TrainConfig(**{**settings, **VARIANTS[name][1], "seed": seed, "run_seed": seed})
+    validate(config)
+    return config
+
+
+def run_variant(name: str, seed: int, settings: dict, out: Path, log) -> dict:
+    from remixmatch.trainer.run import Run
+
+    config = variant_config(name, seed, settings)
+    run_dir = out / "runs" / f"{name}-seed{seed}"
+    resume = run_dir.exists()  # an interrupted report continues its runs
+    log(f"{name} (seed {seed}): {VARIANTS[name][0]} -> {run_dir}")
+    started = time.perf_counter()
+    summary = Run(config, run_dir, resume=resume, quiet=True).train()
+    accuracy = summary["accuracy"]
+    log(f"  EMA accuracy {100 * accuracy['ema_median_last']:.2f}% (median of last {accuracy['median_of']}), "
+        f"best {100 * accuracy['ema_best']:.2f}%, {time.perf_counter() - started:.0f} s")
+    return {"variant": name, "seed": seed, "what": VARIANTS[name][0], "run_dir": str(run_dir),
+            "acc_ema_median": accuracy["ema_median_last"], "acc_ema_best": accuracy["ema_best"],
+            "acc_raw_median": accuracy["raw_median_last"], "median_of": accuracy["median_of"],
+            "wall_seconds": summary["wall_seconds"], "steps": summary["steps"]}
+
+
+def summarize(results: list[dict]) -> dict:
+    by_variant: dict[str, list[float]] = {}
+    for row in results:
+        by_variant.setdefault(row["variant"], []).append(row["acc_ema_median"])
+    means = {name: statistics.mean(accs) for name, accs in by_variant.items()}
+    return {name: {"acc_ema_median_mean": means[name],
+                   "acc_ema_median_stdev": statistics.stdev(accs) if len(accs) > 1 else None,
+                   "vs_remixmatch": None if name == "remixmatch" or "remixmatch" not in means
+                   else means[name] - means["remixmatch"],
+                   "seeds": len(accs)}
+            for name, accs in by_variant.items()}
+
+
+def render_markdown(report: dict) -> str:
+    from .report import conditions_line, machine_line, markdown_table
+
+    settings = report["config"]["settings"]
+    rows, base = [], {}
+    by_variant: dict[str, list[dict]] = {}
+    for row in report["results"]:
+        by_variant.setdefault(row["variant"], []).append(row)
+    for name, runs in by_variant.items():
+        base[name] = statistics.mean(r["acc_ema_median"] for r in runs)
+    for name, runs in by_variant.items():
+        accs = [100 * r["acc_ema_median"] for r in runs]
+        spread = f" +- {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
+        delta = "" if name == "remixmatch" or "remixmatch" not in base else \
+            f"{100 * (base[name] - base['remixmatch']):+.2f}"
+        rows.append([name, runs[0]["what"], f"{statistics.mean(accs):.2f}{spread}",
+                     f"{100 * statistics.mean(r['acc_ema_best'] for r in runs):.2f}", delta,
+                     str(len(runs)), f"{statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f}"])
+    lines = [
+        "# ReMixMatch efficacy on this machine", "",
+        f"Data: shards `{report['inputs'].get('shards', settings['data'])}`; {settings['labels']} labels (seeds {', '.join(map(str, report['config']['seeds']))}); "
+        f"{settings['steps']} steps of {settings['batch']} labeled + {settings['batch']} unlabeled images; "
+        f"model width {settings['width']}, {settings['blocks_per_stage']} block(s) per stage; K = {settings['k']} "
+        f"(ReMixMatch); evaluated on the test split every {settings['eval_every']} steps.", "",
+        markdown_table(["variant", "what", "EMA acc. % (median of last evals)", "best %", "vs ReMixMatch",
+                        "seeds", "minutes"], rows), "",
+        machine_line(report), "", conditions_line(report),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG,
+                           description="ReMixMatch vs the supervised baseline and ablations, same data and steps.")
+    parser.add_argument("--shards", type=Path, required=True, help="a shard directory (prep-cifar10 --out)")
+    parser.add_argument("--out", type=Path, required=True, help="directory for report.json, report.md and runs/")
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=sorted(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1], help="labeled split (and run) seeds")
+    parser.add_argument("--labels", type=positive_int, default=250)
+    parser.add_argument("--steps", type=positive_int, default=5000)
+    parser.add_argument("--width", type=positive_int, default=16)
+    parser.add_argument("--blocks-per-stage", type=positive_int, default=1)
+    parser.add_argument("--batch", type=positive_int, default=32)
+    parser.add_argument("--k", type=positive_int, default=2)
+    parser.add_argument("--evaluations", type=positive_int, default=20, help="evaluations per run")
+    parser.add_argument("--median-of", type=positive_int, default=5, help="the figure: median of the last N")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    return parser
+
+
+def check_args(args, settings: dict) -> None:
+    """Raises ValueError (one line) for input no variant can run with, before anything trains."""
+    if not args.shards.is_dir():
+        raise ValueError(f"--shards {args.shards}: no such directory")
+    if not (args.shards / "manifest.json").is_file():
+        raise ValueError(f"--shards {args.shards}: not a shard directory (no manifest.json)")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} exists and is not a directory")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be at least 0, got {args.threads}")
+    for name in args.variants:
+        variant_config(name, args.seeds[0], settings)  # ConfigError (a ValueError) names the setting
+
+
+def input_errors() -> tuple[type, ...]:
+    """Exceptions that mean bad input (one line, exit 2), not a bug. A diverged run is a RunError
+    too, but main reports it apart (exit 3, as rmm-train)."""
+    from remixmatch.datasets_prep import PrepError
+    from remixmatch.pipeline import PipelineError
+    from remixmatch.trainer.checkpoint import CheckpointError
+    from remixmatch.trainer.config import ConfigError
+    from remixmatch.trainer.run import RunError
+
+    return ConfigError, PrepError, PipelineError, CheckpointError, RunError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    settings = common_settings(args)
+    try:
+        check_args(args, settings)
+    except ValueError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    import torch
+
+    from .report import RunConditions, finish_report, machine_info, new_report, write_report
+
+    report = new_report("efficacy", {"settings": settings, "variants": args.variants, "seeds": args.seeds})
+    report["machine"] = machine_info()
+    conditions = RunConditions()
+    started = time.perf_counter()
+
+    def log(text):
+        print(text, file=sys.stderr, flush=True)
+
+    from remixmatch.datasets_prep import open_shards
+    from remixmatch.trainer.run import Diverged
+
+    try:
+        shards = open_shards(args.shards)
+        report["inputs"] = {"shards": Path(str(shards.path)).name, "dataset": shards.dataset,
+                            "eval_split": settings.get("eval_split", "test")}
+        for seed in args.seeds:
+            for name in args.variants:
+                report["results"].append(run_variant(name, seed, settings, args.out, log))
+    except Diverged as error:
+        print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 3
+    except input_errors() as error:
+        print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    report["threads"] = {"torch": torch.get_num_threads()}
+    report["summary"] = summarize(report["results"])
+    finish_report(report, time.perf_counter() - started, conditions)
+    json_path, md_path = write_report(args.out, report, render_markdown(report))
+    print(md_path.read_text())
+    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,793 @@
+"""``rmm-bench pipeline``: complete ReMixMatch step batches per second, loader against loader.
+
+    rmm-bench pipeline --shards DIR [--quick] [--reps N] [--batch 64] [--k 8] [--threads N]
+                       [--labels 250] [--valid 5000] [--seed 0] --out DIR
+
+A step batch at B labeled and B_u = B unlabeled images with K strong views each holds
+B labeled strong + B probe + B_u unlabeled weak + K B_u unlabeled strong views (704 at 64 / 64 / 8),
+everything one training step reads. Rows of one run, all from the same shard split and the same
+CTAugment policy (at its initial weights: no updates here), the same plans:
+
+- ``torch`` on ``cpu``: :class:`remixmatch.pipeline.StepLoader` with the host fetcher (memory-mapped
+  shards) and the fused Numba kernel, ``next(loader)`` timed back to back, prefetch on and off;
+- ``dali`` on ``cpu``: the same loader with ``make_fetcher("dali", split, "cpu", max_batch=2B)``
+  (a skipped row with the reason when DALI does not import or build);
+- ``pil-pool``: the reference design, a pool of PIL processes (one per thread, started outside the
+  timed region; its start-up time recorded). Per step the parent draws the plan exactly as the
+  loader does (its samplers, :func:`remixmatch.pipeline.draw_plan`, :func:`kernel_call`), gathers the
+  rows and hands each worker one contiguous chunk of the views; a worker applies per view the weak
+  augmentation with NumPy (flip, reflect pad, crop at the plan's offset) and the view's ops with the
+  PIL calls of :mod:`remixmatch.kernels.pil_reference`, and returns uint8 arrays. Views whose ops are
+  all identity (the unlabeled weak views) skip PIL, as the reference's pool passes the weak view on;
+- ``pil-pool-float``: the same in the reference code's style: images are float32 in [-1, 1] (the
+  reference's tf input pipeline), weak-augmented as floats, and each view goes float -> uint8 PIL
+  (``round(127.5 (1 + x))``) -> ops -> float32 (``/ 127.5 - 1``) and comes back as float32. This is
+  "the reference design" every ratio is taken against;
+- ``torch`` on ``cuda`` at B = --batch and B = 256 (where ``torch.cuda.is_available()``; skipped rows
+  otherwise).
+
+Each figure is the median of ``--reps`` (>= 5) repetitions after a warm-up, each repetition a few
+back-to-back steps (at least 3; 2 with --quick). An untimed check renders one step's plan with the
+loader and with both PIL styles and counts the views that differ (``equivalence``).
+
+``report.json`` follows :mod:`remixmatch.bench.report` (``command`` "pipeline"). A measured row::
+
+    {"bench": "pipeline", "backend": "torch" | "dali" | "pil-pool" | "pil-pool-float",
+     "device": "cpu" | "cuda", "device_name": "cpu" | "<GPU name>",
+     "prefetch": true | false | null,      # null: the PIL pool (no loader)
+     "batch": 64, "unlabeled_batch": 64, "k": 8,
+     "views_per_step": 704, "strong_views_per_step": 512,   # K * B_u
+     "output": "uint8 NHWC torch tensor" | "uint8 NumPy" | "float32 [-1, 1] NumPy",
+     "steps_per_s": 81.2,                  # median over the repetitions
+     "seconds_per_step": 0.0123,
+     "strong_views_per_s": ..., "views_per_s": ...,        # steps_per_s * the per-step counts
+     "spread": {"min", "max", "q1", "q3", "iqr", "stdev"}, # of steps_per_s
+     "reps": 7, "steps_per_rep": 12, "warmup_steps": 5,
+     "ratio_vs_reference": 19.3 | null,    # strong_views_per_s / the pil-pool-float row's
+     "ratio_vs_pil_pool": 12.1 | null,     # (= the step-rate ratio at the same B and K)
+     "threads": 2,                         # Numba threads of the loader's render thread, or processes
+     "startup_seconds": 1.6}               # loader: construction + first step (Numba cache load,
+                                           # DALI build); pool: starting the workers
+
+or a skipped row ``{"bench": "pipeline", "backend": ..., "device": ..., "batch": ..., "skipped": reason}``.
+``summary``: ``torch_cpu_steps_per_s`` (prefetch on, the loader's default), ``torch_cpu_no_prefetch_steps_per_s``,
+``dali_cpu_steps_per_s``, ``reference_steps_per_s`` (pil-pool-float), ``pil_pool_steps_per_s``,
+``torch_vs_reference``, ``torch_vs_pil_pool``, ``dali_vs_reference``, ``dali_vs_pil_pool``, the strong views/s
+of each, ``goal_torch_vs_reference`` (10) and ``goal_met``, ``torch_cuda_steps_per_s`` /
+``torch_cuda_b256_steps_per_s`` (null without CUDA), ``views_bit_exact``. ``equivalence``: the untimed
+check's counts.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .cli import OneLineParser, positive_int
+from .report import (
+    PACKAGES, RunConditions, conditions_line, finish_report, format_rate, format_ratio, machine_info,
+    machine_line, markdown_table, new_report, package_versions, spread, usable_cpus, write_report,
+)
+
+PROG = "rmm-bench pipeline"
+MIN_REPS = 5
+DEFAULT_REPS = 7
+# Seconds of back-to-back steps per repetition (at least MIN_STEPS steps), after WARM_STEPS steps.
+REP_SECONDS = {False: 2.0, True: 0.3}
+MIN_STEPS = {False: 3, True: 2}
+WARM_STEPS = {False: 5, True: 2}
+CUDA_BIG_BATCH = 256
+GOAL_VS_REFERENCE = 10.0
+SUBSET_SEED = 1  # the trainer's default labeled-split seed
+VERSION_PACKAGES = PACKAGES + ("nvidia-dali-cuda120",)
+
+
+class BenchInputError(ValueError):
+    """A command-line value or input the benchmark cannot run with; shown as one line."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    shards: Path
+    out: Path
+    quick: bool = False
+    reps: int = DEFAULT_REPS
+    batch: int = 64
+    k: int = 8
+    threads: int = 1
+    labels: int = 250
+    valid: int = 5000
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        config = asdict(self)
+        config["shards"], config["out"] = str(self.shards), str(self.out)
+        return config
+
+    @property
+    def views_per_step(self) -> int:
+        return 3 * self.batch + self.k * self.batch
+
+
+# ---- timing (shared with rmm-bench train) ----------------------------------------------------------
+
+def _no_sync() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    per_step: list[float]  # seconds per step, one entry per repetition
+    steps_per_rep: int
+    warmup_steps: int
+    first_seconds: float  # the very first step (JIT loads, pipeline builds, lazy allocations)
+
+    @property
+    def rates(self) -> list[float]:
+        return [1.0 / s for s in self.per_step]
+
+    def fields(self) -> dict:
+        rates = self.rates
+        return {
+            "steps_per_s": statistics.median(rates),
+            "seconds_per_step": statistics.median(self.per_step),
+            "spread": spread(rates),
+            "reps": len(self.per_step),
+            "steps_per_rep": self.steps_per_rep,
+            "warmup_steps": self.warmup_steps,
+        }
+
+
+def time_steps(step: Callable[[], object], reps: int, rep_seconds: float, min_steps: int, warm_steps: int,
+               sync: Callable[[], None] = _no_sync, after_rep: Callable[[int, int], None] | None = None) -> StepTiming:
+    """One first step, ``warm_steps`` more (their median sizes the repetitions), then ``reps``
+    repetitions of back-to-back steps. ``sync`` waits for queued device work at the end of each
+    timed block; ``after_rep(rep, steps)`` runs outside the timed region."""
+    start = time.perf_counter()
+    step()
+    sync()
+    first = time.perf_counter() - start
+    warm = []
+    for _ in range(warm_steps):
+        start = time.perf_counter()
+        step()
+        sync()
+        warm.append(time.perf_counter() - start)
+    typical = statistics.median(warm) if warm else first
+    steps = max(min_steps, min(10_000, math.ceil(rep_seconds / max(typical, 1e-6))))
+    per_step = []
+    for rep in range(reps):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        per_step.append((time.perf_counter() - start) / steps)
+        if after_rep is not None:
+            after_rep(rep, steps)
+    return StepTiming(per_step, steps, warm_steps, first)
+
+
+class NumbaThreadsFetcher:
+    """A fetcher that sets the Numba thread count of the thread it runs in, then fetches.
+
+    ``numba.set_num_threads`` is thread-local: a count set in the caller's thread does not reach the
+    StepLoader's render thread, which would run the kernel on every core (NUMBA_NUM_THREADS). The
+    fetcher runs in that thread right before the kernel, so setting it here pins the render."""
+
+    def __init__(self, inner, threads: int):
+        self.inner, self.threads = inner, threads
+
+    def __call__(self, rows):
+        import numba
+
+        if numba.get_num_threads() != self.threads:
+            numba.set_num_threads(self.threads)
+        return self.inner(rows)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+# ---- the data and the plans -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BenchData:
+    shards: object  # ShardSet
+    train: object  # TrainData
+
+    def describe(self, config: PipelineConfig) -> dict:
+        split = self.train.split
+        return {
+            "shards": Path(str(self.shards.path)).name,  # the directory's name only: reports are shared
+            "dataset": self.shards.dataset, "split": "train", "encoding": split.encoding,
+            "rows": len(split), "image_shape": list(split.image_shape),
+            "labeled": int(len(self.train.labeled)), "unlabeled": int(len(self.train.unlabeled)),
+            "labeled_subset": f"{config.labels} labels, seed {SUBSET_SEED}, {config.valid} held out",
+            "policy": "CTAugment(depth 2, decay 0.99, threshold 0.8, rule 'segment') at its initial weights "
+                      "(no updates during the bench)",
+            "view_seed": config.seed,
+        }
+
+
+def open_data(shards_dir: Path, labels: int, valid: int) -> BenchData:
+    """The shard set and its TrainData (a class-balanced labeled subset, as a training run makes)."""
+    from remixmatch.datasets_prep import open_shards
+    from remixmatch.datasets_prep.subsets import labeled_subset
+    from remixmatch.pipeline import train_data
+
+    shards = open_shards(shards_dir)
+    subset = labeled_subset(shards, labels, SUBSET_SEED, n_valid=valid)
+    return BenchData(shards, train_data(shards, subset))
+
+
+def view_config(config: PipelineConfig, batch: int | None = None):
+    from remixmatch.pipeline import ViewConfig
+
+    b = config.batch if batch is None else batch
+    return ViewConfig(batch=b, unlabeled_batch=b, k=config.k, seed=config.seed)
+
+
+class PlanStream:
+    """The plans a StepLoader over the same data, policy and config draws, in order: the same
+    samplers and :func:`draw_plan` the loader's ``_draw`` uses, without rendering anything."""
+
+    def __init__(self, data, policy, views):
+        from remixmatch.pipeline import TrainSampler
+        from remixmatch.pipeline.samplers import LABELED_STREAM, UNLABELED_STREAM
+
+        self.policy, self.views = policy, views
+        self.labeled = TrainSampler(data.labeled, views.batch, views.seed, LABELED_STREAM, name="labeled")
+        self.unlabeled = TrainSampler(data.unlabeled, views.unlabeled_batch, views.seed, UNLABELED_STREAM,
+                                      name="unlabeled")
+        self.step = 0
+
+    def next(self):
+        from remixmatch.pipeline import draw_plan
+
+        plan = draw_plan(self.step, self.labeled.next_global(), self.unlabeled.next_global(), self.policy, self.views)
+        self.step += 1
+        return plan
+
+
+# ---- the reference design: PIL in a process pool ----------------------------------------------------
+
+def to_reference_float(images: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 in [-1, 1] as the reference's input pipeline decodes (x * 2 / 255 - 1)."""
+    return images.astype(np.float32) * np.float32(2.0 / 255) - np.float32(1.0)
+
+
+def from_reference_float(images: np.ndarray) -> np.ndarray:
+    """float32 in [-1, 1] -> uint8, the reference's conversion before PIL: round(127.5 (1 + x))."""
+    return np.round(127.5 * (1 + images)).clip(0, 255).astype(np.uint8)
+
+
+def weak_numpy(image: np.ndarray, flip: int, offset_y: int, offset_x: int, pad: int) -> np.ndarray:
+    """Flip, reflect-pad, crop at (offset_y, offset_x) of the padded image: any dtype."""
+    height, width = image.shape[:2]
+    if flip:
+        image = image[:, ::-1]
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    return padded[offset_y:offset_y + height, offset_x:offset_x + width]
+
+
+def render_views_pil(images: np.ndarray, sources: np.ndarray, flips: np.ndarray, offsets: np.ndarray,
+                     op_ids: np.ndarray, levels: np.ndarray, rand: np.ndarray, pad: int) -> np.ndarray:
+    """Views n = 0..N-1 of ``images`` (uint8, or float32 in [-1, 1] for the reference's style), one
+    at a time: weak augmentation with NumPy, then the view's ops as PIL calls. Returns the views in
+    the input dtype."""
+    from PIL import Image
+
+    from remixmatch.kernels.ops import OP_ID
+    from remixmatch.kernels.pil_reference import PIL_OPS
+
+    identity = OP_ID["identity"]
+    as_float = images.dtype == np.float32
+    out = np.empty((len(sources), *images.shape[1:]), images.dtype)
+    src, fl, off = sources.tolist(), flips.tolist(), offsets.tolist()
+    ops_l, levels_l, rand_l = op_ids.tolist(), levels.tolist(), rand.tolist()
+    for n in range(len(src)):
+        view = weak_numpy(images[src[n]], fl[n], off[n][0], off[n][1], pad)
+        ops = ops_l[n]
+        if all(op == identity for op in ops):
+            out[n] = view  # the weak view: no PIL round trip, as the reference's pool passes it on
+            continue
+        x = Image.fromarray(from_reference_float(view) if as_float else np.ascontiguousarray(view))
+        for op, (v0, v1), (u0, u1) in zip(ops, levels_l[n], rand_l[n]):
+            x = PIL_OPS[op](x, v0, v1, u0, u1)
+        out[n] = np.asarray(x).astype(np.float32) / 127.5 - 1 if as_float else np.asarray(x)
+    return out
+
+
+def _pil_task(task: tuple) -> np.ndarray:
+    """Pool worker: one chunk of a step's views (module level so that spawn can pickle it)."""
+    return render_views_pil(*task)
+
+
+def _pool_init() -> None:
+    # Imports PIL and the reference in each worker at start-up, outside the timed region.
+    import PIL.Image  # noqa: F401
+
+    import remixmatch.kernels.pil_reference  # noqa: F401
+
+
+def _worker_pid(_: int) -> int:
+    time.sleep(0.01)  # keeps one ready worker from taking every probe while the others start
+    return os.getpid()
+
+
+@contextmanager
+def pil_pool(processes: int):
+    """A started pool of ``processes`` PIL workers and its start-up seconds (every worker running)."""
+    # spawn, not fork: the parent runs Numba, DALI and torch threads, which fork does not copy.
+    context = multiprocessing.get_context("spawn")
+    start = time.perf_counter()
+    pool = context.Pool(processes, initializer=_pool_init)
+    try:
+        seen: set[int] = set()
+        while len(seen) < processes:
+            seen.update(pool.map(_worker_pid, range(processes), chunksize=1))
+        yield pool, time.perf_counter() - start
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def pil_step(pool, split, plan, pad: int, processes: int, style: str) -> np.ndarray:
+    """One step's views by the reference design: gather the plan's rows, split the views into one
+    contiguous chunk per process, render in the pool. ``style`` "uint8" or "float"."""
+    from remixmatch.pipeline import kernel_call
+
+    call = kernel_call(plan)
+    rows = np.concatenate([plan.x_rows, plan.u_rows])
+    images = split.images(rows, out=np.empty((len(rows), *split.image_shape), np.uint8))
+    if style == "float":
+        images = to_reference_float(images)
+    op_ids, levels, rand = call.policies.arrays()
+    n = len(call.sources)
+    bounds = np.linspace(0, n, processes + 1).astype(int)
+    tasks = [(images, call.sources[a:b], call.weak.flips[a:b], call.weak.offsets[a:b], op_ids[a:b], levels[a:b],
+              rand[a:b], pad) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    if processes == 1 and pool is None:
+        return np.concatenate([_pil_task(t) for t in tasks])
+    return np.concatenate(pool.map(_pil_task, tasks, chunksize=1))
+
+
+POOL_BACKENDS = {"pil-pool": ("uint8", "uint8 NumPy"), "pil-pool-float": ("float", "float32 [-1, 1] NumPy")}
+
+
+# ---- rows -------------------------------------------------------------------------------------------
+
+def measured_row(config: PipelineConfig, backend: str, device: str, device_name: str, prefetch, batch: int,
+                 output: str, timing: StepTiming, threads: int, startup: float, **extra) -> dict:
+    views = 3 * batch + config.k * batch
+    strong = config.k * batch
+    fields = timing.fields()
+    rate = fields["steps_per_s"]
+    return {
+        "bench": "pipeline", "backend": backend, "device": device, "device_name": device_name,
+        "prefetch": prefetch, "batch": batch, "unlabeled_batch": batch, "k": config.k,
+        "views_per_step": views, "strong_views_per_step": strong, "output": output,
+        **fields, "strong_views_per_s": rate * strong, "views_per_s": rate * views,
+        "ratio_vs_reference": None, "ratio_vs_pil_pool": None, "threads": threads,
+        "startup_seconds": startup, **extra,
+    }
+
+
+def skipped_row(backend: str, device: str, batch: int, reason: str, prefetch=None) -> dict:
+    return {"bench": "pipeline", "backend": backend, "device": device, "prefetch": prefetch, "batch": batch,
+            "skipped": reason}
+
+
+def _reason(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"{type(error).__name__}: {text}" if not isinstance(error, ValueError) else text
+
+
+def run_loader(config: PipelineConfig, data: BenchData, backend: str, device: str, prefetch: bool, log,
+               batch: int | None = None) -> dict:
+    """One StepLoader row: ``backend`` "torch" (HostFetcher) or "dali"."""
+    import torch
+
+    from remixmatch.pipeline import CTAugment, HostFetcher, StepLoader
+    from remixmatch.pipeline.loader import make_fetcher
+
+    batch = config.batch if batch is None else batch
+    views = view_config(config, batch)
+    start = time.perf_counter()
+    try:
+        if backend == "dali":
+            fetch = make_fetcher("dali", data.train.split, device, max_batch=views.batch + views.unlabeled_batch)
+        else:
+            fetch = HostFetcher(data.train.split, device)
+    except Exception as error:  # DALI missing or failing to build must not cost the other rows
+        return skipped_row(backend, device, batch, _reason(error), prefetch)
+    if device == "cpu":
+        fetch = NumbaThreadsFetcher(fetch, config.threads)
+    sync = torch.cuda.synchronize if device != "cpu" else _no_sync
+    device_name = torch.cuda.get_device_name() if device != "cpu" else "cpu"
+    loader = StepLoader(data.train, CTAugment(), views, device=device, prefetch=prefetch, fetcher=fetch)
+    try:
+        first_start = time.perf_counter()
+        timing = time_steps(lambda: next(loader), config.reps, REP_SECONDS[config.quick], MIN_STEPS[config.quick],
+                            WARM_STEPS[config.quick], sync)
+        startup = (first_start - start) + timing.first_seconds
+    finally:
+        loader.close()
+    output = "uint8 NHWC torch tensor" + (" (CUDA)" if device != "cpu" else "")
+    extra = {"dali_threads": getattr(getattr(fetch, "inner", fetch), "num_threads", None)} if backend == "dali" else {}
+    row = measured_row(config, backend, device, device_name, prefetch, batch, output, timing,
+                       config.threads if device == "cpu" else 1, startup, **extra)
+    log(row)
+    return row
+
+
+def run_pool_rows(config: PipelineConfig, data: BenchData, log) -> tuple[list[dict], dict]:
+    """The pil-pool and pil-pool-float rows (one pool for both) and the untimed equivalence check."""
+    from remixmatch.pipeline import CTAugment
+
+    processes = config.threads
+    views = view_config(config)
+    rows: list[dict] = []
+    with pil_pool(processes) as (pool, startup):
+        log(f"PIL pool: {processes} processes started in {startup:.1f} s")
+        equivalence = check_equivalence(config, data, pool, processes)
+        log(f"equivalence: {equivalence['summary']}")
+        for backend, (style, output) in POOL_BACKENDS.items():
+            plans = PlanStream(data.train, CTAugment(), views)
+            timing = time_steps(lambda: pil_step(pool, data.train.split, plans.next(), views.pad, processes, style),
+                                config.reps, REP_SECONDS[config.quick], MIN_STEPS[config.quick],
+                                WARM_STEPS[config.quick])
+            rows.append(measured_row(config, backend, "cpu", "cpu", None, config.batch, output, timing, processes,
+                                     startup))
+            log(rows[-1])
+    return rows, equivalence
+
+
+def check_equivalence(config: PipelineConfig, data: BenchData, pool, processes: int) -> dict:
+    """Untimed: step 0 of the torch loader against the same plan rendered by both PIL styles."""
+    from remixmatch.pipeline import CTAugment, HostFetcher, StepLoader
+
+    views = view_config(config)
+    loader = StepLoader(data.train, CTAugment(), views, device="cpu", prefetch=False,
+                        fetcher=NumbaThreadsFetcher(HostFetcher(data.train.split, "cpu"), config.threads))
+    try:
+        batch = next(loader)
+    finally:
+        loader.close()
+    plan = batch.global_plan
+    stream_plan = PlanStream(data.train, CTAugment(), views).next()
+    same_plan = _plans_equal(plan, stream_plan)
+    torch_views = batch.views.numpy()
+    uint8_views = pil_step(pool, data.train.split, stream_plan, views.pad, processes, "uint8")
+    float_views = pil_step(pool, data.train.split, stream_plan, views.pad, processes, "float")
+    float_back = from_reference_float(float_views)
+    levels = np.arange(256, dtype=np.uint8)
+    round_trip = bool(np.array_equal(from_reference_float(to_reference_float(levels)), levels)
+                      and np.array_equal(from_reference_float(levels.astype(np.float32) / 127.5 - 1), levels))
+
+    def differing(a: np.ndarray, b: np.ndarray) -> int:
+        return int(np.any(a.reshape(len(a), -1) != b.reshape(len(b), -1), axis=1).sum())
+
+    n = len(torch_views)
+    result = {
+        "step": int(plan.step), "views": n,
+        "plan_matches_loader": same_plan,
+        "pil_pool_differing_views": differing(uint8_views, torch_views),
+        "pil_pool_float_differing_views": differing(float_back, torch_views),
+        "pil_pool_float_max_abs_diff": int(np.abs(float_back.astype(np.int16) - torch_views).max()) if n else 0,
+        "float_round_trip_exact": round_trip,
+    }
+    result["bit_exact"] = bool(same_plan and result["pil_pool_differing_views"] == 0
+                               and result["pil_pool_float_differing_views"] == 0)
+    result["summary"] = (f"step {result['step']}: {n} views; pil-pool differs in {result['pil_pool_differing_views']}, "
+                         f"pil-pool-float (rounded back to uint8) in {result['pil_pool_float_differing_views']}; "
+                         f"uint8 -> float -> uint8 exact for all 256 levels: {round_trip}")
+    return result
+
+
+def _plans_equal(a, b) -> bool:
+    """Two StepPlans hold the same step, K, rows, weak parameters and policies."""
+    from dataclasses import fields, is_dataclass
+
+    for f in fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if x is None or y is None:
+            if (x is None) != (y is None):
+                return False
+        elif is_dataclass(x):
+            if not all(np.array_equal(getattr(x, g.name), getattr(y, g.name)) for g in fields(x)):
+                return False
+        elif not np.array_equal(x, y):
+            return False
+    return True
+
+
+def cuda_unavailable_reason() -> str | None:
+    try:
+        import torch
+    except Exception as error:
+        return f"torch is not importable ({type(error).__name__}: {error})"
+    if not torch.cuda.is_available():
+        return f"no CUDA device (torch.cuda.is_available() is False; torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'})"
+    return None
+
+
+# ---- assembling the report --------------------------------------------------------------------------
+
+def measured(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if "skipped" not in r]
+
+
+def find(rows: list[dict], backend: str, device: str = "cpu", **match) -> dict | None:
+    for r in measured(rows):
+        if r["backend"] == backend and r["device"] == device and all(r.get(k) == v for k, v in match.items()):
+            return r
+    return None
+
+
+def add_ratios(rows: list[dict]) -> None:
+    reference, pool = find(rows, "pil-pool-float"), find(rows, "pil-pool")
+    for r in measured(rows):
+        if reference:
+            r["ratio_vs_reference"] = r["strong_views_per_s"] / reference["strong_views_per_s"]
+        if pool:
+            r["ratio_vs_pil_pool"] = r["strong_views_per_s"] / pool["strong_views_per_s"]
+
+
+def summarize(rows: list[dict], config: PipelineConfig, equivalence: dict | None) -> dict:
+    torch_on = find(rows, "torch", prefetch=True, batch=config.batch)
+    torch_off = find(rows, "torch", prefetch=False, batch=config.batch)
+    dali_on = find(rows, "dali", prefetch=True, batch=config.batch)
+    dali_off = find(rows, "dali", prefetch=False, batch=config.batch)
+    reference, pool = find(rows, "pil-pool-float"), find(rows, "pil-pool")
+    cuda_small = find(rows, "torch", "cuda", batch=config.batch)
+    cuda_big = find(rows, "torch", "cuda", batch=max(CUDA_BIG_BATCH, config.batch))
+
+    def rate(r, key="steps_per_s"):
+        return r[key] if r else None
+
+    def ratio(a, b):
+        return a["steps_per_s"] / b["steps_per_s"] if a and b else None
+
+    torch_vs_reference = ratio(torch_on, reference)
+    return {
+        "torch_cpu_steps_per_s": rate(torch_on),
+        "torch_cpu_no_prefetch_steps_per_s": rate(torch_off),
+        "dali_cpu_steps_per_s": rate(dali_on),
+        "dali_cpu_no_prefetch_steps_per_s": rate(dali_off),
+        "reference_steps_per_s": rate(reference),
+        "pil_pool_steps_per_s": rate(pool),
+        "torch_cpu_strong_views_per_s": rate(torch_on, "strong_views_per_s"),
+        "dali_cpu_strong_views_per_s": rate(dali_on, "strong_views_per_s"),
+        "reference_strong_views_per_s": rate(reference, "strong_views_per_s"),
+        "pil_pool_strong_views_per_s": rate(pool, "strong_views_per_s"),
+        "torch_vs_reference": torch_vs_reference,
+        "torch_no_prefetch_vs_reference": ratio(torch_off, reference),
+        "torch_vs_pil_pool": ratio(torch_on, pool),
+        "dali_vs_reference": ratio(dali_on, reference),
+        "dali_vs_pil_pool": ratio(dali_on, pool),
+        "goal_torch_vs_reference": GOAL_VS_REFERENCE,
+        "goal_met": None if torch_vs_reference is None else torch_vs_reference >= GOAL_VS_REFERENCE,
+        "torch_cuda_steps_per_s": rate(cuda_small),
+        "torch_cuda_b256_steps_per_s": rate(cuda_big),
+        "views_bit_exact": None if equivalence is None else equivalence["bit_exact"],
+    }
+
+
+def _numba_threads_info() -> dict:
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel ran in this process
+        layer = None
+    return {"numba_threading_layer": layer, "numba_threading_layer_config": numba.config.THREADING_LAYER}
+
+
+def run(config: PipelineConfig, log: Callable[[object], None]) -> dict:
+    """Every row this machine can run; returns the report (not yet written)."""
+    started = time.perf_counter()
+    conditions = RunConditions()
+    report = new_report("pipeline", config.as_dict())
+    report["versions"] = package_versions(VERSION_PACKAGES)
+    data = open_data(config.shards, config.labels, config.valid)
+    report["inputs"] = data.describe(config)
+    log(f"shards: {report['inputs']['shards']} ({report['inputs']['rows']} train rows, "
+        f"{report['inputs']['encoding']}); B = {config.batch}, B_u = {config.batch}, K = {config.k}: "
+        f"{config.views_per_step} views per step")
+
+    rows, equivalence = run_pool_rows(config, data, log)
+    for backend in ("torch", "dali"):
+        for prefetch in (True, False):
+            rows.append(run_loader(config, data, backend, "cpu", prefetch, log))
+            if "skipped" in rows[-1]:
+                log(rows[-1])
+    gpu = None
+    reason = cuda_unavailable_reason()
+    for batch in dict.fromkeys((config.batch, max(CUDA_BIG_BATCH, config.batch))):
+        if reason:
+            rows.append(skipped_row("torch", "cuda", batch, reason, True))
+            log(rows[-1])
+        else:
+            rows.append(run_loader(config, data, "torch", "cuda", True, log, batch=batch))
+            gpu = rows[-1].get("device_name", gpu)
+
+    add_ratios(rows)
+    threads = {"numba": config.threads, **_numba_threads_info(),
+               "dali": next((r.get("dali_threads") for r in measured(rows) if r["backend"] == "dali"), None),
+               "pil_pool_processes": config.threads}
+    report.update(machine=machine_info(gpu), threads=threads, results=rows,
+                  summary=summarize(rows, config, equivalence), equivalence=equivalence)
+    finish_report(report, time.perf_counter() - started, conditions)
+    return report
+
+
+# ---- markdown -------------------------------------------------------------------------------------
+
+def _spread_text(r: dict) -> str:
+    s = r["spread"]
+    return f"{s['min']:.1f}-{s['max']:.1f}"
+
+
+def _row_name(r: dict) -> str:
+    if r["backend"].startswith("pil"):
+        return r["backend"]
+    return f"{r['backend']} {r['device']}" + ("" if r.get("prefetch") is None else
+                                               (", prefetch" if r["prefetch"] else ", no prefetch"))
+
+
+def render_markdown(report: dict) -> str:
+    rows, summary, inputs, config = report["results"], report["summary"], report["inputs"], report["config"]
+    b, k = config["batch"], config["k"]
+    lines = [
+        "# rmm-bench pipeline",
+        "",
+        machine_line(report),
+        "",
+        conditions_line(report),
+        "",
+        f"Inputs: shards `{inputs['shards']}` ({inputs['dataset']}, {inputs['rows']} train rows, {inputs['encoding']}, "
+        f"{'x'.join(map(str, inputs['image_shape']))}); {inputs['labeled_subset']}; {inputs['policy']}; "
+        f"view seed {inputs['view_seed']}. A step: B = {b} labeled strong + {b} probe + {b} unlabeled weak + "
+        f"K x B_u = {k} x {b} unlabeled strong = {3 * b + k * b} views. Each figure: median of {config['reps']} "
+        "repetitions of back-to-back steps after warm-up (spread: min-max steps/s).",
+        "",
+        f"## Headline: B = {b}, K = {k}",
+        "",
+        f"- torch loader on CPU (prefetch) vs the reference design (pil-pool-float): "
+        f"**{format_ratio(summary['torch_vs_reference'])}** steps/s (goal >= {GOAL_VS_REFERENCE:.0f}x: "
+        f"{'met' if summary['goal_met'] else 'not met' if summary['goal_met'] is not None else 'not measured'})",
+        f"- torch loader on CPU (no prefetch) vs the reference design: "
+        f"**{format_ratio(summary['torch_no_prefetch_vs_reference'])}**",
+        f"- torch loader on CPU vs pil-pool (uint8): **{format_ratio(summary['torch_vs_pil_pool'])}**",
+        f"- DALI CPU loader vs the reference design: **{format_ratio(summary['dali_vs_reference'])}**",
+        "",
+        markdown_table(
+            ["loader", "B", "K", "views/step", "steps/s", "spread", "strong views/s", "views/s", "vs reference",
+             "vs pil-pool", "threads", "start-up s", "output"],
+            [[_row_name(r), str(r["batch"]), str(r["k"]), str(r["views_per_step"]), f"{r['steps_per_s']:.1f}",
+              _spread_text(r), format_rate(r["strong_views_per_s"]), format_rate(r["views_per_s"]),
+              format_ratio(r["ratio_vs_reference"]), format_ratio(r["ratio_vs_pil_pool"]), str(r["threads"]),
+              f"{r['startup_seconds']:.1f}", r["output"]] for r in measured(rows)]),
+        "",
+        "Ratios are of strong views/s (at equal B and K, the step-rate ratio). Loader rows time `next(loader)` "
+        "back to back: with nothing else to do, prefetch changes where the render waits, not how fast it is. "
+        "Pool rows include the parent's plan drawing, row gather, pickling in and out.",
+    ]
+    eq = report.get("equivalence")
+    if eq:
+        lines += ["", "## Like for like (untimed)", "",
+                  f"Step {eq['step']}'s plan (drawn by the loader and by the pool's parent: "
+                  f"{'identical' if eq['plan_matches_loader'] else 'DIFFERENT'}), {eq['views']} views: "
+                  f"pil-pool differs from the torch loader in **{eq['pil_pool_differing_views']}** views; "
+                  f"pil-pool-float, rounded back to uint8, in **{eq['pil_pool_float_differing_views']}** "
+                  f"(max |diff| {eq['pil_pool_float_max_abs_diff']}). The reference's uint8 -> float -> uint8 "
+                  f"conversion is exact for all 256 levels: {'yes' if eq['float_round_trip_exact'] else 'no'}."]
+    skips = [r for r in rows if "skipped" in r]
+    if skips:
+        lines += ["", "## Skipped", ""] + [f"- {_row_name({**r, 'prefetch': r.get('prefetch')})} B = {r['batch']}: "
+                                           f"{r['skipped']}" for r in skips]
+    lines += ["", f"Run took {report['wall_seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+# ---- command line ---------------------------------------------------------------------------------
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description="Complete ReMixMatch step batches per second: the torch and "
+                                                  "DALI loaders against the PIL process-pool reference design.")
+    parser.add_argument("--shards", type=Path, required=True, help="a shard directory (prep-cifar10 --out)")
+    parser.add_argument("--out", type=Path, required=True, help="directory for report.json and report.md")
+    parser.add_argument("--quick", action="store_true", help="5 short repetitions per row (about a minute on 2 cores)")
+    parser.add_argument("--reps", type=int, default=None,
+                        help=f"timed repetitions per row, at least {MIN_REPS} (default {DEFAULT_REPS}; {MIN_REPS} with --quick)")
+    parser.add_argument("--batch", type=positive_int, default=64, help="labeled = unlabeled images per step (64)")
+    parser.add_argument("--k", type=positive_int, default=8, help="strong views per unlabeled image (8)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="Numba threads of the loaders and PIL pool processes (default: all usable cores)")
+    parser.add_argument("--labels", type=positive_int, default=250, help="labeled images of the subset (250)")
+    parser.add_argument("--valid", type=int, default=5000, help="training rows held out as validation (5000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the views (ViewConfig.seed)")
+    return parser
+
+
+def config_from_args(args) -> PipelineConfig:
+    reps = args.reps if args.reps is not None else (MIN_REPS if args.quick else DEFAULT_REPS)
+    if reps < MIN_REPS:
+        raise BenchInputError(f"--reps must be at least {MIN_REPS} (every figure is a median of >= {MIN_REPS} "
+                              f"repetitions), got {reps}")
+    if args.valid < 0:
+        raise BenchInputError(f"--valid must be at least 0, got {args.valid}")
+    threads = args.threads if args.threads is not None else usable_cpus()
+    import numba
+
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        raise BenchInputError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), got {threads}")
+    check_paths(args.shards, args.out)
+    return PipelineConfig(shards=args.shards, out=args.out, quick=args.quick, reps=reps, batch=args.batch, k=args.k,
+                          threads=threads, labels=args.labels, valid=args.valid, seed=args.seed)
+
+
+def check_paths(shards: Path, out: Path) -> None:
+    if not shards.is_dir():
+        raise BenchInputError(f"--shards {shards}: no such directory")
+    if out.exists() and not out.is_dir():
+        raise BenchInputError(f"--out {out} exists and is not a directory")
+
+
+def input_errors() -> tuple[type, ...]:
+    """The exceptions that mean bad input (one line, exit 2), not a bug."""
+    from remixmatch.datasets_prep import PrepError
+    from remixmatch.pipeline import PipelineError
+
+    return BenchInputError, PrepError, PipelineError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    try:
+        config = config_from_args(args)
+    except BenchInputError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+
+    def log(item) -> None:
+        print(item if isinstance(item, str) else progress_line(item), file=sys.stderr, flush=True)
+
+    try:
+        report = run(config, log)
+    except input_errors() as error:
+        print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    text = render_markdown(report)
+    json_path, md_path = write_report(config.out, report, text)
+    print(text)
+    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    return 0
+
+
+def progress_line(r: dict) -> str:
+    if "skipped" in r:
+        return f"{_row_name(r)} B={r['batch']}: skipped ({r['skipped']})"
+    s = r["spread"]
+    return (f"{_row_name(r)} B={r['batch']} K={r['k']}: {r['steps_per_s']:.1f} steps/s "
+            f"({format_rate(r['strong_views_per_s'])} strong views/s; median of {r['reps']} x {r['steps_per_rep']} steps, "
+            f"{s['min']:.1f}-{s['max']:.1f})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,666 @@
+"""``rmm-bench train``: training steps per second, the step fed by ready tensors against the step fed
+by the real loader, and what a paper-length run would take.
+
+    rmm-bench train [--shards DIR] [--quick] [--reps N] [--batch 64] [--k 8] [--device auto|cpu|cuda]
+                    [--width W] [--blocks-per-stage N] [--threads N] [--algorithm remixmatch|supervised]
+                    [--labels 250] [--valid 5000] [--seed 0] --out DIR
+
+Per device (``cpu``; ``cuda`` where ``torch.cuda.is_available()``), one model and three rows:
+
+- ``synthetic``: the trainer's step (:data:`remixmatch.trainer.step.STEPS`) fed the same ready batch
+  every step: a :class:`remixmatch.pipeline.StepBatch` of random uint8 NHWC views already on the
+  device, with the shapes, dtypes and probe plan of a real step (made by ``draw_plan`` /
+  ``kernel_call`` / ``split_views`` from the same :class:`ViewConfig` and CTAugment the loader uses).
+  The ceiling: nothing waits for data. Needs no shards;
+- ``loader``, prefetch on: the step fed by :class:`remixmatch.pipeline.StepLoader` with the torch host
+  fetcher (memory-mapped shards, the fused Numba kernel on the CPU or the CUDA kernel after one
+  pinned copy) on real shards; ``loader``, prefetch off: the same without overlap.
+  Without --shards both are skipped rows, with the reason.
+
+Every row runs the per-step body of ``Run.train`` (:mod:`remixmatch.trainer.run`): ``next(loader)``
+(timed as the data wait), the step, the CTAugment update with the probe scores and, with prefetch,
+``loader.prepare()`` after the update (the loader itself is built with ``prefetch=False``, as the
+run builds it); no logging, evaluation or checkpoints. The model, EMA copy, Adam, distribution
+alignment, CTAugment and loader are built as ``Run.__init__`` builds them (see :func:`build_state`),
+from :class:`remixmatch.trainer.config.TrainConfig` defaults (bf16 autocast and channels_last on CUDA)
+with --batch, --k, --width, --blocks-per-stage, --algorithm. Models: ``cpu`` width 16, 1 block per
+stage (WRN-10-1) unless --width / --blocks-per-stage say otherwise; ``cuda`` WRN-28-2 (width 32,
+4 blocks per stage), the paper's. DALI is never imported.
+
+Each figure is the median of ``--reps`` repetitions after a warm-up, a repetition being back-to-back
+steps for about 3 s (at least 2 steps; with --quick about 0.3 s, at least 1 step: one step of the
+CPU model, a dozen or more on a GPU), device work synchronised at the end of each.
+
+``report.json`` (the common schema of :mod:`remixmatch.bench.report`, ``"command": "train"``) has
+``inputs`` (shards or null, the labeled subset, the policy), ``threads`` (``torch``, ``torch_interop``,
+``numba`` of the loader's render, ``numba_threading_layer``, ``numba_threading_layer_config``,
+``omp_wait_policy``: the OMP_WAIT_POLICY environment variable or null) and ``results`` rows::
+
+    {"bench": "train", "device": "cpu" | "cuda", "device_name": "cpu" | "<GPU name>",
+     "feed": "synthetic" | "loader",
+     "prefetch": true | false,             # synthetic: true (Run.train's default order; no loader)
+     "algorithm": "remixmatch" | "supervised",
+     "model": "WRN-10-1", "width": 16, "blocks_per_stage": 1, "parameters": 78110,
+     "batch": 64, "unlabeled_batch": 64, "k": 8,
+     "images_per_step": 128,               # labeled + unlabeled images
+     "views_per_step": 704,                # every view the step reads (B + probes B + B_u + K B_u)
+     "steps_per_s": 0.9,                   # median over the repetitions
+     "seconds_per_step": 1.1,
+     "images_per_s": ..., "views_per_s": ...,   # steps_per_s * the per-step counts
+     "kimg_per_s": ...,                    # labeled kimg/s (x 1024 images), as rmm-train logs it
+     "spread": {"min", "max", "q1", "q3", "iqr", "stdev"},   # of steps_per_s
+     "reps": 5, "steps_per_rep": 1, "warmup_steps": 1,
+     "wait_seconds_per_step": 0.002,       # median over reps of the host time in next(loader) per step
+                                           # (on CUDA the step's stream waiting for the loader's render
+                                           # stream shows only in data_wait_share)
+     "wait_share_measured": 0.01,          # median over reps of that time / the repetition's time
+     "data_wait_share": 0.05 | null,       # 1 - steps_per_s / the synthetic row's (same device);
+                                           # null for the synthetic row. Can be slightly negative
+                                           # (noise); on the CPU it also holds the render competing
+                                           # with the step for the cores
+     "projected_hours": 291.3,             # seconds_per_step * 2**20 / 3600: the paper's run
+     "threads": 2,                         # torch threads (torch.set_num_threads)
+     "numba_threads": 2 | null,            # the loader's CPU render (null: synthetic or CUDA)
+     "bf16": false, "channels_last": false,   # autocast / memory format in effect (CUDA only)
+     "losses_finite": true,                # the last step's losses, read after the timing
+     "startup_seconds": 3.2}               # building model + loader and the first step (Numba
+                                           # cache load, CUDA context, cuDNN autotuning)
+
+or a skipped row ``{"bench": "train", "device": ..., "feed": ..., "prefetch": ..., "batch": ...,
+"skipped": reason}`` (no --shards; no CUDA device; a device not requested; a CUDA row that failed,
+with its error). ``summary``: ``{"paper_steps": 1048576, "cpu": {...} | null, "cuda": {...} | null}``,
+per device ``synthetic_steps_per_s``, ``loader_steps_per_s``, ``loader_no_prefetch_steps_per_s``,
+``synthetic_images_per_s``, ``loader_images_per_s``, ``data_wait_share``,
+``data_wait_share_no_prefetch``, ``wait_share_measured``, ``wait_share_measured_no_prefetch``,
+``projected_hours_synthetic``, ``projected_hours_loader`` (null where the row is missing), ``model``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from .cli import OneLineParser, positive_int
+from .pipeline import (
+    BenchInputError, NumbaThreadsFetcher, _no_sync, _numba_threads_info, _reason, check_paths,
+    cuda_unavailable_reason, input_errors, open_data, time_steps,
+)
+from .report import (
+    PACKAGES, RunConditions, conditions_line, finish_report, format_rate, machine_info, machine_line,
+    markdown_table, new_report, package_versions, usable_cpus, write_report,
+)
+
+PROG = "rmm-bench train"
+MIN_REPS = 3
+DEFAULT_REPS = 7
+QUICK_REPS = 3
+PAPER_STEPS = 1 << 20
+# Seconds of back-to-back steps per repetition (at least MIN_STEPS steps), after WARM_STEPS steps.
+REP_SECONDS = {False: 3.0, True: 0.3}
+MIN_STEPS = {False: 2, True: 1}
+WARM_STEPS = {False: 2, True: 1}
+# Models per device unless --width / --blocks-per-stage: a small one for the CPU, the paper's on CUDA.
+DEVICE_MODELS = {"cpu": (16, 1), "cuda": (32, 4)}
+SYNTHETIC_CLASSES = 10  # the synthetic rows' classes when no shards are given (CIFAR-10's)
+DEVICES = ("cpu", "cuda")
+FEEDS = (("synthetic", True), ("loader", True), ("loader", False))
+SUBSET_SEED = 1  # TrainConfig.seed's default: the labeled split the trainer draws
+# A data-wait share below this (the loader-fed step faster than the ready-tensor one) gets a note.
+FASTER_THAN_CEILING = -0.05
+
+
+@dataclass(frozen=True)
+class TrainBenchConfig:
+    out: Path
+    shards: Path | None = None
+    quick: bool = False
+    reps: int = DEFAULT_REPS
+    batch: int = 64
+    k: int = 8
+    device: str = "auto"
+    width: int | None = None
+    blocks_per_stage: int | None = None
+    threads: int = 1
+    algorithm: str = "remixmatch"
+    labels: int = 250
+    valid: int = 5000
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        config = asdict(self)
+        config["shards"] = None if self.shards is None else str(self.shards)
+        config["out"] = str(self.out)
+        return config
+
+    def model(self, device: str) -> tuple[int, int]:
+        width, blocks = DEVICE_MODELS[device]
+        return (self.width or width, self.blocks_per_stage or blocks)
+
+    def train_config(self, device: str):
+        """The TrainConfig a run with these settings would resolve (defaults: the paper's)."""
+        from remixmatch.trainer.config import TrainConfig, validate
+
+        width, blocks = self.model(device)
+        config = TrainConfig(data="" if self.shards is None else str(self.shards), labels=self.labels,
+                             seed=SUBSET_SEED, valid=self.valid, algorithm=self.algorithm, batch=self.batch,
+                             k=self.k, width=width, blocks_per_stage=blocks, device=device, loader="torch",
+                             threads=self.threads, run_seed=self.seed)
+        validate(config)
+        return config
+
+
+def model_name(width: int, blocks: int) -> str:
+    # As trainer/run.py's summary names it.
+    return f"WRN-{6 * blocks + 4}-{width // 16}" if width % 16 == 0 else f"WRN-{6 * blocks + 4} width {width}"
+
+
+# ---- the trainer's objects, built as Run.__init__ builds them ---------------------------------------
+
+def build_state(config, num_classes: int, p_data, device):
+    """Model, EMA copy, Adam and distribution alignment in a TrainState: the lines of
+    ``Run.__init__`` (trainer/run.py) that make them, for one rank, without DDP or torch.compile.
+    The model's mean / std buffers keep their defaults (a run measures them on its data; the values
+    do not change the cost)."""
+    import torch
+
+    from remixmatch.trainer.losses import DistributionAlignment
+    from remixmatch.trainer.model import WideResNet, decay_parameters
+    from remixmatch.trainer.step import TrainState
+
+    torch.manual_seed(config.run_seed)
+    model = WideResNet(num_classes, config.width, config.blocks_per_stage, config.bn_momentum).to(device)
+    if device.type == "cuda" and config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema_model = copy.deepcopy(model)
+    for p in ema_model.parameters():
+        p.requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    distribution = None
+    if config.algorithm == "remixmatch":
+        distribution = DistributionAlignment(p_data, size=config.da_size, device=device)
+    return TrainState(model, model, ema_model, optimizer, decay_parameters(model), distribution, config, device)
+
+
+def build_policy_and_views(config):
+    """CTAugment (or None) and the ViewConfig, as ``Run.__init__`` makes them."""
+    from remixmatch.pipeline import CTAugment, ViewConfig
+
+    remixmatch = config.algorithm == "remixmatch"
+    cta = remixmatch and config.strong_aug
+    policy = CTAugment(config.cta_depth, config.cta_decay, config.cta_threshold, config.cta_rule) if cta else None
+    views = ViewConfig(batch=config.batch, unlabeled_batch=config.unlabeled_batch,
+                       k=config.k if remixmatch else 0, seed=config.run_seed, flip=config.flip,
+                       weak=config.weak_aug, strong=config.strong_aug, labeled_strong=remixmatch, probes=cta)
+    return policy, views
+
+
+def build_loader(config, train, policy, views, device: str, numba_threads: int | None):
+    """The run's StepLoader: the torch host fetcher, ``prefetch=False`` (the run prefetches with
+    ``prepare()``). On the CPU the fetcher pins the render thread's Numba threads."""
+    from remixmatch.pipeline import StepLoader
+    from remixmatch.pipeline.loader import make_fetcher
+
+    fetch = make_fetcher("torch", train.split, device, max_batch=config.batch + config.unlabeled_batch)
+    if device == "cpu" and numba_threads is not None:
+        fetch = NumbaThreadsFetcher(fetch, numba_threads)
+    return StepLoader(train, policy, views, device=device, prefetch=False, fetcher=fetch)
+
+
+class SyntheticBatches:
+    """An endless source of one ready StepBatch: random uint8 views on the device, sliced by a real
+    plan's kernel call (the same shapes, dtypes and probe policies as a loader's batch)."""
+
+    def __init__(self, policy, views, num_classes: int, device, seed: int = 0, image_shape=(32, 32, 3)):
+        import numpy as np
+        import torch
+
+        from remixmatch.pipeline import draw_plan, kernel_call
+        from remixmatch.pipeline.batch import split_views
+
+        rng = np.random.default_rng(seed)
+        x_rows = np.arange(views.batch, dtype=np.int64)
+        u_rows = np.arange(views.unlabeled_batch, dtype=np.int64)
+        plan = draw_plan(0, x_rows, u_rows, policy, views)
+        call = kernel_call(plan)
+        pixels = rng.integers(0, 256, (len(call.sources), *image_shape), dtype=np.uint8)
+        labels = rng.integers(0, num_classes, views.batch, dtype=np.int64)
+        self.batch = split_views(torch.from_numpy(pixels).to(device), plan, call,
+                                 torch.from_numpy(labels).to(device), plan)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.batch
+
+    def prepare(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TrainLoop:
+    """One call = one iteration of ``Run.train``'s loop body (trainer/run.py), less the logging,
+    evaluation and checkpoints; records the seconds spent in ``next(source)`` per call."""
+
+    def __init__(self, state, step_fn, source, policy, prefetch: bool):
+        self.state, self.step_fn, self.source, self.policy, self.prefetch = state, step_fn, source, policy, prefetch
+        self.step = 0
+        self.pending = None
+        self.waits: list[float] = []
+        self.last_losses = None
+
+    def _apply_pending(self) -> None:
+        from remixmatch.pipeline import update_policy
+
+        if self.pending is not None:
+            plan, scores = self.pending
+            self.pending = None
+            update_policy(self.policy, plan, scores, 1)
+
+    def __call__(self) -> None:
+        before = time.perf_counter()
+        batch = next(self.source)
+        self.waits.append(time.perf_counter() - before)
+        result = self.step_fn(self.state, batch, self.step)
+        self.step += 1
+        self.last_losses = result.losses
+        if self.policy is not None:
+            if self.prefetch:
+                self._apply_pending()
+                self.pending = (batch.global_plan, result.probe_scores)
+                self.source.prepare()
+            else:
+                self.pending = (batch.global_plan, result.probe_scores)
+                self._apply_pending()
+        elif self.prefetch:
+            self.source.prepare()
+
+
+# ---- rows -------------------------------------------------------------------------------------------
+
+def skipped_row(device: str, feed: str, prefetch: bool, batch: int, reason: str) -> dict:
+    return {"bench": "train", "device": device, "feed": feed, "prefetch": prefetch, "batch": batch,
+            "skipped": reason}
+
+
+def run_row(config: TrainBenchConfig, device: str, feed: str, prefetch: bool, data, log) -> dict:
+    """One measured row (``data``: the BenchData of --shards, or None for a synthetic row)."""
+    import torch
+
+    from remixmatch.trainer.model import count_parameters
+    from remixmatch.trainer.step import STEPS
+
+    tc = config.train_config(device)
+    torch_device = torch.device(device)
+    num_classes = data.train.num_classes if data is not None else SYNTHETIC_CLASSES
+    p_data = data.train.class_distribution() if data is not None else [1.0 / num_classes] * num_classes
+    start = time.perf_counter()
+    state = build_state(tc, num_classes, p_data, torch_device)
+    policy, views = build_policy_and_views(tc)
+    numba_threads = config.threads if feed == "loader" and device == "cpu" else None
+    if feed == "synthetic":
+        shape = tuple(data.train.image_shape) if data is not None else (32, 32, 3)
+        source = SyntheticBatches(policy, views, num_classes, torch_device, config.seed, shape)
+    else:
+        source = build_loader(tc, data.train, policy, views, device, numba_threads)
+    sync = torch.cuda.synchronize if device == "cuda" else _no_sync
+    loop = TrainLoop(state, STEPS[tc.algorithm], source, policy, prefetch)
+    try:
+        first_start = time.perf_counter()
+        timing = time_steps(loop, config.reps, REP_SECONDS[config.quick], MIN_STEPS[config.quick],
+                            WARM_STEPS[config.quick], sync)
+        startup = (first_start - start) + timing.first_seconds
+        finite = bool(torch.isfinite(loop.last_losses).all())
+    finally:
+        source.close()
+    # Per repetition: the calls after the first step and the warm-up, steps_per_rep at a time.
+    timed = loop.waits[1 + timing.warmup_steps:]
+    n = timing.steps_per_rep
+    waits = [sum(timed[i * n:(i + 1) * n]) for i in range(len(timing.per_step))]
+    fields = timing.fields()
+    rate = fields["steps_per_s"]
+    images = views.batch + views.unlabeled_batch
+    n_views = _views_per_step(views)
+    autocast = device == "cuda" and tc.bf16
+    row = {
+        "bench": "train", "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "feed": feed, "prefetch": prefetch, "algorithm": tc.algorithm,
+        "model": model_name(tc.width, tc.blocks_per_stage), "width": tc.width,
+        "blocks_per_stage": tc.blocks_per_stage, "parameters": count_parameters(state.raw_model),
+        "batch": views.batch, "unlabeled_batch": views.unlabeled_batch, "k": views.k,
+        "images_per_step": images, "views_per_step": n_views,
+        **fields,
+        "images_per_s": rate * images, "views_per_s": rate * n_views, "kimg_per_s": rate * views.batch / 1024,
+        "wait_seconds_per_step": statistics.median(w / n for w in waits),
+        "wait_share_measured": statistics.median(w / (n * s) for w, s in zip(waits, timing.per_step)),
+        "data_wait_share": None,
+        "projected_hours": fields["seconds_per_step"] * PAPER_STEPS / 3600,
+        "threads": torch.get_num_threads(), "numba_threads": numba_threads,
+        "bf16": autocast, "channels_last": device == "cuda" and tc.channels_last,
+        "losses_finite": finite, "startup_seconds": startup,
+    }
+    log(row)
+    return row
+
+
+def _views_per_step(views) -> int:
+    probes = views.batch if views.probes else 0
+    return views.batch + probes + views.unlabeled_batch + views.k * views.unlabeled_batch
+
+
+def device_rows(config: TrainBenchConfig, device: str, data, log) -> list[dict]:
+    """The three rows of one device, or skipped rows saying why."""
+    reason = None
+    if config.device not in ("auto", device):
+        reason = f"not requested (--device {config.device})"
+    elif device == "cuda":
+        reason = cuda_unavailable_reason()
+    rows = []
+    for feed, prefetch in FEEDS:
+        if reason is None and feed == "loader" and data is None:
+            row = skipped_row(device, feed, prefetch, config.batch,
+                              "no --shards given: the loader rows need a shard directory (prep-cifar10 --out)")
+        elif reason is not None:
+            row = skipped_row(device, feed, prefetch, config.batch, reason)
+        elif device == "cuda":
+            try:  # a CUDA failure (driver, memory, numba-cuda) must not cost the other rows
+                row = run_row(config, device, feed, prefetch, data, log)
+            except Exception as error:
+                row = skipped_row(device, feed, prefetch, config.batch, f"failed: {_reason(error)}")
+        else:
+            row = run_row(config, device, feed, prefetch, data, log)
+        if "skipped" in row:
+            log(row)
+        rows.append(row)
+    return rows
+
+
+def measured(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if "skipped" not in r]
+
+
+def find(rows: list[dict], device: str, feed: str, prefetch: bool) -> dict | None:
+    return next((r for r in measured(rows) if (r["device"], r["feed"], r["prefetch"]) == (device, feed, prefetch)),
+                None)
+
+
+def add_wait_shares(rows: list[dict]) -> None:
+    for r in measured(rows):
+        ceiling = find(rows, r["device"], "synthetic", True)
+        if r["feed"] == "loader" and ceiling is not None:
+            r["data_wait_share"] = 1.0 - r["steps_per_s"] / ceiling["steps_per_s"]
+
+
+def summarize(rows: list[dict]) -> dict:
+    summary: dict = {"paper_steps": PAPER_STEPS}
+    for device in DEVICES:
+        synthetic, on, off = (find(rows, device, "synthetic", True), find(rows, device, "loader", True),
+                              find(rows, device, "loader", False))
+        if not (synthetic or on or off):
+            summary[device] = None
+            continue
+
+        def get(row, key):
+            return row[key] if row else None
+
+        summary[device] = {
+            "model": get(synthetic or on or off, "model"),
+            "synthetic_steps_per_s": get(synthetic, "steps_per_s"),
+            "loader_steps_per_s": get(on, "steps_per_s"),
+            "loader_no_prefetch_steps_per_s": get(off, "steps_per_s"),
+            "synthetic_images_per_s": get(synthetic, "images_per_s"),
+            "loader_images_per_s": get(on, "images_per_s"),
+            "data_wait_share": get(on, "data_wait_share"),
+            "data_wait_share_no_prefetch": get(off, "data_wait_share"),
+            "wait_share_measured": get(on, "wait_share_measured"),
+            "wait_share_measured_no_prefetch": get(off, "wait_share_measured"),
+            "projected_hours_synthetic": get(synthetic, "projected_hours"),
+            "projected_hours_loader": get(on, "projected_hours"),
+        }
+    return summary
+
+
+def describe_inputs(config: TrainBenchConfig, data) -> dict:
+    policy = ("CTAugment(depth 2, decay 0.99, threshold 0.8, rule 'segment'), updated every step with the "
+              "probe scores" if config.algorithm == "remixmatch" else "none (supervised: weak views only)")
+    if data is None:
+        return {"shards": None, "synthetic_classes": SYNTHETIC_CLASSES, "policy": policy, "view_seed": config.seed}
+    split = data.train.split
+    return {
+        "shards": Path(str(data.shards.path)).name,  # the directory's name only: reports are shared
+        "dataset": data.shards.dataset, "encoding": split.encoding, "rows": len(split),
+        "image_shape": list(data.train.image_shape),
+        "labeled": int(len(data.train.labeled)), "unlabeled": int(len(data.train.unlabeled)),
+        "labeled_subset": f"{config.labels} labels, seed {SUBSET_SEED}, {config.valid} held out",
+        "policy": policy, "view_seed": config.seed,
+    }
+
+
+def run(config: TrainBenchConfig, log: Callable[[object], None]) -> dict:
+    """Every row this machine can run; returns the report (not yet written)."""
+    import torch
+
+    started = time.perf_counter()
+    conditions = RunConditions()
+    report = new_report("train", config.as_dict())
+    report["versions"] = package_versions(PACKAGES)
+    data = None
+    if config.shards is not None:
+        data = open_data(config.shards, config.labels, config.valid)
+    report["inputs"] = describe_inputs(config, data)
+    if data is not None:
+        log(f"shards: {report['inputs']['shards']} ({report['inputs']['rows']} train rows); B = {config.batch}, "
+            f"K = {config.k}, {config.algorithm}")
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        rows = []
+        for device in DEVICES:
+            rows += device_rows(config, device, data, log)
+    finally:
+        torch.set_num_threads(saved_threads)
+    add_wait_shares(rows)
+    gpu = next((r["device_name"] for r in measured(rows) if r["device"] == "cuda"), None)
+    numba_threads = next((r["numba_threads"] for r in measured(rows) if r["numba_threads"] is not None), None)
+    report.update(machine=machine_info(gpu), results=rows, summary=summarize(rows),
+                  threads={"torch": config.threads, "torch_interop": torch.get_num_interop_threads(),
+                           "numba": numba_threads, **_numba_threads_info(),
+                           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")})
+    finish_report(report, time.perf_counter() - started, conditions)
+    return report
+
+
+# ---- markdown -------------------------------------------------------------------------------------
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _hours(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f} h ({value / 24:.1f} days)" if value >= 48 else f"{value:.1f} h"
+
+
+def _row_name(r: dict) -> str:
+    if r["feed"] == "synthetic":
+        return "synthetic (ready tensors)"
+    return "loader, prefetch" if r["prefetch"] else "loader, no prefetch"
+
+
+def render_markdown(report: dict) -> str:
+    rows, summary, inputs, config = report["results"], report["summary"], report["inputs"], report["config"]
+    b, k = config["batch"], config["k"]
+    if inputs["shards"] is None:
+        data_line = "Inputs: no shards (synthetic rows only)."
+    else:
+        data_line = (f"Inputs: shards `{inputs['shards']}` ({inputs['dataset']}, {inputs['rows']} train rows, "
+                     f"{inputs['encoding']}); {inputs['labeled_subset']}.")
+    lines = [
+        "# rmm-bench train",
+        "",
+        machine_line(report),
+        "",
+        conditions_line(report),
+        "",
+        f"{data_line} {config['algorithm']}, B = {b}, K = {k}; policy: {inputs['policy']}. Each figure: median of "
+        f"{config['reps']} repetitions of back-to-back steps after warm-up (spread: min-max steps/s). "
+        "Data-wait share = 1 - loader steps/s / synthetic steps/s; measured wait = time in next(loader) / time.",
+        "",
+        f"## Headline: B = {b}, K = {k}",
+        "",
+    ]
+    for device in DEVICES:
+        s = summary.get(device)
+        if s is None:
+            continue
+        lines.append(f"- {device} ({s['model']}): data-wait share **{_share(s['data_wait_share'])}** with prefetch "
+                     f"({_share(s['data_wait_share_no_prefetch'])} without); the paper's 2^20 steps: "
+                     f"**{_hours(s['projected_hours_loader'])}** loader-fed, "
+                     f"{_hours(s['projected_hours_synthetic'])} at the synthetic ceiling")
+    lines += [
+        "",
+        markdown_table(
+            ["device", "model", "feed", "steps/s", "spread", "images/s", "views/s", "wait ms/step",
+             "measured wait", "data-wait share", "2^20 steps", "threads", "start-up s"],
+            [[r["device"], r["model"], _row_name(r), f"{r['steps_per_s']:.2f}",
+              f"{r['spread']['min']:.2f}-{r['spread']['max']:.2f}", format_rate(r["images_per_s"]),
+              format_rate(r["views_per_s"]), f"{1000 * r['wait_seconds_per_step']:.1f}",
+              _share(r["wait_share_measured"]), _share(r["data_wait_share"]), _hours(r["projected_hours"]),
+              str(r["threads"]) + ("" if r["numba_threads"] is None else f" + {r['numba_threads']} numba"),
+              f"{r['startup_seconds']:.1f}"] for r in measured(rows)]),
+        "",
+        "images/s: labeled + unlabeled images (B + B_u) per second; views/s: every view a step reads. "
+        "On the CPU the loader's render and the step share the cores: the data-wait share holds that "
+        "competition too, the measured wait only the time the step stood idle.",
+    ]
+    faster = [r for r in measured(rows) if r["data_wait_share"] is not None and r["data_wait_share"] < FASTER_THAN_CEILING]
+    if faster:
+        lines += ["", "**Loader-fed rows ran faster than the synthetic ceiling** ("
+                  + ", ".join(f"{r['device']} {_row_name(r)} {_share(r['data_wait_share'])}" for r in faster)
+                  + "): the step itself did not get faster, the figures are noise or contention. Seen on a 2-core "
+                  "machine shared with other work: while the loader's Numba OpenMP threads run, torch's OpenMP "
+                  "threads spin less when the cores are oversubscribed (OMP_WAIT_POLICY=PASSIVE closed most of the "
+                  "gap). Rerun on an idle machine, or with --threads 1."]
+    skips = [r for r in rows if "skipped" in r]
+    if skips:
+        lines += ["", "## Skipped", ""] + [f"- {r['device']} {_row_name(r)}: {r['skipped']}" for r in skips]
+    lines += ["", f"Run took {report['wall_seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+# ---- command line ---------------------------------------------------------------------------------
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description="Training steps/s: the step fed by ready synthetic tensors "
+                                                  "against the step fed by the real loader, and the paper's "
+                                                  "2^20-step run projected.")
+    parser.add_argument("--shards", type=Path, default=None,
+                        help="a shard directory (prep-cifar10 --out); without it the loader rows are skipped")
+    parser.add_argument("--out", type=Path, required=True, help="directory for report.json and report.md")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_REPS} short repetitions (under a minute on 2 cores at B = 64, K = 8)")
+    parser.add_argument("--reps", type=int, default=None,
+                        help=f"timed repetitions per row, at least {MIN_REPS} (default {DEFAULT_REPS}; "
+                             f"{QUICK_REPS} with --quick)")
+    parser.add_argument("--batch", type=positive_int, default=64, help="labeled = unlabeled images per step (64)")
+    parser.add_argument("--k", type=positive_int, default=8, help="strong views per unlabeled image (8)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: CPU rows, plus CUDA rows where a device is present; cpu; cuda (an error without one)")
+    parser.add_argument("--width", type=positive_int, default=None,
+                        help="first stage's channels (default: 16 on the CPU, 32 on CUDA)")
+    parser.add_argument("--blocks-per-stage", type=positive_int, default=None,
+                        help="residual blocks per stage (default: 1 on the CPU, 4 on CUDA: WRN-28-2)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch threads and the loader's Numba threads (default: all usable cores)")
+    parser.add_argument("--algorithm", default="remixmatch", choices=("remixmatch", "supervised"))
+    parser.add_argument("--labels", type=positive_int, default=250, help="labeled images of the subset (250)")
+    parser.add_argument("--valid", type=int, default=5000, help="training rows held out as validation (5000)")
+    parser.add_argument("--seed", type=int, default=0, help="run seed: model init, views, MixUp")
+    return parser
+
+
+def config_from_args(args) -> TrainBenchConfig:
+    reps = args.reps if args.reps is not None else (QUICK_REPS if args.quick else DEFAULT_REPS)
+    if reps < MIN_REPS:
+        raise BenchInputError(f"--reps must be at least {MIN_REPS} (every figure is a median of >= {MIN_REPS} "
+                              f"repetitions), got {reps}")
+    if args.valid < 0:
+        raise BenchInputError(f"--valid must be at least 0, got {args.valid}")
+    threads = args.threads if args.threads is not None else usable_cpus()
+    import numba
+
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        raise BenchInputError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), got {threads}")
+    if args.shards is not None:
+        check_paths(args.shards, args.out)
+        if not (args.shards / "manifest.json").is_file():
+            raise BenchInputError(f"--shards {args.shards}: not a shard directory (no manifest.json)")
+    elif args.out.exists() and not args.out.is_dir():
+        raise BenchInputError(f"--out {args.out} exists and is not a directory")
+    if args.device == "cuda":
+        reason = cuda_unavailable_reason()
+        if reason:
+            raise BenchInputError(f"--device cuda: {reason}; use --device cpu or auto")
+    config = TrainBenchConfig(out=args.out, shards=args.shards, quick=args.quick, reps=reps, batch=args.batch,
+                              k=args.k, device=args.device, width=args.width, blocks_per_stage=args.blocks_per_stage,
+                              threads=threads, algorithm=args.algorithm, labels=args.labels, valid=args.valid,
+                              seed=args.seed)
+    from remixmatch.trainer.config import ConfigError
+
+    try:
+        for device in DEVICES:
+            config.train_config(device)
+    except ConfigError as error:
+        raise BenchInputError(str(error)) from None
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    try:
+        config = config_from_args(args)
+    except BenchInputError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+
+    def log(item) -> None:
+        print(item if isinstance(item, str) else progress_line(item), file=sys.stderr, flush=True)
+
+    try:
+        report = run(config, log)
+    except input_errors() as error:
+        print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    text = render_markdown(report)
+    json_path, md_path = write_report(config.out, report, text)
+    print(text)
+    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    return 0
+
+
+def progress_line(r: dict) -> str:
+    if "skipped" in r:
+        return f"{r['device']} {_row_name(r)}: skipped ({r['skipped']})"
+    s = r["spread"]
+    return (f"{r['device']} {r['model']} {_row_name(r)}: {r['steps_per_s']:.2f} steps/s "
+            f"({format_rate(r['images_per_s'])} images/s; wait {1000 * r['wait_seconds_per_step']:.1f} ms/step; "
+            f"median of {r['reps']} x {r['steps_per_rep']} steps, {s['min']:.2f}-{s['max']:.2f}; "
+            f"2^20 steps: {_hours(r['projected_hours'])})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
