@@ -86,8 +86,10 @@ def test_resumable_fields_are_config_fields_and_may_differ_on_resume():
     names = {f.name for f in config_fields()}
     assert RESUMABLE_FIELDS <= names
     saved = TrainConfig().to_dict()
-    changed = TrainConfig(steps=7, eval_every=3, keep_ckpts=9, device="cpu", prefetch=False)
+    changed = TrainConfig(steps=7, eval_every=3, keep_ckpts=9, device="cpu")
     assert contradictions(saved, changed) == []
+    # prefetch changes which weights the policies come from: a resume may not switch it
+    assert contradictions(saved, TrainConfig(prefetch=False)) == ["prefetch"]
     assert contradictions(saved, TrainConfig(steps=7, lr=0.01, k=3)) == ["k", "lr"]
 
 
@@ -193,7 +195,7 @@ def test_resume_may_change_the_resumable_fields(pipeline_shards, finished_run, t
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
     argv = [*smoke_args(pipeline_shards.path, out, *SUPERVISED), "--resume", "--steps", "14", "--log-every", "2",
-            "--eval-every", "4", "--ckpt-every", "4", "--keep-ckpts", "5", "--median-of", "1", "--no-prefetch"]
+            "--eval-every", "4", "--ckpt-every", "4", "--keep-ckpts", "5", "--median-of", "1"]
     rc, _, err = cli(argv, capsys)
     assert rc == 0, err
     assert [load_checkpoint(p)["step"] for p in checkpoint_paths(out)] == [10, 12, 14]

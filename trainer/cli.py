@@ -4,8 +4,12 @@ and ablations are overrides applied before the explicit flags.
     rmm-train --data shards/cifar10 --labels 250 --out runs/c10-250 [--preset cifar10-250]
     rmm-train --data shards/cifar10 --out runs/cpu --preset cpu        # minutes on 2 CPU cores
     rmm-train --out runs/c10-250 --data shards/cifar10 --resume        # continue after any stop
+    rmm-train --gpus 8 ...  |  --device cpu --procs 2 ...  |  under torchrun   # several processes
+                                                                      # (trainer/distributed.py)
 
-Bad input prints ``rmm-train: error: <what and where>`` and exits 2; a diverged run exits 3.
+Bad input prints ``rmm-train: error: <what and where>`` and exits 2; a diverged run exits 3. With
+several processes the message names the rank (``rmm-train: error: rank 1: ...``), with the same
+codes; a worker that dies (a signal, an unexpected exception) exits 1.
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an ablation of the paper's table (repeatable)")
     parser.add_argument("--kimg", type=float, help="train this many thousand (x1024) labeled images instead of --steps")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--gpus", type=int, help="spawn N processes, one GPU each (cuda:local_rank), NCCL + DDP; "
+                                                 "--batch stays the global batch")
+    parser.add_argument("--procs", type=int, help="with --device cpu: spawn N CPU processes (gloo + DDP)")
+    parser.add_argument("--max-restarts", type=int, help="with --gpus/--procs: restart the whole group up to N "
+                                                         "times after a failure; it resumes from the last checkpoint")
     defaults = TrainConfig()
     for field in config_fields():
         flag = "--" + field.name.replace("_", "-")
@@ -73,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .checkpoint import CheckpointError
     from .config import ConfigError, resolve
-    from .run import Diverged, Run, RunError, check_finite_config
+    from . import distributed
+    from .run import Diverged, Run, RunError, check_finite_config, check_run_dir
 
     try:
         preset_values = {**PRESETS.get(args.preset or "", {}), **overrides}
@@ -84,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--data is required: a shard directory (prep-cifar10 --out DIR)")
         config = resolve(args.preset, args.ablation, overrides)
         check_finite_config(config)
+        world, config = distributed.plan_world(config, args.gpus, args.procs, args.max_restarts)
+        if world is not None and world.mode == "torchrun":
+            return distributed.join(config, args.out, world, resume=args.resume, quiet=args.quiet, prog=parser.prog)
+        if world is not None:
+            check_run_dir(args.out, args.resume)  # refused here, before any process starts
+            return distributed.launch(config, args.out, world, resume=args.resume, quiet=args.quiet,
+                                      prog=parser.prog)
         run = Run(config, args.out, resume=args.resume, quiet=args.quiet)
         run.train()
     except Diverged as error:

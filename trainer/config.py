@@ -47,6 +47,7 @@ class TrainConfig:
     width: int = 32  # first stage's channels: 32 = WRN-28-2
     blocks_per_stage: int = 4  # 4 = WRN-28
     bn_momentum: float = 0.001  # torch convention (TF decay 0.999)
+    sync_bn: bool = False  # batch-norm statistics over the global batch (all ranks) instead of each rank's share: the same run on any number of processes, at one small all-reduce per BN layer (default off, the reference's per-GPU statistics)
     # optimisation
     steps: int = 1 << 20  # optimiser steps
     lr: float = 0.002  # Adam, constant

@@ -143,12 +143,17 @@ def mixup_permutation(n: int, generator: np.random.Generator) -> np.ndarray:
 
 
 def mixup(
-    x: torch.Tensor, targets: torch.Tensor, lambdas, permutation
+    x: torch.Tensor, targets: torch.Tensor, lambdas, permutation, rows=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``lam * x + (1 - lam) * x[perm]``, and the same for the (N, C) targets.
 
     ``lambdas`` (N,) and ``permutation`` (N,) may be NumPy arrays or tensors; tensors already on
     ``x``'s device (copied there ahead, non-blocking) are used as they are.
+
+    ``rows`` (optional, int64 indices into the N examples): compute only those rows of the mixed
+    batch, in that order - each with its own lambda and its partner from anywhere in ``x``. This is
+    how one rank mixes its share of the global batch; ``mixup(..., rows)`` equals
+    ``mixup(...)[rows]`` element for element.
     """
     n = x.shape[0]
     lam = torch.as_tensor(lambdas, device=x.device)
@@ -158,11 +163,16 @@ def mixup(
             f"batch of {n}: got lambdas {tuple(lam.shape)}, permutation {tuple(perm.shape)}, "
             f"targets {tuple(targets.shape)}"
         )
+    own_x, own_targets = x, targets
+    if rows is not None:
+        rows = torch.as_tensor(rows, device=x.device, dtype=torch.int64)
+        lam, perm = lam[rows], perm[rows]
+        own_x, own_targets, n = x[rows], targets[rows], rows.shape[0]
     # lerp(partner, self, lam) = partner + lam * (self - partner): the mixing rule in one kernel.
     lam_x = lam.to(x.dtype).view((n,) + (1,) * (x.dim() - 1))
     lam_t = lam.to(targets.dtype).view((n,) + (1,) * (targets.dim() - 1))
-    mixed_x = torch.lerp(x[perm], x, lam_x)
-    mixed_targets = torch.lerp(targets[perm], targets, lam_t)
+    mixed_x = torch.lerp(x[perm], own_x, lam_x)
+    mixed_targets = torch.lerp(targets[perm], own_targets, lam_t)
     return mixed_x, mixed_targets
 
 

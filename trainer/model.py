@@ -203,3 +203,118 @@ def decay_parameters(model: nn.Module) -> list[torch.Tensor]:
         for module in model.modules()
         if isinstance(module, (nn.Conv2d, nn.Linear))
     ]
+
+
+# -- synchronised batch norm (TrainConfig.sync_bn) ----------------------------------------------------
+
+
+def _world_size(group) -> int:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks with a gradient: each rank's input receives the sum of every rank's output
+    gradient. What ``torch.distributed.nn.functional.all_reduce`` does for SUM; that function warns
+    of its deprecation in torch 2.13, and its suggested replacement is a private module."""
+
+    @staticmethod
+    def forward(ctx, tensor, group):
+        import torch.distributed as dist
+
+        ctx.group = group
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _AllReduceSum.apply(grad, ctx.group), None
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose training-mode statistics are those of the global batch (all ranks).
+
+    ``torch.nn.SyncBatchNorm`` refuses CPU tensors; this one works wherever its collective does (gloo
+    on the CPU, NCCL on CUDA). In training mode on several ranks each forward all-reduces one vector
+    per layer - per-channel sum, sum of squares and the element count - with an autograd-aware
+    all-reduce (``_AllReduceSum``: its backward all-reduces the gradient, so each rank's inputs
+    receive the gradient of every rank's loss through the shared statistics), then
+    normalises with the global mean and biased variance, and updates the running statistics with the
+    global unbiased variance exactly as ``nn.BatchNorm2d`` does (momentum, ``momentum=None``'s
+    cumulative average, ``num_batches_tracked``; ``momentum=0`` leaves them untouched, which
+    ``step.frozen_bn_statistics`` relies on). On one process, or in eval mode, it is ``nn.BatchNorm2d``
+    itself (``super().forward``), bit for bit.
+
+    Statistics are accumulated in float32 as ``E[x^2] - E[x]^2`` (one collective instead of two);
+    the input's dtype (bf16 under autocast) is kept for the output. Every rank must call each layer
+    the same number of times (the collectives pair up), which the training step does.
+    """
+
+    def __init__(self, *args, process_group=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.process_group = process_group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or _world_size(self.process_group) <= 1:
+            return super().forward(x)
+        return self.global_forward(x, self._all_reduce)
+
+    def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        return _AllReduceSum.apply(tensor, self.process_group)
+
+    def global_forward(self, x: torch.Tensor, all_reduce_sum) -> torch.Tensor:
+        """The training-mode forward with the per-channel sums summed by ``all_reduce_sum`` (the
+        identity gives the single-process formula; the tests use that)."""
+        self._check_input_dim(x)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        channels = x.shape[1]
+        xf = x.float()
+        dims = [0] + list(range(2, x.dim()))
+        count = xf.new_full((1,), float(x.numel() // max(channels, 1)))
+        stats = all_reduce_sum(torch.cat([xf.sum(dim=dims), xf.square().sum(dim=dims), count]))
+        total = stats[2 * channels]
+        mean = stats[:channels] / total
+        var = (stats[channels:2 * channels] / total - mean.square()).clamp_min(0.0)
+        if self.training and self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                unbiased = var * (total / (total - 1.0).clamp_min(1.0))
+                self.running_mean.mul_(1.0 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
+                self.running_var.mul_(1.0 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
+        shape = (1, channels) + (1,) * (x.dim() - 2)
+        scale = torch.rsqrt(var + self.eps)
+        if self.affine:
+            shift = self.bias.float() - mean * scale * self.weight.float()
+            scale = scale * self.weight.float()
+        else:
+            shift = -mean * scale
+        return (xf * scale.view(shape) + shift.view(shape)).to(x.dtype)
+
+
+def sync_batch_norm(module: nn.Module, process_group=None) -> nn.Module:
+    """``module`` with every ``nn.BatchNorm2d`` replaced by a ``GlobalBatchNorm2d`` (TrainConfig.sync_bn).
+
+    The replacements share the originals' parameters and buffers (same tensors, same state_dict
+    keys), so an optimiser built before the call, an EMA copy and checkpoints all stay valid.
+    Call it on the bare model before DDP wraps it. Returns the module (replaced if it is a BN itself).
+    """
+    converted = module
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, GlobalBatchNorm2d):
+        converted = GlobalBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                      module.track_running_stats, process_group=process_group)
+        if module.affine:
+            converted.weight = module.weight
+            converted.bias = module.bias
+        converted.running_mean = module.running_mean
+        converted.running_var = module.running_var
+        converted.num_batches_tracked = module.num_batches_tracked
+        converted.train(module.training)
+    for name, child in module.named_children():
+        converted.add_module(name, sync_batch_norm(child, process_group))
+    return converted

@@ -31,7 +31,7 @@ from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_paths,
 from .config import TrainConfig, contradictions
 from .data import load_run_data
 from .losses import DistributionAlignment
-from .model import WideResNet, count_parameters, decay_parameters
+from .model import WideResNet, count_parameters, decay_parameters, sync_batch_norm
 from .progress import MetricsLog, Progress
 from .step import LOSS_NAMES, STEPS, TrainState
 
@@ -115,7 +115,7 @@ class Run:
         self.device = resolve_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
-        resuming = check_run_dir(self.out, resume)
+        resuming = self._lead_decides(lambda: check_run_dir(self.out, resume))
         existed = {p.name for p in self.out.iterdir()} if self.out.is_dir() else None
         self.out.mkdir(parents=True, exist_ok=True)
         self.progress = Progress(config.steps, enabled=self.lead and not quiet)
@@ -127,6 +127,35 @@ class Run:
             if not resuming and self.lead:
                 _remove_new_files(self.out, existed)  # a failed start must not block the next one
             raise
+
+    def _lead_decides(self, decide):
+        """``decide()`` on the lead rank alone, its result (or its RunError) on every rank: the other
+        ranks must not look at the run directory while the lead starts writing it."""
+        if self.world_size == 1:
+            return decide()
+        import torch.distributed as dist
+
+        box = [None, None]
+        if self.lead:
+            try:
+                box = [decide(), None]
+            except RunError as error:
+                box = [None, str(error)]
+        dist.broadcast_object_list(box, src=0)
+        if box[1] is not None:
+            raise RunError(box[1])
+        return box[0]
+
+    def _sync_buffers(self) -> None:
+        """Rank 0's batch-norm running statistics on every rank (DDP broadcasts them at each forward;
+        each rank's last forward then updated its own copy with its own batch): evaluations and
+        checkpoints see one model."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            for model in (self.state.raw_model, self.state.ema_model):
+                for buffer in model.buffers():
+                    dist.broadcast(buffer, 0)
 
     def _setup(self, config: TrainConfig, resuming: bool, all_reduce_mean, wrap_model) -> None:
         rank, world_size = self.rank, self.world_size
@@ -144,6 +173,8 @@ class Run:
         torch.manual_seed(config.run_seed)
         model = WideResNet(self.data.shards.num_classes, config.width, config.blocks_per_stage, config.bn_momentum,
                            mean=self.data.mean, std=self.data.std).to(self.device)
+        if config.sync_bn and world_size > 1:
+            model = sync_batch_norm(model)  # batch statistics over the global batch
         if self.device.type == "cuda" and config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         ema_model = copy.deepcopy(model)
@@ -272,6 +303,7 @@ class Run:
         return float(correct) / max(int(total), 1)
 
     def evaluate(self) -> dict:
+        self._sync_buffers()
         record = {"eval": True, "step": self.step, "kimg": self.step * self.config.batch / 1024,
                   "acc_ema": self.accuracy(self.state.ema_model), "acc_raw": self.accuracy(self.state.raw_model)}
         self.evaluations.append(record)
@@ -291,7 +323,13 @@ class Run:
     def _log(self, rows: list, first_step: int, seconds: float, wait: float) -> None:
         """Reads the logged steps' losses back (the only host sync of the loop) and stops on a
         non-finite one, naming the step and the loss term."""
-        losses = torch.stack(rows).cpu().numpy()
+        losses = torch.stack(rows)
+        if self.world_size > 1:  # the logged figures are the global batch's
+            import torch.distributed as dist
+
+            dist.all_reduce(losses)
+            losses /= self.world_size
+        losses = losses.cpu().numpy()
         bad = ~np.isfinite(losses)
         if bad.any():
             row = int(np.flatnonzero(bad.any(axis=1))[0])
@@ -364,6 +402,7 @@ class Run:
         if not bool(finite):
             raise Diverged(f"step {self.step - 1}: the weights are not finite after the update; stopped "
                            f"without writing a checkpoint. {self._last_good()}")
+        self._sync_buffers()
         state = self._checkpoint_state(elapsed)  # every rank joins the collectives above
         if self.world_size > 1:
             import torch.distributed as dist

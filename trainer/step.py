@@ -13,6 +13,15 @@ Forward passes, and how batch-norm statistics are gathered:
   reference instead runs the mixed batch in interleaved chunks of B (each normalised by its own
   statistics, running statistics from one chunk) and strong view 1 and the rotations in calls of
   their own; one concatenated call gives the GPU one large batch instead of K + 4 small ones.
+
+On several ranks (issue 8: one run, any world size) each rank holds a contiguous slice of every
+block of the global batch, and the step computes this rank's share of what one process would
+compute for the whole batch: MixUp draws its lambdas and partners for the global batch from a
+generator without the rank in its seed, partners come from any rank (the uint8 views, the one-hot
+labels and the guesses are all-gathered), and the rotation labels are those of the global unlabeled
+batch. The losses are means over the rank's rows, and DDP averages the gradients over equal-size
+ranks: the global mean. Batch-norm statistics are the one per-rank part left, unless the model's BN
+layers are synchronised (TrainConfig.sync_bn, model.sync_batch_norm).
 """
 
 from __future__ import annotations
@@ -81,8 +90,56 @@ def frozen_bn_statistics(model: torch.nn.Module):
             m.momentum = momentum
 
 
-def step_generator(config, rank: int, step: int) -> np.random.Generator:
-    return np.random.default_rng([config.run_seed, rank, step, _MIXUP_STREAM])
+def step_generator(config, step: int) -> np.random.Generator:
+    """The step's MixUp draws: the same on every rank (no rank in the seed), for the global batch."""
+    return np.random.default_rng([config.run_seed, step, _MIXUP_STREAM])
+
+
+# -- the global batch on several ranks ---------------------------------------------------------------
+# Each rank holds a contiguous slice of every block of the global batch (labeled views, weak views,
+# each strong view). Its rows, concatenated, form its local batch; a single process holding the whole
+# batch concatenates the same blocks in the same order. These helpers are the one home of that order,
+# and the identity on one rank.
+
+
+def row_blocks(b: int, bu: int, k: int) -> list[int]:
+    """Lengths of the consecutive blocks of a local mixed batch: labeled, weak, strong view 1..K."""
+    return [b, bu] + [bu] * k
+
+
+def all_gather_rows(tensor: torch.Tensor, world_size: int) -> list[torch.Tensor]:
+    """Every rank's ``tensor`` (equal shapes), in rank order: a plain all_gather, no gradients."""
+    if world_size == 1:
+        return [tensor]
+    import torch.distributed as dist
+
+    tensor = tensor.detach().contiguous()
+    parts = [torch.empty_like(tensor) for _ in range(world_size)]
+    dist.all_gather(parts, tensor)
+    return parts
+
+
+def gather_global(local: torch.Tensor, blocks: list[int], world_size: int) -> torch.Tensor:
+    """The global batch in a single process's order, from each rank's ``local`` rows (laid out in
+    ``blocks``): block by block, each block's ranks in rank order."""
+    if world_size == 1:
+        return local
+    parts = all_gather_rows(local, world_size)
+    pieces, start = [], 0
+    for length in blocks:
+        pieces.extend(part[start:start + length] for part in parts)
+        start += length
+    return torch.cat(pieces)
+
+
+def global_rows(blocks: list[int], rank: int, world_size: int, device=None) -> torch.Tensor:
+    """Where this rank's local rows (laid out in ``blocks``) sit in ``gather_global``'s order."""
+    pieces, start = [], 0
+    for length in blocks:
+        first = world_size * start + rank * length
+        pieces.append(torch.arange(first, first + length, dtype=torch.int64, device=device))
+        start += length
+    return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.int64, device=device)
 
 
 def _optimise(state: TrainState, total: torch.Tensor) -> None:
@@ -110,6 +167,7 @@ def remixmatch_step(state: TrainState, batch, step: int) -> StepResult:
     labels = batch.x_labels
     num_classes = state.raw_model.num_classes
     b, k = batch.x.shape[0], batch.k
+    rank, world = state.rank, state.world_size
     x = as_float_images(batch.x)  # 1. labeled: weak + CTAugment (made by the pipeline)
     u_weak = as_float_images(batch.u_weak)  # 2. unlabeled: one weak view ...
     u_strong = as_float_images(batch.u_strong.flatten(0, 1))  # ... and K strong views, K-major
@@ -123,21 +181,34 @@ def remixmatch_step(state: TrainState, batch, step: int) -> StepResult:
     # 5. Sharpening; q is a constant target from here on.
     q = sharpen(q, config.temperature)
 
-    # 6-7. Strong view 1 (pre-mixup loss) and its rotations, one per quarter (rotation loss).
+    # 6-7. Strong view 1 (pre-mixup loss) and its rotations, one rotation per quarter of the global
+    # unlabeled batch (this rank's slice of those labels).
     use_strong1 = k >= 1 and (config.w_kl > 0 or config.w_rot > 0)
     extra = []
     if use_strong1:
         strong1 = u_strong[:bu]
-        rot_labels = rotation_labels(bu)
+        rot_labels = rotation_labels(bu * world)[rank * bu:(rank + 1) * bu]
         extra = [strong1, rotate_quarters(strong1, rot_labels)]
 
-    # 8. MixUp over labeled + all K + 1 unlabeled views, each example with a shuffled partner.
-    inputs = torch.cat([x, u_weak, u_strong])
-    targets = torch.cat([F.one_hot(labels, num_classes).float(), q.repeat(k + 1, 1)])
-    rng = step_generator(config, state.rank, step)
-    n = inputs.shape[0]
-    lambdas, permutation = mixup_lambdas(n, config.mixup_alpha, rng), mixup_permutation(n, rng)
-    mixed, mixed_targets = mixup(inputs, targets, lambdas, permutation)
+    # 8. MixUp over labeled + all K + 1 unlabeled views of the global batch, each example with a
+    # shuffled partner from anywhere in it; this rank mixes its own rows only.
+    onehot = F.one_hot(labels, num_classes).float()
+    if world == 1:
+        inputs, rows = torch.cat([x, u_weak, u_strong]), None
+        targets = torch.cat([onehot, q.repeat(k + 1, 1)])
+    else:
+        blocks = row_blocks(b, bu, k)
+        local_u8 = torch.cat([batch.x, batch.u_weak, batch.u_strong.flatten(0, 1)])
+        inputs = as_float_images(gather_global(local_u8, blocks, world))
+        guesses = gather_global(torch.cat([onehot, q]), [b, bu], world)
+        targets = torch.cat([guesses[:b * world], guesses[b * world:].repeat(k + 1, 1)])
+        rows = global_rows(blocks, rank, world, device=inputs.device)
+    rng = step_generator(config, step)
+    n_global = inputs.shape[0]
+    lambdas = mixup_lambdas(n_global, config.mixup_alpha, rng)
+    permutation = mixup_permutation(n_global, rng)
+    mixed, mixed_targets = mixup(inputs, targets, lambdas, permutation, rows)
+    n = mixed.shape[0]  # this rank's mixed rows
 
     # 9. One forward for everything that trains; losses on the mixed batch.
     with state.autocast():
