@@ -3,7 +3,7 @@ by the real loader, and what a paper-length run would take.
 
     rmm-bench train [--shards DIR] [--quick] [--reps N] [--batch 64] [--k 8] [--device auto|cpu|cuda]
                     [--width W] [--blocks-per-stage N] [--threads N] [--algorithm remixmatch|supervised]
-                    [--labels 250] [--valid 5000] [--seed 0] --out DIR
+                    [--labels 250] [--valid 5000] [--seed 0] [--scaling [--procs-max N]] --out DIR
 
 Per device (``cpu``; ``cuda`` where ``torch.cuda.is_available()``), one model and three rows:
 
@@ -17,11 +17,13 @@ Per device (``cpu``; ``cuda`` where ``torch.cuda.is_available()``), one model an
   pinned copy) on real shards; ``loader``, prefetch off: the same without overlap.
   Without --shards both are skipped rows, with the reason.
 
-Every row runs the per-step body of ``Run.train`` (:mod:`remixmatch.trainer.run`): ``next(loader)``
-(timed as the data wait), the step, the CTAugment update with the probe scores and, with prefetch,
-``loader.prepare()`` after the update (the loader itself is built with ``prefetch=False``, as the
-run builds it); no logging, evaluation or checkpoints. The model, EMA copy, Adam, distribution
-alignment, CTAugment and loader are built as ``Run.__init__`` builds them (see :func:`build_state`),
+Every row runs the per-step body of ``Run.train``, the function the run calls
+(:func:`remixmatch.trainer.loop.train_step`): ``next(loader)`` (timed as the data wait), the step,
+the CTAugment update with the probe scores and, with prefetch, ``loader.prepare()`` after the update
+(the loader itself is built with ``prefetch=False``, as the run builds it); no logging, evaluation or
+checkpoints. The model, EMA copy, Adam, distribution
+alignment, CTAugment and view config are built by the functions ``Run`` uses
+(:mod:`remixmatch.trainer.build`; one rank, the model's default mean / std), the loader as ``Run`` builds it,
 from :class:`remixmatch.trainer.config.TrainConfig` defaults (bf16 autocast and channels_last on CUDA)
 with --batch, --k, --width, --blocks-per-stage, --algorithm. Models: ``cpu`` width 16, 1 block per
 stage (WRN-10-1) unless --width / --blocks-per-stage say otherwise; ``cuda`` WRN-28-2 (width 32,
@@ -73,14 +75,53 @@ per device ``synthetic_steps_per_s``, ``loader_steps_per_s``, ``loader_no_prefet
 ``synthetic_images_per_s``, ``loader_images_per_s``, ``data_wait_share``,
 ``data_wait_share_no_prefetch``, ``wait_share_measured``, ``wait_share_measured_no_prefetch``,
 ``projected_hours_synthetic``, ``projected_hours_loader`` (null where the row is missing), ``model``.
+
+With --scaling, ``scaling`` (null without) holds steps/s against the number of processes, per device,
+for 1..--procs-max processes (default: 2 on the CPU; on CUDA every visible GPU): each a short real
+``rmm-train`` run in a subprocess into a temporary directory (removed after), one process for 1,
+``--device cpu --procs N`` (gloo) or ``--gpus N`` (NCCL) above; the same model, algorithm, B, K,
+labeled subset and seed as the rows above, the global batch fixed (each of N processes trains B/N),
+``--steps`` 8 (--quick; 40 otherwise) on the CPU, 120 (600) on CUDA, a metrics line every 2 (5;
+20, 50) steps, evaluation and checkpoint only at the end. The step time is the median of
+``step_seconds`` in metrics.jsonl over the logged windows after the first (the warm-up: Numba cache
+load, allocations, DDP set-up). Each of N processes gets ``max(1, cores // N)`` torch threads
+(``--threads``; cores: the usable CPUs) and, on the CPU, as many Numba threads for its loader
+(NUMBA_NUM_THREADS); the bench's --threads does not apply. Rows::
+
+    {"bench": "train", "section": "scaling", "device": "cpu" | "cuda", "device_name": ...,
+     "ranks": 2,                           # processes (= GPUs on CUDA)
+     "launch": "one process" | "--procs 2" | "--gpus 2", "backend": null | "gloo" | "nccl",
+     "algorithm", "model", "width", "blocks_per_stage", "batch", "unlabeled_batch", "k",   # global
+     "batch_per_rank": 32,                 # labeled images per process per step
+     "images_per_step": 128,               # global labeled + unlabeled images
+     "steps": 8, "log_every": 2,           # the run; its metrics windows
+     "window_step_seconds": [...],         # every logged window's step_seconds, the warm-up first
+     "timed_windows": 3,                   # the windows after the first
+     "seconds_per_step": 0.98,             # their median
+     "steps_per_s": 1.02, "images_per_s": ..., "kimg_per_s": ...,
+     "speedup": 1.24 | null,               # steps_per_s / the same device's 1-process row's (null without it)
+     "efficiency": 0.62 | null,            # speedup / ranks
+     "threads": 1,                         # torch threads per process
+     "numba_threads": 1 | null,            # the loader's Numba threads per process (CPU)
+     "wall_seconds": 31.0}                 # the whole subprocess: start-up, training, evaluation, checkpoint
+
+or a skipped row ``{"bench": "train", "section": "scaling", "device": ..., "ranks": N, "batch": ...,
+"skipped": reason}`` (no --shards; a device not requested or absent: one row, ranks 1; more processes
+than usable cores on the CPU or than GPUs on CUDA; a batch that does not split over N; a run that
+failed, with its last line). ``summary["scaling"]``: null without --scaling, else per device null
+or ``{"model", "max_ranks", "steps_per_s", "speedup", "efficiency", "one_rank_steps_per_s"}`` of the
+largest measured process count.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -111,6 +152,10 @@ SYNTHETIC_CLASSES = 10  # the synthetic rows' classes when no shards are given (
 DEVICES = ("cpu", "cuda")
 FEEDS = (("synthetic", True), ("loader", True), ("loader", False))
 SUBSET_SEED = 1  # TrainConfig.seed's default: the labeled split the trainer draws
+# Scaling runs: (steps, log_every) per (device, --quick); the first logged window is the warm-up.
+SCALING_STEPS = {("cpu", True): (8, 2), ("cpu", False): (40, 5), ("cuda", True): (120, 20), ("cuda", False): (600, 50)}
+DEFAULT_CPU_PROCS_MAX = 2
+SCALING_TIMEOUT_S = 900  # one scaling run, start to finish
 # A data-wait share below this (the loader-fed step faster than the ready-tensor one) gets a note.
 FASTER_THAN_CEILING = -0.05
 
@@ -131,6 +176,8 @@ class TrainBenchConfig:
     labels: int = 250
     valid: int = 5000
     seed: int = 0
+    scaling: bool = False
+    procs_max: int | None = None  # None: 2 on the CPU, torch.cuda.device_count() on CUDA
 
     def as_dict(self) -> dict:
         config = asdict(self)
@@ -160,45 +207,7 @@ def model_name(width: int, blocks: int) -> str:
     return f"WRN-{6 * blocks + 4}-{width // 16}" if width % 16 == 0 else f"WRN-{6 * blocks + 4} width {width}"
 
 
-# ---- the trainer's objects, built as Run.__init__ builds them ---------------------------------------
-
-def build_state(config, num_classes: int, p_data, device):
-    """Model, EMA copy, Adam and distribution alignment in a TrainState: the lines of
-    ``Run.__init__`` (trainer/run.py) that make them, for one rank, without DDP or torch.compile.
-    The model's mean / std buffers keep their defaults (a run measures them on its data; the values
-    do not change the cost)."""
-    import torch
-
-    from remixmatch.trainer.losses import DistributionAlignment
-    from remixmatch.trainer.model import WideResNet, decay_parameters
-    from remixmatch.trainer.step import TrainState
-
-    torch.manual_seed(config.run_seed)
-    model = WideResNet(num_classes, config.width, config.blocks_per_stage, config.bn_momentum).to(device)
-    if device.type == "cuda" and config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ema_model = copy.deepcopy(model)
-    for p in ema_model.parameters():
-        p.requires_grad_(False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    distribution = None
-    if config.algorithm == "remixmatch":
-        distribution = DistributionAlignment(p_data, size=config.da_size, device=device)
-    return TrainState(model, model, ema_model, optimizer, decay_parameters(model), distribution, config, device)
-
-
-def build_policy_and_views(config):
-    """CTAugment (or None) and the ViewConfig, as ``Run.__init__`` makes them."""
-    from remixmatch.pipeline import CTAugment, ViewConfig
-
-    remixmatch = config.algorithm == "remixmatch"
-    cta = remixmatch and config.strong_aug
-    policy = CTAugment(config.cta_depth, config.cta_decay, config.cta_threshold, config.cta_rule) if cta else None
-    views = ViewConfig(batch=config.batch, unlabeled_batch=config.unlabeled_batch,
-                       k=config.k if remixmatch else 0, seed=config.run_seed, flip=config.flip,
-                       weak=config.weak_aug, strong=config.strong_aug, labeled_strong=remixmatch, probes=cta)
-    return policy, views
-
+# ---- the trainer's objects, built by the functions Run builds them with ---------------------------------------
 
 def build_loader(config, train, policy, views, device: str, numba_threads: int | None):
     """The run's StepLoader: the torch host fetcher, ``prefetch=False`` (the run prefetches with
@@ -247,41 +256,20 @@ class SyntheticBatches:
 
 
 class TrainLoop:
-    """One call = one iteration of ``Run.train``'s loop body (trainer/run.py), less the logging,
-    evaluation and checkpoints; records the seconds spent in ``next(source)`` per call."""
+    """One call = one iteration of ``Run._loop``'s body (:func:`remixmatch.trainer.loop.train_step`),
+    less the logging, evaluation and checkpoints; records the seconds spent in ``next(source)``."""
 
     def __init__(self, state, step_fn, source, policy, prefetch: bool):
         self.state, self.step_fn, self.source, self.policy, self.prefetch = state, step_fn, source, policy, prefetch
-        self.step = 0
-        self.pending = None
-        self.waits: list[float] = []
-        self.last_losses = None
-
-    def _apply_pending(self) -> None:
-        from remixmatch.pipeline import update_policy
-
-        if self.pending is not None:
-            plan, scores = self.pending
-            self.pending = None
-            update_policy(self.policy, plan, scores, 1)
+        self.step, self.pending, self.waits, self.last_losses = 0, None, [], None
 
     def __call__(self) -> None:
-        before = time.perf_counter()
-        batch = next(self.source)
-        self.waits.append(time.perf_counter() - before)
-        result = self.step_fn(self.state, batch, self.step)
-        self.step += 1
-        self.last_losses = result.losses
-        if self.policy is not None:
-            if self.prefetch:
-                self._apply_pending()
-                self.pending = (batch.global_plan, result.probe_scores)
-                self.source.prepare()
-            else:
-                self.pending = (batch.global_plan, result.probe_scores)
-                self._apply_pending()
-        elif self.prefetch:
-            self.source.prepare()
+        from remixmatch.trainer.loop import train_step
+
+        outcome = train_step(self.state, self.step_fn, self.source, self.policy, self.step, self.pending,
+                             prefetch=self.prefetch)
+        self.pending, self.step, self.last_losses = outcome.pending, self.step + 1, outcome.result.losses
+        self.waits.append(outcome.wait)
 
 
 # ---- rows -------------------------------------------------------------------------------------------
@@ -295,6 +283,7 @@ def run_row(config: TrainBenchConfig, device: str, feed: str, prefetch: bool, da
     """One measured row (``data``: the BenchData of --shards, or None for a synthetic row)."""
     import torch
 
+    from remixmatch.trainer.build import build_policy_and_views, build_train_state
     from remixmatch.trainer.model import count_parameters
     from remixmatch.trainer.step import STEPS
 
@@ -303,7 +292,7 @@ def run_row(config: TrainBenchConfig, device: str, feed: str, prefetch: bool, da
     num_classes = data.train.num_classes if data is not None else SYNTHETIC_CLASSES
     p_data = data.train.class_distribution() if data is not None else [1.0 / num_classes] * num_classes
     start = time.perf_counter()
-    state = build_state(tc, num_classes, p_data, torch_device)
+    state = build_train_state(tc, num_classes, p_data, torch_device)  # one rank; model mean / std: defaults
     policy, views = build_policy_and_views(tc)
     numba_threads = config.threads if feed == "loader" and device == "cpu" else None
     if feed == "synthetic":
@@ -469,14 +458,196 @@ def run(config: TrainBenchConfig, log: Callable[[object], None]) -> dict:
     finally:
         torch.set_num_threads(saved_threads)
     add_wait_shares(rows)
-    gpu = next((r["device_name"] for r in measured(rows) if r["device"] == "cuda"), None)
+    scaling = scaling_rows(config, data, log) if config.scaling else None
+    gpu = next((r["device_name"] for r in measured(rows + (scaling or [])) if r["device"] == "cuda"), None)
     numba_threads = next((r["numba_threads"] for r in measured(rows) if r["numba_threads"] is not None), None)
-    report.update(machine=machine_info(gpu), results=rows, summary=summarize(rows),
+    summary = summarize(rows)
+    summary["scaling"] = None if scaling is None else summarize_scaling(scaling)
+    report.update(machine=machine_info(gpu), results=rows, summary=summary, scaling=scaling,
                   threads={"torch": config.threads, "torch_interop": torch.get_num_interop_threads(),
                            "numba": numba_threads, **_numba_threads_info(),
                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")})
     finish_report(report, time.perf_counter() - started, conditions)
     return report
+
+
+# ---- scaling: steps/s against the number of processes -----------------------------------------------
+
+def scaling_procs_max(config: TrainBenchConfig, device: str) -> int:
+    if config.procs_max is not None:
+        return config.procs_max
+    if device == "cuda":
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    return DEFAULT_CPU_PROCS_MAX
+
+
+def scaling_skipped_row(device: str, ranks: int, batch: int, reason: str) -> dict:
+    return {"bench": "train", "section": "scaling", "device": device, "ranks": ranks, "batch": batch,
+            "skipped": reason}
+
+
+def scaling_threads(ranks: int) -> int:
+    """Torch (and Numba) threads of each of ``ranks`` CPU processes: the usable cores shared out."""
+    return max(1, usable_cpus() // ranks)
+
+
+def scaling_command(config: TrainBenchConfig, device: str, ranks: int, out: Path) -> tuple[list[str], dict]:
+    """The rmm-train command line (and environment) of one scaling run."""
+    tc = config.train_config(device)
+    steps, log_every = SCALING_STEPS[(device, config.quick)]
+    argv = [sys.executable, "-c", "import sys; from remixmatch.trainer.cli import main; sys.exit(main())",
+            "--data", str(config.shards), "--out", str(out), "--quiet", "--device", device, "--loader", "torch",
+            "--labels", str(tc.labels), "--seed", str(tc.seed), "--valid", str(tc.valid),
+            "--algorithm", tc.algorithm, "--batch", str(tc.batch), "--k", str(tc.k), "--width", str(tc.width),
+            "--blocks-per-stage", str(tc.blocks_per_stage), "--run-seed", str(tc.run_seed),
+            "--threads", str(scaling_threads(ranks)), "--steps", str(steps), "--log-every", str(log_every),
+            "--eval-every", str(steps), "--ckpt-every", str(steps), "--keep-ckpts", "1"]
+    if ranks > 1:
+        argv += ["--gpus" if device == "cuda" else "--procs", str(ranks)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    if device == "cpu":
+        env["NUMBA_NUM_THREADS"] = str(scaling_threads(ranks))  # each process's loader render
+    return argv, env
+
+
+def steady_step_seconds(metrics_path: Path) -> tuple[float, list[float]]:
+    """The median step time of metrics.jsonl's logged windows after the first (warm-up: the first
+    step's Numba cache load, allocations, the DDP set-up), and every window's step time."""
+    windows = []
+    for line in metrics_path.read_text().splitlines():
+        record = json.loads(line)
+        if not record.get("eval") and "step_seconds" in record:
+            windows.append(float(record["step_seconds"]))
+    if len(windows) < 2:
+        raise RuntimeError(f"{metrics_path.name} holds {len(windows)} logged windows; the steady state needs 2 or more")
+    return statistics.median(windows[1:]), windows
+
+
+def run_scaling_row(config: TrainBenchConfig, device: str, ranks: int) -> dict:
+    """One short real run of ``ranks`` processes (rmm-train in a subprocess, into a temporary
+    directory removed after) and its steady-state rates."""
+    tc = config.train_config(device)
+    steps, log_every = SCALING_STEPS[(device, config.quick)]
+    with tempfile.TemporaryDirectory(prefix="rmm-bench-scaling-") as tmp:
+        out = Path(tmp) / "run"
+        argv, env = scaling_command(config, device, ranks, out)
+        started = time.perf_counter()
+        # Its own process group: a run over time goes down with its workers.
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+        try:
+            _, err = process.communicate(timeout=SCALING_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            return scaling_skipped_row(device, ranks, tc.batch, f"failed: rmm-train ran over {SCALING_TIMEOUT_S} s")
+        wall = time.perf_counter() - started
+        if process.returncode != 0:
+            last = (err.strip().splitlines() or ["no output"])[-1]
+            return scaling_skipped_row(device, ranks, tc.batch, f"failed: rmm-train exited {process.returncode}: {last}")
+        seconds, windows = steady_step_seconds(out / "metrics.jsonl")
+    images = tc.batch + tc.unlabeled_batch
+    rate = 1.0 / seconds
+    threads = scaling_threads(ranks)
+    row = {
+        "bench": "train", "section": "scaling", "device": device,
+        "device_name": _device_name(device), "ranks": ranks,
+        "launch": "one process" if ranks == 1 else f"--{'gpus' if device == 'cuda' else 'procs'} {ranks}",
+        "backend": None if ranks == 1 else ("nccl" if device == "cuda" else "gloo"),
+        "algorithm": tc.algorithm, "model": model_name(tc.width, tc.blocks_per_stage), "width": tc.width,
+        "blocks_per_stage": tc.blocks_per_stage, "batch": tc.batch, "unlabeled_batch": tc.unlabeled_batch,
+        "k": tc.k if tc.algorithm == "remixmatch" else 0, "batch_per_rank": tc.batch // ranks,
+        "images_per_step": images, "steps": steps, "log_every": log_every,
+        "window_step_seconds": windows, "timed_windows": len(windows) - 1,
+        "seconds_per_step": seconds, "steps_per_s": rate, "images_per_s": rate * images,
+        "kimg_per_s": rate * tc.batch / 1024, "speedup": None, "efficiency": None,
+        "threads": threads, "numba_threads": threads if device == "cpu" else None,
+        "wall_seconds": wall,
+    }
+    return row
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
+
+
+def scaling_rows(config: TrainBenchConfig, data, log) -> list[dict]:
+    """Per device, one row per process count 1..--procs-max: measured, or skipped with the reason."""
+    rows = []
+    for device in DEVICES:
+        reason = None
+        if config.device not in ("auto", device):
+            reason = f"not requested (--device {config.device})"
+        elif device == "cuda":
+            reason = cuda_unavailable_reason()
+        if reason is not None:  # the whole device: one row says why
+            rows.append(scaling_skipped_row(device, 1, config.batch, reason))
+            log(scaling_row_line(rows[-1]))
+            continue
+        tc_batch = config.batch
+        for ranks in range(1, scaling_procs_max(config, device) + 1):
+            row_reason = None
+            if data is None:
+                row_reason = "no --shards given: the scaling runs train on a shard directory (prep-cifar10 --out)"
+            if row_reason is None and device == "cpu" and ranks > usable_cpus():
+                row_reason = (f"{ranks} processes on {usable_cpus()} usable cores: under one core each "
+                              "(raise --procs-max only where more cores exist)")
+            if row_reason is None and device == "cuda":
+                import torch
+
+                if ranks > torch.cuda.device_count():
+                    row_reason = f"{ranks} processes need {ranks} GPUs; {torch.cuda.device_count()} CUDA devices are visible"
+            if row_reason is None and tc_batch % ranks:
+                row_reason = f"--batch {tc_batch} does not split over {ranks} processes (the batch is global)"
+            if row_reason is not None:
+                row = scaling_skipped_row(device, ranks, tc_batch, row_reason)
+            else:
+                try:
+                    row = run_scaling_row(config, device, ranks)
+                except Exception as error:  # one failed run must not cost the other rows
+                    row = scaling_skipped_row(device, ranks, tc_batch, f"failed: {_reason(error)}")
+            log(scaling_row_line(row))
+            rows.append(row)
+    add_speedups(rows)
+    return rows
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """Speed-up against the same device's one-process row, and efficiency = speed-up / processes."""
+    for r in rows:
+        if "skipped" in r:
+            continue
+        one = next((o for o in rows if "skipped" not in o and o["device"] == r["device"] and o["ranks"] == 1), None)
+        if one is not None:
+            r["speedup"] = r["steps_per_s"] / one["steps_per_s"]
+            r["efficiency"] = r["speedup"] / r["ranks"]
+
+
+def summarize_scaling(rows: list[dict]) -> dict:
+    summary = {}
+    for device in DEVICES:
+        done = [r for r in rows if r["device"] == device and "skipped" not in r]
+        if not done:
+            summary[device] = None
+            continue
+        top = max(done, key=lambda r: r["ranks"])
+        summary[device] = {"model": top["model"], "max_ranks": top["ranks"], "steps_per_s": top["steps_per_s"],
+                           "speedup": top["speedup"], "efficiency": top["efficiency"],
+                           "one_rank_steps_per_s": next((r["steps_per_s"] for r in done if r["ranks"] == 1), None)}
+    return summary
+
+
+def scaling_row_line(r: dict) -> str:
+    if "skipped" in r:
+        return f"scaling {r['device']} x{r['ranks']}: skipped ({r['skipped']})"
+    extra = "" if r["speedup"] is None else f"; speed-up {r['speedup']:.2f}, efficiency {100 * r['efficiency']:.0f}%"
+    return (f"scaling {r['device']} {r['model']} x{r['ranks']} ({r['threads']} thread{'s' if r['threads'] > 1 else ''} each): "
+            f"{r['steps_per_s']:.2f} steps/s ({format_rate(r['images_per_s'])} images/s{extra}; "
+            f"median of {r['timed_windows']} windows of {r['log_every']} steps, run {r['wall_seconds']:.0f} s)")
 
 
 # ---- markdown -------------------------------------------------------------------------------------
@@ -495,6 +666,32 @@ def _row_name(r: dict) -> str:
     if r["feed"] == "synthetic":
         return "synthetic (ready tensors)"
     return "loader, prefetch" if r["prefetch"] else "loader, no prefetch"
+
+
+def scaling_markdown(scaling: list[dict], config: dict) -> list[str]:
+    done = [r for r in scaling if "skipped" not in r]
+    lines = ["## Scaling: steps/s against processes", ""]
+    if not done:
+        return lines + ["No scaling run was measured (see Skipped)."]
+    first = done[0]
+    lines += [
+        f"Short real `rmm-train` runs ({first['algorithm']}, global B = {first['batch']}, K = {first['k']}, fixed: each "
+        "of N processes trains B/N); evaluation and checkpoint at the end only. Step time: the median of metrics.jsonl's step_seconds "
+        "over the logged windows after the first (warm-up). On the CPU each of N processes gets cores / N torch "
+        "threads (`--threads`) and as many Numba threads (NUMBA_NUM_THREADS) for its loader. Speed-up: steps/s "
+        "over the one-process run's; efficiency: speed-up / N.",
+        "",
+        markdown_table(
+            ["device", "model", "processes", "launch", "threads/process", "batch/process", "steps/s", "images/s",
+             "speed-up", "efficiency", "steps (windows)", "run s"],
+            [[r["device"], r["model"], str(r["ranks"]), r["launch"],
+              str(r["threads"]) + ("" if r["numba_threads"] is None else f" + {r['numba_threads']} numba"),
+              str(r["batch_per_rank"]), f"{r['steps_per_s']:.2f}", format_rate(r["images_per_s"]),
+              "-" if r["speedup"] is None else f"{r['speedup']:.2f}x",
+              _share(r["efficiency"]), f"{r['steps']} ({r['timed_windows']} x {r['log_every']})",
+              f"{r['wall_seconds']:.0f}"] for r in done]),
+    ]
+    return lines
 
 
 def render_markdown(report: dict) -> str:
@@ -551,9 +748,14 @@ def render_markdown(report: dict) -> str:
                   "machine shared with other work: while the loader's Numba OpenMP threads run, torch's OpenMP "
                   "threads spin less when the cores are oversubscribed (OMP_WAIT_POLICY=PASSIVE closed most of the "
                   "gap). Rerun on an idle machine, or with --threads 1."]
-    skips = [r for r in rows if "skipped" in r]
+    scaling = report.get("scaling")
+    if scaling is not None:
+        lines += ["", *scaling_markdown(scaling, config)]
+    skips = [f"- {r['device']} {_row_name(r)}: {r['skipped']}" for r in rows if "skipped" in r]
+    skips += [f"- scaling {r['device']}, {r['ranks']} process{'es' if r['ranks'] > 1 else ''}: {r['skipped']}"
+              for r in scaling or [] if "skipped" in r]
     if skips:
-        lines += ["", "## Skipped", ""] + [f"- {r['device']} {_row_name(r)}: {r['skipped']}" for r in skips]
+        lines += ["", "## Skipped", ""] + skips
     lines += ["", f"Run took {report['wall_seconds']:.0f} s.", ""]
     return "\n".join(lines)
 
@@ -568,7 +770,8 @@ def build_parser() -> OneLineParser:
                         help="a shard directory (prep-cifar10 --out); without it the loader rows are skipped")
     parser.add_argument("--out", type=Path, required=True, help="directory for report.json and report.md")
     parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_REPS} short repetitions (under a minute on 2 cores at B = 64, K = 8)")
+                        help=f"{QUICK_REPS} short repetitions (under a minute on 2 cores at B = 64, K = 8; about 90 s "
+                             "with --scaling), and shorter scaling runs")
     parser.add_argument("--reps", type=int, default=None,
                         help=f"timed repetitions per row, at least {MIN_REPS} (default {DEFAULT_REPS}; "
                              f"{QUICK_REPS} with --quick)")
@@ -586,6 +789,12 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--labels", type=positive_int, default=250, help="labeled images of the subset (250)")
     parser.add_argument("--valid", type=int, default=5000, help="training rows held out as validation (5000)")
     parser.add_argument("--seed", type=int, default=0, help="run seed: model init, views, MixUp")
+    parser.add_argument("--scaling", action="store_true",
+                        help="also steps/s against the number of processes: short real rmm-train runs on "
+                             "1..--procs-max processes (needs --shards)")
+    parser.add_argument("--procs-max", type=positive_int, default=None,
+                        help=f"with --scaling: the most processes (default: {DEFAULT_CPU_PROCS_MAX} on the CPU, "
+                             "every visible GPU on CUDA)")
     return parser
 
 
@@ -596,6 +805,8 @@ def config_from_args(args) -> TrainBenchConfig:
                               f"repetitions), got {reps}")
     if args.valid < 0:
         raise BenchInputError(f"--valid must be at least 0, got {args.valid}")
+    if args.procs_max is not None and not args.scaling:
+        raise BenchInputError("--procs-max goes with --scaling")
     threads = args.threads if args.threads is not None else usable_cpus()
     import numba
 
@@ -614,7 +825,7 @@ def config_from_args(args) -> TrainBenchConfig:
     config = TrainBenchConfig(out=args.out, shards=args.shards, quick=args.quick, reps=reps, batch=args.batch,
                               k=args.k, device=args.device, width=args.width, blocks_per_stage=args.blocks_per_stage,
                               threads=threads, algorithm=args.algorithm, labels=args.labels, valid=args.valid,
-                              seed=args.seed)
+                              seed=args.seed, scaling=args.scaling, procs_max=args.procs_max)
     from remixmatch.trainer.config import ConfigError
 
     try:

@@ -21,6 +21,7 @@ import torch
 from pipeline_helpers import N_LABELED, N_VALID, pipeline_shards  # noqa: F401 (a fixture)
 from remixmatch.bench import train as bench_train
 from remixmatch.bench.cli import main
+from remixmatch.trainer.build import build_policy_and_views, build_train_state
 
 TOP_KEYS = {"schema_version", "command", "created", "wall_seconds", "machine", "conditions", "versions", "threads",
             "config", "inputs", "summary", "results"}
@@ -38,6 +39,15 @@ SPREAD_KEYS = {"min", "max", "q1", "q3", "iqr", "stdev"}
 B, K = 4, 2
 TINY = ["--quick", "--batch", str(B), "--k", str(K), "--width", "8", "--blocks-per-stage", "1", "--threads", "1",
         "--labels", str(N_LABELED), "--valid", str(N_VALID)]
+# The quick run also measures scaling on 1..3 CPU processes (3 is a skipped row: B = 4 does not split
+# over 3, and 2-core machines have too few cores).
+PROCS_MAX = 3
+SCALING = ["--scaling", "--procs-max", str(PROCS_MAX)]
+SCALING_ROW_KEYS = {"bench", "section", "device", "device_name", "ranks", "launch", "backend", "algorithm", "model",
+                    "width", "blocks_per_stage", "batch", "unlabeled_batch", "k", "batch_per_rank",
+                    "images_per_step", "steps", "log_every", "window_step_seconds", "timed_windows",
+                    "seconds_per_step", "steps_per_s", "images_per_s", "kimg_per_s", "speedup", "efficiency",
+                    "threads", "numba_threads", "wall_seconds"}
 # Runs rmm-bench with DALI unimportable, and fails if anything even tried to import it.
 NO_DALI = """
 import sys
@@ -64,8 +74,8 @@ def cuda_reason():
 @pytest.fixture(scope="module")
 def quick_run(pipeline_shards, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("trainbench")
-    argv = ["train", "--shards", str(pipeline_shards.path), "--out", str(out), *TINY]
-    done = subprocess.run([sys.executable, "-c", NO_DALI, *argv], capture_output=True, text=True, timeout=300)
+    argv = ["train", "--shards", str(pipeline_shards.path), "--out", str(out), *TINY, *SCALING]
+    done = subprocess.run([sys.executable, "-c", NO_DALI, *argv], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return out, json.loads((out / "report.json").read_text()), done.stdout
 
@@ -76,6 +86,7 @@ def test_report_has_the_documented_top_level(quick_run):
     config = rep["config"]
     assert config["quick"] is True and config["reps"] == bench_train.QUICK_REPS
     assert config["batch"] == B and config["k"] == K and config["threads"] == 1 and config["algorithm"] == "remixmatch"
+    assert config["scaling"] is True and config["procs_max"] == PROCS_MAX
     assert rep["machine"]["cpu_count"] >= 1 and "hostname" not in rep["machine"]
     assert rep["versions"]["torch"] and rep["versions"]["numba"]
     assert rep["threads"]["torch"] == 1 and rep["threads"]["numba"] == 1
@@ -175,6 +186,87 @@ def test_a_loader_row_above_the_ceiling_gets_a_note(quick_run):
     assert {"numba_threading_layer", "omp_wait_policy"} <= rep["threads"].keys()
 
 
+# ---- scaling -----------------------------------------------------------------------------------------
+
+def test_scaling_rows_are_measured_or_skipped_and_well_formed(quick_run):
+    from remixmatch.bench.report import usable_cpus
+
+    _, rep, _ = quick_run
+    rows = rep["scaling"]
+    cpu = [r for r in rows if r["device"] == "cpu"]
+    assert [r["ranks"] for r in cpu] == list(range(1, PROCS_MAX + 1))
+    cores = usable_cpus()
+    for r in cpu:
+        assert r["bench"] == "train" and r["section"] == "scaling" and r["batch"] == B
+        if r["ranks"] > cores or B % r["ranks"]:
+            assert r["skipped"].strip(), r
+            assert ("usable cores" in r["skipped"]) if r["ranks"] > cores else ("does not split" in r["skipped"])
+            continue
+        assert "skipped" not in r, r
+        assert SCALING_ROW_KEYS <= r.keys()
+        assert (r["model"], r["algorithm"], r["unlabeled_batch"], r["k"]) == ("WRN-10 width 8", "remixmatch", B, K)
+        assert r["batch_per_rank"] * r["ranks"] == B and r["images_per_step"] == 2 * B
+        assert r["launch"] == ("one process" if r["ranks"] == 1 else f"--procs {r['ranks']}")
+        assert r["backend"] == (None if r["ranks"] == 1 else "gloo")
+        assert r["threads"] == r["numba_threads"] == max(1, cores // r["ranks"])
+        windows = r["window_step_seconds"]
+        assert len(windows) == r["steps"] // r["log_every"] and r["timed_windows"] == len(windows) - 1 >= 1
+        assert all(w > 0 for w in windows)
+        assert math.isclose(r["seconds_per_step"], float(np.median(windows[1:])), rel_tol=1e-9)
+        assert math.isclose(r["steps_per_s"], 1 / r["seconds_per_step"], rel_tol=1e-9)
+        assert math.isclose(r["images_per_s"], r["steps_per_s"] * 2 * B, rel_tol=1e-9)
+        assert math.isclose(r["kimg_per_s"], r["steps_per_s"] * B / 1024, rel_tol=1e-9)
+        one = next(o for o in cpu if o["ranks"] == 1)
+        assert math.isclose(r["speedup"], r["steps_per_s"] / one["steps_per_s"], rel_tol=1e-9)
+        assert math.isclose(r["efficiency"], r["speedup"] / r["ranks"], rel_tol=1e-9)
+        assert r["wall_seconds"] > r["seconds_per_step"]
+    assert cpu[0]["speedup"] == 1.0 and cpu[0]["efficiency"] == 1.0
+    assert any("skipped" in r for r in cpu), "3 processes never run here (B = 4)"
+    cuda = [r for r in rows if r["device"] == "cuda"]
+    if cuda_reason() is not None:
+        assert [(r["ranks"], r["skipped"]) for r in cuda] == [(1, cuda_reason())]
+    top = max((r for r in cpu if "skipped" not in r), key=lambda r: r["ranks"])
+    summary = rep["summary"]["scaling"]["cpu"]
+    assert (summary["max_ranks"], summary["efficiency"], summary["speedup"]) == (
+        top["ranks"], top["efficiency"], top["speedup"])
+    assert summary["one_rank_steps_per_s"] == cpu[0]["steps_per_s"]
+
+
+def test_scaling_markdown_holds_the_rows_and_the_skips(quick_run):
+    out, rep, _ = quick_run
+    text = (out / "report.md").read_text()
+    assert "## Scaling: steps/s against processes" in text and "| device | model | processes |" in text
+    assert "cores / N torch threads" in text
+    for r in rep["scaling"]:
+        if "skipped" in r:
+            assert r["skipped"] in text
+        else:
+            assert f"| {r['device']} | {r['model']} | {r['ranks']} | {r['launch']} |" in text
+
+
+def test_speedup_and_efficiency_against_the_one_process_row():
+    rows = [{"device": "cpu", "ranks": 1, "steps_per_s": 2.0}, {"device": "cpu", "ranks": 2, "steps_per_s": 3.0},
+            {"device": "cpu", "ranks": 3, "skipped": "why"}, {"device": "cuda", "ranks": 2, "steps_per_s": 5.0}]
+    bench_train.add_speedups(rows)
+    assert (rows[0]["speedup"], rows[0]["efficiency"]) == (1.0, 1.0)
+    assert (rows[1]["speedup"], rows[1]["efficiency"]) == (1.5, 0.75)
+    assert "speedup" not in rows[2] and "speedup" not in rows[3], "no one-process row: nothing to compare with"
+
+
+def test_scaling_without_shards_and_steady_state_needs_two_windows(tmp_path):
+    config = bench_train.TrainBenchConfig(out=tmp_path, device="cpu", scaling=True, procs_max=2)
+    lines = []
+    rows = bench_train.scaling_rows(config, None, lines.append)
+    assert [(r["device"], r["ranks"]) for r in rows] == [("cpu", 1), ("cpu", 2), ("cuda", 1)]
+    assert all("--shards" in r["skipped"] for r in rows[:2]) and rows[2]["skipped"] == "not requested (--device cpu)"
+    assert len(lines) == 3 and all("skipped" in line for line in lines)
+    assert bench_train.summarize_scaling(rows) == {"cpu": None, "cuda": None}
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"step": 2, "step_seconds": 1.0}) + "\n" + json.dumps({"eval": True, "step": 2}) + "\n")
+    with pytest.raises(RuntimeError, match="2 or more"):
+        bench_train.steady_step_seconds(metrics)
+
+
 def test_without_shards_only_the_loader_rows_are_skipped(tmp_path, capsys):
     threads = torch.get_num_threads()
     assert main(["train", "--out", str(tmp_path), "--device", "cpu", *TINY[:-4], "--algorithm", "supervised"]) == 0
@@ -214,8 +306,8 @@ def test_state_policy_views_and_loader_match_a_run(pipeline_shards, tmp_path):  
     assert np.array_equal(data.train.labeled, run.data.train.labeled)
     assert np.array_equal(data.train.unlabeled, run.data.train.unlabeled)
 
-    state = bench_train.build_state(config, data.train.num_classes, data.train.class_distribution(),
-                                    torch.device("cpu"))
+    # As run_row builds it: one rank, the bench's data, the model's default mean / std.
+    state = build_train_state(config, data.train.num_classes, data.train.class_distribution(), torch.device("cpu"))
     for mine, theirs in ((state.raw_model, run.state.raw_model), (state.ema_model, run.state.ema_model)):
         a, b = mine.state_dict(), theirs.state_dict()
         assert a.keys() == b.keys()
@@ -232,7 +324,7 @@ def test_state_policy_views_and_loader_match_a_run(pipeline_shards, tmp_path):  
     assert torch.equal(state.distribution.buffer, run.state.distribution.buffer)
     assert state.config == run.state.config and state.device == run.state.device
 
-    policy, views = bench_train.build_policy_and_views(config)
+    policy, views = build_policy_and_views(config)
     assert views == run.loader.config
     mine, theirs = policy.state_dict(), run.policy.state_dict()
     assert np.array_equal(mine.pop("rates"), theirs.pop("rates")) and mine == theirs
@@ -253,7 +345,7 @@ def test_synthetic_batch_has_the_shapes_and_dtypes_of_a_loader_batch(pipeline_sh
 
     config = TrainConfig(data=str(pipeline_shards.path), labels=N_LABELED, valid=N_VALID, batch=B, k=K, device="cpu")
     data = bench_train.open_data(pipeline_shards.path, N_LABELED, N_VALID)
-    policy, views = bench_train.build_policy_and_views(config)
+    policy, views = build_policy_and_views(config)
     synthetic = next(bench_train.SyntheticBatches(policy, views, 10, torch.device("cpu")))
     loader = bench_train.build_loader(config, data.train, policy, views, "cpu", numba_threads=1)
     try:
@@ -301,6 +393,8 @@ def test_more_labels_than_the_shards_hold_is_one_line(pipeline_shards, tmp_path,
     (["--threads", "100000"], "--threads"),
     (["--device", "tpu"], "--device"),
     (["--algorithm", "fixmatch"], "--algorithm"),
+    (["--procs-max", "2"], "--scaling"),
+    (["--scaling", "--procs-max", "0"], "--procs-max"),
 ])
 def test_bad_values_are_one_line(tmp_path, capsys, extra, fragment):
     _one_line_error(capsys, ["train", "--out", str(tmp_path), *extra], fragment)

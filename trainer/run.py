@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -24,16 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from remixmatch.pipeline import CTAugment, EvalLoader, PipelineError, StepLoader, ViewConfig, update_policy
+from remixmatch.pipeline import EvalLoader, PipelineError, StepLoader
 from remixmatch.pipeline.loader import make_fetcher
 
+from .build import build_policy_and_views, build_train_state
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_paths, latest_checkpoint, save_checkpoint
 from .config import TrainConfig, contradictions
 from .data import load_run_data
-from .losses import DistributionAlignment
-from .model import WideResNet, count_parameters, decay_parameters, sync_batch_norm
+from .loop import apply_pending, train_step
+from .model import count_parameters
 from .progress import MetricsLog, Progress
-from .step import LOSS_NAMES, STEPS, TrainState
+from .step import LOSS_NAMES, STEPS
 
 SUMMARY_VERSION = 1
 
@@ -170,34 +170,12 @@ class Run:
                                   "reshuffled, as the reference's endless shuffled stream does")
 
         # Model, EMA copy, optimiser: the same initialisation on every rank (seeded).
-        torch.manual_seed(config.run_seed)
-        model = WideResNet(self.data.shards.num_classes, config.width, config.blocks_per_stage, config.bn_momentum,
-                           mean=self.data.mean, std=self.data.std).to(self.device)
-        if config.sync_bn and world_size > 1:
-            model = sync_batch_norm(model)  # batch statistics over the global batch
-        if self.device.type == "cuda" and config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        ema_model = copy.deepcopy(model)
-        for p in ema_model.parameters():
-            p.requires_grad_(False)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        trained = wrap_model(model) if wrap_model is not None else model
-        if config.compile:
-            trained = torch.compile(trained)
-        distribution = None
-        if config.algorithm == "remixmatch":
-            distribution = DistributionAlignment(self.data.train.class_distribution(), size=config.da_size,
-                                                 device=self.device)
-        self.state = TrainState(trained, model, ema_model, optimizer, decay_parameters(model), distribution,
-                                config, self.device, rank, world_size, all_reduce_mean)
+        self.state = build_train_state(config, self.data.shards.num_classes, self.data.train.class_distribution(),
+                                       self.device, mean=self.data.mean, std=self.data.std, rank=rank,
+                                       world_size=world_size, wrap_model=wrap_model, all_reduce_mean=all_reduce_mean)
 
         # CTAugment and the loaders.
-        remixmatch = config.algorithm == "remixmatch"
-        cta = remixmatch and config.strong_aug
-        self.policy = CTAugment(config.cta_depth, config.cta_decay, config.cta_threshold, config.cta_rule) if cta else None
-        views = ViewConfig(batch=config.batch, unlabeled_batch=config.unlabeled_batch,
-                           k=config.k if remixmatch else 0, seed=config.run_seed, flip=config.flip,
-                           weak=config.weak_aug, strong=config.strong_aug, labeled_strong=remixmatch, probes=cta)
+        self.policy, views = build_policy_and_views(config)
         self.loader_kind = resolve_loader(config.loader, self.device)
         fetch = make_fetcher(self.loader_kind, self.data.train.split, str(self.device),
                              max_batch=config.batch + config.unlabeled_batch)
@@ -276,10 +254,8 @@ class Run:
 
     def _apply_pending(self) -> None:
         """Feeds the held probe scores to the policy (every rank the same global update)."""
-        if self.pending is not None:
-            plan, scores = self.pending
-            self.pending = None
-            update_policy(self.policy, plan, scores, self.world_size)
+        pending, self.pending = self.pending, None
+        apply_pending(self.policy, pending, self.world_size)
 
     # -- evaluation -----------------------------------------------------------------------------------
 
@@ -361,24 +337,12 @@ class Run:
         config = self.config
         rows, first, window_start, wait = [], self.step, time.perf_counter(), 0.0
         while self.step < config.steps:
-            before = time.perf_counter()
-            batch = next(self.loader)
-            wait += time.perf_counter() - before
-            result = self.step_fn(self.state, batch, self.step)
+            outcome = train_step(self.state, self.step_fn, self.loader, self.policy, self.step, self.pending,
+                                 prefetch=config.prefetch, world_size=self.world_size)
+            self.pending = outcome.pending
+            wait += outcome.wait
             self.step += 1
-            rows.append(result.losses)
-            if self.policy is not None:
-                if config.prefetch:
-                    # Update with the previous step's scores (ready by now on a GPU: no stall), then
-                    # draw the next plan: its policies come from the weights after step t - 1.
-                    self._apply_pending()
-                    self.pending = (batch.global_plan, result.probe_scores)
-                    self.loader.prepare()
-                else:
-                    self.pending = (batch.global_plan, result.probe_scores)
-                    self._apply_pending()
-            elif config.prefetch:
-                self.loader.prepare()
+            rows.append(outcome.result.losses)
             last = self.step == config.steps
             if self.step % config.log_every == 0 or last or self.step % config.ckpt_every == 0:
                 self._log(rows, first, time.perf_counter() - window_start, wait)

@@ -1,0 +1,65 @@
+"""The objects of a training run, built one way for ``Run`` (trainer/run.py) and ``rmm-bench train``.
+
+- :func:`build_train_state`: the model (seeded with ``run_seed``: the same initialisation on every
+  rank), optional synchronised batch norm, channels_last on CUDA, the EMA copy, Adam, the DDP wrap
+  (``wrap_model``), torch.compile and distribution alignment, in a :class:`TrainState`;
+- :func:`build_policy_and_views`: CTAugment (or None) and the loader's :class:`ViewConfig`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Sequence
+
+import torch
+
+from remixmatch.pipeline import CTAugment, ViewConfig
+
+from .config import TrainConfig
+from .losses import DistributionAlignment
+from .model import WideResNet, decay_parameters, sync_batch_norm
+from .step import TrainState
+
+
+def build_train_state(config: TrainConfig, num_classes: int, p_data, device: torch.device, *,
+                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None, rank: int = 0,
+                      world_size: int = 1, wrap_model: Callable | None = None,
+                      all_reduce_mean: Callable | None = None) -> TrainState:
+    """Model, EMA copy, optimiser and distribution alignment (``p_data``: the labeled class
+    distribution) in a TrainState. ``mean`` / ``std``: the model's input normalisation (None: the
+    model's defaults, which change nothing of the cost). Seeds torch with ``config.run_seed``."""
+    torch.manual_seed(config.run_seed)
+    norm = {} if mean is None else {"mean": mean}
+    if std is not None:
+        norm["std"] = std
+    model = WideResNet(num_classes, config.width, config.blocks_per_stage, config.bn_momentum, **norm).to(device)
+    if config.sync_bn and world_size > 1:
+        model = sync_batch_norm(model)  # batch statistics over the global batch
+    if device.type == "cuda" and config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema_model = copy.deepcopy(model)
+    for p in ema_model.parameters():
+        p.requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    trained = wrap_model(model) if wrap_model is not None else model
+    if config.compile:
+        trained = torch.compile(trained)
+    distribution = None
+    if config.algorithm == "remixmatch":
+        distribution = DistributionAlignment(p_data, size=config.da_size, device=device)
+    return TrainState(trained, model, ema_model, optimizer, decay_parameters(model), distribution,
+                      config, device, rank, world_size, all_reduce_mean)
+
+
+def build_policy_and_views(config: TrainConfig) -> tuple[CTAugment | None, ViewConfig]:
+    """CTAugment (ReMixMatch with strong augmentation; else None) and the views each step draws."""
+    remixmatch = config.algorithm == "remixmatch"
+    cta = remixmatch and config.strong_aug
+    policy = CTAugment(config.cta_depth, config.cta_decay, config.cta_threshold, config.cta_rule) if cta else None
+    views = ViewConfig(batch=config.batch, unlabeled_batch=config.unlabeled_batch,
+                       k=config.k if remixmatch else 0, seed=config.run_seed, flip=config.flip,
+                       weak=config.weak_aug, strong=config.strong_aug, labeled_strong=remixmatch, probes=cta)
+    return policy, views
+
+
+__all__ = ["build_policy_and_views", "build_train_state"]
