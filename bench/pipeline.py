@@ -753,7 +753,9 @@ def input_errors() -> tuple[type, ...]:
     return BenchInputError, PrepError, PipelineError
 
 
-def main(argv: list[str] | None = None) -> int:
+def report_main(argv, *, prog, build_parser, config_from_args, run, render_markdown, progress_line) -> int:
+    """The body of a report command's main(): parse, check, run (progress on stderr), write
+    report.json and report.md, print the markdown. Bad input: one line, exit 2."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -762,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
     except BenchInputError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
 
     def log(item) -> None:
@@ -771,13 +773,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run(config, log)
     except input_errors() as error:
-        print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     text = render_markdown(report)
     json_path, md_path = write_report(config.out, report, text)
     print(text)
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
+                       render_markdown=render_markdown, progress_line=progress_line)
 
 
 def progress_line(r: dict) -> str:

@@ -130,11 +130,11 @@ from typing import Callable
 from .cli import OneLineParser, positive_int
 from .pipeline import (
     BenchInputError, NumbaThreadsFetcher, _no_sync, _numba_threads_info, _reason, check_paths,
-    cuda_unavailable_reason, input_errors, open_data, time_steps,
+    cuda_unavailable_reason, open_data, report_main, time_steps,
 )
 from .report import (
     PACKAGES, RunConditions, conditions_line, finish_report, format_rate, machine_info, machine_line,
-    markdown_table, new_report, package_versions, usable_cpus, write_report,
+    markdown_table, new_report, package_versions, usable_cpus,
 )
 
 PROG = "rmm-bench train"
@@ -837,30 +837,8 @@ def config_from_args(args) -> TrainBenchConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    try:
-        config = config_from_args(args)
-    except BenchInputError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
-
-    def log(item) -> None:
-        print(item if isinstance(item, str) else progress_line(item), file=sys.stderr, flush=True)
-
-    try:
-        report = run(config, log)
-    except input_errors() as error:
-        print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    text = render_markdown(report)
-    json_path, md_path = write_report(config.out, report, text)
-    print(text)
-    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
-    return 0
+    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
+                       render_markdown=render_markdown, progress_line=progress_line)
 
 
 def progress_line(r: dict) -> str:

@@ -15,7 +15,6 @@ codes; a worker that dies (a signal, an unexpected exception) exits 1.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
