@@ -196,26 +196,40 @@ def test_the_same_seed_gives_the_same_global_batches_on_one_and_two_processes(tw
                                           err_msg=f"step {step} u_strong")
 
 
-def test_with_sync_bn_two_processes_train_like_one_to_float_tolerance(pipeline_shards, one_proc, tmp_path):
+def model_distance(a: dict, b: dict) -> float:
+    """|a - b| / |b| over all floating-point tensors of two state dicts, as one vector."""
+    names = [n for n, v in b.items() if v.is_floating_point()]
+    diff = torch.cat([(a[n] - b[n]).flatten() for n in names])
+    return (diff.norm() / torch.cat([b[n].flatten() for n in names]).norm()).item()
+
+
+def test_with_sync_bn_two_processes_train_like_one_to_float_tolerance(pipeline_shards, tmp_path):
     """One run, any world size: with batch statistics over the global batch (--sync-bn), MixUp over
     the global batch and rotation labels by global row, 2 ranks compute the 1-process update. Not bit
     for bit: the all-reduced gradients and BN sums are added in another order, and Adam amplifies
-    that rounding for weights whose gradient is near zero."""
-    out, dump = tmp_path / "run", tmp_path / "dump"
-    rc, err = finish(launch(pipeline_shards.path, out, "--procs", 2, "--steps", STEPS, "--sync-bn", dump=dump))
-    assert rc == 0, err[-3000:]
-    ranks = [torch.load(dump / f"rank{r}.pt", weights_only=False) for r in range(2)]
-    single = latest_state(one_proc[0])  # sync-bn is plain BN on one process
-    assert single["step"] == ranks[0]["step"] == STEPS
-    for name, value in single["model"].items():
-        if value.is_floating_point():
-            torch.testing.assert_close(ranks[0]["model"][name], value, atol=1e-3, rtol=1e-3, msg=name)
+    that rounding for weights whose gradient is near zero (a single BN bias can differ by a few %),
+    so the runs are short (4 steps) and the whole model is compared as one vector."""
+    steps = 4
+    runs = {}
+    for procs in (1, 2):
+        out, dump = tmp_path / f"run{procs}", tmp_path / f"dump{procs}"
+        extra = ("--procs", procs) if procs > 1 else ()
+        rc, err = finish(launch(pipeline_shards.path, out, *extra, "--steps", steps, "--sync-bn", "--threads", 1,
+                                dump=dump))
+        assert rc == 0, err[-3000:]
+        runs[procs] = latest_state(out)
+    single, double = runs[1], runs[2]
+    assert single["step"] == double["step"] == steps
+    # measured here: 8e-4 with --sync-bn, 1.4e-2 without
+    assert model_distance(double["model"], single["model"]) < 4e-3
     # the probe scores agree too, so CTAugment learned the same weights
-    np.testing.assert_allclose(ranks[0]["rates"], single["policy"]["rates"], atol=1e-4)
-    for step, whole in enumerate(one_proc[1]):  # and every step drew the same views
-        parts = [rank["batches"][step] for rank in ranks]
-        np.testing.assert_array_equal(np.concatenate([p["u_strong"] for p in parts], axis=1), whole["u_strong"],
-                                      err_msg=f"step {step} u_strong")
+    np.testing.assert_allclose(double["policy"]["rates"], single["policy"]["rates"], atol=1e-4)
+    # without --sync-bn each rank normalises its own half: a different update, which the check above sees
+    out = tmp_path / "per_rank"
+    rc, err = finish(launch(pipeline_shards.path, out, "--procs", 2, "--steps", steps, "--threads", 1))
+    assert rc == 0, err[-3000:]
+    worst = model_distance(latest_state(out)["model"], single["model"])
+    assert worst > 4e-3
 
 
 # -- elastic resume: the sampler positions are global -------------------------------------------------------
