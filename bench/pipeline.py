@@ -11,7 +11,16 @@ CTAugment policy (at its initial weights: no updates here), the same plans:
 - ``torch`` on ``cpu``: :class:`remixmatch.pipeline.StepLoader` with the host fetcher (memory-mapped
   shards) and the fused Numba kernel, ``next(loader)`` timed back to back, prefetch on and off;
 - ``dali`` on ``cpu``: the same loader with ``make_fetcher("dali", split, "cpu", max_batch=2B)``
-  (a skipped row with the reason when DALI does not import or build);
+  (a skipped row with the reason when DALI does not import or build): DALI reads the rows, the
+  CTAugment kernel runs on DALI's output (the loader's render thread);
+- ``dali-graph`` on ``cpu``: the kernel *inside* the DALI graph
+  (:class:`remixmatch.pipeline.dali.DaliGraphFetcher`, ``kernel="python"``): the step's images and
+  kernel-call arrays enter through ``fn.external_source`` as one sample each and ``fn.python_function``
+  calls ``apply_ops`` (the parallel Numba kernel, ``--threads`` threads) once per step, prefetch on and off;
+- ``dali-numba`` on ``cpu``: the same graph with ``numba_function`` (``nvidia.dali.plugin.numba``)
+  calling our njit kernel from DALI's compiled callback, prefetch on. Single-threaded (``threads`` 1):
+  the parallel kernel writes nothing when called from that callback. Its start-up includes compiling
+  the kernel (tens of seconds). Both graph rows need raw shards and are skipped with the reason otherwise;
 - ``pil-pool``: the reference design, a pool of PIL processes (one per thread, started outside the
   timed region; its start-up time recorded). Per step the parent draws the plan exactly as the
   loader does (its samplers, :func:`remixmatch.pipeline.draw_plan`, :func:`kernel_call`), gathers the
@@ -32,7 +41,7 @@ loader and with both PIL styles and counts the views that differ (``equivalence`
 
 ``report.json`` follows :mod:`remixmatch.bench.report` (``command`` "pipeline"). A measured row::
 
-    {"bench": "pipeline", "backend": "torch" | "dali" | "pil-pool" | "pil-pool-float",
+    {"bench": "pipeline", "backend": "torch" | "dali" | "dali-graph" | "dali-numba" | "pil-pool" | "pil-pool-float",
      "device": "cpu" | "cuda", "device_name": "cpu" | "<GPU name>",
      "prefetch": true | false | null,      # null: the PIL pool (no loader)
      "batch": 64, "unlabeled_batch": 64, "k": 8,
@@ -53,7 +62,9 @@ or a skipped row ``{"bench": "pipeline", "backend": ..., "device": ..., "batch":
 ``summary``: ``torch_cpu_steps_per_s`` (prefetch on, the loader's default), ``torch_cpu_no_prefetch_steps_per_s``,
 ``dali_cpu_steps_per_s``, ``reference_steps_per_s`` (pil-pool-float), ``pil_pool_steps_per_s``,
 ``torch_vs_reference``, ``torch_vs_pil_pool``, ``dali_vs_reference``, ``dali_vs_pil_pool``, the strong views/s
-of each, ``goal_torch_vs_reference`` (10) and ``goal_met``, ``torch_cuda_steps_per_s`` /
+of each, ``dali_graph_cpu_steps_per_s`` / ``dali_graph_cpu_no_prefetch_steps_per_s`` / ``dali_numba_cpu_steps_per_s``
+(kernel in the graph), ``dali_graph_vs_reference``, ``dali_graph_vs_dali`` and ``dali_numba_vs_dali`` (in the graph
+over on DALI's output, prefetch on; > 1: the graph is faster), ``goal_torch_vs_reference`` (10) and ``goal_met``, ``torch_cuda_steps_per_s`` /
 ``torch_cuda_b256_steps_per_s`` (null without CUDA), ``views_bit_exact``. ``equivalence``: the untimed
 check's counts.
 """
@@ -90,6 +101,10 @@ CUDA_BIG_BATCH = 256
 GOAL_VS_REFERENCE = 10.0
 SUBSET_SEED = 1  # the trainer's default labeled-split seed
 VERSION_PACKAGES = PACKAGES + ("nvidia-dali-cuda120",)
+# Loader rows whose CTAugment kernel runs inside the DALI graph, and the in-graph operator of each.
+GRAPH_KERNELS = {"dali-graph": "python", "dali-numba": "numba"}
+GRAPH_NAMES = {"dali-graph": "dali cpu, kernel in graph (python_function)",
+               "dali-numba": "dali cpu, kernel in graph (numba_function, 1 thread)"}
 
 
 class BenchInputError(ValueError):
@@ -395,7 +410,7 @@ def _reason(error: BaseException) -> str:
 
 def run_loader(config: PipelineConfig, data: BenchData, backend: str, device: str, prefetch: bool, log,
                batch: int | None = None) -> dict:
-    """One StepLoader row: ``backend`` "torch" (HostFetcher) or "dali"."""
+    """One StepLoader row: ``backend`` "torch" (HostFetcher), "dali", "dali-graph" or "dali-numba"."""
     import torch
 
     from remixmatch.pipeline import CTAugment, HostFetcher, StepLoader
@@ -407,11 +422,17 @@ def run_loader(config: PipelineConfig, data: BenchData, backend: str, device: st
     try:
         if backend == "dali":
             fetch = make_fetcher("dali", data.train.split, device, max_batch=views.batch + views.unlabeled_batch)
+        elif backend in GRAPH_KERNELS:
+            from remixmatch.pipeline.dali import DaliGraphFetcher
+
+            # The kernel runs in DALI's worker thread: the graph sets its Numba threads there.
+            fetch = DaliGraphFetcher(data.train.split, device, kernel=GRAPH_KERNELS[backend],
+                                     numba_threads=config.threads)
         else:
             fetch = HostFetcher(data.train.split, device)
     except Exception as error:  # DALI missing or failing to build must not cost the other rows
         return skipped_row(backend, device, batch, _reason(error), prefetch)
-    if device == "cpu":
+    if device == "cpu" and backend not in GRAPH_KERNELS:
         fetch = NumbaThreadsFetcher(fetch, config.threads)
     sync = torch.cuda.synchronize if device != "cpu" else _no_sync
     device_name = torch.cuda.get_device_name() if device != "cpu" else "cpu"
@@ -424,9 +445,11 @@ def run_loader(config: PipelineConfig, data: BenchData, backend: str, device: st
     finally:
         loader.close()
     output = "uint8 NHWC torch tensor" + (" (CUDA)" if device != "cpu" else "")
-    extra = {"dali_threads": getattr(getattr(fetch, "inner", fetch), "num_threads", None)} if backend == "dali" else {}
-    row = measured_row(config, backend, device, device_name, prefetch, batch, output, timing,
-                       config.threads if device == "cpu" else 1, startup, **extra)
+    extra = ({"dali_threads": getattr(getattr(fetch, "inner", fetch), "num_threads", None)}
+             if backend.startswith("dali") else {})
+    threads = 1 if backend == "dali-numba" or device != "cpu" else config.threads  # dali-numba: serial kernel
+    row = measured_row(config, backend, device, device_name, prefetch, batch, output, timing, threads, startup,
+                       **extra)
     log(row)
     return row
 
@@ -549,6 +572,9 @@ def summarize(rows: list[dict], config: PipelineConfig, equivalence: dict | None
     torch_off = find(rows, "torch", prefetch=False, batch=config.batch)
     dali_on = find(rows, "dali", prefetch=True, batch=config.batch)
     dali_off = find(rows, "dali", prefetch=False, batch=config.batch)
+    graph_on = find(rows, "dali-graph", prefetch=True, batch=config.batch)
+    graph_off = find(rows, "dali-graph", prefetch=False, batch=config.batch)
+    numba_on = find(rows, "dali-numba", prefetch=True, batch=config.batch)
     reference, pool = find(rows, "pil-pool-float"), find(rows, "pil-pool")
     cuda_small = find(rows, "torch", "cuda", batch=config.batch)
     cuda_big = find(rows, "torch", "cuda", batch=max(CUDA_BIG_BATCH, config.batch))
@@ -576,6 +602,12 @@ def summarize(rows: list[dict], config: PipelineConfig, equivalence: dict | None
         "torch_vs_pil_pool": ratio(torch_on, pool),
         "dali_vs_reference": ratio(dali_on, reference),
         "dali_vs_pil_pool": ratio(dali_on, pool),
+        "dali_graph_cpu_steps_per_s": rate(graph_on),
+        "dali_graph_cpu_no_prefetch_steps_per_s": rate(graph_off),
+        "dali_numba_cpu_steps_per_s": rate(numba_on),
+        "dali_graph_vs_reference": ratio(graph_on, reference),
+        "dali_graph_vs_dali": ratio(graph_on, dali_on),
+        "dali_numba_vs_dali": ratio(numba_on, dali_on),
         "goal_torch_vs_reference": GOAL_VS_REFERENCE,
         "goal_met": None if torch_vs_reference is None else torch_vs_reference >= GOAL_VS_REFERENCE,
         "torch_cuda_steps_per_s": rate(cuda_small),
@@ -607,11 +639,11 @@ def run(config: PipelineConfig, log: Callable[[object], None]) -> dict:
         f"{config.views_per_step} views per step")
 
     rows, equivalence = run_pool_rows(config, data, log)
-    for backend in ("torch", "dali"):
-        for prefetch in (True, False):
-            rows.append(run_loader(config, data, backend, "cpu", prefetch, log))
-            if "skipped" in rows[-1]:
-                log(rows[-1])
+    for backend, prefetch in (("torch", True), ("torch", False), ("dali", True), ("dali", False),
+                              ("dali-graph", True), ("dali-graph", False), ("dali-numba", True)):
+        rows.append(run_loader(config, data, backend, "cpu", prefetch, log))
+        if "skipped" in rows[-1]:
+            log(rows[-1])
     gpu = None
     reason = cuda_unavailable_reason()
     for batch in dict.fromkeys((config.batch, max(CUDA_BIG_BATCH, config.batch))):
@@ -639,11 +671,15 @@ def _spread_text(r: dict) -> str:
     return f"{s['min']:.1f}-{s['max']:.1f}"
 
 
+def _fine_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def _row_name(r: dict) -> str:
     if r["backend"].startswith("pil"):
         return r["backend"]
-    return f"{r['backend']} {r['device']}" + ("" if r.get("prefetch") is None else
-                                               (", prefetch" if r["prefetch"] else ", no prefetch"))
+    name = GRAPH_NAMES.get(r["backend"], f"{r['backend']} {r['device']}")
+    return name + ("" if r.get("prefetch") is None else (", prefetch" if r["prefetch"] else ", no prefetch"))
 
 
 def render_markdown(report: dict) -> str:
@@ -671,6 +707,9 @@ def render_markdown(report: dict) -> str:
         f"**{format_ratio(summary['torch_no_prefetch_vs_reference'])}**",
         f"- torch loader on CPU vs pil-pool (uint8): **{format_ratio(summary['torch_vs_pil_pool'])}**",
         f"- DALI CPU loader vs the reference design: **{format_ratio(summary['dali_vs_reference'])}**",
+        f"- DALI CPU, kernel in the graph (python_function) vs kernel on DALI's output: "
+        f"**{_fine_ratio(summary['dali_graph_vs_dali'])}**; numba_function in the graph vs on DALI's output: "
+        f"**{_fine_ratio(summary['dali_numba_vs_dali'])}**",
         "",
         markdown_table(
             ["loader", "B", "K", "views/step", "steps/s", "spread", "strong views/s", "views/s", "vs reference",

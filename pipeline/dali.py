@@ -24,6 +24,17 @@ split's IndexError before DALI sees them; a DALI error becomes a one-line Pipeli
 original chained), and since DALI declares a pipeline invalid after one, the next call builds a
 new pipeline.
 
+:class:`DaliGraphFetcher` (``loader="dali-graph"``, CPU and raw shards only) is the other design the
+issue asked to measure: the CTAugment kernel *inside* the graph. Its ``render(rows, call, pad)`` feeds
+the step's images and the kernel call's arrays as one sample each and runs ``apply_ops`` once for the
+step in ``fn.python_function`` (or our njit kernel in ``numba_function``, single-threaded: the parallel
+build writes nothing from DALI's compiled callback); the StepLoader uses ``render`` when a fetcher has
+one. Measured on 2 busy cores (B = 64, K = 8): the same kernel, so no faster in itself (a direct
+render A/B: ~12% slower, from feeding the step's arrays in and copying the views out of the Python
+operator); ``rmm-bench pipeline`` shows it ~1.25x faster only under OpenMP's default spin-wait, and
+with ``OMP_WAIT_POLICY=PASSIVE`` the kernel on DALI's output is faster again. numba_function, on one
+thread, runs at about half the speed.
+
 The pipeline runs on DALI's dynamic executor (``exec_dynamic=True``, DALI's default), which
 allocates each run's outputs afresh and keeps them alive while referenced: the NumPy array (CPU)
 or torch tensor (GPU) handed out is a view of DALI's output, not a copy, and no later run
@@ -247,3 +258,182 @@ class DaliFetcher:
     def __repr__(self) -> str:
         return (f"DaliFetcher(split={self.split.name!r}, encoding={self.split.encoding!r}, device={self.device!r}, "
                 f"max_batch={self.max_batch}, num_threads={self.num_threads})")
+
+
+# -- the CTAugment kernel inside the graph (loader="dali-graph") -------------------------------------
+
+KERNEL_RUNNERS = ("python", "numba")
+# op_ids first: numba_function's setup_fn is handed only as many input shapes as there are outputs
+# (DALI 2.4 passes num_outs for the inputs too), so the output's N must come from input 0.
+_GRAPH_INPUTS = ("op_ids", "images", "levels", "rand", "views")
+_SERIAL_KERNEL = None
+
+
+def _serial_kernel():
+    """apply_ops_cpu compiled without ``parallel``. Inside numba_function's cfunc the parallel build
+    returns without writing a pixel (measured with numba 0.68: the output stays as allocated, no error),
+    so the graph runs the same loop body on one thread. Not cached on disk: ``cache=True`` would share
+    the index file of the parallel build (same function, same file)."""
+    global _SERIAL_KERNEL
+    if _SERIAL_KERNEL is None:
+        import numba
+
+        from remixmatch.kernels.cpu import apply_ops_cpu
+
+        _SERIAL_KERNEL = numba.njit(nogil=True)(apply_ops_cpu.py_func)
+    return _SERIAL_KERNEL
+
+
+def _python_runner(pad: int, numba_threads: int | None):
+    """fn.python_function's callable: one apply_ops call (the parallel Numba kernel) for the step."""
+    from remixmatch.kernels import apply_ops
+
+    def run(op_ids, images, levels, rand, views):
+        if numba_threads is not None:
+            import numba
+
+            if numba.get_num_threads() != numba_threads:  # thread-local: DALI's thread, not the caller's
+                numba.set_num_threads(numba_threads)
+        return apply_ops(images, op_ids, levels, rand, sources=np.ascontiguousarray(views[:, 0]),
+                         flips=np.ascontiguousarray(views[:, 1]), offsets=np.ascontiguousarray(views[:, 2:4]),
+                         pad=pad, check_values=False)
+
+    return run
+
+
+def _numba_runner(pad: int, height: int, width: int):
+    """numba_function's run_fn and setup_fn: our njit kernel called from DALI's compiled callback."""
+    from remixmatch.kernels.tables import kernel_tables
+
+    kernel = _serial_kernel()
+    tables = kernel_tables(height, width)
+    rotations, bounds_y, coef_y = tables.rotations, tables.rescale_y.bounds, tables.rescale_y.coefs
+    bounds_x, coef_x = tables.rescale_x.bounds, tables.rescale_x.coefs
+
+    def run(out, op_ids, images, levels, rand, views):
+        n = out.shape[0]
+        kernel(images.reshape(images.shape[0], -1), np.ascontiguousarray(views[:, 0]),
+               np.ascontiguousarray(views[:, 1]), np.ascontiguousarray(views[:, 2:4]), pad, op_ids, levels, rand,
+               -1.0, height, width, out.reshape(n, -1), rotations, bounds_y, coef_y, bounds_x, coef_x)
+
+    def setup(outs, ins):
+        for sample in range(len(outs[0])):
+            outs[0][sample][0] = ins[0][sample][0]
+            outs[0][sample][1] = height
+            outs[0][sample][2] = width
+            outs[0][sample][3] = 3
+
+    return run, setup
+
+
+class DaliGraphFetcher(DaliFetcher):
+    """The DALI fetcher whose graph also runs the CTAugment kernel (``loader="dali-graph"``, CPU, raw shards).
+
+        fetch = DaliGraphFetcher(split)                    # or make_fetcher("dali-graph", split)
+        views = fetch.render(rows, kernel_call(plan), pad)  # (N, H, W, 3) uint8 NumPy, = render_views(...)
+
+    ``render`` feeds the step as ONE DALI sample each: the rows' images (R, H, W, 3) and the kernel
+    call's arrays (op_ids, levels, rand, and sources / flips / offsets packed as (N, 4) int32), and one
+    in-graph operator makes every view of the step in one kernel call. ``kernel="python"``:
+    ``fn.python_function`` calling :func:`remixmatch.kernels.apply_ops` (the parallel Numba kernel, on
+    ``numba_threads`` threads of DALI's worker thread, default all); ``kernel="numba"``:
+    ``nvidia.dali.plugin.numba``'s ``numba_function`` calling our njit kernel from DALI's compiled
+    callback (single-threaded, see :func:`_serial_kernel`; compiling it costs tens of seconds once per
+    process and each graph build a few more). ``fetch(rows)`` still returns the plain images (the
+    EvalLoader's use). A StepLoader given this fetcher calls ``render`` instead of fetch + kernel.
+
+    Why CPU and raw only: DALI's GPU numba_function launches once per sample and cannot run the
+    batch-wide kernel (see :mod:`.dali`'s docstring); decoded PNG/JPEG rows come out of DALI as R
+    samples, not the one (R, H, W, 3) sample the kernel takes.
+    """
+
+    def __init__(self, split, device: str = "cpu", max_batch: int = 1024, num_threads: int | None = None,
+                 seed: int = 0, kernel: str = "python", numba_threads: int | None = None):
+        if kernel not in KERNEL_RUNNERS:
+            raise PipelineError(f"DALI graph fetcher kernel must be one of {', '.join(map(repr, KERNEL_RUNNERS))}, "
+                                f"got {kernel!r}")
+        if device != "cpu":
+            raise PipelineError(f"DALI graph fetcher: the kernel in the graph runs on the CPU only, got device "
+                                f"{device!r} (on a GPU use loader='dali', whose views the CUDA kernel makes)")
+        if getattr(split, "encoding", None) != "raw":
+            raise PipelineError(f"DALI graph fetcher, {_where(split)}: encoding {getattr(split, 'encoding', None)!r}; "
+                                "the kernel in the graph needs raw shards (prep without --encoded), or use "
+                                "loader='dali'")
+        if numba_threads is not None and numba_threads < 1:
+            raise PipelineError(f"DALI graph fetcher numba_threads must be at least 1, got {numba_threads}")
+        super().__init__(split, device=device, max_batch=max_batch, num_threads=num_threads, seed=seed)
+        self.kernel, self.numba_threads = kernel, numba_threads
+        self._graph = None
+        self._graph_key = None
+
+    def _build_graph(self, pad: int, height: int, width: int):
+        from nvidia.dali import fn, types
+        from nvidia.dali.pipeline import Pipeline
+
+        kinds = {"op_ids": (types.INT32, 2), "images": (types.UINT8, 4), "levels": (types.FLOAT, 3),
+                 "rand": (types.FLOAT, 3), "views": (types.INT32, 2)}
+        try:
+            pipe = Pipeline(batch_size=1, num_threads=self.num_threads, device_id=None, seed=self.seed,
+                            prefetch_queue_depth=1, exec_dynamic=True)
+            with pipe:
+                inputs = [fn.external_source(name=name, device="cpu", dtype=kinds[name][0], ndim=kinds[name][1],
+                                             no_copy=False) for name in _GRAPH_INPUTS]
+                if self.kernel == "python":
+                    views = fn.python_function(*inputs, function=_python_runner(pad, self.numba_threads),
+                                               num_outputs=1)
+                else:
+                    from nvidia.dali.plugin.numba.fn.experimental import numba_function
+
+                    run, setup = _numba_runner(pad, height, width)
+                    views = numba_function(*inputs, run_fn=run, setup_fn=setup, out_types=[types.UINT8],
+                                           in_types=[kinds[name][0] for name in _GRAPH_INPUTS], outs_ndim=[4],
+                                           ins_ndim=[kinds[name][1] for name in _GRAPH_INPUTS])
+                pipe.set_outputs(views)
+            pipe.build()
+        except Exception as exc:
+            raise PipelineError(f"DALI graph fetcher, {self._where}, kernel {self.kernel}: the pipeline does not "
+                                f"build: {_dali_reason(exc)}") from exc
+        return pipe
+
+    def render(self, rows, call, pad: int, stream=None):
+        """The step's views, (N, H, W, 3) uint8 NumPy: ``render_views(fetch(rows), call, pad)`` in one graph run."""
+        if stream is not None:
+            raise PipelineError("DALI graph fetcher: CPU only, no CUDA stream")
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or not (rows.size == 0 or np.issubdtype(rows.dtype, np.integer)):
+            raise PipelineError(f"DALI graph fetcher: rows must be a 1-D integer array, got {rows.dtype} {rows.shape}")
+        rows = rows.astype(np.int64, copy=False)
+        op_ids, levels, rand = call.policies.arrays()
+        views = np.empty((len(call.sources), 4), np.int32)
+        views[:, 0], views[:, 1], views[:, 2:4] = call.sources, call.weak.flips, call.weak.offsets
+        with self._lock:
+            if self._closed:
+                raise PipelineError(f"DALI graph fetcher, {self._where}: used after close()")
+            images = self._inputs(rows)  # the split's IndexError for a bad row, before DALI
+            height, width = images.shape[1:3]
+            if len(views) == 0 or len(rows) == 0:
+                return np.empty((len(views), height, width, 3), np.uint8)
+            key = (int(pad), height, width)
+            if self._graph is None or self._graph_key != key:
+                self._graph, self._graph_key = None, None
+                self._graph = self._build_graph(*key)
+                self._graph_key = key
+            arrays = {"op_ids": op_ids, "images": images, "levels": levels, "rand": rand, "views": views}
+            try:
+                for name in _GRAPH_INPUTS:
+                    self._graph.feed_input(name, [np.ascontiguousarray(arrays[name])])
+                (out,) = self._graph.run()
+            except Exception as exc:
+                self._graph = None  # DALI: "Current pipeline object is no longer valid"
+                raise PipelineError(f"DALI graph fetcher, {self._where}: the kernel on {len(views)} views of "
+                                    f"{len(rows)} rows failed: {_dali_reason(exc)}") from exc
+            return np.asarray(out.as_tensor())[0]  # a view of DALI's output (dynamic executor)
+
+    def close(self) -> None:
+        with self._lock:
+            self._graph = None
+        super().close()
+
+    def __repr__(self) -> str:
+        return (f"DaliGraphFetcher(split={self.split.name!r}, kernel={self.kernel!r}, "
+                f"numba_threads={self.numba_threads}, num_threads={self.num_threads})")

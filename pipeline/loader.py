@@ -109,7 +109,7 @@ class HostFetcher:
         pass
 
 
-FETCHER_KINDS = ("torch", "dali")
+FETCHER_KINDS = ("torch", "dali", "dali-graph")
 
 
 def make_fetcher(kind: str, split, device: str = "cpu", max_batch: int = 1024):
@@ -124,6 +124,10 @@ def make_fetcher(kind: str, split, device: str = "cpu", max_batch: int = 1024):
         # Without nvidia.dali this raises the one-line "pip install nvidia-dali-cuda120, or use
         # loader='torch'" PipelineError.
         return DaliFetcher(split, device=device, max_batch=max_batch)
+    if kind == "dali-graph":  # DALI with the CTAugment kernel inside the graph (CPU, raw shards)
+        from .dali import DaliGraphFetcher
+
+        return DaliGraphFetcher(split, device=device, max_batch=max_batch)
     raise PipelineError(f"unknown loader {kind!r}: choose one of {', '.join(repr(k) for k in FETCHER_KINDS)}")
 
 
@@ -167,7 +171,10 @@ class StepLoader:
         labels = self.data.labels[local.x_rows]
         if self._stream is None:
             torch = _torch()
-            views = torch.from_numpy(render_views(self.fetch(rows), call, self.config.pad))
+            render = getattr(self.fetch, "render", None)  # a fetcher that renders the views itself (dali-graph)
+            views = (render(rows, call, self.config.pad) if render is not None
+                     else render_views(self.fetch(rows), call, self.config.pad))
+            views = torch.from_numpy(views)
             return local, call, views, torch.from_numpy(labels), None
         torch = _torch()
         with torch.cuda.stream(self._stream):

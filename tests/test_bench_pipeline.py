@@ -31,7 +31,9 @@ SUMMARY_KEYS = {"torch_cpu_steps_per_s", "torch_cpu_no_prefetch_steps_per_s", "d
                 "torch_vs_reference", "torch_vs_pil_pool", "dali_vs_reference", "dali_vs_pil_pool",
                 "torch_cpu_strong_views_per_s", "dali_cpu_strong_views_per_s", "reference_strong_views_per_s",
                 "pil_pool_strong_views_per_s", "goal_torch_vs_reference", "goal_met", "torch_cuda_steps_per_s",
-                "torch_cuda_b256_steps_per_s", "views_bit_exact"}
+                "torch_cuda_b256_steps_per_s", "views_bit_exact", "dali_graph_cpu_steps_per_s",
+                "dali_graph_cpu_no_prefetch_steps_per_s", "dali_numba_cpu_steps_per_s", "dali_graph_vs_reference",
+                "dali_graph_vs_dali", "dali_numba_vs_dali"}
 B, K = 4, 2
 
 
@@ -45,7 +47,7 @@ def quick_run(pipeline_shards, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("pipelinebench")
     code = "import sys; from remixmatch.bench.cli import main; sys.exit(main())"
     done = subprocess.run([sys.executable, "-c", code, *bench_args(pipeline_shards.path, out)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return out, json.loads((out / "report.json").read_text()), done.stdout
 
@@ -71,6 +73,8 @@ def test_every_loader_is_measured_or_skipped_with_a_reason(quick_run):
     seen = {(r["backend"], r["device"], r.get("prefetch")) for r in rows}
     for prefetch in (True, False):
         assert ("torch", "cpu", prefetch) in seen and ("dali", "cpu", prefetch) in seen
+        assert ("dali-graph", "cpu", prefetch) in seen  # the CTAugment kernel inside the DALI graph
+    assert ("dali-numba", "cpu", True) in seen
     assert {("pil-pool", "cpu", None), ("pil-pool-float", "cpu", None)} <= seen
     cuda = [r for r in rows if r["device"] == "cuda"]
     assert cuda, "the CUDA rows are listed even without a device"
@@ -116,6 +120,12 @@ def test_ratios_agree_with_the_rows(quick_run):
     assert math.isclose(summary["torch_vs_reference"], torch_on["steps_per_s"] / ref["steps_per_s"], rel_tol=1e-9)
     assert math.isclose(summary["torch_vs_pil_pool"], torch_on["steps_per_s"] / pool["steps_per_s"], rel_tol=1e-9)
     assert summary["goal_met"] == (summary["torch_vs_reference"] >= summary["goal_torch_vs_reference"])
+    dali_on = bench_pipeline.find(rows, "dali", prefetch=True, batch=B)
+    graph_on = bench_pipeline.find(rows, "dali-graph", prefetch=True, batch=B)
+    if dali_on and graph_on:
+        assert summary["dali_graph_cpu_steps_per_s"] == graph_on["steps_per_s"]
+        assert math.isclose(summary["dali_graph_vs_dali"], graph_on["steps_per_s"] / dali_on["steps_per_s"],
+                            rel_tol=1e-9)
     if bench_pipeline.cuda_unavailable_reason() is not None:
         assert summary["torch_cuda_steps_per_s"] is None and summary["torch_cuda_b256_steps_per_s"] is None
 

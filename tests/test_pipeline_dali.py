@@ -18,7 +18,7 @@ from remixmatch.datasets_prep.sources_cifar import prep_cifar10
 from remixmatch.datasets_prep.subsets import labeled_subset
 from remixmatch.pipeline import (CTAugment, EvalLoader, HostFetcher, PipelineError, StepLoader, TrainData,
                                  ViewConfig, make_fetcher, train_data)
-from remixmatch.pipeline.dali import DALI_MISSING, DaliFetcher
+from remixmatch.pipeline.dali import DALI_MISSING, DaliFetcher, DaliGraphFetcher
 
 MAX_BATCH = 16
 # Nothing here should take more than a few seconds: a call still running after this has hung.
@@ -151,6 +151,72 @@ def test_step_loader_batches_match_the_host_fetcher(cifar):
     dali = _step_batches(data, DaliFetcher(data.split, max_batch=64), steps=3)
     _assert_same_batches(host, dali)
     assert host[0]["x_probe"] is not None and host[0]["u_strong"].shape == (2, 8, 32, 32, 3)
+
+
+def _updated_step_batches(data, fetcher, steps: int):
+    """Step batches with a CTAugment update (fixed scores) after each step, so later plans use new weights."""
+    config = ViewConfig(batch=8, unlabeled_batch=8, k=2, seed=5)
+    policy = CTAugment()
+    batches = []
+    with StepLoader(data, policy, config, fetcher=fetcher) as loader:
+        for step in range(steps):
+            batch = next(loader)
+            batches.append({name: _numpy(value) for name, value in _arrays(batch).items()})
+            scores = np.random.default_rng(100 + step).random(len(batch.plan.x_rows))
+            policy.update(batch.plan.probe_policies, scores)
+    return batches
+
+
+@pytest.mark.parametrize("kernel", ["python", "numba"])
+def test_graph_kernel_batches_match_the_host_fetcher(cifar, kernel):
+    # The kernel inside the DALI graph (python_function -> apply_ops, or numba_function -> our njit
+    # kernel) gives the host loader's views bit for bit, with policy updates between steps.
+    data = train_data(cifar, labeled_subset(cifar, 20, seed=1))
+    steps = 4 if kernel == "python" else 2
+    host = _updated_step_batches(data, None, steps)
+    fetch = DaliGraphFetcher(data.split, kernel=kernel)
+    graph = _call(_updated_step_batches, data, fetch, steps, timeout=600)
+    _assert_same_batches(host, graph)
+    assert host[0]["u_strong"].shape == (2, 8, 32, 32, 3)
+    assert any(not np.array_equal(host[0]["views"], b["views"]) for b in host[1:])
+
+
+def test_graph_fetcher_render_and_fetch(cifar):
+    from remixmatch.pipeline import draw_plan, kernel_call
+    from remixmatch.pipeline.batch import render_views
+
+    split = cifar["train"]
+    config = ViewConfig(batch=4, unlabeled_batch=4, k=3, seed=2)
+    with DaliGraphFetcher(split, numba_threads=1) as fetch:
+        for step in range(3):
+            rows = _random_rows(len(split), 8, step)
+            plan = draw_plan(step, rows[:4], rows[4:], CTAugment(), config)
+            call = kernel_call(plan)
+            views = fetch.render(rows, call, config.pad)
+            assert views.dtype == np.uint8 and views.shape == (4 + 4 + 4 + 3 * 4, 32, 32, 3)
+            np.testing.assert_array_equal(views, render_views(split.images(rows), call, config.pad))
+        np.testing.assert_array_equal(fetch(np.array([5, 0, 5])), split.images([5, 0, 5]))  # plain rows too
+        with pytest.raises(IndexError, match=f"index {len(split)} out of range"):
+            _call(fetch.render, np.array([0, len(split)]), call, config.pad)
+        with pytest.raises(PipelineError, match="1-D integer"):
+            fetch.render(np.zeros((2, 2), np.int64), call, config.pad)
+        np.testing.assert_array_equal(fetch.render(rows, call, config.pad), views)  # still usable
+    with pytest.raises(PipelineError, match="after close"):
+        fetch.render(rows, call, config.pad)
+
+
+def test_graph_fetcher_refuses_what_it_cannot_run(cifar, png):
+    cases = [(dict(split=cifar["train"], kernel="bogus"), "kernel must be one of 'python', 'numba'"),
+             (dict(split=cifar["train"], device="cuda"), "CPU only"),
+             (dict(split=png["train"]), "raw shards"),
+             (dict(split=cifar["train"], numba_threads=0), "numba_threads")]
+    for kwargs, fragment in cases:
+        with pytest.raises(PipelineError) as err:
+            DaliGraphFetcher(**kwargs)
+        assert fragment in str(err.value) and "\n" not in str(err.value)
+    fetch = make_fetcher("dali-graph", cifar["train"])
+    assert isinstance(fetch, DaliGraphFetcher) and fetch.kernel == "python"
+    fetch.close()
 
 
 def test_eval_pass_keeps_the_last_partial_batch(cifar):
