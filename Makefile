@@ -32,7 +32,7 @@ demo: install
 	$(VENV)/bin/prep-cifar10 --out $(SHARDS) --overwrite $(if $(CIFAR10_SOURCE),--source $(CIFAR10_SOURCE))
 	$(VENV)/bin/rmm-shards info $(SHARDS)
 	rm -rf $(DEMO_RUN)
-	$(VENV)/bin/rmm-train --data $(SHARDS) --labels 250 --preset cpu --out $(DEMO_RUN)
+	$(VENV)/bin/rmm-train --data $(SHARDS) --labels 250 --preset cpu --steps 1000 --out $(DEMO_RUN)
 	$(PY) -c "import json; s = json.load(open('$(DEMO_RUN)/summary.json')); print(json.dumps({k: s[k] for k in ('algorithm', 'steps', 'accuracy', 'model', 'wall_seconds')}, indent=1))"
 	$(VENV)/bin/rmm-bench views --shards $(SHARDS) --out bench-out/demo/views.png
 	$(VENV)/bin/rmm-bench aug --quick --out bench-out/demo
