@@ -249,10 +249,10 @@ class SyntheticBatches:
         return self.batch
 
     def prepare(self) -> None:
-        pass
+        """The loader interface the step loop calls; the batch is ready from the start."""
 
     def close(self) -> None:
-        pass
+        """The loader interface; the batch holds no thread or pipeline to release."""
 
 
 class TrainLoop:

@@ -15,17 +15,26 @@ from .plan import StepPlan
 from .policy import CTAugment
 
 
-def gather_scores(local_scores, world_size: int):
-    """The scores of every rank's probes in rank order (one all-gather; no-op for one rank).
-    ``local_scores`` is a 1-D float tensor on the collective's device; returns a host NumPy array."""
+def all_gather_rows(tensor, world_size: int) -> list:
+    """Every rank's ``tensor`` (equal shapes), in rank order: a plain all_gather, no gradients;
+    ``[tensor]`` on one rank."""
     if world_size == 1:
-        return local_scores.detach().float().cpu().numpy()
+        return [tensor]
     import torch
     import torch.distributed as dist
 
-    scores = local_scores.detach().float().contiguous()
-    parts = [torch.empty_like(scores) for _ in range(world_size)]
-    dist.all_gather(parts, scores)
+    tensor = tensor.detach().contiguous()
+    parts = [torch.empty_like(tensor) for _ in range(world_size)]
+    dist.all_gather(parts, tensor)
+    return parts
+
+
+def gather_scores(local_scores, world_size: int):
+    """The scores of every rank's probes in rank order (one all-gather; no-op for one rank).
+    ``local_scores`` is a 1-D float tensor on the collective's device; returns a host NumPy array."""
+    import torch
+
+    parts = all_gather_rows(local_scores.detach().float(), world_size)
     return torch.cat(parts).cpu().numpy()
 
 

@@ -106,7 +106,7 @@ class HostFetcher:
         return host.to(self.device, non_blocking=True)
 
     def close(self) -> None:
-        pass
+        """The fetcher interface; the shards are memory-mapped by their ShardSet, nothing is held here."""
 
 
 FETCHER_KINDS = ("torch", "dali", "dali-graph")

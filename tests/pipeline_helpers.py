@@ -149,3 +149,23 @@ def distributed_worker(rank: int, world_size: int, init_file: str, shard_path: s
         np.savez(Path(out_dir) / f"rank{rank}.npz", **{k: np.stack(v) for k, v in record.items()})
     finally:
         dist.destroy_process_group()
+
+
+def spawn_ranks(worker, args: tuple, world: int, timeout_s: float) -> None:
+    """Runs ``worker(rank, *args)`` in ``world`` spawned processes and waits for all of them; a rank
+    that fails raises here with its traceback, and a hang fails the test after ``timeout_s``."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(worker, args=args, nprocs=world, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not context.join(timeout=1):  # raises with the child's traceback when a rank fails
+            if time.monotonic() > deadline:
+                pytest.fail(f"the {world} ranks did not finish within {timeout_s} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(5)

@@ -4,15 +4,11 @@ updated with the whole step's scores."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
-import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from pipeline_helpers import distributed_worker, pipeline_shards, probe_scores  # noqa: F401
+from pipeline_helpers import distributed_worker, pipeline_shards, probe_scores, spawn_ranks  # noqa: F401
 from remixmatch.pipeline import CTAugment, StepLoader, ViewConfig, gather_scores, update_policy
 
 WORLD = 2
@@ -24,21 +20,8 @@ TIMEOUT_S = 120
 def run_ranks(tmp_path, shard_path) -> list[dict]:
     out = tmp_path / "out"
     out.mkdir()
-    context = mp.start_processes(
-        distributed_worker,
-        args=(WORLD, str(tmp_path / "store"), str(shard_path), str(out), STEPS, CONFIG_KW),
-        nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        # join() raises with the child's traceback when a rank fails
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the {WORLD} ranks did not finish within {TIMEOUT_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(5)
+    spawn_ranks(distributed_worker, (WORLD, str(tmp_path / "store"), str(shard_path), str(out), STEPS, CONFIG_KW),
+                WORLD, TIMEOUT_S)
     return [dict(np.load(out / f"rank{r}.npz")) for r in range(WORLD)]
 
 

@@ -12,19 +12,20 @@ and GlobalBatchNorm2d against nn.BatchNorm2d on one process and on two.
 from __future__ import annotations
 
 import copy
-import time
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
+from pipeline_helpers import spawn_ranks
 from remixmatch.trainer import step as step_module
+from remixmatch.trainer.build import build_train_state
 from remixmatch.trainer.config import RESUMABLE_FIELDS, TrainConfig
-from remixmatch.trainer.losses import DistributionAlignment, mixup, mixup_lambdas, mixup_permutation
-from remixmatch.trainer.model import GlobalBatchNorm2d, WideResNet, decay_parameters, sync_batch_norm
+from remixmatch.trainer.distributed import all_reduce_mean, ddp_wrapper
+from remixmatch.trainer.losses import mixup, mixup_lambdas, mixup_permutation
+from remixmatch.trainer.model import GlobalBatchNorm2d, WideResNet, sync_batch_norm
 from remixmatch.trainer.step import STEPS, TrainState, gather_global, global_rows, row_blocks, step_generator
 
 WORLD = 2
@@ -51,28 +52,15 @@ def rank_slice(batch: SimpleNamespace, rank: int, world: int) -> SimpleNamespace
 
 
 def make_state(config: TrainConfig, rank: int = 0, world: int = 1, ddp: bool = False) -> TrainState:
-    torch.manual_seed(config.run_seed)  # the same initialisation on every rank, as Run does
-    model = WideResNet(CLASSES, config.width, config.blocks_per_stage, config.bn_momentum)
-    if config.sync_bn:
-        model = sync_batch_norm(model)
-    ema_model = copy.deepcopy(model)
-    for p in ema_model.parameters():
-        p.requires_grad_(False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    trained, all_reduce_mean = model, None
-    if ddp:
-        import torch.distributed as dist
-
-        trained = nn.parallel.DistributedDataParallel(model)
-
-        def all_reduce_mean(t):
-            t = t.clone()
-            dist.all_reduce(t)
-            return t / world
-
-    distribution = DistributionAlignment([1.0 / CLASSES] * CLASSES, size=config.da_size)
-    return TrainState(trained, model, ema_model, optimizer, decay_parameters(model), distribution, config,
-                      torch.device("cpu"), rank, world, all_reduce_mean)
+    """The run's own construction (DDP and the all-reduced mean as rmm-train's workers use them)."""
+    cpu = torch.device("cpu")
+    state = build_train_state(config, CLASSES, [1.0 / CLASSES] * CLASSES, cpu, rank=rank, world_size=world,
+                              wrap_model=ddp_wrapper(config, cpu) if ddp else None,
+                              all_reduce_mean=all_reduce_mean if ddp else None)
+    if config.sync_bn and world == 1:
+        # a run converts only on several ranks; converting here shows the layer is plain BN on one
+        sync_batch_norm(state.raw_model)
+    return state
 
 
 def train(config: TrainConfig, rank: int = 0, world: int = 1, ddp: bool = False) -> dict:
@@ -134,18 +122,7 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("invariance")
-    context = mp.start_processes(worker, args=(WORLD, str(tmp / "store"), str(tmp)), nprocs=WORLD, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not context.join(timeout=1):  # raises with the child's traceback when a rank fails
-            if time.monotonic() > deadline:
-                pytest.fail(f"the {WORLD} ranks did not finish within {TIMEOUT_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(5)
+    spawn_ranks(worker, (WORLD, str(tmp / "store"), str(tmp)), WORLD, TIMEOUT_S)
     return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
 
 

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from remixmatch.pipeline.distributed import all_gather_rows
+
 from .losses import (
     cta_probe_scores, decoupled_weight_decay_, ema_update_, linear_ramp, mixup, mixup_lambdas,
     mixup_permutation, rotate_quarters, rotation_labels, sharpen, soft_cross_entropy,
@@ -105,18 +107,6 @@ def step_generator(config, step: int) -> np.random.Generator:
 def row_blocks(b: int, bu: int, k: int) -> list[int]:
     """Lengths of the consecutive blocks of a local mixed batch: labeled, weak, strong view 1..K."""
     return [b, bu] + [bu] * k
-
-
-def all_gather_rows(tensor: torch.Tensor, world_size: int) -> list[torch.Tensor]:
-    """Every rank's ``tensor`` (equal shapes), in rank order: a plain all_gather, no gradients."""
-    if world_size == 1:
-        return [tensor]
-    import torch.distributed as dist
-
-    tensor = tensor.detach().contiguous()
-    parts = [torch.empty_like(tensor) for _ in range(world_size)]
-    dist.all_gather(parts, tensor)
-    return parts
 
 
 def gather_global(local: torch.Tensor, blocks: list[int], world_size: int) -> torch.Tensor:
