@@ -1,7 +1,10 @@
 """``rmm-bench aug``: strong-view throughput of the fused Numba kernels against the PIL reference.
 
-Workload: K = 8 strong views (depth 2, op ids uniform over all ops, levels uniform) of a batch of 64
-real CIFAR-10 images, the same images and policies for every backend of a run. Backends:
+Workload: K = 8 strong views (depth 2, op ids and levels uniform: the library's probe sampler,
+:func:`remixmatch.pipeline.policy.uniform_policies`) of a batch of 64 images, the same images and
+policies for every backend of a run. The images are the first 64 of the train split of the user's
+shards (``--shards DIR``, else ``$REMIXMATCH_SHARDS``), or of ``--images`` (an archive or a
+directory), else synthetic (:mod:`remixmatch.bench.images`). Backends:
 
 - ``pil``: the per-view PIL reference in this process (the reference code's CTAugment, one core);
 - ``pil-pool``: the same function in a pool of worker processes, one per thread (the reference code's
@@ -32,7 +35,10 @@ from typing import Callable
 
 import numpy as np
 
-from .images import ImageSet, Policies, load_images, random_policies, single_op_policies
+from remixmatch.pipeline.policy import Policies, uniform_policies
+
+from .errors import BenchError
+from .images import ImageSet, load_images
 from .report import (
     RunConditions, conditions_line, finish_report, format_rate, format_ratio, machine_info, machine_line,
     markdown_table, new_report, spread,
@@ -51,7 +57,7 @@ REP_SECONDS = {False: 0.2, True: 0.05}
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class AugInputError(ValueError):
+class AugInputError(BenchError):
     """A command-line value the benchmark cannot run with; the message is shown as one line."""
 
 
@@ -62,7 +68,8 @@ class AugConfig:
     quick: bool = False
     reps: int = DEFAULT_REPS
     threads: int = 1
-    images: str | None = None
+    images: str | None = None  # an archive or a directory of image files
+    shards: str | None = None  # a shard directory (else $REMIXMATCH_SHARDS, else synthetic images)
     seed: int = 0
 
     def as_dict(self) -> dict:
@@ -89,6 +96,8 @@ def validate(config: AugConfig) -> None:
     max_threads = numba.config.NUMBA_NUM_THREADS
     if not 1 <= config.threads <= max_threads:
         raise AugInputError(f"--threads must be in 1..{max_threads} (NUMBA_NUM_THREADS), got {config.threads}")
+    if config.images is not None and config.shards is not None:
+        raise AugInputError("--images and --shards name two sources of images; give one")
     if config.out.exists() and not config.out.is_dir():
         raise AugInputError(f"--out {config.out} exists and is not a directory")
     if config.device == "cuda":
@@ -147,11 +156,11 @@ def time_first_call(call: Callable[[], object], sync: Callable[[], None] = _no_s
     return time.perf_counter() - start
 
 
-def row(backend: str, k: int, batch: int, policies: Policies, op: str | None, timing: Timing,
+def row(backend: str, k: int, batch: int, view_set: ViewSet, op: str | None, timing: Timing,
         threads: int, device: str, inputs: str = "host", **extra) -> dict:
     return {
-        "bench": "aug", "backend": backend, "k": k, "batch": batch, "views": policies.views,
-        "depth": policies.depth, "op": op, "inputs": inputs, **timing.fields(policies.views),
+        "bench": "aug", "backend": backend, "k": k, "batch": batch, "views": view_set.views,
+        "depth": view_set.depth, "op": op, "inputs": inputs, **timing.fields(view_set.views),
         "ratio_vs_pil": None, "threads": threads, "device": device, **extra,
     }
 
@@ -167,15 +176,49 @@ def _import_error_reason(module: str, error: BaseException) -> str:
 # ---- the workload -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class ViewSet:
+    """K views of each of a batch of images: the library's policies, and the image each view reads
+    (image-major: the K views of one image are adjacent, so a chunk of images is a slice of views)."""
+
+    policies: Policies
+    sources: np.ndarray  # (N,) int32
+
+    @property
+    def views(self) -> int:
+        return len(self.policies)
+
+    @property
+    def depth(self) -> int:
+        return self.policies.depth
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return (*self.policies.arrays(), self.sources)
+
+    def image_range(self, start: int, stop: int, k: int) -> ViewSet:
+        """The views of images [start, stop) with sources renumbered from 0 (a worker's chunk)."""
+        views = slice(start * k, stop * k)
+        return ViewSet(self.policies[views], self.sources[views] - np.int32(start))
+
+
+def sample_views(images: int, k: int, depth: int, rng: np.random.Generator, ops: list[int] | None = None) -> ViewSet:
+    """K views per image, ops and levels uniform (CTAugment's probe sampler)."""
+    sources = np.repeat(np.arange(images, dtype=np.int32), k)
+    return ViewSet(uniform_policies(images * k, depth, rng, ops), sources)
+
+
+@dataclass(frozen=True)
 class Workload:
     images: ImageSet
     seed: int
 
-    def mixed(self, k: int = HEADLINE_K, batch: int = BATCH) -> Policies:
-        return random_policies(batch, k, DEPTH, self.seed)
+    def mixed(self, k: int = HEADLINE_K, batch: int = BATCH) -> ViewSet:
+        """Depth-2 views, ops uniform over all ops: seeded per (seed, batch, K)."""
+        return sample_views(batch, k, DEPTH, np.random.default_rng([self.seed, batch, k, DEPTH]))
 
-    def single_op(self, op_id: int, k: int = HEADLINE_K, batch: int = BATCH) -> Policies:
-        return single_op_policies(batch, k, op_id, self.seed)
+    def single_op(self, op_id: int, k: int = HEADLINE_K, batch: int = BATCH) -> ViewSet:
+        """Depth-1 views that all apply ``op_id``: that op's cost."""
+        rng = np.random.default_rng([self.seed, batch, k, 1, 1000 + op_id])
+        return sample_views(batch, k, 1, rng, ops=[op_id])
 
 
 def op_table() -> list[tuple[int, str]]:
@@ -209,10 +252,10 @@ def run_pil(work: Workload, config: AugConfig, log) -> list[dict]:
     cases = [(None, work.mixed())]
     if not config.quick:
         cases += [(name, work.single_op(op_id)) for op_id, name in op_table()]
-    for op, policies in cases:
-        timing = measure(lambda p=policies: apply_ops_batch(pixels, p.op_ids, p.levels, p.rand, sources=p.sources),
+    for op, view_set in cases:
+        timing = measure(lambda p=view_set: apply_ops_batch(pixels, *p.policies.arrays(), sources=p.sources),
                          config.reps, rep_seconds)
-        rows.append(row("pil", HEADLINE_K, BATCH, policies, op, timing, threads=1, device="cpu"))
+        rows.append(row("pil", HEADLINE_K, BATCH, view_set, op, timing, threads=1, device="cpu"))
         log(rows[-1])
     return rows
 
@@ -234,10 +277,10 @@ def pil_pool(processes: int):
         pool.join()
 
 
-def _pool_call(pool, pixels: np.ndarray, policies: Policies, k: int, processes: int):
+def _pool_call(pool, pixels: np.ndarray, view_set: ViewSet, k: int, processes: int):
     # One chunk of whole images per process, like the reference code's one-batch-per-task workers.
     bounds = np.linspace(0, len(pixels), processes + 1).astype(int)
-    tasks = [(pixels[a:b], *policies.image_range(a, b, k).arrays()) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    tasks = [(pixels[a:b], *view_set.image_range(a, b, k).arrays()) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
     def call():
         return np.concatenate(pool.map(_pil_chunk, tasks, chunksize=1))
@@ -255,10 +298,10 @@ def run_pil_pool(work: Workload, config: AugConfig, log) -> list[dict]:
     with pil_pool(processes) as pool:
         _wait_for_workers(pool, processes)
         startup = time.perf_counter() - start
-        policies = work.mixed()
-        timing = measure(_pool_call(pool, work.images.pixels, policies, HEADLINE_K, processes),
+        view_set = work.mixed()
+        timing = measure(_pool_call(pool, work.images.pixels, view_set, HEADLINE_K, processes),
                          config.reps, REP_SECONDS[config.quick])
-    result = row("pil-pool", HEADLINE_K, BATCH, policies, None, timing, threads=processes, device="cpu",
+    result = row("pil-pool", HEADLINE_K, BATCH, view_set, None, timing, threads=processes, device="cpu",
                  startup_seconds=startup)
     log(result)
     return [result]
@@ -316,10 +359,9 @@ def run_numba_cpu(work: Workload, config: AugConfig, log) -> tuple[list[dict], d
     pixels = work.images.pixels
     rep_seconds = REP_SECONDS[config.quick]
 
-    def bound(policies: Policies):
-        out = np.empty((policies.views, *pixels.shape[1:]), np.uint8)
-        return lambda: apply_ops(pixels, policies.op_ids, policies.levels, policies.rand,
-                                 sources=policies.sources, out=out)
+    def bound(view_set: ViewSet):
+        out = np.empty((view_set.views, *pixels.shape[1:]), np.uint8)
+        return lambda: apply_ops(pixels, *view_set.policies.arrays(), sources=view_set.sources, out=out)
 
     log("numba-cpu: compiling (tens of seconds unless Numba's cache has the kernels)")
     compile_all = getattr(kernels, "compile_all", None)
@@ -335,17 +377,17 @@ def run_numba_cpu(work: Workload, config: AugConfig, log) -> tuple[list[dict], d
 
     rows = []
     for k in K_SWEEP:
-        policies = headline if k == HEADLINE_K else work.mixed(k)
-        timing = measure(headline_call if k == HEADLINE_K else bound(policies), config.reps, rep_seconds)
-        rows.append(row("numba-cpu", k, BATCH, policies, None, timing, config.threads, "cpu"))
+        view_set = headline if k == HEADLINE_K else work.mixed(k)
+        timing = measure(headline_call if k == HEADLINE_K else bound(view_set), config.reps, rep_seconds)
+        rows.append(row("numba-cpu", k, BATCH, view_set, None, timing, config.threads, "cpu"))
         log(rows[-1])
     steady = next(r["seconds"] for r in rows if r["k"] == HEADLINE_K)
     rows.insert(0, compile_entry("numba-cpu", compile_seconds, first, steady, cache))
     log(rows[0])
     for op_id, name in op_table():
-        policies = work.single_op(op_id)
-        rows.append(row("numba-cpu", HEADLINE_K, BATCH, policies, name,
-                        measure(bound(policies), config.reps, rep_seconds), config.threads, "cpu"))
+        view_set = work.single_op(op_id)
+        rows.append(row("numba-cpu", HEADLINE_K, BATCH, view_set, name,
+                        measure(bound(view_set), config.reps, rep_seconds), config.threads, "cpu"))
         log(rows[-1])
     threads = {
         "numba": numba.get_num_threads(),
@@ -386,10 +428,10 @@ def run_numba_cuda(work: Workload, config: AugConfig, log) -> list[dict]:
     stream = cuda.stream()
     rep_seconds = REP_SECONDS[config.quick]
 
-    def bound(images, policies: Policies, on_device: bool):
-        arrays = [cuda.to_device(a, stream=stream) for a in policies.arrays()] if on_device else policies.arrays()
+    def bound(images, view_set: ViewSet, on_device: bool):
+        arrays = [cuda.to_device(a, stream=stream) for a in view_set.arrays()] if on_device else view_set.arrays()
         op_ids, levels, rand, sources = arrays
-        out = cuda.device_array((policies.views, *images.shape[1:]), np.uint8, stream=stream)
+        out = cuda.device_array((view_set.views, *images.shape[1:]), np.uint8, stream=stream)
         # Device-resident per-view arrays come from the benchmark's own sampler: their value checks
         # (a device-to-host copy and a wait) are skipped so the rows time the kernel alone.
         return lambda: apply_ops(images, op_ids, levels, rand, sources=sources, out=out, stream=stream,
@@ -400,12 +442,12 @@ def run_numba_cuda(work: Workload, config: AugConfig, log) -> list[dict]:
     for n in CUDA_SIZES:
         batch = n // HEADLINE_K
         images = cuda.to_device(work.images.tiled(batch), stream=stream)
-        policies = work.mixed(HEADLINE_K, batch)
+        view_set = work.mixed(HEADLINE_K, batch)
         for on_device in (True, False):
-            call = bound(images, policies, on_device)
+            call = bound(images, view_set, on_device)
             first = None if rows else time_first_call(call, stream.synchronize)
             timing = measure(call, config.reps, rep_seconds, stream.synchronize)
-            rows.append(row("numba-cuda", HEADLINE_K, batch, policies, None, timing, 1, device,
+            rows.append(row("numba-cuda", HEADLINE_K, batch, view_set, None, timing, 1, device,
                             inputs="device" if on_device else "host"))
             log(rows[-1])
             if first is not None:
@@ -414,9 +456,9 @@ def run_numba_cuda(work: Workload, config: AugConfig, log) -> list[dict]:
                 log(compiled)
     # Per-op rows at the largest N, whose images the last size left on the device.
     for op_id, name in op_table():
-        policies = work.single_op(op_id, HEADLINE_K, batch)
-        rows.append(row("numba-cuda", HEADLINE_K, batch, policies, name,
-                        measure(bound(images, policies, True), config.reps, rep_seconds, stream.synchronize),
+        view_set = work.single_op(op_id, HEADLINE_K, batch)
+        rows.append(row("numba-cuda", HEADLINE_K, batch, view_set, name,
+                        measure(bound(images, view_set, True), config.reps, rep_seconds, stream.synchronize),
                         1, device, inputs="device"))
         log(rows[-1])
     return [compiled] + rows
@@ -526,9 +568,11 @@ def run(config: AugConfig, log: Callable[[object], None]) -> dict:
     started = time.perf_counter()
     conditions = RunConditions()
     report = new_report("aug", config.as_dict())
-    images = load_images(BATCH, config.images, config.seed)
+    images = load_images(BATCH, images=config.images, shards=config.shards, seed=config.seed)
     work = Workload(images, config.seed)
-    report["inputs"] = {**images.describe(), "policy": f"depth {DEPTH}, op ids uniform over all {len(op_table())} ops, levels and rand uniform [0, 1)", "seed": config.seed}
+    policy = (f"depth {DEPTH}, op ids uniform over all {len(op_table())} ops, levels and rand uniform [0, 1) "
+              "(arguments an op lacks: 0)")
+    report["inputs"] = {**images.describe(), "policy": policy, "seed": config.seed}
     log(f"images: {images.kind} ({images.source}), {len(images.pixels)} x {images.pixels.shape[1:]}")
 
     rows = run_pil(work, config, log)

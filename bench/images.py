@@ -1,11 +1,10 @@
-"""Benchmark inputs: the images every backend augments and the policies (op ids, levels, random
-numbers) every backend applies to them.
+"""Benchmark inputs: the images every backend augments.
 
-Images are real CIFAR-10 by default: the first images of the train split of the shared
-``cifar10-jpg.tar.gz`` in archive order, decoded with PIL. Without that archive a seeded synthetic set
-(smooth colour gradients, soft blobs and noise, so that histogram ops and filters see image-like
-statistics) stands in, and the report says so. Policies are drawn from a seeded NumPy Generator, one
-per (workload, seed), so every backend of a run sees identical inputs.
+Where they come from, first match wins: ``--images`` (a tar archive or a directory of PNG/JPEG
+files: the first images of its ``train/`` part), else a shard directory (``--shards DIR``, else
+``$REMIXMATCH_SHARDS``: the first rows of its train split), else a seeded synthetic set (smooth
+colour gradients, soft blobs and noise, so that histogram ops and filters see image-like
+statistics). The report names which.
 """
 
 from __future__ import annotations
@@ -17,22 +16,24 @@ from pathlib import Path
 
 import numpy as np
 
-# <repo>/../shared/data/cifar10-jpg.tar.gz: the shared data sits beside the repository checkout.
-DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+from remixmatch.common.paths import SHARDS_ENV, DataPath, resolve_path
+
+from .errors import BenchError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLIT = "train"
 SYNTHETIC_SIZE = 32
 
 
-class ImageInputError(ValueError):
+class ImageInputError(BenchError):
     """The images named on the command line cannot be read as a benchmark batch."""
 
 
 @dataclass(frozen=True)
 class ImageSet:
     pixels: np.ndarray  # (B, H, W, 3) uint8, C-contiguous
-    kind: str  # "cifar10-jpg" (an archive), "directory" or "synthetic"
-    source: str  # the archive's or directory's name (no full path: reports are shared), or the seed
+    kind: str  # "shards", "cifar10-jpg" / "archive", "directory" or "synthetic"
+    source: str  # the dataset's or file's name (no full path: reports are shared), or the seed
 
     def describe(self) -> dict:
         count, height, width, _ = self.pixels.shape
@@ -44,19 +45,46 @@ class ImageSet:
         return np.ascontiguousarray(np.tile(self.pixels, (reps, 1, 1, 1))[:count])
 
 
-def load_images(count: int, path: str | Path | None = None, seed: int = 0) -> ImageSet:
-    """The benchmark batch: ``path`` (an archive or a directory) if given, else the shared CIFAR-10
-    archive if present, else the synthetic set."""
-    if path is None:
-        if DEFAULT_ARCHIVE.is_file():
-            return read_archive(DEFAULT_ARCHIVE, count)
-        return synthetic_images(count, seed)
-    path = Path(path)
-    if path.is_dir():
-        return read_directory(path, count)
-    if path.is_file():
-        return read_archive(path, count)
-    raise ImageInputError(f"--images {path}: no such file or directory")
+def load_images(count: int, *, images: str | Path | None = None, shards: str | Path | None = None,
+                seed: int = 0) -> ImageSet:
+    """The benchmark batch: ``images`` (an archive or a directory) if given, else the shard
+    directory of ``shards`` or ``$REMIXMATCH_SHARDS``, else the synthetic set."""
+    if images is not None:
+        path = Path(images)
+        if path.is_dir():
+            return read_directory(path, count)
+        if path.is_file():
+            return read_archive(path, count)
+        raise ImageInputError(f"--images {path}: no such file or directory")
+    source = resolve_path(shards, "--shards", SHARDS_ENV)
+    if source is not None:
+        return read_shards(source, count)
+    return synthetic_images(count, seed)
+
+
+def open_split(source: DataPath, split: str = SPLIT):
+    """The ``split`` of a shard directory, checked to hold RGB images of one size (the datasets
+    code is imported here, so that the benchmarks import without pyarrow)."""
+    from remixmatch.datasets_prep import PrepError, open_shards
+
+    try:
+        rows = open_shards(source.path)[split]
+    except PrepError as error:
+        raise ImageInputError(f"{source.origin}: {error}") from None
+    if rows.image_shape is None:
+        raise ImageInputError(f"{source}: images of mixed sizes; a batch needs one size (prep-folder --size S)")
+    if rows.image_shape[2] != 3:
+        raise ImageInputError(f"{source}: {rows.image_shape[2]}-channel images; the kernels take RGB")
+    return rows
+
+
+def read_shards(source: DataPath, count: int) -> ImageSet:
+    """The first ``count`` rows of the train split, in row order."""
+    rows = open_split(source)
+    if len(rows) < count:
+        raise ImageInputError(f"{source}: {len(rows)} {SPLIT} rows, need {count}")
+    dataset = rows.shardset.dataset
+    return ImageSet(np.ascontiguousarray(rows.images(np.arange(count))), "shards", f"{dataset} ({source.path.name})")
 
 
 def _in_split(member_path: str) -> bool:
@@ -131,61 +159,3 @@ def synthetic_images(count: int, seed: int = 0, size: int = SYNTHETIC_SIZE) -> I
         image += rng.normal(0, 6, image.shape)
         images[i] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return ImageSet(images, "synthetic", f"seed {seed}")
-
-
-@dataclass(frozen=True)
-class Policies:
-    """Per-view arguments of ``apply_ops``; view ``n`` augments image ``sources[n]``."""
-
-    op_ids: np.ndarray  # (N, depth) int32
-    levels: np.ndarray  # (N, depth, 2) float32 in [0, 1)
-    rand: np.ndarray  # (N, depth + 1, 2) float32 in [0, 1)
-    sources: np.ndarray  # (N,) int32
-
-    @property
-    def views(self) -> int:
-        return len(self.op_ids)
-
-    @property
-    def depth(self) -> int:
-        return self.op_ids.shape[1]
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        return self.op_ids, self.levels, self.rand, self.sources
-
-    def image_range(self, start: int, stop: int, k: int) -> Policies:
-        """The views of images [start, stop) with sources renumbered from 0 (a worker's chunk)."""
-        views = slice(start * k, stop * k)
-        return Policies(self.op_ids[views], self.levels[views], self.rand[views], self.sources[views] - np.int32(start))
-
-
-def _view_sources(images: int, k: int) -> np.ndarray:
-    # Image-major: the K views of one image are adjacent, so a chunk of images is a slice of views.
-    return np.repeat(np.arange(images, dtype=np.int32), k)
-
-
-def random_policies(images: int, k: int, depth: int, seed: int) -> Policies:
-    """K strong views per image: each of ``depth`` ops uniform over all ops (identity included),
-    every level and random number uniform in [0, 1)."""
-    from remixmatch.kernels.ops import NUM_OPS
-
-    rng = np.random.default_rng([seed, images, k, depth])
-    n = images * k
-    return Policies(
-        rng.integers(0, NUM_OPS, (n, depth), dtype=np.int32),
-        rng.random((n, depth, 2), dtype=np.float32),
-        rng.random((n, depth + 1, 2), dtype=np.float32),
-        _view_sources(images, k),
-    )
-
-
-def single_op_policies(images: int, k: int, op_id: int, seed: int) -> Policies:
-    """K views per image that all apply one op once (depth 1) at uniform levels: that op's cost."""
-    rng = np.random.default_rng([seed, images, k, 1, 1000 + op_id])
-    n = images * k
-    return Policies(
-        np.full((n, 1), op_id, np.int32),
-        rng.random((n, 1, 2), dtype=np.float32),
-        rng.random((n, 2, 2), dtype=np.float32),
-        _view_sources(images, k),
-    )

@@ -5,8 +5,9 @@
 
 - prep of a synthetic archive in the official python format (60,000 images; 6,000 with --quick),
   median over repetitions (goal: <= 10 s for 60,000 on 2 cores);
-- prep of the real JPEG export ``../shared/data/cifar10-jpg.tar.gz`` (goal: <= 60 s on 2 cores;
-  skipped with --quick or when the file is absent);
+- prep of a CIFAR-10 JPEG export (``train/<class>/*.jpg``, ``test/<class>/*.jpg`` as a tar or a
+  folder) named by ``--jpeg-tree``, else ``$REMIXMATCH_CIFAR10_JPG`` (goal: <= 60 s on 2 cores;
+  skipped with --quick, or when neither names one);
 - reading 64 images at random indices from the memory-mapped shards (a gather across shards), and
   64 contiguous rows (a zero-copy view), in microseconds per batch: median and spread over the
   repetitions. The page cache is warm (the shards were just written).
@@ -31,25 +32,27 @@ from typing import Callable
 
 import numpy as np
 
-from .cli import OneLineParser, positive_int
+from remixmatch.common.cli import OneLineParser, positive_int, run_cli
+from remixmatch.common.paths import CIFAR10_JPG_ENV, DataPath, resolve_path
+
 from .report import (
     RunConditions, conditions_line, finish_report, machine_info, markdown_table, new_report,
     package_versions, spread, write_report,
 )
 
-DEFAULT_JPEG_TREE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpg.tar.gz"
+PROG = "rmm-bench prep"
 BATCH = 64
 VERSION_PACKAGES = ("numpy", "pyarrow", "pillow", "rich", "remixmatch")
 
 
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog="rmm-bench prep", description="Prep and shard-read benchmark (CIFAR-10 sources).")
+    parser = OneLineParser(prog=PROG, description="Prep and shard-read benchmark (CIFAR-10 sources).")
     parser.add_argument("--out", required=True, type=Path, help="directory for prep_report.json and prep_report.md")
     parser.add_argument(
         "--quick", action="store_true", help="6,000 synthetic images, no JPEG tree, fewer reads (well under a minute)"
     )
     parser.add_argument(
-        "--jpeg-tree", type=Path, default=DEFAULT_JPEG_TREE, help="the CIFAR-10 JPEG export (default: the shared one)"
+        "--jpeg-tree", type=Path, default=None, help=f"a CIFAR-10 JPEG export to prep (default: ${CIFAR10_JPG_ENV})"
     )
     parser.add_argument(
         "--prep-reps",
@@ -135,6 +138,19 @@ def _read_rows(shards: Path, reps: int, seed: int) -> list[dict]:
     return rows
 
 
+def jpeg_tree_to_time(args: argparse.Namespace) -> tuple[DataPath | None, str | None]:
+    """The CIFAR-10 JPEG export to prep (--jpeg-tree, else $REMIXMATCH_CIFAR10_JPG), or why that row
+    is skipped."""
+    if args.quick:
+        return None, "--quick"
+    tree = resolve_path(args.jpeg_tree, "--jpeg-tree", CIFAR10_JPG_ENV)
+    if tree is None:
+        return None, f"no --jpeg-tree and no ${CIFAR10_JPG_ENV}"
+    if not tree.path.exists():
+        return None, f"{tree}: not found"
+    return tree, None
+
+
 def run(args: argparse.Namespace) -> dict:
     from remixmatch.datasets_prep.decode import default_workers
     from remixmatch.datasets_prep.sources_cifar import prep_cifar10
@@ -171,16 +187,13 @@ def run(args: argparse.Namespace) -> dict:
         report["results"].append(_prep_row("synthetic-official", seconds, images, 10.0 * images / 60000))
         shards = work / "synthetic" / f"shards-{prep_reps - 1}"
 
-        if args.quick:
-            report["results"].append({"bench": "prep", "source": "cifar10-jpg", "skipped": "--quick"})
-        elif not args.jpeg_tree.is_file():
-            report["results"].append(
-                {"bench": "prep", "source": "cifar10-jpg", "skipped": f"{args.jpeg_tree} not found"}
-            )
+        jpeg_tree, skip = jpeg_tree_to_time(args)
+        if skip:
+            report["results"].append({"bench": "prep", "source": "cifar10-jpg", "skipped": skip})
         else:
-            report["inputs"]["jpeg_tree"] = args.jpeg_tree.name
+            report["inputs"]["jpeg_tree"] = jpeg_tree.path.name
             seconds, manifest = _time_prep(
-                lambda out: prep_cifar10(str(args.jpeg_tree), out, workers=workers, progress=False), work / "jpeg", 1
+                lambda out: prep_cifar10(str(jpeg_tree.path), out, workers=workers, progress=False), work / "jpeg", 1
             )
             rows = sum(s["rows"] for s in manifest["splits"].values())
             report["results"].append(_prep_row("cifar10-jpg", seconds, rows, 60.0, workers=workers))
@@ -258,23 +271,14 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    from remixmatch.datasets_prep import PrepError
+    return run_cli(PROG, lambda: _bench(parser.parse_args(argv)), interrupted="interrupted; no report was written")
 
+
+def _bench(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     conditions = RunConditions()
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-        report = run(args)
-    except PrepError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"{parser.prog}: error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
-        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = run(args)
     finish_report(report, time.perf_counter() - start, conditions)
     text = markdown(report)
     json_path, md_path = write_report(args.out, report, text, stem="prep_report")

@@ -9,52 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import Sequence
+
+from remixmatch.common.cli import OneLineParser, positive_int, run_cli
 
 from .decode import FILTERS
-from .errors import PrepError, VerifyError
+from .errors import PrepError
 from .format import DEFAULT_SHARD_ROWS
 
-EXIT_BAD_INPUT = 2
-EXIT_VERIFY_FAILED = 1
-EXIT_INTERRUPTED = 130
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line like every other error."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _fail(prog: str, message: str, status: int = EXIT_BAD_INPUT) -> int:
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    return status
-
-
-def _run(prog: str, body: Callable[[], int]) -> int:
-    try:
-        return body()
-    except PrepError as e:
-        return _fail(prog, str(e))
-    except KeyboardInterrupt:
-        return _fail(prog, "interrupted; nothing was written", EXIT_INTERRUPTED)
-    except OSError as e:  # disk full, permission denied on --out, ...
-        where = f"{e.filename}: " if e.filename else ""
-        return _fail(prog, f"{where}{e.strerror or e}")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
-    return value
+# Ctrl-C during a prep: the output is built under a temporary name and renamed only when whole.
+NOTHING_WRITTEN = "interrupted; nothing was written"
 
 
 def _common_prep_options(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +28,7 @@ def _common_prep_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace DIR if it holds an earlier shard directory")
     parser.add_argument(
         "--shard-rows",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_SHARD_ROWS,
         metavar="N",
         help=f"rows per shard file (default {DEFAULT_SHARD_ROWS})",
@@ -87,7 +53,7 @@ def _progress(args) -> bool | None:
 
 
 def prep_cifar10_main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="prep-cifar10",
         description="Shard CIFAR-10 (the official python archive, downloaded by default; its extracted "
         "cifar-10-batches-py/ folder; or a train/<class>/*, test/<class>/* image tree, as a folder or a tar).",
@@ -98,7 +64,7 @@ def prep_cifar10_main(argv: Sequence[str] | None = None) -> int:
         help="archive, folder or URL (default: download the official archive and check its MD5)",
     )
     parser.add_argument(
-        "--workers", type=_positive_int, metavar="N", help="decoding processes for image trees (default: CPU count)"
+        "--workers", type=positive_int, metavar="N", help="decoding processes for image trees (default: CPU count)"
     )
     parser.add_argument("--md5", help=argparse.SUPPRESS)  # replaces the official MD5 of a download (tests)
     _common_prep_options(parser)
@@ -120,11 +86,11 @@ def prep_cifar10_main(argv: Sequence[str] | None = None) -> int:
         print(_summary(manifest, args.out, time.perf_counter() - start))
         return 0
 
-    return _run(parser.prog, body)
+    return run_cli(parser.prog, body, interrupted=NOTHING_WRITTEN)
 
 
 def prep_svhn_main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="prep-svhn",
         description="Shard SVHN (cropped digits: train_32x32.mat, test_32x32.mat, and with --extra extra_32x32.mat). "
         "Label 10 in the files is stored as digit 0.",
@@ -161,11 +127,11 @@ def prep_svhn_main(argv: Sequence[str] | None = None) -> int:
         print(_summary(manifest, args.out, time.perf_counter() - start))
         return 0
 
-    return _run(parser.prog, body)
+    return run_cli(parser.prog, body, interrupted=NOTHING_WRITTEN)
 
 
 def prep_folder_main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="prep-folder",
         description="Shard a class-per-folder image tree: <class>/<image>, or <split>/<class>/<image> when a train/ "
         "folder is present; as a folder or a tar. Classes are the sorted folder names.",
@@ -173,7 +139,7 @@ def prep_folder_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", required=True, metavar="DIR|TAR", help="the tree, or a .tar/.tar.gz holding it")
     parser.add_argument(
         "--size",
-        type=_positive_int,
+        type=positive_int,
         metavar="S",
         help="resize every image to SxS (without it all images must share one size)",
     )
@@ -188,7 +154,7 @@ def prep_folder_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--encoded", action="store_true", help="keep each file's PNG/JPEG bytes instead of decoding")
     parser.add_argument("--name", metavar="NAME", help="dataset name in the manifest (default: the source's name)")
-    parser.add_argument("--workers", type=_positive_int, metavar="N", help="decoding processes (default: CPU count)")
+    parser.add_argument("--workers", type=positive_int, metavar="N", help="decoding processes (default: CPU count)")
     _common_prep_options(parser)
     args = parser.parse_args(argv)
 
@@ -212,7 +178,7 @@ def prep_folder_main(argv: Sequence[str] | None = None) -> int:
         print(_summary(manifest, args.out, time.perf_counter() - start))
         return 0
 
-    return _run(parser.prog, body)
+    return run_cli(parser.prog, body, interrupted=NOTHING_WRITTEN)
 
 
 # -- rmm-shards ------------------------------------------------------------------------------------
@@ -304,8 +270,8 @@ def _subset(args) -> int:
 
 
 def shards_main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="rmm-shards", description="Inspect and check shard directories.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="rmm-shards", description="Inspect and check shard directories.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     info = sub.add_parser("info", help="splits, classes, counts and sizes")
     info.add_argument("dir", type=Path)
     info.add_argument("--json", action="store_true", help="print the manifest instead")
@@ -314,19 +280,11 @@ def shards_main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument("--no-progress", action="store_true")
     subset = sub.add_parser("subset", help="write a class-balanced labeled subset (JSON)")
     subset.add_argument("dir", type=Path)
-    subset.add_argument("--labels", type=_positive_int, required=True, metavar="N", help="number of labeled rows")
+    subset.add_argument("--labels", type=positive_int, required=True, metavar="N", help="number of labeled rows")
     subset.add_argument("--seed", type=int, required=True)
     subset.add_argument("--valid", type=int, default=0, metavar="N", help="validation rows held out from the rest")
     subset.add_argument("--split", default="train")
     subset.add_argument("--out", type=Path, metavar="FILE")
     args = parser.parse_args(argv)
-    prog = f"{parser.prog} {args.command}"
     command = {"info": _info, "verify": _verify, "subset": _subset}[args.command]
-
-    def body() -> int:
-        try:
-            return command(args)
-        except VerifyError as e:
-            return _fail(prog, str(e), EXIT_VERIFY_FAILED)
-
-    return _run(prog, body)
+    return run_cli(f"{parser.prog} {args.command}", lambda: command(args), interrupted=NOTHING_WRITTEN)

@@ -1,4 +1,4 @@
-"""The one exception type for bad input to the dataset tools.
+"""The error family of the dataset tools.
 
 Every expected failure (a missing source, a corrupt archive, a shard whose bytes changed, an
 impossible labeled subset...) raises `PrepError` with a single-line message that names what is
@@ -8,13 +8,11 @@ non-zero without a traceback. Anything else that escapes is a bug, and keeps its
 
 from __future__ import annotations
 
+from remixmatch.common.errors import EXIT_FAILED, RemixMatchError
 
-class PrepError(Exception):
-    """A user-facing error: str() is the whole one-line message."""
 
-    def __init__(self, message: str):
-        # Keep the message on one line whatever the caller passed (e.g. an OS error text).
-        super().__init__(" ".join(str(message).split()))
+class PrepError(RemixMatchError):
+    """A user-facing error of the dataset tools: str() is the whole one-line message."""
 
 
 class ShardError(PrepError):
@@ -23,3 +21,5 @@ class ShardError(PrepError):
 
 class VerifyError(ShardError):
     """Shards whose bytes no longer match the manifest's sizes and sha256 digests."""
+
+    exit_code = EXIT_FAILED  # the check ran and found changed files: not a usage error

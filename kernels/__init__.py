@@ -2,16 +2,16 @@
 
 Public entry points: :func:`apply_ops` (the K strong views: each view its own chain of ops and
 levels) and :func:`weak_augment` (flip, reflect-pad, crop). The ops themselves are declared once in
-:mod:`remixmatch.kernels.ops` (names, bins) and :mod:`remixmatch.kernels.scalar` (level mappings and
-pixel math).
+:mod:`remixmatch.kernels.ops` (one record per op: name, kind, levels' bins and constants) and
+:mod:`remixmatch.kernels.scalar` (level mappings and pixel math).
 """
 
 from .api import AugmentInputError, apply_ops, weak_augment
-from .ops import MAX_DEPTH, NUM_OPS, OP_ID, OP_NAMES, OPS, RESCALE_FILTERS, OpSpec
+from .ops import MAX_DEPTH, NUM_OPS, OP_ID, OP_NAMES, OPS, RESCALE_FILTERS, Kind, Level, OpSpec
 
 __all__ = [
     "AugmentInputError", "apply_ops", "weak_augment", "compile_all",
-    "MAX_DEPTH", "NUM_OPS", "OP_ID", "OP_NAMES", "OPS", "RESCALE_FILTERS", "OpSpec",
+    "MAX_DEPTH", "NUM_OPS", "OP_ID", "OP_NAMES", "OPS", "RESCALE_FILTERS", "Kind", "Level", "OpSpec",
 ]
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from remixmatch.common.errors import RemixMatchError
+
+from .args import apply_args, weak_args
 from .ops import LEVELS_PER_OP, MAX_DEPTH, NUM_OPS
 from .tables import kernel_tables
 
@@ -18,7 +21,7 @@ from .tables import kernel_tables
 MAX_SIDE = 16384
 
 
-class AugmentInputError(ValueError):
+class AugmentInputError(RemixMatchError, ValueError):
     """An argument of apply_ops / weak_augment is malformed; the message says which and how."""
 
 
@@ -189,23 +192,19 @@ def apply_ops(images, op_ids, levels, rand, *, cutout_level=None, sources=None, 
     """
     n_views, height, width = _validate_ops(images, op_ids, levels, rand, cutout_level, sources,
                                            flips, offsets, pad, out, check_values)
-    cutout = -1.0 if cutout_level is None else float(cutout_level)
+    if cutout_level is not None:
+        cutout_level = float(cutout_level)
     if _is_cuda(images):
         from .cuda_launch import apply_ops_device
 
-        return apply_ops_device(images, op_ids, levels, rand, cutout, sources, flips, offsets, pad,
-                                out, stream, n_views, height, width)
-    from .cpu import apply_ops_cpu
+        return apply_ops_device(images, op_ids, levels, rand, cutout_level, sources, flips, offsets,
+                                pad, out, stream, n_views, height, width)
+    from .cpu import run_apply
 
     if out is None:
         out = np.empty((n_views, height, width, 3), np.uint8)
-    tables = kernel_tables(height, width)
-    sources, flips, offsets = _host_view_arrays(sources, flips, offsets, n_views)
-    apply_ops_cpu(images.reshape(images.shape[0], -1), sources, flips, offsets, int(pad),
-                  _host_values(op_ids), _host_values(levels), _host_values(rand), cutout,
-                  height, width, out.reshape(n_views, -1), tables.rotations,
-                  tables.rescale_y.bounds, tables.rescale_y.coefs,
-                  tables.rescale_x.bounds, tables.rescale_x.coefs)
+    run_apply(apply_args(images, op_ids, levels, rand, cutout_level, sources, flips, offsets, pad, out,
+                         kernel_tables(height, width).arrays(), _host_values))
     return out
 
 
@@ -226,18 +225,9 @@ def weak_augment(images, flips, offsets, *, sources=None, pad=4, out=None, strea
 
         return weak_augment_device(images, flips, offsets, sources, pad, out, stream, n_views,
                                    height, width)
-    from .cpu import weak_augment_cpu
+    from .cpu import run_weak
 
     if out is None:
         out = np.empty((n_views, height, width, 3), np.uint8)
-    sources, flips, offsets = _host_view_arrays(sources, flips, offsets, n_views)
-    weak_augment_cpu(images.reshape(images.shape[0], -1), sources, flips, offsets, int(pad),
-                     height, width, out.reshape(n_views, -1))
+    run_weak(weak_args(images, flips, offsets, sources, pad, out, _host_values))
     return out
-
-
-def _host_view_arrays(sources, flips, offsets, n_views):
-    sources = np.arange(n_views, dtype=np.int32) if sources is None else _host_values(sources)
-    if flips is None:
-        return sources, np.zeros(0, np.int32), np.zeros((0, 2), np.int32)
-    return sources, _host_values(flips), _host_values(offsets)

@@ -8,6 +8,7 @@ import numpy as np
 from numba import prange
 
 from . import jit_cache
+from .args import ApplyArgs, WeakArgs
 from .compile import cpu_functions
 from .scalar import CUTOUT, LUT_SIZE, PARAMS_F, PARAMS_I
 
@@ -30,8 +31,8 @@ def _load_view(image, buf, height, width, weak, flip, off_y, off_x, pad):
 
 
 @numba.njit(inline="always")
-def _apply_view(image, op_ids, levels, rand, cutout_level, height, width, weak, flip, off_y, off_x,
-                pad, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
+def _apply_view(image, op_ids, levels, rand, cutout, cutout_level, height, width, weak, flip, off_y,
+                off_x, pad, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
     # One view end to end, in three private buffers: a (input), b (output), rows (row passes).
     size = height * width * 3
     pixels = height * width
@@ -45,7 +46,7 @@ def _apply_view(image, op_ids, levels, rand, cutout_level, height, width, weak, 
     hist = np.zeros(LUT_SIZE, np.int32)
     lut = np.zeros(LUT_SIZE, np.int32)
     _load_view(image, a, height, width, weak, flip, off_y, off_x, pad)
-    steps = depth + (1 if cutout_level >= 0.0 else 0)
+    steps = depth + (1 if cutout else 0)
     for step in range(steps):
         if step < depth:
             op = op_ids[step]
@@ -87,24 +88,33 @@ def _apply_view(image, op_ids, levels, rand, cutout_level, height, width, weak, 
 
 
 # nogil: a loader thread renders the next step's views while the trainer runs Python.
+# The parameters are the fields of args.ApplyArgs, in order.
 @numba.njit(parallel=True, cache=True, nogil=True)
-def apply_ops_cpu(images, sources, flips, offsets, pad, op_ids, levels, rand, cutout_level,
-                  height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
+def apply_ops_cpu(images, sources, weak, flips, offsets, pad, op_ids, levels, rand, cutout,
+                  cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
     """images (B, H*W*3) -> out (N, H*W*3); shapes and dtypes already checked by the API."""
-    weak = flips.shape[0] > 0
     for n in prange(out.shape[0]):
         flip = flips[n] if weak else 0
         off_y = offsets[n, 0] if weak else 0
         off_x = offsets[n, 1] if weak else 0
         image = images[fns.clamp_index(sources[n], images.shape[0])]
-        _apply_view(image, op_ids[n], levels[n], rand[n], cutout_level, height, width,
+        _apply_view(image, op_ids[n], levels[n], rand[n], cutout, cutout_level, height, width,
                     weak, flip, off_y, off_x, pad, out[n], rotations, bounds_y, coef_y, bounds_x,
                     coef_x)
 
 
+# The parameters are the fields of args.WeakArgs, in order.
 @numba.njit(parallel=True, cache=True, nogil=True)
 def weak_augment_cpu(images, sources, flips, offsets, pad, height, width, out):
     for n in prange(out.shape[0]):
         image = images[fns.clamp_index(sources[n], images.shape[0])]
         _load_view(image, out[n], height, width, True, flips[n], offsets[n, 0],
                    offsets[n, 1], pad)
+
+
+def run_apply(args: ApplyArgs) -> None:
+    apply_ops_cpu(*args)
+
+
+def run_weak(args: WeakArgs) -> None:
+    weak_augment_cpu(*args)

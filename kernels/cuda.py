@@ -15,12 +15,26 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, float64, int32, uint8
 
-from .compile import cuda_functions
+from .compile import cuda_functions, cuda_simulated
 from .scalar import CUTOUT, LUT_SIZE, PARAMS_F, PARAMS_I
 
 fns = cuda_functions()  # the scalar.py functions compiled for this target
 
+# Threads per block and register caps, chosen from `rmm-bench ptx` (README, "CUDA kernel
+# resources"): capping apply_ops_kernel at 80 registers would give 3 blocks per SM instead of 2, but
+# spills on sm_90, and no spill-free cap raises occupancy at 256 threads; the global-memory kernel
+# spills under any cap that would. 256 threads: 4 pixels per thread at 32x32, and at the global
+# kernel's ~197 registers a 512-thread block could not launch at all.
 THREADS_PER_BLOCK = 256
+# cuda.jit(max_registers=...) per kernel; None: the compiler's choice. A CI test fails on any spill.
+MAX_REGISTERS: dict[str, int | None] = {"apply_ops_kernel": None, "apply_ops_kernel_global": None,
+                                        "weak_augment_kernel": None}
+
+
+def _kernel(name: str):
+    """cuda.jit with the kernel's register cap (the simulator's jit takes none)."""
+    cap = MAX_REGISTERS[name]
+    return cuda.jit if cap is None or cuda_simulated() else cuda.jit(max_registers=cap)
 
 
 def shared_bytes(height: int, width: int) -> int:
@@ -41,13 +55,12 @@ def _load_view(images, source, buf, height, width, weak, flip, off_y, off_x, pad
 
 
 @cuda.jit(device=True, inline="always")
-def _apply_view(n, images, sources, flips, offsets, pad, op_ids, levels, rand, cutout_level, height,
-                width, out, rotations, bounds_y, coef_y, bounds_x, coef_x, a, b, rows, coords, hist,
-                lut, params_i, params_f, tid, nthreads):
+def _apply_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, rand, cutout,
+                cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x, a, b,
+                rows, coords, hist, lut, params_i, params_f, tid, nthreads):
     # View n end to end by one block: load into a, chain the ops between a and b, write out.
     size = height * width * 3
     pixels = height * width
-    weak = flips.shape[0] > 0
     flip = 0
     off_y = 0
     off_x = 0
@@ -60,7 +73,7 @@ def _apply_view(n, images, sources, flips, offsets, pad, op_ids, levels, rand, c
 
     depth = op_ids.shape[1]
     steps = depth
-    if cutout_level >= 0.0:
+    if cutout:
         steps = depth + 1
     for step in range(steps):
         if step < depth:
@@ -111,9 +124,10 @@ def _apply_view(n, images, sources, flips, offsets, pad, op_ids, levels, rand, c
         out[n, i] = a[i]
 
 
-@cuda.jit
-def apply_ops_kernel(images, sources, flips, offsets, pad, op_ids, levels, rand, cutout_level,
-                     height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
+# The kernels' parameters are the fields of args.ApplyArgs / args.WeakArgs, in order.
+@_kernel("apply_ops_kernel")
+def apply_ops_kernel(images, sources, weak, flips, offsets, pad, op_ids, levels, rand, cutout,
+                     cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
     """images (B, H*W*3) -> out (N, H*W*3); grid = N blocks, each view staged in shared memory."""
     size = height * width * 3
     words = cuda.shared.array(0, int32)
@@ -127,14 +141,14 @@ def apply_ops_kernel(images, sources, flips, offsets, pad, op_ids, levels, rand,
     rows = bytes_[image_base + 2 * size: image_base + 3 * size]
     params_i = cuda.shared.array(PARAMS_I, int32)
     params_f = cuda.shared.array(PARAMS_F, float64)
-    _apply_view(cuda.blockIdx.x, images, sources, flips, offsets, pad, op_ids, levels, rand,
-                cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x,
-                a, b, rows, coords, hist, lut, params_i, params_f, cuda.threadIdx.x,
+    _apply_view(cuda.blockIdx.x, images, sources, weak, flips, offsets, pad, op_ids, levels, rand,
+                cutout, cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x,
+                coef_x, a, b, rows, coords, hist, lut, params_i, params_f, cuda.threadIdx.x,
                 cuda.blockDim.x)
 
 
-@cuda.jit
-def apply_ops_kernel_global(images, sources, flips, offsets, pad, op_ids, levels, rand,
+@_kernel("apply_ops_kernel_global")
+def apply_ops_kernel_global(images, sources, weak, flips, offsets, pad, op_ids, levels, rand, cutout,
                             cutout_level, height, width, out, rotations, bounds_y, coef_y,
                             bounds_x, coef_x, scratch, scratch_words):
     """The same for views too large for shared memory: block k's buffers live in scratch[k]
@@ -150,14 +164,15 @@ def apply_ops_kernel_global(images, sources, flips, offsets, pad, op_ids, levels
     params_i = cuda.shared.array(PARAMS_I, int32)
     params_f = cuda.shared.array(PARAMS_F, float64)
     for n in range(block, out.shape[0], cuda.gridDim.x):
-        _apply_view(n, images, sources, flips, offsets, pad, op_ids, levels, rand, cutout_level,
-                    height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x, a, b, rows,
-                    coords, hist, lut, params_i, params_f, cuda.threadIdx.x, cuda.blockDim.x)
+        _apply_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, rand, cutout,
+                    cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x,
+                    a, b, rows, coords, hist, lut, params_i, params_f, cuda.threadIdx.x,
+                    cuda.blockDim.x)
         # The next view's load overwrites the buffers this view's last pass read.
         cuda.syncthreads()
 
 
-@cuda.jit
+@_kernel("weak_augment_kernel")
 def weak_augment_kernel(images, sources, flips, offsets, pad, height, width, out):
     """One thread per output pixel; grid covers N * H * W."""
     i = cuda.grid(1)
@@ -177,15 +192,15 @@ def weak_augment_kernel(images, sources, flips, offsets, pad, height, width, out
 
 def kernel_signatures():
     """The argument types of the kernels for C-contiguous inputs, for compiling PTX ahead of time."""
-    from numba import float32, types
+    from numba import boolean, float32, types
 
     u8_2d = types.Array(uint8, 2, "C")
     i32_1d = types.Array(int32, 1, "C")
     i32_2d = types.Array(int32, 2, "C")
     i32_4d = types.Array(int32, 4, "C")
     f32_3d = types.Array(float32, 3, "C")
-    apply_sig = (u8_2d, i32_1d, i32_1d, i32_2d, int32, i32_2d, f32_3d, f32_3d, float64, int32,
-                 int32, u8_2d, i32_2d, i32_4d, i32_4d, i32_4d, i32_4d)
+    apply_sig = (u8_2d, i32_1d, boolean, i32_1d, i32_2d, int32, i32_2d, f32_3d, f32_3d, boolean,
+                 float64, int32, int32, u8_2d, i32_2d, i32_4d, i32_4d, i32_4d, i32_4d)
     weak_sig = (u8_2d, i32_1d, i32_1d, i32_2d, int32, int32, int32, u8_2d)
     return {
         "apply_ops_kernel": (apply_ops_kernel, apply_sig),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 from numba import cuda
 
+from .args import apply_args, weak_args
 from .cuda import (
     THREADS_PER_BLOCK, apply_ops_kernel, apply_ops_kernel_global, shared_bytes, weak_augment_kernel,
 )
@@ -20,6 +22,28 @@ SHARED_BYTES_LIMIT = 48 * 1024
 # Blocks of the global-memory kernel (each holds one view's buffers in global memory at a time):
 # enough to fill an H100's 132 SMs several times over, few enough to keep the scratch small.
 GLOBAL_BLOCKS = 1024
+
+
+class LaunchShape(NamedTuple):
+    kernel: str  # a name of kernel_signatures()
+    threads_per_block: int
+    dynamic_shared_bytes: int
+
+
+def apply_launch(height: int, width: int) -> LaunchShape:
+    """The kernel that applies the ops to height x width views, and how it is launched: a view in
+    the shared memory of its block when it fits, else in global memory."""
+    dynamic_shared = shared_bytes(height, width)
+    if dynamic_shared <= SHARED_BYTES_LIMIT:
+        return LaunchShape("apply_ops_kernel", THREADS_PER_BLOCK, dynamic_shared)
+    return LaunchShape("apply_ops_kernel_global", THREADS_PER_BLOCK, 0)
+
+
+def launch_shape(kernel: str, height: int, width: int) -> LaunchShape | None:
+    """How ``kernel`` is launched for height x width views; None when another kernel serves them."""
+    shape = apply_launch(height, width) if kernel != "weak_augment_kernel" else LaunchShape(
+        kernel, WEAK_THREADS_PER_BLOCK, 0)
+    return shape if shape.kernel == kernel else None
 
 
 def _is_torch(array) -> bool:
@@ -53,10 +77,7 @@ def _resolve_stream(stream, images):
 def _device_tables(height: int, width: int, device_id: int):
     # Per (image size, device): the tables are a few hundred kB and never change.
     del device_id
-    tables = kernel_tables(height, width)
-    return tuple(cuda.to_device(np.ascontiguousarray(t)) for t in (
-        tables.rotations, tables.rescale_y.bounds, tables.rescale_y.coefs,
-        tables.rescale_x.bounds, tables.rescale_x.coefs))
+    return tuple(cuda.to_device(np.ascontiguousarray(t)) for t in kernel_tables(height, width).arrays())
 
 
 def _allocate_out(images, n_views, height, width):
@@ -67,55 +88,41 @@ def _allocate_out(images, n_views, height, width):
     return cuda.device_array((n_views, height, width, 3), np.uint8)
 
 
-def _view_arrays(sources, flips, offsets, n_views, stream):
-    if sources is None:
-        sources = np.arange(n_views, dtype=np.int32)
-    if flips is None:
-        flips, offsets = np.zeros(0, np.int32), np.zeros((0, 2), np.int32)
-    return tuple(_device_view(a, stream) for a in (sources, flips, offsets))
-
-
-def _launch_arrays(images, sources, flips, offsets, out, stream, n_views, height, width):
-    """The stream, the output (allocated if not given) and device views of every array a launch reads."""
+def _launch_setup(images, out, stream, n_views, height, width):
+    """The stream, the output (allocated if not given) and how a launch places each array it reads."""
     stream = _resolve_stream(stream, images)
     if out is None:
         out = _allocate_out(images, n_views, height, width)
-    views = _view_arrays(sources, flips, offsets, n_views, stream)
-    return (stream, out, _device_view(images, stream), _device_view(out, stream), *views)
+    return stream, out, functools.partial(_device_view, stream=stream)
 
 
 def _current_device_id() -> int:
     return getattr(cuda.get_current_device(), "id", 0)  # the simulator's device has no id
 
 
-def apply_ops_device(images, op_ids, levels, rand, cutout, sources, flips, offsets, pad, out,
+def apply_ops_device(images, op_ids, levels, rand, cutout_level, sources, flips, offsets, pad, out,
                      stream, n_views, height, width):
-    stream, out, d_images, d_out, d_sources, d_flips, d_offsets = _launch_arrays(
-        images, sources, flips, offsets, out, stream, n_views, height, width)
+    stream, out, place = _launch_setup(images, out, stream, n_views, height, width)
     tables = _device_tables(height, width, _current_device_id())
-    args = (d_images.reshape(d_images.shape[0], height * width * 3), d_sources, d_flips, d_offsets,
-            np.int32(pad), _device_view(op_ids, stream), _device_view(levels, stream),
-            _device_view(rand, stream), np.float64(cutout), np.int32(height), np.int32(width),
-            d_out.reshape(n_views, height * width * 3), *tables)
-    dynamic_shared = shared_bytes(height, width)
-    if dynamic_shared <= SHARED_BYTES_LIMIT:
-        apply_ops_kernel[n_views, THREADS_PER_BLOCK, stream, dynamic_shared](*args)
+    args = apply_args(images, op_ids, levels, rand, cutout_level, sources, flips, offsets, pad,
+                      place(out), tables, place)
+    launch = apply_launch(height, width)
+    if launch.kernel == "apply_ops_kernel":
+        apply_ops_kernel[n_views, launch.threads_per_block, stream, launch.dynamic_shared_bytes](*args)
     else:
         # Numba's allocations, even for torch input: their release waits for the device, so the
         # scratch outlives the kernel whatever stream it runs on.
         blocks = min(n_views, GLOBAL_BLOCKS)
         scratch = cuda.device_array((blocks, 3 * height * width * 3), np.uint8, stream=stream)
         words = cuda.device_array((blocks, height + width + 2 * LUT_SIZE), np.int32, stream=stream)
-        apply_ops_kernel_global[blocks, THREADS_PER_BLOCK, stream](*args, scratch, words)
+        apply_ops_kernel_global[blocks, launch.threads_per_block, stream](*args, scratch, words)
     return out
 
 
 def weak_augment_device(images, flips, offsets, sources, pad, out, stream, n_views, height, width):
-    stream, out, d_images, d_out, d_sources, d_flips, d_offsets = _launch_arrays(
-        images, sources, flips, offsets, out, stream, n_views, height, width)
+    stream, out, place = _launch_setup(images, out, stream, n_views, height, width)
     total = n_views * height * width
     blocks = (total + WEAK_THREADS_PER_BLOCK - 1) // WEAK_THREADS_PER_BLOCK
     weak_augment_kernel[blocks, WEAK_THREADS_PER_BLOCK, stream](
-        d_images.reshape(d_images.shape[0], height * width * 3), d_sources, d_flips, d_offsets,
-        np.int32(pad), np.int32(height), np.int32(width), d_out.reshape(n_views, height * width * 3))
+        *weak_args(images, flips, offsets, sources, pad, place(out), place))
     return out

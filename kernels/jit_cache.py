@@ -4,6 +4,13 @@ Compiling the fused CPU kernel takes tens of seconds (every op is inlined into o
 cached with ``cache=True``. Numba keys a cache on the file that defines the cached function only,
 but the kernel inlines the pixel math of other modules: a stale kernel would survive an edit of
 ``scalar.py``. The locators below stamp the cache with a digest of every kernel source instead.
+
+Why keep it: without a cache every process pays the compile (over a minute on two cores), and with
+Numba's own stamp an edit of ``scalar.py`` or ``ops.py`` would silently reuse a stale kernel. It rests on
+one private hook, ``numba.core.caching.CacheImpl._locator_classes`` (Numba 0.68); :func:`install`
+refuses loudly if that hook is gone, and tests/test_kernels_registry.py checks that the compiled
+kernels really use these locators, so a Numba upgrade that bypasses them fails a test instead of
+recompiling or going stale unnoticed. ``NUMBA_CACHE_LOCATOR_CLASSES`` overrides the hook.
 """
 
 from __future__ import annotations
@@ -51,8 +58,13 @@ class _KernelUserWideLocator(caching.UserWideCacheLocator):
         return super().from_function(py_func, py_file) if _is_kernel_file(py_file) else None
 
 
+KERNEL_LOCATORS = (_KernelUserWideLocator, _KernelInTreeLocator)
+
+
 def install() -> None:
-    locators = caching.CacheImpl._locator_classes
-    for locator in (_KernelUserWideLocator, _KernelInTreeLocator):
+    locators = getattr(caching.CacheImpl, "_locator_classes", None)
+    if not isinstance(locators, list):
+        raise RuntimeError("numba.core.caching.CacheImpl._locator_classes is gone: update kernels/jit_cache.py for this Numba")
+    for locator in KERNEL_LOCATORS:
         if locator not in locators:
             locators.insert(0, locator)

@@ -16,9 +16,10 @@ Each op is applied to a PIL RGB image with the same PIL calls as the reference i
 
 Three defects of the reference code are fixed on purpose, as the kernels fix them:
 
-- translate: the offset is a fraction of the image size (up to 0.3 * W pixels), not that fraction
+- translate: the offset is a fraction of the image size (``ops.TRANSLATE``), not that fraction
   taken as a pixel count (which is a no-op with nearest sampling);
-- rescale: the crop margin is ``v * 0.25`` of the size on each side, not ``v * 0.25`` pixels;
+- rescale: the crop margin is a fraction of the size on each side (``ops.RESCALE_MARGIN``), not
+  that fraction taken as pixels;
 - cutout: the square is exactly ``side`` pixels wide (rows ``[cy - side // 2, cy - side // 2 + side)``
   clipped to the image, likewise columns), not ``2 * (side // 2)``, so side 1 covers one pixel.
   Its centre is ``(int(u0 * H), int(u1 * W))`` from the view's random numbers ``u`` in [0, 1).
@@ -183,7 +184,8 @@ _BY_NAME = {
     "translate_x": _translate_x,
     "translate_y": _translate_y,
 }
-assert set(_BY_NAME) == set(OP_NAMES)
+if set(_BY_NAME) != set(OP_NAMES):
+    raise RuntimeError(f"kernels/pil_reference.py: ops without a PIL oracle: {sorted(set(OP_NAMES) - set(_BY_NAME))}")
 
 # PIL_OPS[op_id](image, v0, v1, u0, u1) -> image, in the registry order of ops.OPS.
 PIL_OPS = tuple(_BY_NAME[name] for name in OP_NAMES)

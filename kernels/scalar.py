@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ops import OP_ID
+from . import ops
+from .ops import OP_ID, Kind
 
 AUTOCONTRAST = OP_ID["autocontrast"]
 BLUR = OP_ID["blur"]
@@ -42,6 +43,25 @@ SMOOTH = OP_ID["smooth"]
 SOLARIZE = OP_ID["solarize"]
 TRANSLATE_X = OP_ID["translate_x"]
 TRANSLATE_Y = OP_ID["translate_y"]
+
+# Which ops share a trait, one bit per op id, derived from the records: the kernels test a trait with
+# one shift (``has_trait``) however many ops share it, and a new op joins by its kind alone.
+POINT_OPS = ops.id_mask(ops.ids_of(Kind.POINT))
+GEOMETRIC_OPS = ops.id_mask(ops.ids_of(Kind.GEOMETRIC))
+RESAMPLE_OPS = ops.id_mask(ops.ids_of(Kind.RESAMPLE))
+HISTOGRAM_OPS = ops.id_mask(i for i, op in enumerate(ops.OPS) if op.histogram)
+
+# The level mappings' constants, as plain floats the compilers fold (see ops.py for their meaning).
+ENHANCE_OFFSET, ENHANCE_SCALE = ops.ENHANCE.offset, ops.ENHANCE.scale
+CUTOUT_SCALE = ops.CUTOUT_SIDE.scale
+POSTERIZE_SCALE = ops.POSTERIZE_BITS.scale
+SOLARIZE_SCALE = ops.SOLARIZE_THRESHOLD.scale
+ROTATE_SCALE = ops.ROTATE_DEGREES.scale
+MAX_ROTATION = ops.MAX_ROTATION
+SHEAR_SCALE = ops.SHEAR.scale
+TRANSLATE_SCALE = ops.TRANSLATE.scale
+RESCALE_SCALE = ops.RESCALE_MARGIN.scale
+RESCALE_FILTER_SCALE = ops.RESCALE_FILTER.scale
 
 # Geometric ops store how their source coordinates are computed in params_i[0]; Pillow picks the
 # path from the affine matrix: a scaling/translation matrix walks double-precision accumulators
@@ -118,9 +138,8 @@ def px(img, i):
 
 
 def enhance_factor(v):
-    # Brightness, color, contrast and sharpness all enhance with f = 0.1 + 1.9 v; Pillow's blend takes
-    # the factor as a C float, hence the float32.
-    return np.float32(f64_add(0.1, f64_mul(1.9, v)))
+    # Pillow's blend takes the enhance factor as a C float, hence the float32.
+    return np.float32(f64_add(ENHANCE_OFFSET, f64_mul(ENHANCE_SCALE, v)))
 
 
 def blend_alpha(v):
@@ -129,7 +148,7 @@ def blend_alpha(v):
 
 def cutout_side(v, height, width):
     # Fixed defect: the square is exactly this many pixels wide (the reference drew 2 * (side // 2)).
-    return 1 + int(f64_mul(f64_mul(v, float(min(height, width))), 0.499))
+    return 1 + int(f64_mul(f64_mul(v, float(min(height, width))), CUTOUT_SCALE))
 
 
 def cutout_start(u, size, side):
@@ -138,7 +157,7 @@ def cutout_start(u, size, side):
 
 
 def posterize_bits(v):
-    return 1 + int(f64_mul(v, 7.999))
+    return 1 + int(f64_mul(v, POSTERIZE_SCALE))
 
 
 def posterize_mask(bits):
@@ -146,34 +165,39 @@ def posterize_mask(bits):
 
 
 def solarize_threshold(v):
-    return int(f64_mul(v, 255.999))
+    return int(f64_mul(v, SOLARIZE_SCALE))
+
+
+def centred(v, scale):
+    # (2v - 1) scale: the level's range centred on 0.
+    return f64_mul(f64_add(f64_mul(2.0, v), -1.0), scale)
 
 
 def rotate_degrees(v):
-    return round_half_even(f64_mul(f64_add(f64_mul(2.0, v), -1.0), 45.0))
+    return round_half_even(centred(v, ROTATE_SCALE))
 
 
 def shear_amount(v):
-    return f64_mul(f64_add(f64_mul(2.0, v), -1.0), 0.3)
+    return centred(v, SHEAR_SCALE)
 
 
 def translate_offset(v, size):
     # Fixed defect: a fraction of the image size (the reference passed the fraction as pixels).
-    return f64_mul(shear_amount(v), float(size))
+    return f64_mul(centred(v, TRANSLATE_SCALE), float(size))
 
 
 def rescale_low(v, size):
     # Fixed defect: the margin is v * 0.25 of the size (the reference used v * 0.25 pixels).
     # Pillow rounds a float crop box with Python's round().
-    return round_half_even(f64_mul(f64_mul(v, 0.25), float(size)))
+    return round_half_even(f64_mul(f64_mul(v, RESCALE_SCALE), float(size)))
 
 
 def rescale_high(v, size):
-    return round_half_even(f64_mul(float(size), f64_add(1.0, -f64_mul(v, 0.25))))
+    return round_half_even(f64_mul(float(size), f64_add(1.0, -f64_mul(v, RESCALE_SCALE))))
 
 
 def rescale_filter(v):
-    return int(f64_mul(v, 5.99))
+    return int(f64_mul(v, RESCALE_FILTER_SCALE))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,8 +359,12 @@ def rescale_vertical_pixel(rows, out, y, x, width, params_i, bounds_y, coef_y):
 # Per-image statistics: histograms and the lookup tables built from them.
 
 
+def has_trait(mask, op):
+    return (mask >> op) & 1 != 0
+
+
 def needs_histogram(op):
-    return op == AUTOCONTRAST or op == EQUALIZE or op == CONTRAST
+    return has_trait(HISTOGRAM_OPS, op)
 
 
 def histogram_slot(op, img, p, c):
@@ -461,7 +489,7 @@ def prepare_op(op, v0, v1, u0, u1, height, width, params_i, params_f, coords, ro
         params_i[3] = rescale_low(v0, width)
         params_i[4] = rescale_high(v0, width)
     elif op == ROTATE:
-        row = rotate_degrees(v0) + 45
+        row = rotate_degrees(v0) + MAX_ROTATION
         if rotations[row, 0] == 0:
             # Pillow returns a copy for 0 degrees; the identity scale walk reproduces it.
             set_affine_scale(params_i, coords, 1.0, 0.0, 1.0, 0.0, height, width)
@@ -484,10 +512,8 @@ def prepare_op(op, v0, v1, u0, u1, height, width, params_i, params_f, coords, ro
 
 
 def is_point_op(op):
-    # Ops whose output element depends only on the input element's value and channel: the kernels
-    # evaluate them once per (channel, value) into a table and apply the table to the image.
-    return (op == IDENTITY or op == AUTOCONTRAST or op == EQUALIZE or op == INVERT
-            or op == BRIGHTNESS or op == CONTRAST or op == POSTERIZE or op == SOLARIZE)
+    # The kernels evaluate point ops once per (channel, value) into a table and apply the table.
+    return has_trait(POINT_OPS, op)
 
 
 def point_value(op, v, stat, params_i, params_f):
@@ -506,12 +532,13 @@ def point_value(op, v, stat, params_i, params_f):
         if v < params_i[0]:
             return v
         return 255 - v
+    # IDENTITY (every point op is named above; tests/test_kernels_registry.py checks it).
     return v
 
 
 def has_row_pass(op):
     # Ops computed in two passes: first rows into a scratch image, then the output from those rows.
-    return op == RESCALE
+    return has_trait(RESAMPLE_OPS, op)
 
 
 def row_pass_rows(op, params_i):
@@ -530,6 +557,17 @@ def op_pixel(op, img, rows, out, y, x, height, width, params_i, params_f, coords
     cutout test are shared by the three channels."""
     p = y * width + x
     i = p * 3
+    # The cheapest pixels are tested first: a chain of failed tests would cost them most.
+    if has_trait(GEOMETRIC_OPS, op):
+        s = affine_source(y, x, height, width, params_i, coords)
+        for c in range(3):
+            out[i + c] = 0 if s < 0 else img[s * 3 + c]
+        return
+    if op == CUTOUT:
+        inside = params_i[0] <= y < params_i[1] and params_i[2] <= x < params_i[3]
+        for c in range(3):
+            out[i + c] = 127 if inside else img[i + c]
+        return
     if op == COLOR or op == SHARPNESS or op == SMOOTH or op == BLUR:
         # The blend factor, set by prepare_op for these ops only.
         alpha = np.float32(params_f[0])
@@ -546,16 +584,8 @@ def op_pixel(op, img, rows, out, y, x, height, width, params_i, params_f, coords
     elif op == BLUR:
         for c in range(3):
             out[i + c] = blend_u8(px(img, i + c), blur_at(img, y, x, c, height, width), alpha)
-    elif op == CUTOUT:
-        inside = params_i[0] <= y < params_i[1] and params_i[2] <= x < params_i[3]
-        for c in range(3):
-            out[i + c] = 127 if inside else img[i + c]
     elif op == RESCALE:
         rescale_vertical_pixel(rows, out, y, x, width, params_i, bounds_y, coef_y)
-    else:
-        s = affine_source(y, x, height, width, params_i, coords)
-        for c in range(3):
-            out[i + c] = 0 if s < 0 else img[s * 3 + c]
 
 
 # ---------------------------------------------------------------------------------------------

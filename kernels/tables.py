@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ops import RESCALE_FILTERS
+from .ops import MAX_ROTATION, RESCALE_FILTERS
 from .scalar import RESAMPLE_BITS, fix16
 
-MAX_ROTATION = 45
 # Upscaling (every rescale crop is at most the image) keeps Pillow's support at the filter's own,
 # so the widest kernel is Lanczos': 2 * ceil(3) + 1 taps.
 MAX_TAPS = 7
@@ -167,7 +166,8 @@ def _rotation_matrix(degrees: int, width: int, height: int) -> list[float]:
 
 @functools.lru_cache(maxsize=16)
 def rotation_table(height: int, width: int) -> np.ndarray:
-    """int32 (91, 7): per angle -45..45, [uses fixed point?, a0..a5 in 16.16 as affine_fixed sets them]."""
+    """int32 (2 MAX_ROTATION + 1, 7): per whole angle from -MAX_ROTATION, [uses fixed point?, a0..a5
+    in 16.16 as affine_fixed sets them]."""
     table = np.zeros((2 * MAX_ROTATION + 1, 7), np.int32)
     for row, degrees in enumerate(range(-MAX_ROTATION, MAX_ROTATION + 1)):
         if degrees == 0:
@@ -184,6 +184,11 @@ class KernelTables:
     rotations: np.ndarray
     rescale_y: ResampleTable
     rescale_x: ResampleTable
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The tables in kernel-argument order (rotations, bounds_y, coef_y, bounds_x, coef_x)."""
+        return (self.rotations, self.rescale_y.bounds, self.rescale_y.coefs, self.rescale_x.bounds,
+                self.rescale_x.coefs)
 
 
 def kernel_tables(height: int, width: int) -> KernelTables:

@@ -306,15 +306,17 @@ def _numba_runner(pad: int, height: int, width: int):
     from remixmatch.kernels.tables import kernel_tables
 
     kernel = _serial_kernel()
-    tables = kernel_tables(height, width)
-    rotations, bounds_y, coef_y = tables.rotations, tables.rescale_y.bounds, tables.rescale_y.coefs
-    bounds_x, coef_x = tables.rescale_x.bounds, tables.rescale_x.coefs
+    rotations, bounds_y, coef_y, bounds_x, coef_x = kernel_tables(height, width).arrays()
 
     def run(out, op_ids, images, levels, rand, views):
-        n = out.shape[0]
-        kernel(images.reshape(images.shape[0], -1), np.ascontiguousarray(views[:, 0]),
-               np.ascontiguousarray(views[:, 1]), np.ascontiguousarray(views[:, 2:4]), pad, op_ids, levels, rand,
-               -1.0, height, width, out.reshape(n, -1), rotations, bounds_y, coef_y, bounds_x, coef_x)
+        # DALI compiles this callback, so no Python bundle (kernels.args.ApplyArgs) can be built here:
+        # the arguments go by the bundle's field names instead, which a swap or a new field cannot
+        # get past silently.
+        kernel(images=images.reshape(images.shape[0], -1), sources=np.ascontiguousarray(views[:, 0]),
+               weak=True, flips=np.ascontiguousarray(views[:, 1]), offsets=np.ascontiguousarray(views[:, 2:4]),
+               pad=pad, op_ids=op_ids, levels=levels, rand=rand, cutout=False, cutout_level=0.0,
+               height=height, width=width, out=out.reshape(out.shape[0], -1), rotations=rotations,
+               bounds_y=bounds_y, coef_y=coef_y, bounds_x=bounds_x, coef_x=coef_x)
 
     def setup(outs, ins):
         for sample in range(len(outs[0])):

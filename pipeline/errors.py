@@ -1,10 +1,9 @@
-"""The one exception type for bad input to the view pipeline."""
+"""The error family of the view pipeline."""
 
 from __future__ import annotations
 
+from remixmatch.common.errors import RemixMatchError
 
-class PipelineError(ValueError):
+
+class PipelineError(RemixMatchError, ValueError):
     """A user-facing error of the pipeline (bad batch size, K, missing DALI...): one line."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))

@@ -63,12 +63,16 @@ class Policies:
 
     def describe(self, n: int) -> str:
         """View n's ops and levels, e.g. 'rotate(0.81) rescale(0.13, 0.50)'."""
+        return " ".join(self.describe_ops(n))
+
+    def describe_ops(self, n: int) -> list[str]:
+        """View n's ops with their levels, one entry per op: ['rotate(0.81)', 'rescale(0.13, 0.50)']."""
         words = []
         for d in range(self.depth):
             op = int(self.op_ids[n, d])
             args = ", ".join(f"{self.levels[n, d, a]:.2f}" for a in range(len(OPS[op].bins)))
             words.append(f"{OP_NAMES[op]}({args})")
-        return " ".join(words)
+        return words
 
     def state_dict(self) -> dict:
         return {"op_ids": self.op_ids.copy(), "levels": self.levels.copy(), "rand": self.rand.copy()}
@@ -79,10 +83,14 @@ class Policies:
                         np.asarray(state["rand"], np.float32))
 
 
-def uniform_policies(n: int, depth: int, rng: np.random.Generator) -> Policies:
+def uniform_policies(n: int, depth: int, rng: np.random.Generator, ops: list[int] | None = None) -> Policies:
     """Ops uniform over all ops (identity included), every level uniform in [0, 1): CTAugment's probe
-    policy, and what a policy with flat weights samples from."""
-    op_ids = rng.integers(0, NUM_OPS, (n, depth), dtype=np.int32)
+    policy, and what a policy with flat weights samples from. ``ops`` restricts the draw to those
+    op ids (one id: every view applies that op, as a per-op benchmark needs)."""
+    if ops is None:
+        op_ids = rng.integers(0, NUM_OPS, (n, depth), dtype=np.int32)
+    else:
+        op_ids = np.asarray(ops, np.int32)[rng.integers(0, len(ops), (n, depth))]
     levels = rng.random((n, depth, LEVELS_PER_OP), dtype=np.float32)
     levels *= (OP_BINS[op_ids] > 0)  # arguments an op does not have read as 0
     rand = rng.random((n, depth + 1, 2), dtype=np.float32)

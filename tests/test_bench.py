@@ -1,7 +1,9 @@
-"""``rmm-bench``: the aug report is well formed, bad input fails fast with one line, prep is delegated.
+"""``rmm-bench``: the aug report is well formed, bad input fails fast with one line, prep is delegated,
+the images come from --images, --shards, $REMIXMATCH_SHARDS or the synthetic set.
 
-The benchmark itself runs once (``aug --quick`` in a subprocess, so that its Numba thread setting and
-worker pool stay out of the test process); nothing here asserts a speed.
+The benchmark itself runs once (``aug --quick --shards DIR`` on small synthetic CIFAR-10 shards, in a
+subprocess, so that its Numba thread setting and worker pool stay out of the test process); nothing
+here asserts a speed.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datasets_helpers import cifar_archive
 from remixmatch.bench import aug, images, report
 from remixmatch.bench.cli import main
+from remixmatch.common.paths import SHARDS_ENV
+from remixmatch.datasets_prep.cli import prep_folder_main
+from remixmatch.datasets_prep.sources_cifar import prep_cifar10
 from remixmatch.kernels.ops import NUM_OPS, OP_NAMES
 
 TOP_KEYS = {"schema_version", "command", "created", "wall_seconds", "machine", "conditions", "versions", "threads",
@@ -34,11 +40,20 @@ BACKENDS = {"pil", "pil-pool", "numba-cpu", "numba-cuda"}
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def cifar_shards(tmp_path_factory):
+    """Synthetic CIFAR-10 shards: 100 train rows (more than the 64 images aug reads)."""
+    root = tmp_path_factory.mktemp("augshards")
+    archive, _ = cifar_archive(root, per_batch=20)
+    prep_cifar10(str(archive), root / "shards", progress=False)
+    return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, cifar_shards):
     out = tmp_path_factory.mktemp("augbench")
     code = "import sys; from remixmatch.bench.cli import main; sys.exit(main())"
-    done = subprocess.run([sys.executable, "-c", code, "aug", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, "-c", code, "aug", "--quick", "--shards", str(cifar_shards),
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     return out, json.loads((out / "report.json").read_text())
 
@@ -55,7 +70,8 @@ def test_quick_report_has_the_documented_top_level(quick_run):
     conditions = rep["conditions"]
     assert conditions.keys() == {"load_average_at_start", "other_cpu_seconds", "other_cpu_share"}
     assert conditions["other_cpu_share"] is None or conditions["other_cpu_share"] >= 0
-    assert rep["inputs"]["count"] == aug.BATCH and rep["inputs"]["images"] in {"cifar10-jpg", "synthetic"}
+    assert rep["inputs"]["count"] == aug.BATCH and rep["inputs"]["images"] == "shards"
+    assert rep["inputs"]["source"] == "cifar10 (shards)" and rep["config"]["shards"]
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]  # no temp files left
 
 
@@ -144,6 +160,19 @@ def test_missing_images_are_rejected(tmp_path, capsys):
                     "absent.tar.gz")
 
 
+def test_missing_shards_are_rejected_naming_where_the_path_came_from(tmp_path, capsys, monkeypatch):
+    absent = tmp_path / "absent"
+    _one_line_error(capsys, ["aug", "--shards", str(absent), "--out", str(tmp_path / "o")], "--shards")
+    monkeypatch.setenv(SHARDS_ENV, str(absent))
+    _one_line_error(capsys, ["aug", "--out", str(tmp_path / "o")], f"{SHARDS_ENV}: {absent}")
+    assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_shards_and_images_together_are_rejected(tmp_path, capsys):
+    _one_line_error(capsys, ["aug", "--shards", str(tmp_path), "--images", str(tmp_path), "--out", str(tmp_path)],
+                    "give one")
+
+
 def test_explicit_cuda_without_a_device_is_an_error(tmp_path, capsys):
     if aug.cuda_unavailable_reason() is None:
         pytest.skip("a CUDA device is present")
@@ -166,29 +195,59 @@ def test_prep_is_delegated_with_its_arguments(monkeypatch):
 
 # ---- inputs -----------------------------------------------------------------------------------------
 
-def test_policies_have_the_kernel_dtypes_shapes_and_ranges():
-    p = images.random_policies(4, 3, 2, seed=1)
+def test_views_use_the_library_policies_with_kernel_dtypes_shapes_and_ranges():
+    from remixmatch.pipeline.policy import Policies
+
+    work = aug.Workload(images.synthetic_images(4), seed=1)
+    v = work.mixed(k=3, batch=4)
+    assert isinstance(v.policies, Policies) and v.views == 12 and v.depth == aug.DEPTH
+    p = v.policies
     assert p.op_ids.dtype == np.int32 and p.op_ids.shape == (12, 2)
     assert p.levels.dtype == np.float32 and p.levels.shape == (12, 2, 2)
     assert p.rand.dtype == np.float32 and p.rand.shape == (12, 3, 2)
     assert p.op_ids.min() >= 0 and p.op_ids.max() < NUM_OPS
     assert 0 <= p.levels.min() and p.levels.max() < 1 and 0 <= p.rand.min() and p.rand.max() < 1
-    assert p.sources.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
-    same = images.random_policies(4, 3, 2, seed=1)
-    assert all(np.array_equal(a, b) for a, b in zip(p.arrays(), same.arrays())), "seeded: same every run"
-    chunk = p.image_range(2, 4, 3)
-    assert chunk.sources.tolist() == [0, 0, 0, 1, 1, 1] and np.array_equal(chunk.op_ids, p.op_ids[6:])
-    single = images.single_op_policies(2, 2, 5, seed=0)
-    assert single.op_ids.tolist() == [[5]] * 4 and single.rand.shape == (4, 2, 2)
+    assert v.sources.dtype == np.int32 and v.sources.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    same = work.mixed(k=3, batch=4)
+    assert all(np.array_equal(a, b) for a, b in zip(v.arrays(), same.arrays())), "seeded: same every run"
+    chunk = v.image_range(2, 4, 3)
+    assert chunk.sources.tolist() == [0, 0, 0, 1, 1, 1] and np.array_equal(chunk.policies.op_ids, p.op_ids[6:])
+    single = work.single_op(5, k=2, batch=2)
+    assert single.policies.op_ids.tolist() == [[5]] * 4 and single.policies.rand.shape == (4, 2, 2)
 
 
-def test_synthetic_fallback_when_the_archive_is_absent(monkeypatch, tmp_path):
-    monkeypatch.setattr(images, "DEFAULT_ARCHIVE", tmp_path / "absent.tar.gz")
+def test_synthetic_images_when_nothing_names_any(monkeypatch):
+    monkeypatch.delenv(SHARDS_ENV, raising=False)
     batch = images.load_images(5, seed=3)
     assert batch.kind == "synthetic" and batch.pixels.shape == (5, 32, 32, 3) and batch.pixels.dtype == np.uint8
     assert batch.pixels.std() > 10, "image-like content, not a flat fill"
     assert np.array_equal(batch.pixels, images.load_images(5, seed=3).pixels)
     assert batch.tiled(12).shape == (12, 32, 32, 3) and np.array_equal(batch.tiled(12)[5], batch.pixels[0])
+
+
+def test_shard_images_are_the_first_train_rows_from_the_flag_or_the_variable(cifar_shards, monkeypatch):
+    from remixmatch.datasets_prep import open_shards
+
+    expected = open_shards(cifar_shards)["train"].images(slice(0, 7))
+    monkeypatch.delenv(SHARDS_ENV, raising=False)
+    batch = images.load_images(7, shards=cifar_shards)
+    assert batch.kind == "shards" and batch.source == "cifar10 (shards)" and batch.pixels.flags.writeable
+    assert np.array_equal(batch.pixels, expected)
+    monkeypatch.setenv(SHARDS_ENV, str(cifar_shards))
+    assert np.array_equal(images.load_images(7).pixels, expected)
+    with pytest.raises(images.ImageInputError, match="100 train rows, need 101"):
+        images.load_images(101)
+
+
+def test_shards_the_kernels_cannot_take_are_rejected(tmp_path):
+    tree = tmp_path / "tree" / "a"
+    tree.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tree / f"{i}.png")
+    assert prep_folder_main(["--source", str(tmp_path / "tree"), "--out", str(tmp_path / "grey"),
+                             "--mode", "L", "--no-progress"]) == 0
+    with pytest.raises(images.ImageInputError, match="1-channel"):
+        images.load_images(2, shards=tmp_path / "grey")
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -206,17 +265,17 @@ def test_archive_images_come_from_the_train_split_in_archive_order(tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    batch = images.load_images(2, archive)
+    batch = images.load_images(2, images=archive)
     assert batch.kind == "archive" and batch.source == "tiny.tar.gz"
     assert batch.pixels[:, 0, 0, 0].tolist() == [2, 3]
     with pytest.raises(images.ImageInputError, match="need 4"):
-        images.load_images(4, archive)
+        images.load_images(4, images=archive)
 
 
 def test_directory_images_are_read_in_sorted_order(tmp_path):
     for name, value in (("b.png", 9), ("a.png", 8)):
         (tmp_path / name).write_bytes(_png(np.full((3, 5, 3), value, np.uint8)))
-    batch = images.load_images(2, tmp_path)
+    batch = images.load_images(2, images=tmp_path)
     assert batch.kind == "directory" and batch.pixels.shape == (2, 3, 5, 3)
     assert batch.pixels[:, 0, 0, 0].tolist() == [8, 9]
 

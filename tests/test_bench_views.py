@@ -7,6 +7,8 @@ from PIL import Image
 
 from remixmatch.bench import views
 from remixmatch.bench.cli import main as bench_main
+from remixmatch.common.paths import SHARDS_ENV
+from remixmatch.kernels.ops import OP_NAMES
 from remixmatch.datasets_prep.cli import prep_folder_main
 
 
@@ -49,6 +51,28 @@ def test_views_same_seed_same_sheet(tmp_path):
     for png in (first, second):
         assert bench_main(["views", "--shards", str(shards), "--out", str(png), "--seed", "5"]) == 0
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
+
+
+def test_views_reads_the_shards_named_by_the_variable(tmp_path, monkeypatch, capsys):
+    shards = make_shards(tmp_path)
+    monkeypatch.setenv(SHARDS_ENV, str(shards))
+    png = tmp_path / "env.png"
+    assert bench_main(["views", "--out", str(png), "--images", "2", "--k", "1"]) == 0
+    cell_w, cell_h = 32 * views.SCALE + views.GAP, 32 * views.SCALE + views.CAPTION_HEIGHT + views.GAP
+    assert Image.open(png).size == (3 * cell_w, 2 * cell_h)
+    monkeypatch.delenv(SHARDS_ENV)
+    assert bench_main(["views", "--out", str(png)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"rmm-bench views: error: no images: pass --shards DIR (a prep-cifar10 --out directory) "
+                   f"or set {SHARDS_ENV}")
+
+
+def test_views_captions_name_the_library_policy_of_each_view():
+    weak, policies = views.sample_views(2, 3, seed=4)
+    assert len(policies) == len(weak.flips) == 6 and policies.depth == views.DEPTH
+    for v in range(6):
+        lines = policies.describe_ops(v)
+        assert [line.split("(")[0] for line in lines] == [OP_NAMES[op] for op in policies.op_ids[v]]
 
 
 def test_views_bad_input_is_one_line(tmp_path, capsys):

@@ -27,3 +27,24 @@ def test_bad_arguments(tmp_path, capsys):
     assert bench_prep.main(["--out", str(tmp_path), "--read-reps", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("rmm-bench prep: error:") and len(err.splitlines()) == 1
+
+
+def test_the_jpeg_export_comes_from_the_flag_else_the_variable(tmp_path, monkeypatch):
+    from remixmatch.common.paths import CIFAR10_JPG_ENV
+
+    tree = tmp_path / "cifar10-jpg.tar.gz"
+    tree.write_bytes(b"")
+    monkeypatch.delenv(CIFAR10_JPG_ENV, raising=False)
+
+    def pick(*argv):
+        return bench_prep.jpeg_tree_to_time(bench_prep.build_parser().parse_args(["--out", str(tmp_path), *argv]))
+
+    assert pick() == (None, f"no --jpeg-tree and no ${CIFAR10_JPG_ENV}")
+    assert pick("--quick", "--jpeg-tree", str(tree)) == (None, "--quick")
+    found, _ = pick("--jpeg-tree", str(tree))
+    assert (found.path, found.origin) == (tree, "--jpeg-tree")
+    monkeypatch.setenv(CIFAR10_JPG_ENV, str(tree))
+    found, _ = pick()
+    assert (found.path, found.origin) == (tree, CIFAR10_JPG_ENV)
+    monkeypatch.setenv(CIFAR10_JPG_ENV, str(tmp_path / "absent.tar.gz"))
+    assert pick() == (None, f"{CIFAR10_JPG_ENV}={tmp_path / 'absent.tar.gz'}: not found")

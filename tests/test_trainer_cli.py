@@ -255,3 +255,24 @@ def test_config_fields_have_help_and_defaults_in_the_parser():
     help_text = build_parser().format_help()
     for field in dataclasses.fields(TrainConfig):
         assert "--" + field.name.replace("_", "-") in help_text
+
+
+# -- the shared error mapping ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raised, status, fragment", [
+    (KeyboardInterrupt(), 130, "interrupted; continue with --resume"),
+    (PermissionError(13, "Permission denied", "/runs/x/metrics.jsonl"), EXIT_BAD_INPUT,
+     "/runs/x/metrics.jsonl: Permission denied"),
+])
+def test_interrupt_and_os_errors_are_one_line(raised, status, fragment, pipeline_shards, tmp_path, capsys,
+                                              monkeypatch):
+    from remixmatch.trainer import run
+
+    def stop(self):
+        raise raised
+
+    monkeypatch.setattr(run.Run, "train", stop)
+    rc, _, err = cli(smoke_args(pipeline_shards.path, tmp_path / "run", *SUPERVISED), capsys)
+    assert rc == status
+    assert_one_line_error(err, PROG, fragment)

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import torch
 
+from .errors import TrainerError
+
 CHECKPOINT_FORMAT = "remixmatch-checkpoint"
 CHECKPOINT_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
 REQUIRED = ("format", "version", "step", "config", "model", "ema", "optimizer", "loader", "rng")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(TrainerError, RuntimeError):
     """No usable checkpoint; one line naming the files."""
 
 

@@ -7,9 +7,10 @@ and ablations are overrides applied before the explicit flags.
     rmm-train --gpus 8 ...  |  --device cpu --procs 2 ...  |  under torchrun   # several processes
                                                                       # (trainer/distributed.py)
 
-Bad input prints ``rmm-train: error: <what and where>`` and exits 2; a diverged run exits 3. With
-several processes the message names the rank (``rmm-train: error: rank 1: ...``), with the same
-codes; a worker that dies (a signal, an unexpected exception) exits 1.
+Bad input prints ``rmm-train: error: <what and where>`` and exits 2; a diverged run exits 3 (the
+mapping of :mod:`remixmatch.common.cli`). With several processes the message names the rank
+(``rmm-train: error: rank 1: ...``), with the same codes; a worker that dies (a signal, an
+unexpected exception) exits 1.
 """
 
 from __future__ import annotations
@@ -18,15 +19,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from remixmatch.common.cli import OneLineParser, run_cli
+from remixmatch.common.errors import EXIT_BAD_INPUT, EXIT_DIVERGED
+
 from .config import ABLATIONS, PRESETS, TrainConfig, config_fields
 
-EXIT_BAD_INPUT = 2
-EXIT_DIVERGED = 3
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+__all__ = ["EXIT_BAD_INPUT", "EXIT_DIVERGED", "build_parser", "main"]
 
 
 def _comment(name: str) -> str:
@@ -43,7 +41,7 @@ def _comment(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="rmm-train", description="Train ReMixMatch (or the supervised baseline) from shards.")
+    parser = OneLineParser(prog="rmm-train", description="Train ReMixMatch (or the supervised baseline) from shards.")
     parser.add_argument("--out", type=Path, required=True, help="the run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="named overrides of the paper's defaults")
@@ -70,47 +68,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    overrides = {f.name: getattr(args, f.name) for f in config_fields() if getattr(args, f.name) is not None}
+    return run_cli(parser.prog, lambda: _train(parser.parse_args(argv), parser.prog),
+                   interrupted="interrupted; continue with --resume (from the last checkpoint)")
 
-    from remixmatch.datasets_prep import PrepError
-    from remixmatch.pipeline import PipelineError
 
-    from .checkpoint import CheckpointError
-    from .config import ConfigError, resolve
+def _train(args: argparse.Namespace, prog: str) -> int:
     from . import distributed
-    from .run import Diverged, Run, RunError, check_finite_config, check_run_dir
+    from .config import ConfigError, resolve
+    from .run import Run, check_finite_config, check_run_dir
 
-    try:
-        preset_values = {**PRESETS.get(args.preset or "", {}), **overrides}
-        if args.kimg is not None:
-            batch = preset_values.get("batch", TrainConfig.batch)
-            overrides["steps"] = max(1, round(args.kimg * 1024 / batch))
-        if not overrides.get("data") and not PRESETS.get(args.preset or "", {}).get("data"):
-            raise ConfigError("--data is required: a shard directory (prep-cifar10 --out DIR)")
-        config = resolve(args.preset, args.ablation, overrides)
-        check_finite_config(config)
-        world, config = distributed.plan_world(config, args.gpus, args.procs, args.max_restarts)
-        if world is not None and world.mode == "torchrun":
-            return distributed.join(config, args.out, world, resume=args.resume, quiet=args.quiet, prog=parser.prog)
-        if world is not None:
-            check_run_dir(args.out, args.resume)  # refused here, before any process starts
-            return distributed.launch(config, args.out, world, resume=args.resume, quiet=args.quiet,
-                                      prog=parser.prog)
-        run = Run(config, args.out, resume=args.resume, quiet=args.quiet)
-        run.train()
-    except Diverged as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return EXIT_DIVERGED
-    except (ConfigError, RunError, PrepError, PipelineError, CheckpointError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; continue with --resume (from the last checkpoint)", file=sys.stderr)
-        return 130
+    overrides = {f.name: getattr(args, f.name) for f in config_fields() if getattr(args, f.name) is not None}
+    preset_values = {**PRESETS.get(args.preset or "", {}), **overrides}
+    if args.kimg is not None:
+        batch = preset_values.get("batch", TrainConfig.batch)
+        overrides["steps"] = max(1, round(args.kimg * 1024 / batch))
+    if not overrides.get("data") and not PRESETS.get(args.preset or "", {}).get("data"):
+        raise ConfigError("--data is required: a shard directory (prep-cifar10 --out DIR)")
+    config = resolve(args.preset, args.ablation, overrides)
+    check_finite_config(config)
+    world, config = distributed.plan_world(config, args.gpus, args.procs, args.max_restarts)
+    if world is not None and world.mode == "torchrun":
+        return distributed.join(config, args.out, world, resume=args.resume, quiet=args.quiet, prog=prog)
+    if world is not None:
+        check_run_dir(args.out, args.resume)  # refused here, before any process starts
+        return distributed.launch(config, args.out, world, resume=args.resume, quiet=args.quiet, prog=prog)
+    Run(config, args.out, resume=args.resume, quiet=args.quiet).train()
     return 0
 
 

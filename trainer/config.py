@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 
+from .errors import TrainerError
+
 ALGORITHMS = ("remixmatch", "supervised")
 UNLABELED_LOSSES = ("xe", "l2")
 
@@ -123,7 +125,7 @@ RESUMABLE_FIELDS = frozenset({
     "ckpt_every", "keep_ckpts", "log_every", "median_of"})
 
 
-class ConfigError(ValueError):
+class ConfigError(TrainerError, ValueError):
     """A setting that cannot work; one line naming it."""
 
 

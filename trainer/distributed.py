@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from remixmatch.common.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, RemixMatchError
+from remixmatch.common.errors import EXIT_FAILED as EXIT_WORKER_FAILED
+
 from .config import ConfigError, TrainConfig
 
-EXIT_WORKER_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_DIVERGED = 3
 MONITOR_INTERVAL_S = 0.2  # how often the agent looks at its workers
 SHUTDOWN_TIMEOUT_S = 10  # SIGTERM, then SIGKILL after this long
 PEER_GRACE_S = 3.0  # an unexpected error waits this long before it ends its process (see worker_entry)
@@ -245,11 +245,7 @@ def _dump(run, recorder, folder: str, rank: int) -> None:
 def run_worker(config: TrainConfig, out: str, resume: bool, quiet: bool, cuda: bool) -> tuple[int, str, str]:
     """One rank's run: (exit code, one-line message, traceback or ""). The group is set up from the
     environment and torn down after a clean finish."""
-    from remixmatch.datasets_prep import PrepError
-    from remixmatch.pipeline import PipelineError
-
-    from .checkpoint import CheckpointError
-    from .run import Diverged, Run, RunError
+    from .run import Run
 
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
@@ -275,12 +271,10 @@ def run_worker(config: TrainConfig, out: str, resume: bool, quiet: bool, cuda: b
         run.train()
         if dump:
             _dump(run, recorder, dump, rank)
-    except Diverged as error:
-        return EXIT_DIVERGED, str(error), ""
-    except (ConfigError, RunError, PrepError, PipelineError, CheckpointError) as error:
-        return EXIT_BAD_INPUT, str(error), ""
+    except RemixMatchError as error:  # bad input from any layer, or a diverged run (exit 3)
+        return error.exit_code, str(error), ""
     except KeyboardInterrupt:
-        return 130, "interrupted; continue with --resume (from the last checkpoint)", ""
+        return EXIT_INTERRUPTED, "interrupted; continue with --resume (from the last checkpoint)", ""
     except Exception as error:
         message = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
         return EXIT_WORKER_FAILED, message, traceback.format_exc()

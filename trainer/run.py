@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from remixmatch.common.errors import EXIT_DIVERGED
 from remixmatch.pipeline import EvalLoader, PipelineError, StepLoader
 from remixmatch.pipeline.loader import make_fetcher
 
@@ -29,6 +30,7 @@ from .build import build_policy_and_views, build_train_state
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_paths, latest_checkpoint, save_checkpoint
 from .config import TrainConfig, contradictions
 from .data import load_run_data
+from .errors import TrainerError
 from .loop import apply_pending, train_step
 from .model import count_parameters
 from .progress import MetricsLog, Progress
@@ -37,12 +39,14 @@ from .step import LOSS_NAMES, STEPS
 SUMMARY_VERSION = 1
 
 
-class RunError(RuntimeError):
+class RunError(TrainerError, RuntimeError):
     """A run that cannot start or continue; one line saying why and where."""
 
 
 class Diverged(RunError):
     """A non-finite loss: the run stops, the last good checkpoint stays."""
+
+    exit_code = EXIT_DIVERGED
 
 
 def resolve_device(name: str) -> torch.device:

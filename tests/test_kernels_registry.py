@@ -1,0 +1,193 @@
+"""The op registry (kernels/ops.py) against everything that dispatches on an op, the README's op table,
+the kernel-argument bundles against every kernel's parameters, and the on-disk cache's Numba hook.
+
+These are the checks that make adding an op safe: an op the registry declares but a dispatcher does
+not handle fails here, instead of running some other op's pixel code."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from remixmatch.kernels import scalar
+from remixmatch.kernels.args import ApplyArgs, WeakArgs
+from remixmatch.kernels.ops import NUM_OPS, OP_NAMES, OPS, Kind, op_table
+from remixmatch.kernels.tables import kernel_tables
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+IDS = range(NUM_OPS)
+
+
+def _named_ops(function) -> set[str]:
+    """The op names a dispatcher compares ``op`` against (``op == NAME``)."""
+    tree = ast.parse(inspect.getsource(function))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "op":
+            names |= {c.id.lower() for c in node.comparators if isinstance(c, ast.Name)}
+    return names
+
+
+def _ops(condition) -> set[str]:
+    return {op.name for op in OPS if condition(op)}
+
+
+def test_every_op_has_its_id_constant():
+    for op_id, name in enumerate(OP_NAMES):
+        assert getattr(scalar, name.upper(), None) == op_id, f"scalar.py lacks {name.upper()} = OP_ID[{name!r}]"
+
+
+def test_trait_dispatchers_follow_the_kinds():
+    for op_id in IDS:
+        op = OPS[op_id]
+        assert scalar.is_point_op(op_id) == (op.kind is Kind.POINT), op.name
+        assert scalar.has_row_pass(op_id) == (op.kind is Kind.RESAMPLE), op.name
+        assert scalar.needs_histogram(op_id) == op.histogram, op.name
+
+
+def test_prepare_op_handles_every_op_with_levels():
+    missing = _ops(lambda op: op.args) - _named_ops(scalar.prepare_op)
+    assert not missing, f"prepare_op has no branch for {sorted(missing)}"
+
+
+def test_point_value_handles_every_point_op_with_levels():
+    # A point op without levels (identity) is the final `return v`.
+    missing = _ops(lambda op: op.kind is Kind.POINT and op.args) - _named_ops(scalar.point_value)
+    assert not missing, f"point_value has no branch for {sorted(missing)}"
+
+
+def test_op_pixel_handles_every_other_op():
+    # Geometric ops share the affine branch, selected by kind; every other non-point op needs its own.
+    named = _named_ops(scalar.op_pixel)
+    missing = _ops(lambda op: op.kind not in (Kind.POINT, Kind.GEOMETRIC)) - named
+    assert not missing, f"op_pixel has no branch for {sorted(missing)}"
+    assert not named & _ops(lambda op: op.kind is Kind.POINT), "op_pixel names a point op"
+
+
+def test_statistics_handle_every_histogram_op():
+    missing = _ops(lambda op: op.histogram) - _named_ops(scalar.finish_statistics)
+    assert not missing, f"finish_statistics has no branch for {sorted(missing)}"
+
+
+def test_one_resample_op():
+    # row_pass_rows / row_pass_pixel run rescale's passes without testing the op: a second
+    # resample op needs branches there first.
+    assert _ops(lambda op: op.kind is Kind.RESAMPLE) == {"rescale"}
+
+
+@pytest.mark.parametrize("op_id", IDS, ids=OP_NAMES)
+def test_every_op_writes_every_pixel(op_id):
+    # The scalar functions run as plain Python: the pass the kernels make for this op must write
+    # every output element, whatever the output buffer held before.
+    height, width = 7, 9
+    rng = np.random.default_rng(op_id)
+    image = rng.integers(0, 256, height * width * 3).astype(np.uint8)
+    tables = kernel_tables(height, width)
+    outs = [_run_op(op_id, image, height, width, tables, fill) for fill in (0, 255)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def _run_op(op, image, height, width, tables, fill):
+    params_i = np.zeros(scalar.PARAMS_I, np.int32)
+    params_f = np.zeros(scalar.PARAMS_F, np.float64)
+    coords = np.zeros(height + width, np.int32)
+    hist = np.zeros(scalar.LUT_SIZE, np.int32)
+    lut = np.zeros(scalar.LUT_SIZE, np.int32)
+    rows = np.zeros_like(image)
+    out = np.full_like(image, fill)
+    scalar.prepare_op(op, 0.8, 0.3, 0.4, 0.6, height, width, params_i, params_f, coords,
+                      tables.rotations)
+    if scalar.needs_histogram(op):
+        for p in range(height * width):
+            for c in range(3):
+                slot = scalar.histogram_slot(op, image, p, c)
+                if slot >= 0:
+                    hist[slot] += 1
+        for c in range(3):
+            scalar.finish_statistics(op, hist, lut, params_i, c, height * width)
+    if scalar.is_point_op(op):
+        for j in range(scalar.LUT_SIZE):
+            lut[j] = scalar.point_value(op, j & 255, lut[j], params_i, params_f)
+        return lut[(np.arange(image.size) % 3) * 256 + image]
+    if scalar.has_row_pass(op):
+        for r in range(scalar.row_pass_rows(op, params_i)):
+            for x in range(width):
+                scalar.row_pass_pixel(op, image, rows, r, x, width, params_i,
+                                      tables.rescale_x.bounds, tables.rescale_x.coefs)
+    for y in range(height):
+        for x in range(width):
+            scalar.op_pixel(op, image, rows, out, y, x, height, width, params_i, params_f, coords,
+                            tables.rescale_y.bounds, tables.rescale_y.coefs)
+    return out
+
+
+def test_readme_op_table_is_generated_from_the_registry():
+    text = README.read_text()
+    section = text[text.index("### The ops"): text.index("### How to add an op")]
+    assert op_table() in section, (
+        "README.md's op table differs from the registry: replace it with the output of "
+        "python -c 'from remixmatch.kernels.ops import op_table; print(op_table())'")
+
+
+def _parameters(function) -> tuple[str, ...]:
+    return tuple(inspect.signature(getattr(function, "py_func", function)).parameters)
+
+
+def test_cpu_kernels_take_the_bundles():
+    from remixmatch.kernels.cpu import apply_ops_cpu, weak_augment_cpu
+
+    assert _parameters(apply_ops_cpu) == ApplyArgs._fields
+    assert _parameters(weak_augment_cpu) == WeakArgs._fields
+
+
+def test_cuda_kernels_take_the_bundles():
+    from remixmatch.kernels.cuda import kernel_signatures
+
+    kernels = kernel_signatures()
+    for name, (kernel, signature) in kernels.items():
+        fields = WeakArgs._fields if name == "weak_augment_kernel" else ApplyArgs._fields
+        assert _parameters(kernel)[: len(fields)] == fields, name
+        assert len(signature) == len(_parameters(kernel)), name
+
+
+def test_no_weak_and_no_cutout_are_flags():
+    from remixmatch.kernels.args import apply_args
+
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    op_ids = np.zeros((2, 1), np.int32)
+    levels = np.zeros((2, 1, 2), np.float32)
+    rand = np.zeros((2, 2, 2), np.float32)
+    out = np.empty_like(images)
+    tables = kernel_tables(4, 4).arrays()
+    plain = apply_args(images, op_ids, levels, rand, None, None, None, None, 4, out, tables, np.asarray)
+    assert plain.weak is False and plain.cutout is False
+    fused = apply_args(images, op_ids, levels, rand, 0.0, None, np.zeros(2, np.int32),
+                       np.zeros((2, 2), np.int32), 4, out, tables, np.asarray)
+    assert fused.weak is True and fused.cutout is True and fused.cutout_level == 0.0
+
+
+def test_kernel_cache_uses_the_source_digest():
+    # The CPU kernels must be cached under the digest of every kernel source: if a Numba upgrade
+    # picks another locator, an edit of scalar.py would reuse a stale kernel (or every run recompiles).
+    from remixmatch.kernels import jit_cache
+    from remixmatch.kernels.cpu import apply_ops_cpu, weak_augment_cpu
+
+    for kernel in (apply_ops_cpu, weak_augment_cpu):
+        locator = kernel._cache._impl.locator
+        assert isinstance(locator, jit_cache.KERNEL_LOCATORS), type(locator).__name__
+        assert locator.get_source_stamp() == jit_cache._sources_digest()
+
+
+def test_cache_hook_refuses_loudly_when_numba_drops_it(monkeypatch):
+    from numba.core import caching
+
+    from remixmatch.kernels import jit_cache
+
+    monkeypatch.setattr(caching.CacheImpl, "_locator_classes", None)
+    with pytest.raises(RuntimeError, match=re.escape("_locator_classes is gone")):
+        jit_cache.install()
