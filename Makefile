@@ -9,7 +9,7 @@ SHARDS ?= shards
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean
+.PHONY: install test demo gpu-check gpu-namespace clean
 
 install: $(STAMP)
 
@@ -35,7 +35,38 @@ demo: install
 	$(VENV)/bin/rmm-train --data $(SHARDS) --labels 250 --preset cpu --steps 1000 --out $(DEMO_RUN)
 	$(PY) -c "import json; s = json.load(open('$(DEMO_RUN)/summary.json')); print(json.dumps({k: s[k] for k in ('algorithm', 'steps', 'accuracy', 'model', 'wall_seconds')}, indent=1))"
 	$(VENV)/bin/rmm-bench views --shards $(SHARDS) --out bench-out/demo/views.png
-	$(VENV)/bin/rmm-bench aug --quick --out bench-out/demo
+	$(VENV)/bin/rmm-bench all --quick --shards $(SHARDS) --out bench-out/demo/report > /dev/null
+	@echo "quick report: bench-out/demo/report/report.md and report.json; charts: $$(cd bench-out/demo/report && ls *.png | tr '\n' ' ')"
+
+# On a machine with a GPU: the gpu-marked tests, then `rmm-bench all --device cuda` (DALI optional:
+# without it the torch loader alone). By default it installs like the other targets (set TORCH_SPEC
+# to a CUDA build). Where nothing can be fetched and python already has torch with CUDA, numba,
+# numba-cuda, pyarrow, pillow and rich: `make gpu-check GPU_PYTHON=python3` runs the checkout as is.
+GPU_PYTHON ?=
+GPU_OUT ?= bench-out/gpu
+GPU_SHARDS ?= .device/c10
+GPU_NS := .device/ns
+ifeq ($(GPU_PYTHON),)
+GPU_RUN := $(PY)
+GPU_SETUP := install
+else
+GPU_RUN := PYTHONPATH=$(GPU_NS) $(GPU_PYTHON)
+GPU_SETUP := gpu-namespace
+endif
+
+gpu-check: $(GPU_SETUP)
+	$(GPU_RUN) -c "import sys; from remixmatch.datasets_prep.cli import prep_cifar10_main as prep; sys.exit(prep(sys.argv[1:]))" \
+		--out $(GPU_SHARDS) --overwrite $(if $(CIFAR10_SOURCE),--source $(CIFAR10_SOURCE))
+	$(GPU_RUN) -m pytest -q -m gpu tests/test_kernels_gpu.py tests/test_gpu_training.py tests/test_pipeline_dali.py
+	$(GPU_RUN) -m remixmatch.bench.cli all --device cuda --shards $(GPU_SHARDS) --out $(GPU_OUT) > /dev/null
+	@echo "GPU report: $(GPU_OUT)/report.md and report.json, charts beside them"
+
+# The package namespace as symlinks to the checkout: `import remixmatch.kernels` without an install.
+# Each link is read from pyproject.toml's package-dir, so a new package is linked too.
+gpu-namespace:
+	$(GPU_PYTHON) -c "import os, re; ns = '$(GPU_NS)/remixmatch'; os.makedirs(ns, exist_ok=True); \
+	[(os.path.lexists(f'{ns}/{name}') and os.remove(f'{ns}/{name}'), os.symlink(os.path.abspath(folder), f'{ns}/{name}')) \
+	 for name, folder in re.findall(r'\"remixmatch\.(\w+)\" = \"(\w+)\"', open('pyproject.toml').read())]"
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench-out

@@ -1,6 +1,6 @@
 """``rmm-bench``: the benchmark commands.
 
-``rmm-bench aug [--device auto|cpu|cuda] [--quick] [--reps N] [--threads N] [--images PATH]
+``rmm-bench aug [--device auto|cpu|cuda] [--quick] [--reps N] [--threads N] [--shards DIR | --images PATH]
 [--seed N] --out DIR`` writes ``DIR/report.json`` and ``DIR/report.md`` (schema in
 :mod:`remixmatch.bench.report`). Every subcommand:
 
@@ -11,10 +11,17 @@
 - ``train``: training steps/s, the step fed by ready tensors vs by the loader, and the paper's
   2^20-step run projected (:mod:`remixmatch.bench.train`);
 - ``efficacy``: ReMixMatch vs the supervised baseline and ablations, same data and steps
-  (:mod:`remixmatch.bench.efficacy`).
+  (:mod:`remixmatch.bench.efficacy`);
+- ``ptx``: registers, spills, shared memory and theoretical occupancy of every CUDA kernel, from
+  ``ptxas -v`` with no GPU (:mod:`remixmatch.bench.ptx`);
+- ``all``: one report of aug, ptx, pipeline, train (with the step split into its phases) and
+  scaling, with PNG charts and the paper's run projected (:mod:`remixmatch.bench.full_report`);
+- ``compare``: two report.json side by side with the ratio of every figure (:mod:`remixmatch.bench.compare`).
 
 All but ``aug`` own their arguments (``rmm-bench NAME --help``): everything after the name goes to
-the ``main(argv)`` of their module (:data:`DELEGATED`). Bad input exits with status 2 and a one-line message.
+the ``main(argv)`` of their module (:data:`DELEGATED`). Bad input exits with status 2 and a one-line
+message (:func:`remixmatch.common.cli.run_cli`). This module imports nothing heavy: ``--help`` and the
+delegation cost no NumPy, Numba or pyarrow import.
 """
 
 from __future__ import annotations
@@ -22,6 +29,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+# OneLineParser and positive_int are imported by the delegated commands from here as well.
+from remixmatch.common.cli import OneLineParser, positive_int, run_cli
+from remixmatch.common.paths import SHARDS_ENV
+
+PROG = "rmm-bench"
 
 # Subcommands that own their argument parsing: everything after the name goes to their main(argv).
 DELEGATED = {
@@ -33,28 +46,16 @@ DELEGATED = {
               "training steps/s, synthetic vs loader-fed (see: rmm-bench train --help)"),
     "efficacy": ("remixmatch.bench.efficacy",
                  "ReMixMatch vs supervised and ablations, same data and steps (see: rmm-bench efficacy --help)"),
+    "ptx": ("remixmatch.bench.ptx",
+            "CUDA kernel registers, spills, shared memory, occupancy, no GPU needed (see: rmm-bench ptx --help)"),
+    "all": ("remixmatch.bench.full_report",
+            "one report: aug, ptx, pipeline, train with the step split, scaling, charts (see: rmm-bench all --help)"),
+    "compare": ("remixmatch.bench.compare", "two report.json side by side with ratios (see: rmm-bench compare --help)"),
 }
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (status 2) instead of the usage block."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog="rmm-bench", description="Benchmarks of the ReMixMatch building blocks.")
+    parser = OneLineParser(prog=PROG, description="Benchmarks of the ReMixMatch building blocks.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     aug = commands.add_parser("aug", help="CTAugment strong views/s: Numba CPU/CUDA kernels vs the PIL reference",
                               description="CTAugment strong views/s: Numba CPU/CUDA kernels vs the PIL reference.")
@@ -68,9 +69,11 @@ def build_parser() -> OneLineParser:
                      help="timed repetitions per figure, at least 5 (default 7; 5 with --quick)")
     aug.add_argument("--threads", type=positive_int, default=None,
                      help="Numba threads and PIL pool processes (default: all cores)")
-    aug.add_argument("--images", default=None,
-                     help="tar archive or directory of images (default: the shared cifar10-jpg.tar.gz; "
-                          "synthetic images if that is absent)")
+    aug.add_argument("--shards", default=None, metavar="DIR",
+                     help=f"a shard directory (prep-cifar10 --out): the first 64 images of its train split "
+                          f"(default: ${SHARDS_ENV}; synthetic images when that is unset too)")
+    aug.add_argument("--images", default=None, metavar="PATH",
+                     help="instead of --shards: a tar archive or a directory of PNG/JPEG files (its train/ part)")
     aug.add_argument("--seed", type=int, default=0, help="seed of the policies (and of synthetic images)")
     for name, (_, help_text) in DELEGATED.items():
         commands.add_parser(name, help=help_text, add_help=False)
@@ -83,7 +86,6 @@ def run_aug(args: argparse.Namespace) -> int:
     from rich.markdown import Markdown
 
     from . import aug
-    from .images import ImageInputError
     from .report import write_report
 
     config = aug.AugConfig(
@@ -93,23 +95,16 @@ def run_aug(args: argparse.Namespace) -> int:
         reps=args.reps if args.reps is not None else (aug.MIN_REPS if args.quick else aug.DEFAULT_REPS),
         threads=args.threads if args.threads is not None else aug.default_threads(),
         images=args.images,
+        shards=args.shards,
         seed=args.seed,
     )
-    try:
-        aug.validate(config)
-    except aug.AugInputError as error:
-        print(f"rmm-bench aug: error: {error}", file=sys.stderr)
-        return 2
+    aug.validate(config)
     console = Console(stderr=True, highlight=False)
 
     def log(item) -> None:
         console.print(item if isinstance(item, str) else _progress_line(item))
 
-    try:
-        report = aug.run(config, log)
-    except ImageInputError as error:
-        print(f"rmm-bench aug: error: {error}", file=sys.stderr)
-        return 2
+    report = aug.run(config, log)
     json_path, md_path = write_report(config.out, report, aug.render_markdown(report))
     Console(highlight=False).print(Markdown(md_path.read_text(encoding="utf-8")))
     console.print(f"wrote {json_path} and {md_path}")
@@ -134,11 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:  # --help (0) or a usage error (2): return the status, do not raise
-        return int(exit_.code or 0)
-    return COMMANDS[args.command](args)
+    parser = build_parser()
+    return run_cli(parser.prog, lambda: _run_command(parser.parse_args(argv)))
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    return run_cli(f"{PROG} {args.command}", lambda: COMMANDS[args.command](args))
 
 
 COMMANDS = {"aug": run_aug}

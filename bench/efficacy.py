@@ -34,7 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import OneLineParser, positive_int
+from remixmatch.common.cli import OneLineParser, positive_int, run_cli
+
+from .errors import BenchError
 
 PROG = "rmm-bench efficacy"
 
@@ -152,78 +154,54 @@ def build_parser() -> OneLineParser:
 
 
 def check_args(args, settings: dict) -> None:
-    """Raises ValueError (one line) for input no variant can run with, before anything trains."""
+    """Raises BenchError (one line) for input no variant can run with, before anything trains."""
     if not args.shards.is_dir():
-        raise ValueError(f"--shards {args.shards}: no such directory")
+        raise BenchError(f"--shards {args.shards}: no such directory")
     if not (args.shards / "manifest.json").is_file():
-        raise ValueError(f"--shards {args.shards}: not a shard directory (no manifest.json)")
+        raise BenchError(f"--shards {args.shards}: not a shard directory (no manifest.json)")
     if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out} exists and is not a directory")
+        raise BenchError(f"--out {args.out} exists and is not a directory")
     if args.threads < 0:
-        raise ValueError(f"--threads must be at least 0, got {args.threads}")
+        raise BenchError(f"--threads must be at least 0, got {args.threads}")
     for name in args.variants:
         variant_config(name, args.seeds[0], settings)  # ConfigError (a ValueError) names the setting
 
 
-def input_errors() -> tuple[type, ...]:
-    """Exceptions that mean bad input (one line, exit 2), not a bug. A diverged run is a RunError
-    too, but main reports it apart (exit 3, as rmm-train)."""
-    from remixmatch.datasets_prep import PrepError
-    from remixmatch.pipeline import PipelineError
-    from remixmatch.trainer.checkpoint import CheckpointError
-    from remixmatch.trainer.config import ConfigError
-    from remixmatch.trainer.run import RunError
-
-    return ConfigError, PrepError, PipelineError, CheckpointError, RunError
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    settings = common_settings(args)
-    try:
+    def body() -> int:
+        args = build_parser().parse_args(argv)
+        settings = common_settings(args)
         check_args(args, settings)
-    except ValueError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
-    import torch
+        import torch
 
-    from .report import RunConditions, finish_report, machine_info, new_report, write_report
+        from remixmatch.datasets_prep import open_shards
 
-    report = new_report("efficacy", {"settings": settings, "variants": args.variants, "seeds": args.seeds})
-    report["machine"] = machine_info()
-    conditions = RunConditions()
-    started = time.perf_counter()
+        from .report import RunConditions, finish_report, machine_info, new_report, write_report
 
-    def log(text):
-        print(text, file=sys.stderr, flush=True)
+        report = new_report("efficacy", {"settings": settings, "variants": args.variants, "seeds": args.seeds})
+        report["machine"] = machine_info()
+        conditions = RunConditions()
+        started = time.perf_counter()
 
-    from remixmatch.datasets_prep import open_shards
-    from remixmatch.trainer.run import Diverged
+        def log(text):
+            print(text, file=sys.stderr, flush=True)
 
-    try:
         shards = open_shards(args.shards)
         report["inputs"] = {"shards": Path(str(shards.path)).name, "dataset": shards.dataset,
                             "eval_split": settings.get("eval_split", "test")}
         for seed in args.seeds:
             for name in args.variants:
                 report["results"].append(run_variant(name, seed, settings, args.out, log))
-    except Diverged as error:
-        print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 3
-    except input_errors() as error:
-        print(f"{PROG}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    report["threads"] = {"torch": torch.get_num_threads()}
-    report["summary"] = summarize(report["results"])
-    finish_report(report, time.perf_counter() - started, conditions)
-    json_path, md_path = write_report(args.out, report, render_markdown(report))
-    print(md_path.read_text())
-    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
-    return 0
+        report["threads"] = {"torch": torch.get_num_threads()}
+        report["summary"] = summarize(report["results"])
+        finish_report(report, time.perf_counter() - started, conditions)
+        json_path, md_path = write_report(args.out, report, render_markdown(report))
+        print(md_path.read_text())
+        print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+        return 0
+
+    # Bad input from any layer: one line, exit 2; a diverged run: exit 3, as rmm-train.
+    return run_cli(PROG, body)
 
 
 if __name__ == "__main__":

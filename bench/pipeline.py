@@ -84,10 +84,12 @@ from typing import Callable
 
 import numpy as np
 
-from .cli import OneLineParser, positive_int
+from remixmatch.common.cli import OneLineParser, positive_int
+
+from .errors import BenchError
 from .report import (
     PACKAGES, RunConditions, conditions_line, finish_report, format_rate, format_ratio, machine_info,
-    machine_line, markdown_table, new_report, package_versions, spread, usable_cpus, write_report,
+    machine_line, markdown_table, new_report, package_versions, report_main, spread, usable_cpus,
 )
 
 PROG = "rmm-bench pipeline"
@@ -107,7 +109,7 @@ GRAPH_NAMES = {"dali-graph": "dali cpu, kernel in graph (python_function)",
                "dali-numba": "dali cpu, kernel in graph (numba_function, 1 thread)"}
 
 
-class BenchInputError(ValueError):
+class BenchInputError(BenchError):
     """A command-line value or input the benchmark cannot run with; shown as one line."""
 
 
@@ -782,43 +784,6 @@ def check_paths(shards: Path, out: Path) -> None:
         raise BenchInputError(f"--shards {shards}: no such directory")
     if out.exists() and not out.is_dir():
         raise BenchInputError(f"--out {out} exists and is not a directory")
-
-
-def input_errors() -> tuple[type, ...]:
-    """The exceptions that mean bad input (one line, exit 2), not a bug."""
-    from remixmatch.datasets_prep import PrepError
-    from remixmatch.pipeline import PipelineError
-
-    return BenchInputError, PrepError, PipelineError
-
-
-def report_main(argv, *, prog, build_parser, config_from_args, run, render_markdown, progress_line) -> int:
-    """The body of a report command's main(): parse, check, run (progress on stderr), write
-    report.json and report.md, print the markdown. Bad input: one line, exit 2."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    try:
-        config = config_from_args(args)
-    except BenchInputError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
-
-    def log(item) -> None:
-        print(item if isinstance(item, str) else progress_line(item), file=sys.stderr, flush=True)
-
-    try:
-        report = run(config, log)
-    except input_errors() as error:
-        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    text = render_markdown(report)
-    json_path, md_path = write_report(config.out, report, text)
-    print(text)
-    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -289,3 +289,28 @@ def conditions_line(report: dict) -> str:
     if c["other_cpu_share"] > BUSY_SHARE:
         line += "  \n**Other work competed for the CPUs: these figures are lower than on an idle machine.**"
     return line
+
+
+# ---- the report commands' main --------------------------------------------------------------------
+
+def report_main(argv, *, prog, build_parser, config_from_args, run, render_markdown, progress_line) -> int:
+    """The body of a report command's main(): parse, check, run (progress on stderr), write
+    report.json and report.md, print the markdown. Bad input: one line and the error's exit status
+    (:func:`remixmatch.common.cli.run_cli`)."""
+    import sys
+
+    from remixmatch.common.cli import run_cli
+
+    def log(item) -> None:
+        print(item if isinstance(item, str) else progress_line(item), file=sys.stderr, flush=True)
+
+    def body() -> int:
+        config = config_from_args(build_parser().parse_args(argv))
+        report = run(config, log)
+        text = render_markdown(report)
+        json_path, md_path = write_report(config.out, report, text)
+        print(text)
+        print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+        return 0
+
+    return run_cli(prog, body)

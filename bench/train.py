@@ -65,8 +65,14 @@ CPU model, a dozen or more on a GPU), device work synchronised at the end of eac
      "numba_threads": 2 | null,            # the loader's CPU render (null: synthetic or CUDA)
      "bf16": false, "channels_last": false,   # autocast / memory format in effect (CUDA only)
      "losses_finite": true,                # the last step's losses, read after the timing
-     "startup_seconds": 3.2}               # building model + loader and the first step (Numba
+     "startup_seconds": 3.2,               # building model + loader and the first step (Numba
                                            # cache load, CUDA context, cuDNN autotuning)
+     "phase_steps": 2,                     # further steps, after the timed ones, split into phases
+     "phase_seconds_per_step": {           # (remixmatch.trainer.phases; the device synchronised at
+       "data_wait": ..., "forward": ...,   # every boundary, so these steps are not the timed ones)
+       "backward": ..., "optimiser": ..., "cta_update": ...,
+       "other": ...},                      # the rest of the step's wall time
+     "phase_shares": {...}}                # the same, / the phase steps' wall seconds per step
 
 or a skipped row ``{"bench": "train", "device": ..., "feed": ..., "prefetch": ..., "batch": ...,
 "skipped": reason}`` (no --shards; no CUDA device; a device not requested; a CUDA row that failed,
@@ -127,14 +133,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .cli import OneLineParser, positive_int
+from remixmatch.common.cli import OneLineParser, positive_int
+
 from .pipeline import (
     BenchInputError, NumbaThreadsFetcher, _no_sync, _numba_threads_info, _reason, check_paths,
-    cuda_unavailable_reason, open_data, report_main, time_steps,
+    cuda_unavailable_reason, open_data, time_steps,
 )
 from .report import (
     PACKAGES, RunConditions, conditions_line, finish_report, format_rate, machine_info, machine_line,
-    markdown_table, new_report, package_versions, usable_cpus,
+    markdown_table, new_report, package_versions, report_main, usable_cpus,
 )
 
 PROG = "rmm-bench train"
@@ -146,6 +153,8 @@ PAPER_STEPS = 1 << 20
 REP_SECONDS = {False: 3.0, True: 0.3}
 MIN_STEPS = {False: 2, True: 1}
 WARM_STEPS = {False: 2, True: 1}
+# Steps split into phases after the timed repetitions (synchronised at every phase boundary).
+PHASE_STEPS = {False: 5, True: 2}
 # Models per device unless --width / --blocks-per-stage: a small one for the CPU, the paper's on CUDA.
 DEVICE_MODELS = {"cpu": (16, 1), "cuda": (32, 4)}
 SYNTHETIC_CLASSES = 10  # the synthetic rows' classes when no shards are given (CIFAR-10's)
@@ -308,6 +317,7 @@ def run_row(config: TrainBenchConfig, device: str, feed: str, prefetch: bool, da
                             WARM_STEPS[config.quick], sync)
         startup = (first_start - start) + timing.first_seconds
         finite = bool(torch.isfinite(loop.last_losses).all())
+        phases = split_phases(loop, PHASE_STEPS[config.quick], sync)
     finally:
         source.close()
     # Per repetition: the calls after the first step and the warm-up, steps_per_rep at a time.
@@ -336,9 +346,31 @@ def run_row(config: TrainBenchConfig, device: str, feed: str, prefetch: bool, da
         "threads": torch.get_num_threads(), "numba_threads": numba_threads,
         "bf16": autocast, "channels_last": device == "cuda" and tc.channels_last,
         "losses_finite": finite, "startup_seconds": startup,
+        **phases,
     }
     log(row)
     return row
+
+
+def split_phases(loop: TrainLoop, steps: int, sync) -> dict:
+    """Where a step's time goes: ``steps`` more steps with a phase timer attached (see
+    :mod:`remixmatch.trainer.phases`); ``other`` is the rest of each step's wall time."""
+    from remixmatch.trainer.phases import StepPhases
+
+    loop.state.phases = phases = StepPhases(sync)
+    try:
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            loop()
+        sync()
+        wall = (time.perf_counter() - start) / steps
+    finally:
+        loop.state.phases = None
+    seconds = phases.per_step(steps)
+    seconds["other"] = max(0.0, wall - sum(seconds.values()))
+    return {"phase_steps": steps, "phase_seconds_per_step": seconds,
+            "phase_shares": {name: value / wall for name, value in seconds.items()}}
 
 
 def _views_per_step(views) -> int:
@@ -694,6 +726,25 @@ def scaling_markdown(scaling: list[dict], config: dict) -> list[str]:
     return lines
 
 
+def phase_markdown(rows: list[dict]) -> list[str]:
+    from remixmatch.trainer.phases import PHASES
+
+    names = [*PHASES, "other"]
+    return [
+        "## Where a step's time goes",
+        "",
+        markdown_table(["device", "feed", *[f"{name} ms" for name in names]],
+                       [[r["device"], _row_name(r)] + [f"{1000 * r['phase_seconds_per_step'][name]:.1f} "
+                                                       f"({_share(r['phase_shares'][name])})" for name in names]
+                        for r in rows]),
+        "",
+        f"Per step, over {rows[0]['phase_steps'] if rows else 0} further steps with the device synchronised at every "
+        "phase boundary (remixmatch.trainer.phases): forward = label guess, MixUp, the forward of everything that "
+        "trains and the losses; optimiser = Adam, weight decay, EMA, distribution-alignment history; cta_update = "
+        "the EMA model scoring the probes, the policy update and drawing the next plan.",
+    ]
+
+
 def render_markdown(report: dict) -> str:
     rows, summary, inputs, config = report["results"], report["summary"], report["inputs"], report["config"]
     b, k = config["batch"], config["k"]
@@ -748,6 +799,7 @@ def render_markdown(report: dict) -> str:
                   "machine shared with other work: while the loader's Numba OpenMP threads run, torch's OpenMP "
                   "threads spin less when the cores are oversubscribed (OMP_WAIT_POLICY=PASSIVE closed most of the "
                   "gap). Rerun on an idle machine, or with --threads 1."]
+    lines += ["", *phase_markdown(measured(rows))]
     scaling = report.get("scaling")
     if scaling is not None:
         lines += ["", *scaling_markdown(scaling, config)]

@@ -22,6 +22,7 @@ from pipeline_helpers import N_LABELED, N_VALID, pipeline_shards  # noqa: F401 (
 from remixmatch.bench import train as bench_train
 from remixmatch.bench.cli import main
 from remixmatch.trainer.build import build_policy_and_views, build_train_state
+from remixmatch.trainer.phases import PHASES
 
 TOP_KEYS = {"schema_version", "command", "created", "wall_seconds", "machine", "conditions", "versions", "threads",
             "config", "inputs", "summary", "results"}
@@ -132,6 +133,20 @@ def test_rows_are_well_formed(quick_run):
         if r["device"] == "cpu":
             assert r["bf16"] is False and r["channels_last"] is False
             assert r["numba_threads"] == (1 if r["feed"] == "loader" else None)
+
+
+def test_every_measured_row_splits_its_step_into_the_phases(quick_run):
+    _, rep, _ = quick_run
+    for r in bench_train.measured(rep["results"]):
+        seconds, shares = r["phase_seconds_per_step"], r["phase_shares"]
+        assert r["phase_steps"] == bench_train.PHASE_STEPS[True]
+        assert list(seconds) == [*PHASES, "other"] and list(shares) == list(seconds)
+        assert all(value >= 0 for value in seconds.values())
+        assert math.isclose(sum(shares.values()), 1.0, rel_tol=1e-6)
+        # Every step runs the forward, the backward and the optimiser; a loader-fed one waits for data.
+        assert min(seconds["forward"], seconds["backward"], seconds["optimiser"], seconds["cta_update"]) > 0
+        if r["feed"] == "loader" and not r["prefetch"]:
+            assert seconds["data_wait"] > 0
 
 
 def test_data_wait_shares_agree_with_the_rows(quick_run):

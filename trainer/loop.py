@@ -30,10 +30,12 @@ def train_step(state, step_fn, loader, policy, step: int, pending, *, prefetch: 
     the policy (ready by now on a GPU: no stall), this step's scores are held, and the next plan is
     drawn (its policies come from the weights after step t - 1); without prefetch this step's
     scores update the policy at once and nothing is held."""
+    state.begin_phase("data_wait")
     before = time.perf_counter()
     batch = next(loader)
     wait = time.perf_counter() - before
     result = step_fn(state, batch, step)
+    state.begin_phase("cta_update")
     if policy is not None:
         if prefetch:
             apply_pending(policy, pending, world_size)
@@ -44,6 +46,7 @@ def train_step(state, step_fn, loader, policy, step: int, pending, *, prefetch: 
             pending = None
     elif prefetch:
         loader.prepare()
+    state.end_phase()
     return StepOutcome(result, pending, wait)
 
 

@@ -59,6 +59,15 @@ class TrainState:
     rank: int = 0
     world_size: int = 1
     all_reduce_mean: object = None  # callable(tensor) -> the mean over ranks; None on one rank
+    phases: object = None  # phases.StepPhases while a benchmark splits the step's time; None in a run
+
+    def begin_phase(self, name: str) -> None:
+        if self.phases is not None:
+            self.phases.begin(name)
+
+    def end_phase(self) -> None:
+        if self.phases is not None:
+            self.phases.end()
 
     def autocast(self):
         if self.device.type == "cuda" and self.config.bf16:
@@ -136,7 +145,9 @@ def _optimise(state: TrainState, total: torch.Tensor) -> None:
     """Items 10-11: Adam, then the decoupled weight decay and the EMA of the weights."""
     config = state.config
     state.optimizer.zero_grad(set_to_none=True)
+    state.begin_phase("backward")
     total.backward()
+    state.begin_phase("optimiser")
     state.optimizer.step()
     decoupled_weight_decay_(state.decay_params, config.weight_decay, config.lr)
     ema_update_(state.ema_model, state.raw_model, config.ema)
@@ -145,6 +156,7 @@ def _optimise(state: TrainState, total: torch.Tensor) -> None:
 @torch.no_grad()
 def _probe_scores(state: TrainState, probe: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Item 12: the EMA model, in eval mode, scores the probe views."""
+    state.begin_phase("cta_update")
     state.ema_model.eval()
     with state.autocast():
         logits = state.ema_model(as_float_images(probe))
@@ -153,6 +165,7 @@ def _probe_scores(state: TrainState, probe: torch.Tensor, labels: torch.Tensor) 
 
 def remixmatch_step(state: TrainState, batch, step: int) -> StepResult:
     config, model = state.config, state.model
+    state.begin_phase("forward")
     model.train()
     labels = batch.x_labels
     num_classes = state.raw_model.num_classes
@@ -235,6 +248,7 @@ def remixmatch_step(state: TrainState, batch, step: int) -> StepResult:
 def supervised_step(state: TrainState, batch, step: int) -> StepResult:
     """The baseline: cross-entropy on the labeled views alone, same optimiser, decay and EMA."""
     del step
+    state.begin_phase("forward")
     state.model.train()
     with state.autocast():
         logits = state.model(as_float_images(batch.x))

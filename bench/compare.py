@@ -1,0 +1,155 @@
+"""``rmm-bench compare A/report.json B/report.json``: every figure of two reports side by side, with
+the ratio B / A, so a change can be judged against the last report from the same machine.
+
+Works on any rmm-bench report (``all`` or a single command; an ``all`` report's sections are
+compared section by section). A figure is named by where it lives: ``summary.<path>`` for the
+headline figures, or ``<command>: <row identity> <metric>`` for a results row, its identity made of
+the row's descriptive fields (backend, device, feed, op, K, batch, kernel, arch, ...). Figures in one
+report only are listed with ``-`` on the other side. Exit status 2, one line, when a file is missing
+or is not a report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from remixmatch.common.cli import OneLineParser, run_cli
+
+from .errors import BenchError
+from .report import markdown_table
+
+PROG = "rmm-bench compare"
+# What a row measured; any other number in a row is part of its identity (K, batch, ranks...) or detail.
+METRICS = (
+    "views_per_s", "steps_per_s", "strong_views_per_s", "images_per_s", "seconds_per_step", "ratio_vs_pil",
+    "ratio_vs_reference", "ratio_vs_pil_pool", "data_wait_share", "wait_share_measured", "projected_hours",
+    "speedup", "efficiency", "registers", "spill_store_bytes", "spill_load_bytes", "seconds", "shards_per_s",
+    "rows_per_s", "mb_per_s", "accuracy", "ema_accuracy",
+)
+IDENTITY = ("command", "bench", "section", "backend", "device", "feed", "prefetch", "algorithm", "model", "op", "inputs",
+            "k", "batch", "ranks", "kernel", "arch", "max_registers", "dataset", "stage", "variant", "seed", "labels")
+SKIP_SUMMARY = ("paper_steps", "goal_torch_vs_reference", "goal_met", "views_bit_exact")
+
+
+class CompareError(BenchError):
+    """A file that cannot be compared: one line."""
+
+
+def load_report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CompareError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CompareError(f"{path}: not a JSON report ({' '.join(str(error).split())})") from None
+    if not isinstance(report, dict) or "schema_version" not in report or "command" not in report:
+        raise CompareError(f"{path}: not an rmm-bench report (no schema_version / command)")
+    return report
+
+
+def _flatten(prefix: str, value, out: dict) -> None:
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, (int, float)):
+        if math.isfinite(value):
+            out[prefix] = float(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key not in SKIP_SUMMARY:
+                _flatten(f"{prefix}.{key}", item, out)
+
+
+def _identity(row: dict) -> str:
+    return " ".join(f"{key}={row[key]}" for key in IDENTITY if row.get(key) is not None)
+
+
+def figures(report: dict, scope: str = "") -> dict[str, float]:
+    """Every comparable figure of a report, by name."""
+    found: dict[str, float] = {}
+    command = report["command"]
+    label = f"{scope}{command}"
+    if command == "all":
+        for name, section in report.get("sections", {}).items():
+            if section.get("status") == "measured" and "report" in section:
+                found.update(figures(section["report"], scope=f"{name}/"))
+        _flatten(f"{label} summary", report.get("summary") or {}, found)
+        _flatten(f"{label} projection", report.get("projection") or {}, found)
+        return found
+    _flatten(f"{label} summary", report.get("summary") or {}, found)
+    rows = list(report.get("results") or []) + list(report.get("scaling") or [])
+    seen: dict[str, int] = {}
+    for row in rows:
+        if not isinstance(row, dict) or "skipped" in row:
+            continue
+        identity = _identity(row)
+        seen[identity] = seen.get(identity, 0) + 1
+        if seen[identity] > 1:  # rows alike in every descriptive field: told apart by their order
+            identity += f" #{seen[identity]}"
+        for metric in METRICS:
+            value = row.get(metric)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                found[f"{label}: {identity} {metric}"] = float(value)
+    return found
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if 1e3 <= abs(value) < 1e9:
+        return f"{value:,.0f}"
+    if value == 0 or 1e-3 <= abs(value) < 1e3:
+        return f"{value:.4g}"
+    return f"{value:.3e}"
+
+
+def compare(a: dict, b: dict) -> list[tuple[str, float | None, float | None, float | None]]:
+    fa, fb = figures(a), figures(b)
+    names = list(fa) + [name for name in fb if name not in fa]
+    table = []
+    for name in names:
+        va, vb = fa.get(name), fb.get(name)
+        ratio = vb / va if va not in (None, 0.0) and vb is not None else None
+        table.append((name, va, vb, ratio))
+    return table
+
+
+def render(table, path_a: Path, path_b: Path, a: dict, b: dict) -> str:
+    def machine(report):
+        m = report.get("machine") or {}
+        return f"{m.get('processor', '?')}, {m.get('cpus_usable', '?')} CPUs, GPU {m.get('gpu') or 'none'}"
+
+    lines = [
+        f"# rmm-bench compare: A = {path_a} ({a.get('created')}), B = {path_b} ({b.get('created')})",
+        "",
+        f"A: {machine(a)}.  \nB: {machine(b)}.",
+    ]
+    if (a.get("machine") or {}).get("processor") != (b.get("machine") or {}).get("processor"):
+        lines += ["", "**The two reports come from different machines: the ratios compare machines too.**"]
+    lines += ["", markdown_table(["figure", "A", "B", "B / A"],
+                                 [[name, _number(va), _number(vb), "-" if r is None else f"{r:.3f}"]
+                                  for name, va, vb, r in table]), ""]
+    return "\n".join(lines)
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description="Two rmm-bench reports side by side, with the ratio B / A.")
+    parser.add_argument("a", type=Path, help="the earlier report.json (A)")
+    parser.add_argument("b", type=Path, help="the later report.json (B)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body() -> int:
+        args = build_parser().parse_args(argv)
+        a, b = load_report(args.a), load_report(args.b)
+        print(render(compare(a, b), args.a, args.b, a, b))
+        return 0
+
+    return run_cli(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,431 @@
+"""``rmm-bench all``: one report that shows where a training step's time goes, and what a full run costs.
+
+    rmm-bench all [--device cpu|cuda] [--quick] [--shards DIR] [--batch 64] [--k 8] [--threads N]
+                  [--labels 250] [--valid 5000] [--width W] [--blocks-per-stage N] [--skip SECTION ...]
+                  --out DIR
+
+Runs, each as its own ``rmm-bench`` process (so one section's threads, DALI or CUDA context never
+touch the next, and a section that fails leaves the others standing), writing its own report under
+``DIR/<section>/``:
+
+- ``aug``: strong views/s of the kernels against the PIL reference (``rmm-bench aug``);
+- ``ptx``: registers, spills, shared memory and occupancy of every CUDA kernel (``rmm-bench ptx``;
+  no GPU needed);
+- ``pipeline``: complete step batches/s, the loaders against the PIL pool (``rmm-bench pipeline``;
+  needs --shards);
+- ``train``: training steps/s, ready tensors against the loader, and the step split into its phases
+  (``rmm-bench train``);
+- ``scaling``: steps/s against processes, measured by the train section's run (``rmm-bench train
+  --scaling``; CPU: 1..2 processes when two cores are usable; CUDA: 1..every GPU when more than one
+  is visible; not with --quick: it runs real ``rmm-train`` jobs).
+
+``DIR/report.json`` (schema of :mod:`remixmatch.bench.report`, ``"command": "all"``) adds::
+
+    "sections": {"aug" | "ptx" | "pipeline" | "train":
+        {"status": "measured", "seconds": 61.2, "report": {...the section's own report.json...}}
+        | {"status": "skipped", "reason": "..."}      # not run: no --shards, --quick, --skip, no device
+        | {"status": "failed", "reason": "...", "seconds": 3.1},    # ran and exited non-zero: its last line
+        "scaling": {"status": "measured", "reason": ..., "rows": [...train's scaling rows...],
+                    "summary": {...train's summary["scaling"]...}} | skipped | failed},
+    "charts": {"views_per_s" | "per_op" | "step_split" | "scaling": "views_per_s.png" | {"skipped": "..."}},
+    "projection": {
+        "paper_steps": 1048576, "device": "cpu", "model": "WRN-10-1", "batch": 64, "k": 8,
+        "seconds_per_step": 0.61,              # the loader-fed step, prefetch on (train section)
+        "projected_hours": 178.0,              # seconds_per_step * 2^20 / 3600
+        "ceiling_projected_hours": 170.0,      # the same at the synthetic (ready-tensor) step
+        "render_seconds_per_step": 0.005,      # the step's views / the kernel's views/s (aug, same K)
+        "render_share": 0.009,                 # that / seconds_per_step: augmentation's share if not overlapped
+        "data_wait_share": 0.013,              # the measured phase split's data wait, prefetch on
+        "reference_render_seconds_per_step": 0.04,   # the same views through the PIL pool (aug)
+        "reference_projected_hours": 12.0}     # 2^20 steps of the PIL pool's rendering alone
+        | null,
+    "summary": {"numba_cpu_vs_pil", "numba_cuda_best_views_per_s", "torch_vs_reference",
+                "train_steps_per_s", "data_wait_share", "max_spill_bytes", ...}   # headline figures, null when absent
+
+``DIR/report.md`` holds every section's tables and ends with the projection. The PNG charts need
+matplotlib (the ``plots`` extra); without it each chart is listed as skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from remixmatch.common.cli import OneLineParser, positive_int
+
+from .errors import BenchError
+from .report import (
+    RunConditions, conditions_line, finish_report, format_rate, format_ratio, machine_info, machine_line, new_report,
+    report_main, usable_cpus,
+)
+
+PROG = "rmm-bench all"
+SECTIONS = ("aug", "ptx", "pipeline", "train", "scaling")
+PAPER_STEPS = 1 << 20
+SECTION_TIMEOUT_S = 3600
+TAIL_LINES = 20  # a failed section's last stderr lines kept for its reason
+
+
+@dataclass(frozen=True)
+class AllConfig:
+    out: Path
+    device: str = "cpu"
+    quick: bool = False
+    shards: Path | None = None
+    batch: int = 64
+    k: int = 8
+    threads: int | None = None
+    labels: int = 250
+    valid: int = 5000
+    width: int | None = None
+    blocks_per_stage: int | None = None
+    skip: tuple[str, ...] = field(default_factory=tuple)
+
+
+# ---- sections -------------------------------------------------------------------------------------
+
+def _gpu_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def scaling_reason(config: AllConfig) -> str | None:
+    """Why the scaling section does not run, or None."""
+    if config.quick:
+        return "--quick (scaling runs real rmm-train jobs; run without --quick)"
+    if config.shards is None:
+        return "no --shards (scaling runs real rmm-train jobs on shards)"
+    if config.device == "cuda":
+        gpus = _gpu_count()
+        return None if gpus > 1 else f"one device: {gpus} GPU visible"
+    cores = usable_cpus()
+    return None if cores > 1 else f"one device: {cores} usable CPU core"
+
+
+def section_argv(name: str, config: AllConfig) -> list[str] | str:
+    """The rmm-bench arguments of a section, or the reason it is skipped."""
+    if name in config.skip:
+        return "--skip"
+    out = ["--out", str(config.out / name)]
+    quick = ["--quick"] if config.quick else []
+    threads = ["--threads", str(config.threads)] if config.threads else []
+    data = ["--labels", str(config.labels), "--valid", str(config.valid)]
+    shape = ["--batch", str(config.batch), "--k", str(config.k)]
+    model = ((["--width", str(config.width)] if config.width else [])
+             + (["--blocks-per-stage", str(config.blocks_per_stage)] if config.blocks_per_stage else []))
+    shards = ["--shards", str(config.shards)] if config.shards else []
+    if name == "aug":
+        return ["aug", "--device", config.device, *quick, *threads, *shards, *out]
+    if name == "ptx":
+        return ["ptx", *quick, *out]
+    if name == "pipeline":
+        if config.shards is None:
+            return "no --shards (the loaders read shards: prep-cifar10 --out DIR)"
+        return ["pipeline", "--shards", str(config.shards), *shape, *data, *quick, *threads, *out]
+    scaling = ["--scaling"] if scaling_reason(config) is None else []
+    return ["train", "--device", config.device, *shards, *shape, *data, *model, *quick, *threads, *scaling, *out]
+
+
+def scaling_section(config: AllConfig, train: dict) -> dict:
+    """The scaling rows come from the train section's own run (``rmm-bench train --scaling``)."""
+    reason = scaling_reason(config)
+    if reason is not None:
+        return {"status": "skipped", "reason": reason}
+    if train["status"] != "measured":
+        return {"status": train["status"], "reason": f"in the train section: {train['reason']}"}
+    return {"status": "measured", "reason": "measured by the train section (rmm-bench train --scaling)",
+            "rows": train["report"]["scaling"], "summary": train["report"]["summary"].get("scaling")}
+
+
+def run_section(name: str, argv: list[str], log: Callable[[str], None]) -> dict:
+    """Runs ``rmm-bench ARGV`` in a process of its own, its progress passed through to stderr."""
+    start = time.perf_counter()
+    log(f"== {name}: rmm-bench {' '.join(argv)}")
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    with subprocess.Popen([sys.executable, "-m", "remixmatch.bench.cli", *argv], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, env=os.environ.copy()) as child:
+        for line in child.stderr:
+            tail.append(line.rstrip())
+            log(f"   {line.rstrip()}")
+        code = child.wait(timeout=SECTION_TIMEOUT_S)
+    seconds = round(time.perf_counter() - start, 1)
+    out = Path(argv[argv.index("--out") + 1]) / "report.json"
+    if code != 0 or not out.is_file():
+        last = next((line for line in reversed(tail) if line.strip()), "no output")
+        return {"status": "failed", "reason": f"exit status {code}: {last.strip()}", "seconds": seconds}
+    return {"status": "measured", "seconds": seconds, "report": json.loads(out.read_text(encoding="utf-8"))}
+
+
+def _measured_rows(section: dict | None) -> list[dict]:
+    if not section or section["status"] != "measured":
+        return []
+    return [r for r in section["report"]["results"] if "skipped" not in r]
+
+
+def _report(sections: dict, name: str) -> dict | None:
+    section = sections.get(name)
+    return section["report"] if section and section["status"] == "measured" else None
+
+
+# ---- what the figures mean for a full run ------------------------------------------------------------
+
+def _train_row(sections: dict, device: str, feed: str, prefetch: bool) -> dict | None:
+    return next((r for r in _measured_rows(sections.get("train"))
+                 if r.get("section") is None and r["device"] == device and r["feed"] == feed
+                 and r["prefetch"] == prefetch), None)
+
+
+def _aug_rate(sections: dict, backend: str, k: int) -> float | None:
+    rows = [r for r in _measured_rows(sections.get("aug"))
+            if r.get("bench") == "aug" and r["backend"] == backend and r["op"] is None]
+    if not rows:
+        return None
+    # The same K when measured; else the nearest K measured (views/s barely moves with K at one batch).
+    return min(rows, key=lambda r: (abs(r["k"] - k), r.get("inputs") != "device"))["views_per_s"]
+
+
+def projection(sections: dict, config: AllConfig) -> dict | None:
+    device = config.device
+    loader = _train_row(sections, device, "loader", True)
+    ceiling = _train_row(sections, device, "synthetic", True)
+    row = loader or ceiling
+    if row is None:
+        return None
+    seconds = row["seconds_per_step"]
+    kernel = _aug_rate(sections, "numba-cuda" if device == "cuda" else "numba-cpu", row["k"])
+    reference = _aug_rate(sections, "pil-pool", row["k"])
+    render = row["views_per_step"] / kernel if kernel else None
+    reference_render = row["views_per_step"] / reference if reference else None
+    return {
+        "paper_steps": PAPER_STEPS, "device": device, "model": row["model"], "batch": row["batch"], "k": row["k"],
+        "feed": row["feed"], "views_per_step": row["views_per_step"],
+        "seconds_per_step": seconds, "projected_hours": seconds * PAPER_STEPS / 3600,
+        "ceiling_projected_hours": ceiling["seconds_per_step"] * PAPER_STEPS / 3600 if ceiling else None,
+        "render_seconds_per_step": render,
+        "render_share": render / seconds if render else None,
+        "data_wait_share": row["phase_shares"]["data_wait"] if loader else None,
+        "reference_render_seconds_per_step": reference_render,
+        "reference_projected_hours": reference_render * PAPER_STEPS / 3600 if reference_render else None,
+    }
+
+
+def summarize(sections: dict, proj: dict | None) -> dict:
+    aug, pipeline, ptx = (_report(sections, name) for name in ("aug", "pipeline", "ptx"))
+    train = _report(sections, "train")
+    scaling = sections.get("scaling", {}).get("summary")
+    ptx_rows = [r for r in (ptx or {}).get("results", []) if r.get("section") == "kernel" and "skipped" not in r]
+
+    def pick(report, *path):
+        value = report
+        for key in path:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(key)
+        return value
+
+    device = proj["device"] if proj else None
+    return {
+        "numba_cpu_vs_pil": pick(aug, "summary", "numba_cpu_vs_pil"),
+        "numba_cpu_vs_pil_pool": pick(aug, "summary", "numba_cpu_vs_pil_pool"),
+        "numba_cuda_best_views_per_s": pick(aug, "summary", "numba_cuda_best_views_per_s"),
+        "torch_vs_reference": pick(pipeline, "summary", "torch_vs_reference"),
+        "torch_cpu_steps_per_s": pick(pipeline, "summary", "torch_cpu_steps_per_s"),
+        "train_steps_per_s": pick(train, "summary", device, "loader_steps_per_s") if device else None,
+        "train_synthetic_steps_per_s": pick(train, "summary", device, "synthetic_steps_per_s") if device else None,
+        "data_wait_share": pick(train, "summary", device, "data_wait_share") if device else None,
+        "scaling_speedup": pick(scaling, device, "speedup") if device else None,
+        "max_spill_bytes": max((r["spill_store_bytes"] + r["spill_load_bytes"] for r in ptx_rows), default=None),
+        "projected_hours": proj["projected_hours"] if proj else None,
+        "render_share": proj["render_share"] if proj else None,
+    }
+
+
+# ---- markdown -------------------------------------------------------------------------------------
+
+def _hours(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f} h ({value / 24:.1f} days)" if value >= 48 else f"{value:.1f} h"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _demoted(markdown: str) -> list[str]:
+    """A section report's markdown below this report's headings (its title and machine lines dropped:
+    the machine is this report's)."""
+    lines = markdown.splitlines()
+    body = lines[1:] if lines and lines[0].startswith("# ") else lines
+    kept: list[str] = []
+    for line in body:
+        if line.startswith(("Machine:", "Versions:", "Threads:", "Conditions:")):
+            continue
+        if line.strip() or (kept and kept[-1].strip()):  # no run of blank lines where those were
+            kept.append(("#" + line) if line.startswith("#") else line)
+    while kept and not kept[0].strip():
+        kept.pop(0)
+    return kept
+
+
+def projection_markdown(proj: dict | None, config: AllConfig) -> list[str]:
+    lines = ["## What this means for a full run", ""]
+    if proj is None:
+        return lines + ["No training step was measured (see the train section), so nothing is projected."]
+    k_note = "" if proj["k"] == 8 else f" (measured at K = {proj['k']}, not the paper's 8)"
+    lines.append(
+        f"- The paper's CIFAR-10 run, 2^20 steps of B = {proj['batch']} labeled + {proj['batch']} unlabeled images "
+        f"with K = {proj['k']} strong views each{k_note}, on this machine's {proj['device']} with {proj['model']}: "
+        f"**{_hours(proj['projected_hours'])}** ({1000 * proj['seconds_per_step']:.0f} ms per "
+        f"{'loader-fed' if proj['feed'] == 'loader' else 'ready-tensor'} step"
+        + (f"; {_hours(proj['ceiling_projected_hours'])} at the ready-tensor ceiling)." if proj["ceiling_projected_hours"]
+           and proj["feed"] == "loader" else ")."))
+    if proj["render_share"] is not None:
+        lines.append(
+            f"- Augmentation: rendering a step's {proj['views_per_step']} views takes "
+            f"{1000 * proj['render_seconds_per_step']:.1f} ms with the kernel, **{_share(proj['render_share'])} of a "
+            f"step** if nothing overlapped it"
+            + (f"; with prefetch the step waits for data {_share(proj['data_wait_share'])} of its time."
+               if proj["data_wait_share"] is not None else "."))
+    if proj["reference_render_seconds_per_step"] is not None:
+        lines.append(
+            f"- The reference design (a PIL process pool) would need {1000 * proj['reference_render_seconds_per_step']:.0f} ms "
+            f"per step for the same views: {_hours(proj['reference_projected_hours'])} of rendering alone over 2^20 steps.")
+    if proj["device"] == "cpu":
+        lines.append("- On the CPU the model is small (the CPU preset) and the step, not the views, sets the pace; "
+                     "the paper's WRN-28-2 at this batch is a GPU job (`rmm-bench all --device cuda`).")
+    return lines
+
+
+def render_markdown(report: dict) -> str:
+    config, sections = report["config"], report["sections"]
+    lines = ["# rmm-bench all", "", machine_line(report), "", conditions_line(report), ""]
+    s = report["summary"]
+    lines += [
+        "## Headline",
+        "",
+        f"- Kernel vs PIL, strong views/s: numba-cpu **{format_ratio(s['numba_cpu_vs_pil'])}** of one PIL process, "
+        f"{format_ratio(s['numba_cpu_vs_pil_pool'])} of the PIL pool"
+        + (f"; numba-cuda best {format_rate(s['numba_cuda_best_views_per_s'])} views/s" if s["numba_cuda_best_views_per_s"] else ""),
+        f"- Step batches: torch loader {format_ratio(s['torch_vs_reference'])} the reference design's rate",
+        f"- Training: {'-' if s['train_steps_per_s'] is None else format(s['train_steps_per_s'], '.2f')} steps/s "
+        f"loader-fed, data-wait share {_share(s['data_wait_share'])}; 2^20 steps: {_hours(s['projected_hours'])}",
+        f"- CUDA kernels: {'not compiled' if s['max_spill_bytes'] is None else ('no spills' if s['max_spill_bytes'] == 0 else str(s['max_spill_bytes']) + ' spill bytes')}",
+        "",
+        "| section | status | seconds | note |",
+        "|---|---|---|---|",
+    ]
+    for name in SECTIONS:
+        sec = sections[name]
+        lines.append(f"| {name} | {sec['status']} | {sec.get('seconds', '-')} | {sec.get('reason', '')} |")
+    charts = report["charts"]
+    shown = [(name, value) for name, value in charts.items() if isinstance(value, str)]
+    if shown:
+        lines += ["", "## Charts", ""] + [f"![{name}]({value})" for name, value in shown]
+    skipped_charts = [f"- {name}: {value['skipped']}" for name, value in charts.items() if isinstance(value, dict)]
+    if skipped_charts:
+        lines += ["", "Charts not drawn:", "", *skipped_charts]
+    for name in SECTIONS[:-1]:  # scaling's table is in the train section's
+        sec = sections[name]
+        if sec["status"] != "measured":
+            continue
+        md_path = Path(report["config"]["out"]) / name / "report.md"
+        if md_path.is_file():
+            lines += ["", f"## {name}", "", *_demoted(md_path.read_text(encoding="utf-8"))]
+    lines += ["", *projection_markdown(report["projection"], config), "",
+              f"Run took {report['wall_seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+# ---- the run --------------------------------------------------------------------------------------
+
+def run(config: AllConfig, log: Callable[[object], None]) -> dict:
+    from .charts import draw_charts
+
+    report = new_report("all", {**{k: (str(v) if isinstance(v, Path) else v) for k, v in config.__dict__.items()},
+                                "skip": list(config.skip)})
+    conditions, start = RunConditions(), time.perf_counter()
+    sections = {}
+    for name in SECTIONS[:-1]:
+        argv = section_argv(name, config)
+        if isinstance(argv, str):
+            sections[name] = {"status": "skipped", "reason": argv}
+            log(f"== {name}: skipped ({argv})")
+        else:
+            sections[name] = run_section(name, argv, log)
+            if sections[name]["status"] == "failed":
+                log(f"== {name}: FAILED ({sections[name]['reason']})")
+    sections["scaling"] = scaling_section(config, sections["train"])
+    train = _report(sections, "train")
+    gpu = next((r["device_name"] for r in _measured_rows(sections.get("train")) if r["device"] == "cuda"), None)
+    report["machine"] = machine_info(gpu)
+    report["threads"] = dict(train["threads"]) if train else {}
+    report["inputs"] = {"shards": config.shards.name if config.shards else None, "batch": config.batch, "k": config.k}
+    report["sections"] = sections
+    report["projection"] = projection(sections, config)
+    report["summary"] = summarize(sections, report["projection"])
+    report["charts"] = draw_charts(sections, config.out, config.k)
+    finish_report(report, time.perf_counter() - start, conditions)
+    return report
+
+
+# ---- command line ---------------------------------------------------------------------------------
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description="One report: views/s per backend against PIL, CUDA kernel "
+                                                  "resources, step batches/s, training steps/s with the step split "
+                                                  "into its phases, scaling, and the paper's run projected.")
+    parser.add_argument("--out", type=Path, required=True, help="directory for report.json, report.md and the charts")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="the kernels and training device (cuda: an error without one)")
+    parser.add_argument("--quick", action="store_true", help="every section's --quick; no scaling section")
+    parser.add_argument("--shards", type=Path, default=None,
+                        help="a shard directory (prep-cifar10 --out); without it pipeline and scaling are skipped "
+                             "and the train section measures ready tensors only")
+    parser.add_argument("--batch", type=positive_int, default=64, help="labeled = unlabeled images per step (64)")
+    parser.add_argument("--k", type=positive_int, default=8, help="strong views per unlabeled image (8)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="threads per section (default: all cores)")
+    parser.add_argument("--labels", type=positive_int, default=250, help="labeled images of the subset (250)")
+    parser.add_argument("--valid", type=int, default=5000, help="training rows held out as validation (5000)")
+    parser.add_argument("--width", type=positive_int, default=None, help="the trained model's first-stage channels")
+    parser.add_argument("--blocks-per-stage", type=positive_int, default=None, help="residual blocks per stage")
+    parser.add_argument("--skip", action="append", default=[], choices=SECTIONS, metavar="SECTION",
+                        help=f"leave a section out (repeatable): {', '.join(SECTIONS)}")
+    return parser
+
+
+def config_from_args(args) -> AllConfig:
+    if args.shards is not None and not (args.shards / "manifest.json").is_file():
+        raise BenchError(f"--shards {args.shards}: not a shard directory (no manifest.json)")
+    if args.out.exists() and not args.out.is_dir():
+        raise BenchError(f"--out {args.out} exists and is not a directory")
+    if args.valid < 0:
+        raise BenchError(f"--valid must be at least 0, got {args.valid}")
+    if args.device == "cuda" and _gpu_count() == 0:
+        raise BenchError("--device cuda: no CUDA device (torch.cuda.is_available() is False); use --device cpu")
+    return AllConfig(out=args.out, device=args.device, quick=args.quick, shards=args.shards, batch=args.batch,
+                     k=args.k, threads=args.threads, labels=args.labels, valid=args.valid, width=args.width,
+                     blocks_per_stage=args.blocks_per_stage, skip=tuple(args.skip))
+
+
+def progress_line(item) -> str:
+    return str(item)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
+                       render_markdown=render_markdown, progress_line=progress_line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

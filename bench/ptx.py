@@ -1,0 +1,339 @@
+"""``rmm-bench ptx``: what each CUDA kernel costs an SM, with no GPU: registers, spills, shared
+memory and the theoretical occupancy they allow.
+
+    rmm-bench ptx [--quick] --out DIR
+
+Every kernel of :func:`remixmatch.kernels.cuda.kernel_signatures` is compiled to PTX for sm_80
+(A100) and sm_90 (H100) with ``numba.cuda.compile_ptx`` (NVVM from pip) and assembled with
+``ptxas -v`` (the ``nvidia-cuda-nvcc`` wheel the CUDA extra installs), which prints registers per
+thread, spill stores/loads, stack and static shared memory per entry point. Two kinds of rows:
+
+- ``"section": "kernel"``: each kernel as it is declared (its ``max_registers`` cap from
+  :data:`remixmatch.kernels.cuda.MAX_REGISTERS`, its threads per block and dynamic shared memory as
+  the launcher picks them), with the occupancy at each view size of :data:`SIZES` where the launcher
+  uses it (the shared-memory kernel up to its 48 KiB, the global-memory one above);
+- ``"section": "sweep"``: the per-view kernels under each register cap of :data:`CAPS` (``ptxas
+  -maxrregcount``, what ``cuda.jit(max_registers=...)`` passes to the linker) and each block size of
+  :data:`BLOCK_SIZES`, at the size the kernel serves: the evidence for the declared choice (not
+  with --quick).
+
+Occupancy is the CUDA occupancy calculator's: resident blocks per SM are the least of the register
+limit (registers rounded up to 256 per warp), the shared-memory limit (static + dynamic + 1 KiB the
+runtime reserves per block, rounded up to 128 B), the thread limit (2,048) and the block limit (32);
+occupancy = resident warps / 64. ``report.json`` (:mod:`remixmatch.bench.report`, ``"command":
+"ptx"``) rows::
+
+    {"bench": "ptx", "section": "kernel" | "sweep", "kernel": "apply_ops_kernel", "arch": "sm_90",
+     "gpu": "H100", "max_registers": 72 | null,   # the cap ptxas got (null: none)
+     "registers": 72, "spill_store_bytes": 0, "spill_load_bytes": 0, "stack_bytes": 0,
+     "static_shared_bytes": 64, "barriers": 1,
+     "launches": [{"size": "32x32", "threads_per_block": 256, "dynamic_shared_bytes": 15616,
+                   "blocks_per_sm": 3, "warps_per_sm": 24, "occupancy": 0.375,
+                   "limited_by": "registers" | "shared memory" | "threads" | "blocks"}, ...]}
+
+``summary``: ``{"ptxas": version line, "spills": [kernel@arch with spill bytes, as declared],
+"declared": {"<kernel>@<arch>": {"registers", "occupancy": {size: occupancy}}}}``. Without ptxas
+or NVVM the report holds one skipped row with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from remixmatch.common.cli import OneLineParser
+
+from .report import RunConditions, finish_report, machine_info, markdown_table, new_report, report_main
+
+PROG = "rmm-bench ptx"
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Per-SM limits of a compute capability (CUDA C Programming Guide, compute capabilities table)."""
+
+    name: str
+    cc: tuple[int, int]
+    gpu: str
+    registers: int = 65536
+    threads: int = 2048
+    warps: int = 64
+    blocks: int = 32
+    shared_bytes: int = 0  # the most shared memory an SM can give its blocks
+    reserved_shared_per_block: int = 1024  # taken by the runtime from every block (sm_80 and later)
+
+
+ARCHS = (Arch("sm_80", (8, 0), "A100", shared_bytes=164 * 1024),
+         Arch("sm_90", (9, 0), "H100", shared_bytes=228 * 1024))
+SIZES = ((32, 32), (96, 96))  # CIFAR-10 / SVHN and STL-10
+CAPS = (None, 128, 96, 80, 72, 64)
+# The per-view kernels: their register pressure decides how many views an SM holds at once (the
+# weak-augmentation kernel uses ~30 registers and is never register-bound).
+SWEPT_KERNELS = ("apply_ops_kernel", "apply_ops_kernel_global")
+BLOCK_SIZES = (128, 256, 512)
+REGISTER_UNIT = 256  # registers are allocated per warp in units of this many
+SHARED_UNIT = 128  # shared memory is allocated per block in units of this many bytes
+
+
+def occupancy(arch: Arch, registers: int, threads: int, shared: int) -> dict:
+    """Resident blocks and warps per SM for a launch of ``threads`` per block using ``shared`` bytes
+    of shared memory per block (static + dynamic), at ``registers`` per thread."""
+    warps_per_block = -(-threads // 32)
+    per_warp = -(-registers * 32 // REGISTER_UNIT) * REGISTER_UNIT
+    shared_alloc = -(-(shared + arch.reserved_shared_per_block) // SHARED_UNIT) * SHARED_UNIT
+    # On a tie the hardware's fixed limits are named first: registers only "limit" when lower.
+    limits = {
+        "threads": arch.threads // threads,
+        "blocks": arch.blocks,
+        "shared memory": arch.shared_bytes // shared_alloc,
+        "registers": arch.registers // (per_warp * warps_per_block) if registers else arch.blocks,
+    }
+    limited_by = min(limits, key=limits.get)
+    blocks = limits[limited_by]
+    return {"blocks_per_sm": blocks, "warps_per_sm": blocks * warps_per_block,
+            "occupancy": blocks * warps_per_block / arch.warps, "limited_by": limited_by}
+
+
+# ---- ptxas ----------------------------------------------------------------------------------------
+
+def find_ptxas() -> Path | None:
+    try:
+        import nvidia.cuda_nvcc as nvcc
+    except ImportError:
+        return None
+    for root in nvcc.__path__:
+        candidate = Path(root) / "bin" / "ptxas"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+_USED = re.compile(r"Used (\d+) registers(?:, used (\d+) barriers)?(?:, (\d+) bytes cumulative stack size)?"
+                   r"(?:, (\d+) bytes smem)?")
+_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def parse_ptxas(text: str) -> dict:
+    """The resources of the one entry point in ``ptxas -v`` output."""
+    used, spills = _USED.search(text), _SPILLS.search(text)
+    if used is None or spills is None:
+        raise RuntimeError(f"unexpected ptxas output: {' '.join(text.split())[:300]}")
+    return {"registers": int(used.group(1)), "spill_store_bytes": int(spills.group(2)),
+            "spill_load_bytes": int(spills.group(3)), "stack_bytes": int(spills.group(1)),
+            "static_shared_bytes": int(used.group(4) or 0), "barriers": int(used.group(2) or 0)}
+
+
+def assemble(ptxas: Path, ptx_file: Path, arch: Arch, max_registers: int | None) -> dict:
+    cap = [f"-maxrregcount={max_registers}"] if max_registers else []
+    done = subprocess.run([str(ptxas), "-v", f"-arch={arch.name}", *cap, str(ptx_file), "-o", "/dev/null"],
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"ptxas failed on {ptx_file.name} for {arch.name}: {done.stderr.strip()[-300:]}")
+    return parse_ptxas(done.stdout + done.stderr)
+
+
+def ptxas_version(ptxas: Path) -> str:
+    done = subprocess.run([str(ptxas), "--version"], capture_output=True, text=True, timeout=60)
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown"
+
+
+# ---- rows -----------------------------------------------------------------------------------------
+
+def _size_name(height: int, width: int) -> str:
+    return f"{height}x{width}"
+
+
+def launches(name: str, resources: dict, arch: Arch, threads: int | None = None) -> list[dict]:
+    """The kernel's launches at each of SIZES where the launcher uses it, with their occupancy."""
+    from remixmatch.kernels.cuda_launch import launch_shape
+
+    found = []
+    for height, width in SIZES:
+        shape = launch_shape(name, height, width)
+        if shape is None:
+            continue
+        block = threads or shape.threads_per_block
+        found.append({"size": _size_name(height, width), "threads_per_block": block,
+                      "dynamic_shared_bytes": shape.dynamic_shared_bytes,
+                      **occupancy(arch, resources["registers"], block,
+                                  resources["static_shared_bytes"] + shape.dynamic_shared_bytes)})
+    return found
+
+
+def kernel_rows(ptxas: Path, ptx_files: dict, sweep: bool, log: Callable) -> list[dict]:
+    from remixmatch.kernels.cuda import MAX_REGISTERS
+
+    rows = []
+    for (name, arch), ptx_file in ptx_files.items():
+        declared = MAX_REGISTERS.get(name)
+        resources = assemble(ptxas, ptx_file, arch, declared)
+        row = {"bench": "ptx", "section": "kernel", "kernel": name, "arch": arch.name, "gpu": arch.gpu,
+               "max_registers": declared, **resources, "launches": launches(name, resources, arch)}
+        log(row)
+        rows.append(row)
+        if not sweep or name not in SWEPT_KERNELS:
+            continue
+        for cap in CAPS:
+            swept = resources if cap == declared else assemble(ptxas, ptx_file, arch, cap)
+            for threads in BLOCK_SIZES:
+                rows.append({"bench": "ptx", "section": "sweep", "kernel": name, "arch": arch.name, "gpu": arch.gpu,
+                             "max_registers": cap, **swept, "launches": launches(name, swept, arch, threads)})
+    return rows
+
+
+def compile_all_ptx(directory: Path, log: Callable) -> dict:
+    """One PTX file per (kernel, arch), written under ``directory``."""
+    from numba import cuda
+
+    from remixmatch.kernels.cuda import kernel_signatures
+
+    files = {}
+    for name, (kernel, signature) in kernel_signatures().items():
+        for arch in ARCHS:
+            start = time.perf_counter()
+            ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=arch.cc)
+            path = directory / f"{name}.{arch.name}.ptx"
+            path.write_text(ptx, encoding="utf-8")
+            log(f"{name} {arch.name}: PTX in {time.perf_counter() - start:.1f} s")
+            files[name, arch] = path
+    return files
+
+
+def unavailable_reason() -> str | None:
+    if find_ptxas() is None:
+        return "no ptxas (install the CUDA extra: numba-cuda[cu12] brings nvidia-cuda-nvcc)"
+    try:
+        from numba.cuda.cudadrv import nvvm
+
+        nvvm.NVVM()
+    except Exception as error:  # noqa: BLE001 - any failure to load NVVM means: no PTX here
+        return f"no NVVM to compile PTX ({' '.join(str(error).split())[:200]})"
+    return None
+
+
+def summarize(rows: list[dict], version: str | None) -> dict:
+    declared = [r for r in rows if r.get("section") == "kernel"]
+    return {
+        "ptxas": version,
+        "spills": [f"{r['kernel']}@{r['arch']}" for r in declared
+                   if r["spill_store_bytes"] or r["spill_load_bytes"]],
+        "declared": {f"{r['kernel']}@{r['arch']}": {
+            "registers": r["registers"], "max_registers": r["max_registers"],
+            "occupancy": {launch["size"]: launch["occupancy"] for launch in r["launches"]}} for r in declared},
+    }
+
+
+@dataclass(frozen=True)
+class PtxConfig:
+    out: Path
+    quick: bool = False
+
+
+def run(config: PtxConfig, log: Callable[[object], None]) -> dict:
+    report = new_report("ptx", {"out": str(config.out), "quick": config.quick})
+    conditions, start = RunConditions(), time.perf_counter()
+    report["machine"] = machine_info()
+    report["inputs"] = {"archs": [a.name for a in ARCHS], "sizes": [_size_name(*s) for s in SIZES],
+                        "caps": list(CAPS), "block_sizes": list(BLOCK_SIZES)}
+    reason = unavailable_reason()
+    version = None
+    if reason is not None:
+        report["results"] = [{"bench": "ptx", "section": "kernel", "skipped": reason}]
+        log(report["results"][0])
+    else:
+        ptxas = find_ptxas()
+        version = ptxas_version(ptxas)
+        with tempfile.TemporaryDirectory(prefix="rmm-ptx-") as tmp:
+            report["results"] = kernel_rows(ptxas, compile_all_ptx(Path(tmp), log), not config.quick, log)
+    report["summary"] = summarize(report["results"], version)
+    finish_report(report, time.perf_counter() - start, conditions)
+    return report
+
+
+# ---- markdown -------------------------------------------------------------------------------------
+
+def _launch_cells(row: dict) -> str:
+    return "; ".join(f"{x['size']}: {x['threads_per_block']} thr, {x['dynamic_shared_bytes']:,} B dyn, "
+                     f"{x['blocks_per_sm']} blocks = {100 * x['occupancy']:.1f}% ({x['limited_by']})"
+                     for x in row["launches"]) or "-"
+
+
+def _cap(value) -> str:
+    return "none" if value is None else str(value)
+
+
+def resource_markdown(report: dict, heading: str = "##") -> list[str]:
+    rows = report["results"]
+    if rows and "skipped" in rows[0]:
+        return [f"{heading} CUDA kernel resources", "", f"Skipped: {rows[0]['skipped']}."]
+    declared = [r for r in rows if r["section"] == "kernel"]
+    lines = [
+        f"{heading} CUDA kernel resources (ptxas -v, no GPU needed)",
+        "",
+        f"{report['summary']['ptxas']}. Occupancy: resident warps per SM / 64, from registers, shared memory "
+        "(+1 KiB reserved per block), 2,048 threads and 32 blocks per SM.",
+        "",
+        markdown_table(["kernel", "arch", "max_registers", "registers", "spill st/ld B", "stack B", "static smem B",
+                        "launches"],
+                       [[r["kernel"], r["arch"], _cap(r["max_registers"]), str(r["registers"]),
+                         f"{r['spill_store_bytes']}/{r['spill_load_bytes']}", str(r["stack_bytes"]),
+                         str(r["static_shared_bytes"]), _launch_cells(r)] for r in declared]),
+        "",
+    ]
+    spills = report["summary"]["spills"]
+    lines.append(f"**Spills as declared: {', '.join(spills)}.**" if spills else "No kernel spills as declared.")
+    sweep = [r for r in rows if r["section"] == "sweep"]
+    if sweep:
+        lines += [
+            "",
+            f"{heading}# Register cap and block size sweep",
+            "",
+            markdown_table(["kernel", "arch", "cap", "registers", "spill st/ld B", "launch"],
+                           [[r["kernel"], r["arch"], _cap(r["max_registers"]), str(r["registers"]),
+                             f"{r['spill_store_bytes']}/{r['spill_load_bytes']}", _launch_cells(r)] for r in sweep]),
+        ]
+    return lines
+
+
+def render_markdown(report: dict) -> str:
+    lines = ["# rmm-bench ptx", "", *resource_markdown(report), "",
+             f"Run took {report['wall_seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+# ---- command line ---------------------------------------------------------------------------------
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description="CUDA kernel registers, spills, shared memory and theoretical "
+                                                  "occupancy for sm_80 and sm_90, from ptxas -v (no GPU needed).")
+    parser.add_argument("--out", required=True, type=Path, help="directory for report.json and report.md")
+    parser.add_argument("--quick", action="store_true", help="the kernels as declared only, no register-cap and "
+                                                             "block-size sweep")
+    return parser
+
+
+def config_from_args(args) -> PtxConfig:
+    return PtxConfig(out=args.out, quick=args.quick)
+
+
+def progress_line(r: dict) -> str:
+    if "skipped" in r:
+        return f"ptx: skipped ({r['skipped']})"
+    return (f"{r['kernel']} {r['arch']} (cap {_cap(r['max_registers'])}): {r['registers']} registers, "
+            f"spills {r['spill_store_bytes']}/{r['spill_load_bytes']} B; {_launch_cells(r)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
+                       render_markdown=render_markdown, progress_line=progress_line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""``rmm-bench all --quick``: one report with every section measured or skipped with its reason, the
+charts written, the projection at the end; ``rmm-bench compare`` of two reports; the PTX resource
+report's arithmetic and its no-spill rule. Never the speed."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from datasets_helpers import REPO
+from pipeline_helpers import N_LABELED, N_VALID, pipeline_shards  # noqa: F401 (a fixture)
+from remixmatch.bench import compare as bench_compare
+from remixmatch.bench import full_report, ptx
+from remixmatch.bench.cli import main
+
+B, K = 4, 2
+TOP_KEYS = {"schema_version", "command", "created", "wall_seconds", "machine", "conditions", "versions", "threads",
+            "config", "inputs", "summary", "results", "sections", "charts", "projection"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quick_all(pipeline_shards, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("allbench")
+    argv = ["all", "--quick", "--shards", str(pipeline_shards.path), "--batch", str(B), "--k", str(K),
+            "--labels", str(N_LABELED), "--valid", str(N_VALID), "--width", "8", "--blocks-per-stage", "1",
+            "--threads", "1", "--out", str(out)]
+    done = subprocess.run([sys.executable, "-m", "remixmatch.bench.cli", *argv], capture_output=True, text=True,
+                          timeout=1200)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out, json.loads((out / "report.json").read_text()), done.stderr
+
+
+def test_every_section_is_measured_or_skipped_with_a_reason(quick_all):
+    out, rep, _ = quick_all
+    assert TOP_KEYS <= rep.keys() and rep["command"] == "all" and rep["schema_version"] == 1
+    sections = rep["sections"]
+    assert list(sections) == list(full_report.SECTIONS)
+    for name in ("aug", "pipeline", "train"):
+        assert sections[name]["status"] == "measured", sections[name]
+        assert sections[name]["report"]["command"] == name
+        assert (out / name / "report.json").is_file() and (out / name / "report.md").is_file()
+    ptx_status = sections["ptx"]["status"]
+    assert ptx_status == "measured" or (ptx_status == "skipped" and sections["ptx"]["reason"].strip())
+    assert sections["scaling"]["status"] == "skipped" and "--quick" in sections["scaling"]["reason"]
+    train = sections["train"]["report"]
+    assert train["config"]["batch"] == B and train["config"]["k"] == K and train["config"]["quick"] is True
+
+
+def test_the_summary_and_the_projection_come_from_the_sections(quick_all):
+    _, rep, _ = quick_all
+    train = rep["sections"]["train"]["report"]
+    loader = next(r for r in train["results"] if r["device"] == "cpu" and r["feed"] == "loader" and r["prefetch"])
+    proj = rep["projection"]
+    assert proj["device"] == "cpu" and proj["k"] == K and proj["feed"] == "loader"
+    assert proj["seconds_per_step"] == loader["seconds_per_step"]
+    assert proj["projected_hours"] == pytest.approx(loader["seconds_per_step"] * 2**20 / 3600)
+    assert proj["views_per_step"] == loader["views_per_step"] == 3 * B + K * B
+    assert 0 < proj["render_share"] and proj["render_seconds_per_step"] > 0
+    assert proj["data_wait_share"] == loader["phase_shares"]["data_wait"]
+    assert proj["reference_projected_hours"] > 0
+    summary = rep["summary"]
+    assert summary["numba_cpu_vs_pil"] == rep["sections"]["aug"]["report"]["summary"]["numba_cpu_vs_pil"]
+    assert summary["projected_hours"] == proj["projected_hours"]
+    assert summary["train_steps_per_s"] == loader["steps_per_s"]
+
+
+def test_charts_are_written_or_skipped_with_a_reason(quick_all):
+    out, rep, _ = quick_all
+    charts = rep["charts"]
+    assert set(charts) == set(("views_per_s", "per_op", "step_split", "scaling"))
+    for name in ("views_per_s", "per_op", "step_split"):
+        path = out / charts[name]
+        data = path.read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+    assert charts["scaling"]["skipped"].strip()
+    assert not list(out.glob(".*.png")), "no temporary chart left behind"
+
+
+def test_markdown_names_every_section_and_ends_with_the_projection(quick_all):
+    out, rep, _ = quick_all
+    text = (out / "report.md").read_text()
+    for name in full_report.SECTIONS:
+        assert f"| {name} | {rep['sections'][name]['status']} |" in text
+    assert "![step_split](step_split.png)" in text and "Where a step's time goes" in text
+    tail = text[text.index("## What this means for a full run"):]
+    assert "2^20 steps" in tail and "of a step" in tail and "PIL process pool" in tail
+
+
+def test_the_ptx_section_reports_every_kernel_without_spills(quick_all):
+    _, rep, _ = quick_all
+    section = rep["sections"]["ptx"]
+    if section["status"] != "measured":
+        pytest.skip(section["reason"])
+    rows = section["report"]["results"]
+    from remixmatch.kernels.cuda import kernel_signatures
+
+    declared = [r for r in rows if r["section"] == "kernel"]
+    assert sorted({(r["kernel"], r["arch"]) for r in declared}) == sorted(
+        (name, arch.name) for name in kernel_signatures() for arch in ptx.ARCHS)
+    for r in declared:
+        assert r["spill_store_bytes"] == 0 and r["spill_load_bytes"] == 0, f"{r['kernel']} {r['arch']} spills"
+        assert 0 < r["registers"] <= 255
+        assert r["launches"], f"{r['kernel']} is launched at no size"
+        for launch in r["launches"]:
+            assert 0 < launch["occupancy"] <= 1 and launch["blocks_per_sm"] >= 1
+    sizes = {launch["size"] for r in declared if r["kernel"].startswith("apply_ops") for launch in r["launches"]}
+    assert sizes == {"32x32", "96x96"}, "each view size is served by one of the per-view kernels"
+    assert section["report"]["summary"]["spills"] == []
+
+
+def test_compare_of_a_report_with_itself_and_with_a_changed_copy(quick_all, tmp_path, capsys):
+    out, rep, _ = quick_all
+    changed = copy.deepcopy(rep)
+    aug_rows = changed["sections"]["aug"]["report"]["results"]
+    row = next(r for r in aug_rows if r.get("backend") == "numba-cpu" and r.get("op") is None and "views_per_s" in r)
+    row["views_per_s"] *= 2
+    (tmp_path / "b.json").write_text(json.dumps(changed))
+    assert main(["compare", str(out / "report.json"), str(out / "report.json")]) == 0
+    same = capsys.readouterr().out
+    ratios = [line.rsplit("|", 2)[-2].strip() for line in same.splitlines() if line.startswith("| aug/")]
+    assert ratios and all(r in ("1.000", "-") for r in ratios)
+    assert main(["compare", str(out / "report.json"), str(tmp_path / "b.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    doubled = [line for line in lines if f" k={row['k']} " in line and "backend=numba-cpu" in line
+               and line.split("|")[1].strip().endswith("views_per_s") and "op=" not in line
+               and f"inputs={row['inputs']}" in line]
+    assert doubled and all(line.rstrip(" |").endswith("2.000") for line in doubled), doubled
+
+
+def test_compare_names_a_missing_or_foreign_file_in_one_line(tmp_path, capsys):
+    (tmp_path / "x.json").write_text(json.dumps({"hello": 1}))
+    (tmp_path / "y.json").write_text("{not json")
+    for a in (tmp_path / "missing.json", tmp_path / "x.json", tmp_path / "y.json"):
+        assert main(["compare", str(a), str(a)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and err.startswith("rmm-bench compare: error:") and str(a) in err
+
+
+def test_figures_pair_rows_by_identity_and_ignore_skips():
+    a = {"schema_version": 1, "command": "train", "summary": {"cpu": {"steps": 2.0, "goal_met": True}},
+         "results": [{"bench": "train", "device": "cpu", "feed": "loader", "steps_per_s": 1.0, "k": 8},
+                     {"bench": "train", "device": "cuda", "skipped": "no device"}]}
+    b = copy.deepcopy(a)
+    b["results"][0]["steps_per_s"] = 1.5
+    table = {name: (va, vb, r) for name, va, vb, r in bench_compare.compare(a, b)}
+    assert table["train summary.cpu.steps"] == (2.0, 2.0, 1.0)
+    key = "train: bench=train device=cpu feed=loader k=8 steps_per_s"
+    assert table[key] == (1.0, 1.5, 1.5) and len(table) == 2
+
+
+@pytest.mark.parametrize("arch, registers, threads, shared, blocks, limited_by", [
+    ("sm_90", 104, 256, 15616 + 64, 2, "registers"),   # the figures in ../shared/toolchain-notes.md
+    ("sm_90", 29, 256, 0, 8, "threads"),              # the weak kernel: registers tie, threads named
+    ("sm_80", 16, 32, 0, 32, "blocks"),
+    ("sm_80", 32, 256, 40 * 1024, 4, "shared memory"),  # 164 KiB / (40 KiB + 1 KiB reserved)
+    ("sm_90", 72, 128, 0, 7, "registers"),              # 72 * 32 = 2304 per warp, 4 warps: 9216 per block
+])
+def test_occupancy_follows_the_calculator(arch, registers, threads, shared, blocks, limited_by):
+    limits = next(a for a in ptx.ARCHS if a.name == arch)
+    got = ptx.occupancy(limits, registers, threads, shared)
+    assert (got["blocks_per_sm"], got["limited_by"]) == (blocks, limited_by)
+    assert got["occupancy"] == pytest.approx(blocks * (threads // 32) / 64)
+
+
+def test_ptxas_output_is_parsed_and_odd_output_is_an_error():
+    text = ("ptxas info    : Compiling entry function 'k' for 'sm_90'\n"
+            "ptxas info    : Function properties for k\n"
+            "    80 bytes stack frame, 88 bytes spill stores, 276 bytes spill loads\n"
+            "ptxas info    : Used 64 registers, used 1 barriers, 80 bytes cumulative stack size, 64 bytes smem\n")
+    assert ptx.parse_ptxas(text) == {"registers": 64, "spill_store_bytes": 88, "spill_load_bytes": 276,
+                                     "stack_bytes": 80, "static_shared_bytes": 64, "barriers": 1}
+    with pytest.raises(RuntimeError, match="unexpected ptxas output"):
+        ptx.parse_ptxas("ptxas fatal: something else")
+
+
+def test_gpu_check_runs_the_gpu_tests_then_the_cuda_report():
+    done = subprocess.run(["make", "-n", "gpu-check", "GPU_PYTHON=python3"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    commands = done.stdout
+    tests_at, report_at = commands.index("-m pytest -q -m gpu"), commands.index("all --device cuda")
+    assert commands.index("prep_cifar10_main") < tests_at < report_at
+    assert "PYTHONPATH=.device/ns python3" in commands and "make install" not in commands
+
+
+def test_gpu_namespace_links_every_package_of_pyproject(tmp_path):
+    ns = tmp_path / "ns"
+    done = subprocess.run(["make", "gpu-namespace", f"GPU_PYTHON={sys.executable}", f"GPU_NS={ns}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    linked = sorted(p.name for p in (ns / "remixmatch").iterdir())
+    assert linked == ["bench", "common", "datasets_prep", "kernels", "pipeline", "trainer"]
+    probe = "import remixmatch.bench.full_report as m, remixmatch.common.cli; print(m.__file__)"
+    shown = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(ns)},
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert shown.returncode == 0 and shown.stdout.strip().startswith(str(ns)), shown.stderr
