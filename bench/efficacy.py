@@ -137,7 +137,8 @@ def render_markdown(report: dict) -> str:
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG,
                            description="ReMixMatch vs the supervised baseline and ablations, same data and steps.")
-    parser.add_argument("--shards", type=Path, required=True, help="a shard directory (prep-cifar10 --out)")
+    parser.add_argument("--shards", type=Path, default=None,
+                        help="a shard directory (prep-cifar10 --out; default: $REMIXMATCH_SHARDS)")
     parser.add_argument("--out", type=Path, required=True, help="directory for report.json, report.md and runs/")
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=sorted(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1], help="labeled split (and run) seeds")
@@ -155,10 +156,6 @@ def build_parser() -> OneLineParser:
 
 def check_args(args, settings: dict) -> None:
     """Raises BenchError (one line) for input no variant can run with, before anything trains."""
-    if not args.shards.is_dir():
-        raise BenchError(f"--shards {args.shards}: no such directory")
-    if not (args.shards / "manifest.json").is_file():
-        raise BenchError(f"--shards {args.shards}: not a shard directory (no manifest.json)")
     if args.out.exists() and not args.out.is_dir():
         raise BenchError(f"--out {args.out} exists and is not a directory")
     if args.threads < 0:
@@ -170,6 +167,9 @@ def check_args(args, settings: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         args = build_parser().parse_args(argv)
+        from .pipeline import shard_directory
+
+        args.shards = shard_directory(args.shards, required=True)
         settings = common_settings(args)
         check_args(args, settings)
         import torch

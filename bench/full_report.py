@@ -390,8 +390,8 @@ def build_parser() -> OneLineParser:
                         help="the kernels and training device (cuda: an error without one)")
     parser.add_argument("--quick", action="store_true", help="every section's --quick; no scaling section")
     parser.add_argument("--shards", type=Path, default=None,
-                        help="a shard directory (prep-cifar10 --out); without it pipeline and scaling are skipped "
-                             "and the train section measures ready tensors only")
+                        help="a shard directory (prep-cifar10 --out; default: $REMIXMATCH_SHARDS); without one "
+                             "pipeline and scaling are skipped and the train section measures ready tensors only")
     parser.add_argument("--batch", type=positive_int, default=64, help="labeled = unlabeled images per step (64)")
     parser.add_argument("--k", type=positive_int, default=8, help="strong views per unlabeled image (8)")
     parser.add_argument("--threads", type=positive_int, default=None, help="threads per section (default: all cores)")
@@ -405,15 +405,15 @@ def build_parser() -> OneLineParser:
 
 
 def config_from_args(args) -> AllConfig:
-    if args.shards is not None and not (args.shards / "manifest.json").is_file():
-        raise BenchError(f"--shards {args.shards}: not a shard directory (no manifest.json)")
-    if args.out.exists() and not args.out.is_dir():
-        raise BenchError(f"--out {args.out} exists and is not a directory")
+    from .pipeline import check_out, shard_directory
+
+    check_out(args.out)
+    shards = shard_directory(args.shards, required=False)
     if args.valid < 0:
         raise BenchError(f"--valid must be at least 0, got {args.valid}")
     if args.device == "cuda" and _gpu_count() == 0:
         raise BenchError("--device cuda: no CUDA device (torch.cuda.is_available() is False); use --device cpu")
-    return AllConfig(out=args.out, device=args.device, quick=args.quick, shards=args.shards, batch=args.batch,
+    return AllConfig(out=args.out, device=args.device, quick=args.quick, shards=shards, batch=args.batch,
                      k=args.k, threads=args.threads, labels=args.labels, valid=args.valid, width=args.width,
                      blocks_per_stage=args.blocks_per_stage, skip=tuple(args.skip))
 

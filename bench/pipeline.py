@@ -85,6 +85,7 @@ from typing import Callable
 import numpy as np
 
 from remixmatch.common.cli import OneLineParser, positive_int
+from remixmatch.common.paths import SHARDS_ENV, resolve_path
 
 from .errors import BenchError
 from .report import (
@@ -747,7 +748,8 @@ def render_markdown(report: dict) -> str:
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Complete ReMixMatch step batches per second: the torch and "
                                                   "DALI loaders against the PIL process-pool reference design.")
-    parser.add_argument("--shards", type=Path, required=True, help="a shard directory (prep-cifar10 --out)")
+    parser.add_argument("--shards", type=Path, default=None,
+                        help=f"a shard directory (prep-cifar10 --out; default: ${SHARDS_ENV})")
     parser.add_argument("--out", type=Path, required=True, help="directory for report.json and report.md")
     parser.add_argument("--quick", action="store_true", help="5 short repetitions per row (about a minute on 2 cores)")
     parser.add_argument("--reps", type=int, default=None,
@@ -774,14 +776,27 @@ def config_from_args(args) -> PipelineConfig:
 
     if threads > numba.config.NUMBA_NUM_THREADS:
         raise BenchInputError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), got {threads}")
-    check_paths(args.shards, args.out)
-    return PipelineConfig(shards=args.shards, out=args.out, quick=args.quick, reps=reps, batch=args.batch, k=args.k,
+    check_out(args.out)
+    shards = shard_directory(args.shards, required=True)
+    return PipelineConfig(shards=shards, out=args.out, quick=args.quick, reps=reps, batch=args.batch, k=args.k,
                           threads=threads, labels=args.labels, valid=args.valid, seed=args.seed)
 
 
-def check_paths(shards: Path, out: Path) -> None:
-    if not shards.is_dir():
-        raise BenchInputError(f"--shards {shards}: no such directory")
+def shard_directory(value: Path | None, required: bool) -> Path | None:
+    """The benchmark's shard directory: --shards, else $REMIXMATCH_SHARDS; checked to be one."""
+    source = resolve_path(value, "--shards", SHARDS_ENV)
+    if source is None:
+        if required:
+            raise BenchInputError(f"no shard directory: pass --shards DIR (prep-cifar10 --out) or set {SHARDS_ENV}")
+        return None
+    if not source.path.is_dir():
+        raise BenchInputError(f"{source}: no such directory")
+    if not (source.path / "manifest.json").is_file():
+        raise BenchInputError(f"{source}: not a shard directory (no manifest.json)")
+    return source.path
+
+
+def check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise BenchInputError(f"--out {out} exists and is not a directory")
 

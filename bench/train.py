@@ -136,8 +136,8 @@ from typing import Callable
 from remixmatch.common.cli import OneLineParser, positive_int
 
 from .pipeline import (
-    BenchInputError, NumbaThreadsFetcher, _no_sync, _numba_threads_info, _reason, check_paths,
-    cuda_unavailable_reason, open_data, time_steps,
+    BenchInputError, NumbaThreadsFetcher, _no_sync, _numba_threads_info, _reason, check_out,
+    cuda_unavailable_reason, open_data, shard_directory, time_steps,
 )
 from .report import (
     PACKAGES, RunConditions, conditions_line, finish_report, format_rate, machine_info, machine_line,
@@ -819,7 +819,8 @@ def build_parser() -> OneLineParser:
                                                   "against the step fed by the real loader, and the paper's "
                                                   "2^20-step run projected.")
     parser.add_argument("--shards", type=Path, default=None,
-                        help="a shard directory (prep-cifar10 --out); without it the loader rows are skipped")
+                        help="a shard directory (prep-cifar10 --out; default: $REMIXMATCH_SHARDS); without one "
+                             "the loader rows are skipped")
     parser.add_argument("--out", type=Path, required=True, help="directory for report.json and report.md")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_REPS} short repetitions (under a minute on 2 cores at B = 64, K = 8; about 90 s "
@@ -864,17 +865,13 @@ def config_from_args(args) -> TrainBenchConfig:
 
     if threads > numba.config.NUMBA_NUM_THREADS:
         raise BenchInputError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), got {threads}")
-    if args.shards is not None:
-        check_paths(args.shards, args.out)
-        if not (args.shards / "manifest.json").is_file():
-            raise BenchInputError(f"--shards {args.shards}: not a shard directory (no manifest.json)")
-    elif args.out.exists() and not args.out.is_dir():
-        raise BenchInputError(f"--out {args.out} exists and is not a directory")
+    check_out(args.out)
+    shards = shard_directory(args.shards, required=False)
     if args.device == "cuda":
         reason = cuda_unavailable_reason()
         if reason:
             raise BenchInputError(f"--device cuda: {reason}; use --device cpu or auto")
-    config = TrainBenchConfig(out=args.out, shards=args.shards, quick=args.quick, reps=reps, batch=args.batch,
+    config = TrainBenchConfig(out=args.out, shards=shards, quick=args.quick, reps=reps, batch=args.batch,
                               k=args.k, device=args.device, width=args.width, blocks_per_stage=args.blocks_per_stage,
                               threads=threads, algorithm=args.algorithm, labels=args.labels, valid=args.valid,
                               seed=args.seed, scaling=args.scaling, procs_max=args.procs_max)

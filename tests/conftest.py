@@ -1,10 +1,15 @@
-"""Shared pytest set-up: `gpu`-marked tests run only where a CUDA device answers."""
+"""Shared pytest set-up: `gpu`-marked tests run only where a CUDA device answers; a user's
+REMIXMATCH_SHARDS never stands in for a shard directory a test leaves out."""
 
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
+
+# Removed from the process environment (not per test): the subprocesses tests start inherit it.
+os.environ.pop("REMIXMATCH_SHARDS", None)
 
 
 @functools.cache

@@ -200,3 +200,19 @@ def test_gpu_namespace_links_every_package_of_pyproject(tmp_path):
     shown = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(ns)},
                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert shown.returncode == 0 and shown.stdout.strip().startswith(str(ns)), shown.stderr
+
+
+def test_the_shard_directory_comes_from_the_environment_when_no_flag_names_one(pipeline_shards, tmp_path,  # noqa: F811
+                                                                                monkeypatch, capsys):
+    from remixmatch.bench.pipeline import BenchInputError, shard_directory
+
+    monkeypatch.setenv("REMIXMATCH_SHARDS", str(pipeline_shards.path))
+    assert shard_directory(None, required=True) == pipeline_shards.path
+    with pytest.raises(BenchInputError, match=r"^--shards .*not a shard directory"):
+        shard_directory(tmp_path, required=False)  # the flag wins over the variable
+    monkeypatch.setenv("REMIXMATCH_SHARDS", str(tmp_path / "absent"))
+    assert main(["pipeline", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rmm-bench pipeline: error: REMIXMATCH_SHARDS=") and "no such directory" in err
+    monkeypatch.delenv("REMIXMATCH_SHARDS")
+    assert shard_directory(None, required=False) is None
