@@ -17,16 +17,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .full_report import aug_row, measured_rows
+
 CHARTS = ("views_per_s", "per_op", "step_split", "scaling")
 AUG_BACKENDS = ("pil", "pil-pool", "numba-cpu", "numba-cuda")
 PHASE_COLOURS = ("#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#e0e0e0")
-
-
-def _rows(sections: dict, name: str) -> list[dict]:
-    section = sections.get(name)
-    if not section or section["status"] != "measured":
-        return []
-    return [r for r in section["report"]["results"] if "skipped" not in r]
 
 
 def _section_reason(sections: dict, name: str) -> str:
@@ -48,26 +43,19 @@ def _save(fig, out: Path, name: str) -> str:
     return path.name
 
 
-def _aug_headline(rows: list[dict], k: int) -> list[tuple[str, float]]:
+def _aug_headline(sections: dict, k: int) -> list[tuple[str, float]]:
     """(label, views/s) per backend (mixed policies), PIL first, each at the K nearest the PIL row's
     (else nearest k): like for like."""
-    pil = [r for r in rows if r.get("bench") == "aug" and r["backend"] == "pil" and r["op"] is None]
-    k = pil[0]["k"] if pil else k
-    bars = []
-    for backend in AUG_BACKENDS:
-        found = [r for r in rows if r.get("bench") == "aug" and r["backend"] == backend and r["op"] is None]
-        if not found:
-            continue
-        r = min(found, key=lambda row: (abs(row["k"] - k), row.get("inputs") != "device"))
-        bars.append((f"{backend}\nK={r['k']}", r["views_per_s"]))
-    return bars
+    pil = aug_row(sections, "pil", k)
+    rows = [aug_row(sections, backend, pil["k"] if pil else k) for backend in AUG_BACKENDS]
+    return [(f"{r['backend']}\nK={r['k']}", r["views_per_s"]) for r in rows if r is not None]
 
 
 def views_chart(plt, sections: dict, k: int):
-    aug = _aug_headline(_rows(sections, "aug"), k)
+    aug = _aug_headline(sections, k)
     if not aug or not aug[0][0].startswith("pil\n"):
         return {"skipped": _section_reason(sections, "aug") if not aug else "no PIL reference row to compare with"}
-    loaders = [r for r in _rows(sections, "pipeline") if r.get("prefetch") in (True, None) and r["k"] == k]
+    loaders = [r for r in measured_rows(sections, "pipeline") if r.get("prefetch") in (True, None) and r["k"] == k]
     fig, axes = plt.subplots(1, 2 if loaders else 1, figsize=(11 if loaders else 6, 4), squeeze=False)
     baseline = aug[0][1]
     ax = axes[0][0]
@@ -93,7 +81,7 @@ def views_chart(plt, sections: dict, k: int):
 
 
 def per_op_chart(plt, sections: dict):
-    rows = [r for r in _rows(sections, "aug") if r.get("bench") == "aug" and r["op"] is not None]
+    rows = [r for r in measured_rows(sections, "aug") if r.get("bench") == "aug" and r["op"] is not None]
     if not rows:
         return {"skipped": _section_reason(sections, "aug")}
     ops = sorted({r["op"] for r in rows})
@@ -115,7 +103,7 @@ def per_op_chart(plt, sections: dict):
 
 
 def step_split_chart(plt, sections: dict):
-    rows = [r for r in _rows(sections, "train") if "phase_seconds_per_step" in r]
+    rows = [r for r in measured_rows(sections, "train") if "phase_seconds_per_step" in r]
     if not rows:
         return {"skipped": _section_reason(sections, "train")}
     names = list(rows[0]["phase_seconds_per_step"])

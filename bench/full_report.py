@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import subprocess
 import sys
 import time
@@ -62,8 +61,8 @@ from remixmatch.common.cli import OneLineParser, positive_int
 
 from .errors import BenchError
 from .report import (
-    RunConditions, conditions_line, finish_report, format_rate, format_ratio, machine_info, machine_line, new_report,
-    report_main, usable_cpus,
+    RunConditions, conditions_line, finish_report, format_hours, format_rate, format_ratio, format_share, machine_info,
+    machine_line, new_report, report_main, usable_cpus,
 )
 
 PROG = "rmm-bench all"
@@ -153,7 +152,7 @@ def run_section(name: str, argv: list[str], log: Callable[[str], None]) -> dict:
     log(f"== {name}: rmm-bench {' '.join(argv)}")
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     with subprocess.Popen([sys.executable, "-m", "remixmatch.bench.cli", *argv], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, env=os.environ.copy()) as child:
+                          stderr=subprocess.PIPE, text=True) as child:
         for line in child.stderr:
             tail.append(line.rstrip())
             log(f"   {line.rstrip()}")
@@ -166,10 +165,20 @@ def run_section(name: str, argv: list[str], log: Callable[[str], None]) -> dict:
     return {"status": "measured", "seconds": seconds, "report": json.loads(out.read_text(encoding="utf-8"))}
 
 
-def _measured_rows(section: dict | None) -> list[dict]:
+def measured_rows(sections: dict, name: str) -> list[dict]:
+    """The rows a section measured (none when it was skipped or failed)."""
+    section = sections.get(name)
     if not section or section["status"] != "measured":
         return []
     return [r for r in section["report"]["results"] if "skipped" not in r]
+
+
+def aug_row(sections: dict, backend: str, k: int) -> dict | None:
+    """The aug section's mixed-policy row of ``backend`` at K = k, else at the nearest K measured
+    (views/s barely moves with K at one batch); device-resident inputs preferred."""
+    rows = [r for r in measured_rows(sections, "aug")
+            if r.get("bench") == "aug" and r["backend"] == backend and r["op"] is None]
+    return min(rows, key=lambda r: (abs(r["k"] - k), r.get("inputs") != "device")) if rows else None
 
 
 def _report(sections: dict, name: str) -> dict | None:
@@ -180,18 +189,14 @@ def _report(sections: dict, name: str) -> dict | None:
 # ---- what the figures mean for a full run ------------------------------------------------------------
 
 def _train_row(sections: dict, device: str, feed: str, prefetch: bool) -> dict | None:
-    return next((r for r in _measured_rows(sections.get("train"))
+    return next((r for r in measured_rows(sections, "train")
                  if r.get("section") is None and r["device"] == device and r["feed"] == feed
                  and r["prefetch"] == prefetch), None)
 
 
 def _aug_rate(sections: dict, backend: str, k: int) -> float | None:
-    rows = [r for r in _measured_rows(sections.get("aug"))
-            if r.get("bench") == "aug" and r["backend"] == backend and r["op"] is None]
-    if not rows:
-        return None
-    # The same K when measured; else the nearest K measured (views/s barely moves with K at one batch).
-    return min(rows, key=lambda r: (abs(r["k"] - k), r.get("inputs") != "device"))["views_per_s"]
+    row = aug_row(sections, backend, k)
+    return row["views_per_s"] if row else None
 
 
 def projection(sections: dict, config: AllConfig) -> dict | None:
@@ -252,16 +257,6 @@ def summarize(sections: dict, proj: dict | None) -> dict:
 
 # ---- markdown -------------------------------------------------------------------------------------
 
-def _hours(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.0f} h ({value / 24:.1f} days)" if value >= 48 else f"{value:.1f} h"
-
-
-def _share(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
 def _demoted(markdown: str) -> list[str]:
     """A section report's markdown below this report's headings (its title and machine lines dropped:
     the machine is this report's)."""
@@ -286,21 +281,21 @@ def projection_markdown(proj: dict | None, config: AllConfig) -> list[str]:
     lines.append(
         f"- The paper's CIFAR-10 run, 2^20 steps of B = {proj['batch']} labeled + {proj['batch']} unlabeled images "
         f"with K = {proj['k']} strong views each{k_note}, on this machine's {proj['device']} with {proj['model']}: "
-        f"**{_hours(proj['projected_hours'])}** ({1000 * proj['seconds_per_step']:.0f} ms per "
+        f"**{format_hours(proj['projected_hours'])}** ({1000 * proj['seconds_per_step']:.0f} ms per "
         f"{'loader-fed' if proj['feed'] == 'loader' else 'ready-tensor'} step"
-        + (f"; {_hours(proj['ceiling_projected_hours'])} at the ready-tensor ceiling)." if proj["ceiling_projected_hours"]
+        + (f"; {format_hours(proj['ceiling_projected_hours'])} at the ready-tensor ceiling)." if proj["ceiling_projected_hours"]
            and proj["feed"] == "loader" else ")."))
     if proj["render_share"] is not None:
         lines.append(
             f"- Augmentation: rendering a step's {proj['views_per_step']} views takes "
-            f"{1000 * proj['render_seconds_per_step']:.1f} ms with the kernel, **{_share(proj['render_share'])} of a "
+            f"{1000 * proj['render_seconds_per_step']:.1f} ms with the kernel, **{format_share(proj['render_share'])} of a "
             f"step** if nothing overlapped it"
-            + (f"; with prefetch the step waits for data {_share(proj['data_wait_share'])} of its time."
+            + (f"; with prefetch the step waits for data {format_share(proj['data_wait_share'])} of its time."
                if proj["data_wait_share"] is not None else "."))
     if proj["reference_render_seconds_per_step"] is not None:
         lines.append(
             f"- The reference design (a PIL process pool) would need {1000 * proj['reference_render_seconds_per_step']:.0f} ms "
-            f"per step for the same views: {_hours(proj['reference_projected_hours'])} of rendering alone over 2^20 steps.")
+            f"per step for the same views: {format_hours(proj['reference_projected_hours'])} of rendering alone over 2^20 steps.")
     if proj["device"] == "cpu":
         lines.append("- On the CPU the model is small (the CPU preset) and the step, not the views, sets the pace; "
                      "the paper's WRN-28-2 at this batch is a GPU job (`rmm-bench all --device cuda`).")
@@ -319,7 +314,7 @@ def render_markdown(report: dict) -> str:
         + (f"; numba-cuda best {format_rate(s['numba_cuda_best_views_per_s'])} views/s" if s["numba_cuda_best_views_per_s"] else ""),
         f"- Step batches: torch loader {format_ratio(s['torch_vs_reference'])} the reference design's rate",
         f"- Training: {'-' if s['train_steps_per_s'] is None else format(s['train_steps_per_s'], '.2f')} steps/s "
-        f"loader-fed, data-wait share {_share(s['data_wait_share'])}; 2^20 steps: {_hours(s['projected_hours'])}",
+        f"loader-fed, data-wait share {format_share(s['data_wait_share'])}; 2^20 steps: {format_hours(s['projected_hours'])}",
         f"- CUDA kernels: {'not compiled' if s['max_spill_bytes'] is None else ('no spills' if s['max_spill_bytes'] == 0 else str(s['max_spill_bytes']) + ' spill bytes')}",
         "",
         "| section | status | seconds | note |",
@@ -367,7 +362,7 @@ def run(config: AllConfig, log: Callable[[object], None]) -> dict:
                 log(f"== {name}: FAILED ({sections[name]['reason']})")
     sections["scaling"] = scaling_section(config, sections["train"])
     train = _report(sections, "train")
-    gpu = next((r["device_name"] for r in _measured_rows(sections.get("train")) if r["device"] == "cuda"), None)
+    gpu = next((r["device_name"] for r in measured_rows(sections, "train") if r["device"] == "cuda"), None)
     report["machine"] = machine_info(gpu)
     report["threads"] = dict(train["threads"]) if train else {}
     report["inputs"] = {"shards": config.shards.name if config.shards else None, "batch": config.batch, "k": config.k}

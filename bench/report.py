@@ -258,6 +258,16 @@ def format_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}x"
 
 
+def format_share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def format_hours(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f} h ({value / 24:.1f} days)" if value >= 48 else f"{value:.1f} h"
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

@@ -140,8 +140,8 @@ from .pipeline import (
     cuda_unavailable_reason, open_data, shard_directory, time_steps,
 )
 from .report import (
-    PACKAGES, RunConditions, conditions_line, finish_report, format_rate, machine_info, machine_line,
-    markdown_table, new_report, package_versions, report_main, usable_cpus,
+    PACKAGES, RunConditions, conditions_line, finish_report, format_hours, format_rate, format_share, machine_info,
+    machine_line, markdown_table, new_report, package_versions, report_main, usable_cpus,
 )
 
 PROG = "rmm-bench train"
@@ -684,16 +684,6 @@ def scaling_row_line(r: dict) -> str:
 
 # ---- markdown -------------------------------------------------------------------------------------
 
-def _share(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _hours(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.0f} h ({value / 24:.1f} days)" if value >= 48 else f"{value:.1f} h"
-
-
 def _row_name(r: dict) -> str:
     if r["feed"] == "synthetic":
         return "synthetic (ready tensors)"
@@ -720,7 +710,7 @@ def scaling_markdown(scaling: list[dict], config: dict) -> list[str]:
               str(r["threads"]) + ("" if r["numba_threads"] is None else f" + {r['numba_threads']} numba"),
               str(r["batch_per_rank"]), f"{r['steps_per_s']:.2f}", format_rate(r["images_per_s"]),
               "-" if r["speedup"] is None else f"{r['speedup']:.2f}x",
-              _share(r["efficiency"]), f"{r['steps']} ({r['timed_windows']} x {r['log_every']})",
+              format_share(r["efficiency"]), f"{r['steps']} ({r['timed_windows']} x {r['log_every']})",
               f"{r['wall_seconds']:.0f}"] for r in done]),
     ]
     return lines
@@ -735,7 +725,7 @@ def phase_markdown(rows: list[dict]) -> list[str]:
         "",
         markdown_table(["device", "feed", *[f"{name} ms" for name in names]],
                        [[r["device"], _row_name(r)] + [f"{1000 * r['phase_seconds_per_step'][name]:.1f} "
-                                                       f"({_share(r['phase_shares'][name])})" for name in names]
+                                                       f"({format_share(r['phase_shares'][name])})" for name in names]
                         for r in rows]),
         "",
         f"Per step, over {rows[0]['phase_steps'] if rows else 0} further steps with the device synchronised at every "
@@ -771,10 +761,10 @@ def render_markdown(report: dict) -> str:
         s = summary.get(device)
         if s is None:
             continue
-        lines.append(f"- {device} ({s['model']}): data-wait share **{_share(s['data_wait_share'])}** with prefetch "
-                     f"({_share(s['data_wait_share_no_prefetch'])} without); the paper's 2^20 steps: "
-                     f"**{_hours(s['projected_hours_loader'])}** loader-fed, "
-                     f"{_hours(s['projected_hours_synthetic'])} at the synthetic ceiling")
+        lines.append(f"- {device} ({s['model']}): data-wait share **{format_share(s['data_wait_share'])}** with prefetch "
+                     f"({format_share(s['data_wait_share_no_prefetch'])} without); the paper's 2^20 steps: "
+                     f"**{format_hours(s['projected_hours_loader'])}** loader-fed, "
+                     f"{format_hours(s['projected_hours_synthetic'])} at the synthetic ceiling")
     lines += [
         "",
         markdown_table(
@@ -783,7 +773,7 @@ def render_markdown(report: dict) -> str:
             [[r["device"], r["model"], _row_name(r), f"{r['steps_per_s']:.2f}",
               f"{r['spread']['min']:.2f}-{r['spread']['max']:.2f}", format_rate(r["images_per_s"]),
               format_rate(r["views_per_s"]), f"{1000 * r['wait_seconds_per_step']:.1f}",
-              _share(r["wait_share_measured"]), _share(r["data_wait_share"]), _hours(r["projected_hours"]),
+              format_share(r["wait_share_measured"]), format_share(r["data_wait_share"]), format_hours(r["projected_hours"]),
               str(r["threads"]) + ("" if r["numba_threads"] is None else f" + {r['numba_threads']} numba"),
               f"{r['startup_seconds']:.1f}"] for r in measured(rows)]),
         "",
@@ -794,7 +784,7 @@ def render_markdown(report: dict) -> str:
     faster = [r for r in measured(rows) if r["data_wait_share"] is not None and r["data_wait_share"] < FASTER_THAN_CEILING]
     if faster:
         lines += ["", "**Loader-fed rows ran faster than the synthetic ceiling** ("
-                  + ", ".join(f"{r['device']} {_row_name(r)} {_share(r['data_wait_share'])}" for r in faster)
+                  + ", ".join(f"{r['device']} {_row_name(r)} {format_share(r['data_wait_share'])}" for r in faster)
                   + "): the step itself did not get faster, the figures are noise or contention. Seen on a 2-core "
                   "machine shared with other work: while the loader's Numba OpenMP threads run, torch's OpenMP "
                   "threads spin less when the cores are oversubscribed (OMP_WAIT_POLICY=PASSIVE closed most of the "
@@ -897,7 +887,7 @@ def progress_line(r: dict) -> str:
     return (f"{r['device']} {r['model']} {_row_name(r)}: {r['steps_per_s']:.2f} steps/s "
             f"({format_rate(r['images_per_s'])} images/s; wait {1000 * r['wait_seconds_per_step']:.1f} ms/step; "
             f"median of {r['reps']} x {r['steps_per_rep']} steps, {s['min']:.2f}-{s['max']:.2f}; "
-            f"2^20 steps: {_hours(r['projected_hours'])})")
+            f"2^20 steps: {format_hours(r['projected_hours'])})")
 
 
 if __name__ == "__main__":

@@ -147,6 +147,14 @@ def assert_one_line_error(err: str, prog: str, *fragments: str) -> None:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
 
 
+def assert_cli_error(main: Callable[[Sequence[str]], int], prog: str, capsys, argv: Sequence[str], *fragments: str,
+                     status: int = 2) -> None:
+    """``main(argv)`` fails with ``status`` and one line, ``prog: error: ...``, naming every fragment."""
+    rc, _, err = run_main(main, argv, capsys)
+    assert rc == status, f"exit status {rc}, stderr {err!r}"
+    assert_one_line_error(err, prog, *fragments)
+
+
 def cli_subprocess(entry: str, argv: Sequence[str], **kw) -> subprocess.Popen:
     """Start a CLI entry point (e.g. 'prep_cifar10_main') in a fresh interpreter."""
     code = f"import sys; from remixmatch.datasets_prep.cli import {entry}; sys.exit({entry}())"

@@ -21,13 +21,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets_helpers import cifar_archive
+from datasets_helpers import assert_cli_error, cifar_archive
 from remixmatch.bench import aug, images, report
 from remixmatch.bench.cli import main
 from remixmatch.common.paths import SHARDS_ENV
 from remixmatch.datasets_prep.cli import prep_folder_main
 from remixmatch.datasets_prep.sources_cifar import prep_cifar10
 from remixmatch.kernels.ops import NUM_OPS, OP_NAMES
+
+PROG = "rmm-bench aug"
 
 TOP_KEYS = {"schema_version", "command", "created", "wall_seconds", "machine", "conditions", "versions", "threads",
             "config", "inputs", "summary", "results"}
@@ -125,10 +127,6 @@ def test_quick_markdown_shows_machine_and_ratios(quick_run):
             assert r["skipped"] in text
 
 
-def _one_line_error(capsys, argv, fragment):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and fragment in err, err
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -140,43 +138,43 @@ def _one_line_error(capsys, argv, fragment):
     (["aug", "--reps", "many"], "--reps"),
 ])
 def test_bad_arguments_fail_with_one_line(tmp_path, capsys, argv, fragment):
-    _one_line_error(capsys, argv + ["--out", str(tmp_path)], fragment)
+    assert_cli_error(main, PROG, capsys, argv + ["--out", str(tmp_path)], fragment)
     assert not (tmp_path / "report.json").exists()
 
 
 def test_missing_out_and_unknown_command_fail_with_one_line(capsys):
-    _one_line_error(capsys, ["aug"], "--out")
-    _one_line_error(capsys, ["nosuch"], "nosuch")
+    assert_cli_error(main, PROG, capsys, ["aug"], "--out")
+    assert_cli_error(main, "rmm-bench", capsys, ["nosuch"], "nosuch")
 
 
 def test_out_that_is_a_file_is_rejected(tmp_path, capsys):
     target = tmp_path / "file"
     target.write_text("x")
-    _one_line_error(capsys, ["aug", "--out", str(target)], "not a directory")
+    assert_cli_error(main, PROG, capsys, ["aug", "--out", str(target)], "not a directory")
 
 
 def test_missing_images_are_rejected(tmp_path, capsys):
-    _one_line_error(capsys, ["aug", "--images", str(tmp_path / "absent.tar.gz"), "--out", str(tmp_path)],
+    assert_cli_error(main, PROG, capsys, ["aug", "--images", str(tmp_path / "absent.tar.gz"), "--out", str(tmp_path)],
                     "absent.tar.gz")
 
 
 def test_missing_shards_are_rejected_naming_where_the_path_came_from(tmp_path, capsys, monkeypatch):
     absent = tmp_path / "absent"
-    _one_line_error(capsys, ["aug", "--shards", str(absent), "--out", str(tmp_path / "o")], "--shards")
+    assert_cli_error(main, PROG, capsys, ["aug", "--shards", str(absent), "--out", str(tmp_path / "o")], "--shards")
     monkeypatch.setenv(SHARDS_ENV, str(absent))
-    _one_line_error(capsys, ["aug", "--out", str(tmp_path / "o")], f"{SHARDS_ENV}: {absent}")
+    assert_cli_error(main, PROG, capsys, ["aug", "--out", str(tmp_path / "o")], f"{SHARDS_ENV}: {absent}")
     assert not (tmp_path / "o" / "report.json").exists()
 
 
 def test_shards_and_images_together_are_rejected(tmp_path, capsys):
-    _one_line_error(capsys, ["aug", "--shards", str(tmp_path), "--images", str(tmp_path), "--out", str(tmp_path)],
+    assert_cli_error(main, PROG, capsys, ["aug", "--shards", str(tmp_path), "--images", str(tmp_path), "--out", str(tmp_path)],
                     "give one")
 
 
 def test_explicit_cuda_without_a_device_is_an_error(tmp_path, capsys):
     if aug.cuda_unavailable_reason() is None:
         pytest.skip("a CUDA device is present")
-    _one_line_error(capsys, ["aug", "--device", "cuda", "--out", str(tmp_path)], "--device cuda")
+    assert_cli_error(main, PROG, capsys, ["aug", "--device", "cuda", "--out", str(tmp_path)], "--device cuda")
 
 
 def test_help_exits_zero(capsys):

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from datasets_helpers import assert_cli_error
 from pipeline_helpers import N_LABELED, N_VALID, pipeline_shards  # noqa: F401 (a fixture)
 from remixmatch.bench import pipeline as bench_pipeline
 from remixmatch.bench.cli import main
@@ -35,6 +36,7 @@ SUMMARY_KEYS = {"torch_cpu_steps_per_s", "torch_cpu_no_prefetch_steps_per_s", "d
                 "dali_graph_cpu_no_prefetch_steps_per_s", "dali_numba_cpu_steps_per_s", "dali_graph_vs_reference",
                 "dali_graph_vs_dali", "dali_numba_vs_dali"}
 B, K = 4, 2
+PROG = "rmm-bench pipeline"
 
 
 def bench_args(shards, out, *extra) -> list[str]:
@@ -153,21 +155,17 @@ def test_markdown_holds_the_table_skips_and_equivalence(quick_run):
 
 # ---- bad input ----------------------------------------------------------------------------------------
 
-def _one_line_error(capsys, argv, fragment):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("rmm-bench pipeline: error:") and fragment in err, err
 
 
 def test_missing_shards_directory_is_one_line(tmp_path, capsys):
-    _one_line_error(capsys, bench_args(tmp_path / "absent", tmp_path / "out"), "absent")
+    assert_cli_error(main, PROG, capsys, bench_args(tmp_path / "absent", tmp_path / "out"), "absent")
     assert not (tmp_path / "out").exists()
 
 
 def test_directory_without_manifest_is_one_line(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line_error(capsys, bench_args(empty, tmp_path / "out"), "manifest")
+    assert_cli_error(main, PROG, capsys, bench_args(empty, tmp_path / "out"), "manifest")
     assert not (tmp_path / "out" / "report.json").exists()
 
 
@@ -178,11 +176,11 @@ def test_directory_without_manifest_is_one_line(tmp_path, capsys):
     (["--threads", "100000"], "--threads"),
 ])
 def test_bad_values_are_one_line(tmp_path, capsys, extra, fragment):
-    _one_line_error(capsys, bench_args(tmp_path, tmp_path / "out", *extra), fragment)
+    assert_cli_error(main, PROG, capsys, bench_args(tmp_path, tmp_path / "out", *extra), fragment)
 
 
 def test_missing_shards_flag_and_out_that_is_a_file(tmp_path, capsys):
-    _one_line_error(capsys, ["pipeline", "--out", str(tmp_path)], "--shards")
+    assert_cli_error(main, PROG, capsys, ["pipeline", "--out", str(tmp_path)], "--shards")
     target = tmp_path / "file"
     target.write_text("x")
-    _one_line_error(capsys, bench_args(tmp_path, target), "not a directory")
+    assert_cli_error(main, PROG, capsys, bench_args(tmp_path, target), "not a directory")

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from datasets_helpers import assert_cli_error
 from pipeline_helpers import N_LABELED, N_VALID, pipeline_shards  # noqa: F401 (a fixture)
 from remixmatch.bench import train as bench_train
 from remixmatch.bench.cli import main
@@ -38,6 +39,7 @@ DEVICE_SUMMARY_KEYS = {"model", "synthetic_steps_per_s", "loader_steps_per_s", "
                        "projected_hours_synthetic", "projected_hours_loader"}
 SPREAD_KEYS = {"min", "max", "q1", "q3", "iqr", "stdev"}
 B, K = 4, 2
+PROG = "rmm-bench train"
 TINY = ["--quick", "--batch", str(B), "--k", str(K), "--width", "8", "--blocks-per-stage", "1", "--threads", "1",
         "--labels", str(N_LABELED), "--valid", str(N_VALID)]
 # The quick run also measures scaling on 1..3 CPU processes (3 is a skipped row: B = 4 does not split
@@ -375,19 +377,15 @@ def test_synthetic_batch_has_the_shapes_and_dtypes_of_a_loader_batch(pipeline_sh
 
 # ---- bad input ----------------------------------------------------------------------------------------
 
-def _one_line_error(capsys, argv, fragment):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("rmm-bench train: error:") and fragment in err, err
 
 
 def test_missing_shards_directory_is_one_line(tmp_path, capsys):
-    _one_line_error(capsys, ["train", "--shards", str(tmp_path / "absent"), "--out", str(tmp_path / "out")], "absent")
+    assert_cli_error(main, PROG, capsys, ["train", "--shards", str(tmp_path / "absent"), "--out", str(tmp_path / "out")], "absent")
     assert not (tmp_path / "out").exists()
 
 
 def test_directory_without_manifest_is_one_line(tmp_path, capsys):
-    _one_line_error(capsys, ["train", "--shards", str(tmp_path), "--out", str(tmp_path / "out")], "manifest.json")
+    assert_cli_error(main, PROG, capsys, ["train", "--shards", str(tmp_path), "--out", str(tmp_path / "out")], "manifest.json")
     assert not (tmp_path / "out").exists()
 
 
@@ -412,21 +410,21 @@ def test_more_labels_than_the_shards_hold_is_one_line(pipeline_shards, tmp_path,
     (["--scaling", "--procs-max", "0"], "--procs-max"),
 ])
 def test_bad_values_are_one_line(tmp_path, capsys, extra, fragment):
-    _one_line_error(capsys, ["train", "--out", str(tmp_path), *extra], fragment)
+    assert_cli_error(main, PROG, capsys, ["train", "--out", str(tmp_path), *extra], fragment)
     assert not (tmp_path / "report.json").exists()
 
 
 def test_out_that_is_a_file_and_missing_out(tmp_path, capsys):
     target = tmp_path / "file"
     target.write_text("x")
-    _one_line_error(capsys, ["train", "--out", str(target)], "not a directory")
-    _one_line_error(capsys, ["train"], "--out")
+    assert_cli_error(main, PROG, capsys, ["train", "--out", str(target)], "not a directory")
+    assert_cli_error(main, PROG, capsys, ["train"], "--out")
 
 
 def test_explicit_cuda_without_a_device_is_an_error(tmp_path, capsys):
     if cuda_reason() is None:
         pytest.skip("a CUDA device is present")
-    _one_line_error(capsys, ["train", "--device", "cuda", "--out", str(tmp_path)], "--device cuda")
+    assert_cli_error(main, PROG, capsys, ["train", "--device", "cuda", "--out", str(tmp_path)], "--device cuda")
 
 
 def test_help_exits_zero_and_is_registered(capsys):

@@ -1,26 +1,31 @@
-"""The CUDA kernels compile to PTX for Ampere (sm_80) and Hopper (sm_90) with no GPU present, and the
-PTX holds no fused multiply-add: FMA contraction would round differently from the CPU kernel and Pillow."""
+"""The CUDA kernels compile to PTX for Ampere (sm_80) and Hopper (sm_90) with no GPU present, the PTX
+holds no fused multiply-add (FMA contraction would round differently from the CPU kernel and Pillow),
+and ``rmm-bench ptx`` reports every kernel's resources from that PTX: no kernel may spill."""
 
 from __future__ import annotations
 
 import re
 
-import pytest
-from numba import cuda
+import json
 
+import pytest
+
+from remixmatch.bench import full_report, ptx
+from remixmatch.bench.cli import main
 from remixmatch.kernels.cuda import kernel_signatures
 
 KERNELS = sorted(kernel_signatures())
 
 
 @pytest.fixture(scope="module")
-def ptx_by_target():
-    compiled = {}
-    for name, (kernel, signature) in kernel_signatures().items():
-        for cc in ((8, 0), (9, 0)):
-            ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=cc)
-            compiled[name, cc] = ptx
-    return compiled
+def ptx_files(tmp_path_factory):
+    """Every kernel's PTX for sm_80 and sm_90, compiled once for this module (NVVM takes minutes)."""
+    return ptx.compile_all_ptx(tmp_path_factory.mktemp("ptx"), lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def ptx_by_target(ptx_files):
+    return {(name, arch.cc): path.read_text() for (name, arch), path in ptx_files.items()}
 
 
 @pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=["sm_80", "sm_90"])
@@ -43,3 +48,32 @@ def test_float_math_uses_round_to_nearest_intrinsics(ptx_by_target):
     ptx = ptx_by_target["apply_ops_kernel", (9, 0)]
     assert "mul.rn.f32" in ptx and "add.rn.f32" in ptx
     assert "mul.rn.f64" in ptx and "add.rn.f64" in ptx
+
+
+def test_the_resource_report_covers_every_kernel_without_spills(ptx_files, tmp_path, monkeypatch, capsys):
+    reason = ptx.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    # The report assembles this module's PTX (compiling it again would double the suite's NVVM time).
+    monkeypatch.setattr(ptx, "compile_all_ptx", lambda directory, log: ptx_files)
+    assert main(["ptx", "--quick", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert "No kernel spills as declared." in (tmp_path / "report.md").read_text()
+    capsys.readouterr()
+    rows = report["results"]
+    declared = [r for r in rows if r["section"] == "kernel"]
+    assert sorted({(r["kernel"], r["arch"]) for r in declared}) == sorted(
+        (name, arch.name) for name in kernel_signatures() for arch in ptx.ARCHS)
+    for r in declared:
+        assert r["spill_store_bytes"] == 0 and r["spill_load_bytes"] == 0, f"{r['kernel']} {r['arch']} spills"
+        assert 0 < r["registers"] <= 255
+        assert r["launches"], f"{r['kernel']} is launched at no size"
+        for launch in r["launches"]:
+            assert 0 < launch["occupancy"] <= 1 and launch["blocks_per_sm"] >= 1
+    sizes = {launch["size"] for r in declared if r["kernel"].startswith("apply_ops") for launch in r["launches"]}
+    assert sizes == {"32x32", "96x96"}, "each view size is served by one of the per-view kernels"
+    assert report["summary"]["spills"] == []
+    assert not [r for r in rows if r["section"] == "sweep"], "--quick: no sweep"
+    # rmm-bench all's headline reads the same section.
+    sections = {"ptx": {"status": "measured", "report": report}}
+    assert full_report.summarize(sections, None)["max_spill_bytes"] == 0

@@ -5,6 +5,7 @@ Every multi-process run is a subprocess with a hard timeout, so a hang fails its
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -72,10 +73,8 @@ def children(pid: int) -> list[int]:
 def kill_tree(pid: int) -> None:
     for child in children(pid):
         kill_tree(child)
-    try:
+    with contextlib.suppress(ProcessLookupError):  # it ended on its own meanwhile
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def worker_pids(launcher: int) -> list[int]:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -95,10 +96,8 @@ def _remove_new_files(out: Path, existed: set[str] | None) -> None:
         if (existed is None or path.name not in existed) and path.is_file():
             path.unlink()
     if existed is None:
-        try:
+        with contextlib.suppress(OSError):  # something else put files there meanwhile: leave it
             out.rmdir()
-        except OSError:
-            pass  # something else put files there meanwhile: leave it
 
 
 def _write_json(path: Path, obj) -> None:
@@ -291,10 +290,9 @@ class Run:
             self.progress.evaluation(record)
             if self.policy is not None:
                 (self.out / "cta_weights.txt").write_text(self.policy.table() + "\n")
-                try:
+                # matplotlib (the plots extra) is optional; the table is always written.
+                with contextlib.suppress(PipelineError):
                     self.policy.heatmap(self.out / "cta_heatmap.png")
-                except PipelineError:
-                    pass  # matplotlib (the plots extra) is optional; the table is always written
         return record
 
     # -- the loop -------------------------------------------------------------------------------------
