@@ -38,12 +38,18 @@ demo: install
 	$(VENV)/bin/rmm-bench all --quick --shards $(SHARDS) --out bench-out/demo/report > /dev/null
 	@echo "quick report: bench-out/demo/report/report.md and report.json; charts: $$(cd bench-out/demo/report && ls *.png | tr '\n' ' ')"
 
-# On a machine with a GPU: the gpu-marked tests, then `rmm-bench all --device cuda` (DALI optional:
-# without it the torch loader alone). By default it installs like the other targets (set TORCH_SPEC
-# to a CUDA build). Where nothing can be fetched and python already has torch with CUDA, numba,
-# numba-cuda, pyarrow, pillow and rich: `make gpu-check GPU_PYTHON=python3` runs the checkout as is.
+# On a machine with a GPU: `rmm-bench gpu-check`, every CUDA path and the GPU figures in one run bounded
+# by GPU_BUDGET seconds (sections: data, environment, the gpu-marked tests, augmentation, pipeline,
+# training, the launcher, a short real run, torch.compile). By default it installs like the other
+# targets (set TORCH_SPEC to a CUDA build). Where nothing can be fetched and python already has torch
+# with CUDA, numba, numba-cuda, pyarrow, pillow and rich: `make gpu-check GPU_PYTHON=python3` runs the
+# checkout as is. The archive: .device/cifar10-jpg.tar.gz when carried there, else CIFAR10_SOURCE.
+# GPU_BUNDLE gets the few files a lent machine sends back (report.json, report.md, charts, logs).
 GPU_PYTHON ?=
 GPU_OUT ?= bench-out/gpu
+GPU_BUNDLE ?= $(GPU_OUT)/bundle
+GPU_BUDGET ?= 420
+GPU_ARCHIVE ?= $(firstword $(wildcard .device/cifar10-jpg.tar.gz) $(CIFAR10_SOURCE))
 GPU_SHARDS ?= .device/c10
 GPU_NS := .device/ns
 ifeq ($(GPU_PYTHON),)
@@ -55,11 +61,10 @@ GPU_SETUP := gpu-namespace
 endif
 
 gpu-check: $(GPU_SETUP)
-	$(GPU_RUN) -c "import sys; from remixmatch.datasets_prep.cli import prep_cifar10_main as prep; sys.exit(prep(sys.argv[1:]))" \
-		--out $(GPU_SHARDS) --overwrite $(if $(CIFAR10_SOURCE),--source $(CIFAR10_SOURCE))
-	$(GPU_RUN) -m pytest -q -m gpu tests/test_kernels_gpu.py tests/test_gpu_training.py tests/test_pipeline_dali.py
-	$(GPU_RUN) -m remixmatch.bench.cli all --device cuda --shards $(GPU_SHARDS) --out $(GPU_OUT) > /dev/null
-	@echo "GPU report: $(GPU_OUT)/report.md and report.json, charts beside them"
+	@test -n "$(GPU_ARCHIVE)" || { echo "gpu-check: no CIFAR-10 archive: put it in .device/ or set CIFAR10_SOURCE" >&2; exit 2; }
+	$(GPU_RUN) -m remixmatch.bench.cli gpu-check --archive $(GPU_ARCHIVE) --shards $(GPU_SHARDS) \
+		--budget $(GPU_BUDGET) --out $(GPU_OUT) --bundle $(GPU_BUNDLE) > /dev/null
+	@echo "GPU report: $(GPU_OUT)/report.md and report.json; sent-back files in $(GPU_BUNDLE)"
 
 # The package namespace as symlinks to the checkout: `import remixmatch.kernels` without an install.
 # Each link is read from pyproject.toml's package-dir, so a new package is linked too.

@@ -16,7 +16,10 @@
   ``ptxas -v`` with no GPU (:mod:`remixmatch.bench.ptx`);
 - ``all``: one report of aug, ptx, pipeline, train (with the step split into its phases) and
   scaling, with PNG charts and the paper's run projected (:mod:`remixmatch.bench.full_report`);
-- ``compare``: two report.json side by side with the ratio of every figure (:mod:`remixmatch.bench.compare`).
+- ``compare``: two report.json side by side with the ratio of every figure (:mod:`remixmatch.bench.compare`);
+- ``gpu-env``: what a GPU machine's stack is, probed (:mod:`remixmatch.bench.gpu_env`);
+- ``gpu-check``: the gpu tests and every GPU figure in one run within a time budget, for a GPU machine
+  lent for minutes (:mod:`remixmatch.bench.gpu_check`).
 
 All but ``aug`` own their arguments (``rmm-bench NAME --help``): everything after the name goes to
 the ``main(argv)`` of their module (:data:`DELEGATED`). Bad input exits with status 2 and a one-line
@@ -51,6 +54,10 @@ DELEGATED = {
     "all": ("remixmatch.bench.full_report",
             "one report: aug, ptx, pipeline, train with the step split, scaling, charts (see: rmm-bench all --help)"),
     "compare": ("remixmatch.bench.compare", "two report.json side by side with ratios (see: rmm-bench compare --help)"),
+    "gpu-env": ("remixmatch.bench.gpu_env",
+                "the GPU stack: GPU, driver, torch, numba-cuda, NVVM, ptxas, kernel JIT time (see: rmm-bench gpu-env --help)"),
+    "gpu-check": ("remixmatch.bench.gpu_check",
+                  "every CUDA path and the GPU figures in one run bounded in time (see: rmm-bench gpu-check --help)"),
 }
 
 

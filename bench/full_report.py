@@ -24,7 +24,8 @@ touch the next, and a section that fails leaves the others standing), writing it
     "sections": {"aug" | "ptx" | "pipeline" | "train":
         {"status": "measured", "seconds": 61.2, "report": {...the section's own report.json...}}
         | {"status": "skipped", "reason": "..."}      # not run: no --shards, --quick, --skip, no device
-        | {"status": "failed", "reason": "...", "seconds": 3.1},    # ran and exited non-zero: its last line
+        | {"status": "failed", "reason": "...", "seconds": 3.1}    # ran and exited non-zero: its last line
+        | {"status": "timed_out", "reason": "...", "seconds": 3600.0},  # stopped at its bound (SECTION_TIMEOUT_S)
         "scaling": {"status": "measured", "reason": ..., "rows": [...train's scaling rows...],
                     "summary": {...train's summary["scaling"]...}} | skipped | failed},
     "charts": {"views_per_s" | "per_op" | "step_split" | "scaling": "views_per_s.png" | {"skipped": "..."}},
@@ -48,9 +49,7 @@ matplotlib (the ``plots`` extra); without it each chart is listed as skipped wit
 
 from __future__ import annotations
 
-import collections
 import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ from typing import Callable
 
 from remixmatch.common.cli import OneLineParser, positive_int
 
+from .bounded import run_bounded
 from .errors import BenchError
 from .report import (
     RunConditions, conditions_line, finish_report, format_hours, format_rate, format_ratio, format_share, machine_info,
@@ -69,7 +69,6 @@ PROG = "rmm-bench all"
 SECTIONS = ("aug", "ptx", "pipeline", "train", "scaling")
 PAPER_STEPS = 1 << 20
 SECTION_TIMEOUT_S = 3600
-TAIL_LINES = 20  # a failed section's last stderr lines kept for its reason
 
 
 @dataclass(frozen=True)
@@ -146,23 +145,21 @@ def scaling_section(config: AllConfig, train: dict) -> dict:
             "rows": train["report"]["scaling"], "summary": train["report"]["summary"].get("scaling")}
 
 
-def run_section(name: str, argv: list[str], log: Callable[[str], None]) -> dict:
-    """Runs ``rmm-bench ARGV`` in a process of its own, its progress passed through to stderr."""
-    start = time.perf_counter()
+def run_section(name: str, argv: list[str], log: Callable[[str], None],
+                timeout_s: float = SECTION_TIMEOUT_S) -> dict:
+    """Runs ``rmm-bench ARGV`` in a process group of its own, its progress passed through to stderr,
+    for at most ``timeout_s`` seconds."""
     log(f"== {name}: rmm-bench {' '.join(argv)}")
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    with subprocess.Popen([sys.executable, "-m", "remixmatch.bench.cli", *argv], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True) as child:
-        for line in child.stderr:
-            tail.append(line.rstrip())
-            log(f"   {line.rstrip()}")
-        code = child.wait(timeout=SECTION_TIMEOUT_S)
-    seconds = round(time.perf_counter() - start, 1)
+    outcome = run_bounded([sys.executable, "-m", "remixmatch.bench.cli", *argv], timeout_s=timeout_s,
+                          log=lambda line: log(f"   {line}"), merge_stdout=False)
     out = Path(argv[argv.index("--out") + 1]) / "report.json"
-    if code != 0 or not out.is_file():
-        last = next((line for line in reversed(tail) if line.strip()), "no output")
-        return {"status": "failed", "reason": f"exit status {code}: {last.strip()}", "seconds": seconds}
-    return {"status": "measured", "seconds": seconds, "report": json.loads(out.read_text(encoding="utf-8"))}
+    if outcome.timed_out:
+        return {"status": "timed_out", "reason": f"stopped at its bound of {timeout_s:.0f} s: {outcome.last_line()}",
+                "seconds": outcome.seconds}
+    if outcome.code != 0 or not out.is_file():
+        return {"status": "failed", "reason": f"exit status {outcome.code}: {outcome.last_line()}",
+                "seconds": outcome.seconds}
+    return {"status": "measured", "seconds": outcome.seconds, "report": json.loads(out.read_text(encoding="utf-8"))}
 
 
 def measured_rows(sections: dict, name: str) -> list[dict]:
@@ -358,7 +355,7 @@ def run(config: AllConfig, log: Callable[[object], None]) -> dict:
             log(f"== {name}: skipped ({argv})")
         else:
             sections[name] = run_section(name, argv, log)
-            if sections[name]["status"] == "failed":
+            if sections[name]["status"] in ("failed", "timed_out"):
                 log(f"== {name}: FAILED ({sections[name]['reason']})")
     sections["scaling"] = scaling_section(config, sections["train"])
     train = _report(sections, "train")

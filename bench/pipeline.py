@@ -126,6 +126,7 @@ class PipelineConfig:
     labels: int = 250
     valid: int = 5000
     seed: int = 0
+    device: str = "auto"  # auto: CPU rows, plus CUDA rows where a device answers; cpu; cuda: CUDA rows alone
 
     def as_dict(self) -> dict:
         config = asdict(self)
@@ -641,14 +642,21 @@ def run(config: PipelineConfig, log: Callable[[object], None]) -> dict:
         f"{report['inputs']['encoding']}); B = {config.batch}, B_u = {config.batch}, K = {config.k}: "
         f"{config.views_per_step} views per step")
 
-    rows, equivalence = run_pool_rows(config, data, log)
-    for backend, prefetch in (("torch", True), ("torch", False), ("dali", True), ("dali", False),
-                              ("dali-graph", True), ("dali-graph", False), ("dali-numba", True)):
-        rows.append(run_loader(config, data, backend, "cpu", prefetch, log))
-        if "skipped" in rows[-1]:
-            log(rows[-1])
+    rows, equivalence = [], None
+    cpu_loaders = (("torch", True), ("torch", False), ("dali", True), ("dali", False),
+                   ("dali-graph", True), ("dali-graph", False), ("dali-numba", True))
+    if config.device == "cuda":
+        # A GPU machine's report is about the GPU: its CPU rows would only spend the time it is lent for.
+        rows += [skipped_row(backend, "cpu", config.batch, "--device cuda") for backend in POOL_BACKENDS]
+        rows += [skipped_row(backend, "cpu", config.batch, "--device cuda", prefetch) for backend, prefetch in cpu_loaders]
+    else:
+        rows, equivalence = run_pool_rows(config, data, log)
+        for backend, prefetch in cpu_loaders:
+            rows.append(run_loader(config, data, backend, "cpu", prefetch, log))
+            if "skipped" in rows[-1]:
+                log(rows[-1])
     gpu = None
-    reason = cuda_unavailable_reason()
+    reason = "--device cpu" if config.device == "cpu" else cuda_unavailable_reason()
     for batch in dict.fromkeys((config.batch, max(CUDA_BIG_BATCH, config.batch))):
         if reason:
             rows.append(skipped_row("torch", "cuda", batch, reason, True))
@@ -761,6 +769,9 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--labels", type=positive_int, default=250, help="labeled images of the subset (250)")
     parser.add_argument("--valid", type=int, default=5000, help="training rows held out as validation (5000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the views (ViewConfig.seed)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: the CPU rows, plus the CUDA rows where a device answers; cpu: the CPU rows; "
+                             "cuda: the CUDA rows alone (an error without a device)")
     return parser
 
 
@@ -777,9 +788,11 @@ def config_from_args(args) -> PipelineConfig:
     if threads > numba.config.NUMBA_NUM_THREADS:
         raise BenchInputError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), got {threads}")
     check_out(args.out)
+    if args.device == "cuda" and (reason := cuda_unavailable_reason()):
+        raise BenchInputError(f"--device cuda: {reason}")
     shards = shard_directory(args.shards, required=True)
     return PipelineConfig(shards=shards, out=args.out, quick=args.quick, reps=reps, batch=args.batch, k=args.k,
-                          threads=threads, labels=args.labels, valid=args.valid, seed=args.seed)
+                          threads=threads, labels=args.labels, valid=args.valid, seed=args.seed, device=args.device)
 
 
 def shard_directory(value: Path | None, required: bool) -> Path | None:

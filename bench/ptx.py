@@ -38,7 +38,9 @@ or NVVM the report holds one skipped row with the reason.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -103,15 +105,20 @@ def occupancy(arch: Arch, registers: int, threads: int, shared: int) -> dict:
 # ---- ptxas ----------------------------------------------------------------------------------------
 
 def find_ptxas() -> Path | None:
+    """The CUDA 12 wheel's ptxas (the CUDA extra), else ``ptxas`` on PATH, else a toolkit's under
+    ``$CUDA_HOME`` or ``/usr/local/cuda`` (a GPU machine with a system toolkit and no wheel)."""
+    candidates = []
     try:
         import nvidia.cuda_nvcc as nvcc
+
+        candidates += [Path(root) / "bin" / "ptxas" for root in nvcc.__path__]
     except ImportError:
-        return None
-    for root in nvcc.__path__:
-        candidate = Path(root) / "bin" / "ptxas"
-        if candidate.is_file():
-            return candidate
-    return None
+        pass
+    on_path = shutil.which("ptxas")
+    candidates += [Path(on_path)] if on_path else []
+    candidates += [Path(root) / "bin" / "ptxas"
+                   for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda") if root]
+    return next((c for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
 
 
 _USED = re.compile(r"Used (\d+) registers(?:, used (\d+) barriers)?(?:, (\d+) bytes cumulative stack size)?"
@@ -208,7 +215,7 @@ def compile_all_ptx(directory: Path, log: Callable) -> dict:
 
 def unavailable_reason() -> str | None:
     if find_ptxas() is None:
-        return "no ptxas (install the CUDA extra: numba-cuda[cu12] brings nvidia-cuda-nvcc)"
+        return "no ptxas (install the CUDA extra: numba-cuda[cu12] brings nvidia-cuda-nvcc; or put a toolkit's on PATH or under $CUDA_HOME)"
     try:
         from numba.cuda.cudadrv import nvvm
 

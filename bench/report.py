@@ -303,10 +303,11 @@ def conditions_line(report: dict) -> str:
 
 # ---- the report commands' main --------------------------------------------------------------------
 
-def report_main(argv, *, prog, build_parser, config_from_args, run, render_markdown, progress_line) -> int:
+def report_main(argv, *, prog, build_parser, config_from_args, run, render_markdown, progress_line,
+                after=None) -> int:
     """The body of a report command's main(): parse, check, run (progress on stderr), write
-    report.json and report.md, print the markdown. Bad input: one line and the error's exit status
-    (:func:`remixmatch.common.cli.run_cli`)."""
+    report.json and report.md, print the markdown, then ``after(config, report, log)`` if given. Bad
+    input: one line and the error's exit status (:func:`remixmatch.common.cli.run_cli`)."""
     import sys
 
     from remixmatch.common.cli import run_cli
@@ -321,6 +322,8 @@ def report_main(argv, *, prog, build_parser, config_from_args, run, render_markd
         json_path, md_path = write_report(config.out, report, text)
         print(text)
         print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+        if after is not None:
+            after(config, report, log)
         return 0
 
     return run_cli(prog, body)

@@ -65,6 +65,8 @@ CPU model, a dozen or more on a GPU), device work synchronised at the end of eac
      "numba_threads": 2 | null,            # the loader's CPU render (null: synthetic or CUDA)
      "bf16": false, "channels_last": false,   # autocast / memory format in effect (CUDA only)
      "losses_finite": true,                # the last step's losses, read after the timing
+     "compile": false,                     # torch.compile on the trained model (--compile)
+     "peak_memory_gib": 2.1 | null,        # CUDA: torch.cuda.max_memory_allocated over the row (null on CPU)
      "startup_seconds": 3.2,               # building model + loader and the first step (Numba
                                            # cache load, CUDA context, cuDNN autotuning)
      "phase_steps": 2,                     # further steps, after the timed ones, split into phases
@@ -187,6 +189,7 @@ class TrainBenchConfig:
     seed: int = 0
     scaling: bool = False
     procs_max: int | None = None  # None: 2 on the CPU, torch.cuda.device_count() on CUDA
+    compile: bool = False  # torch.compile the trained model (TrainConfig.compile)
 
     def as_dict(self) -> dict:
         config = asdict(self)
@@ -206,7 +209,7 @@ class TrainBenchConfig:
         config = TrainConfig(data="" if self.shards is None else str(self.shards), labels=self.labels,
                              seed=SUBSET_SEED, valid=self.valid, algorithm=self.algorithm, batch=self.batch,
                              k=self.k, width=width, blocks_per_stage=blocks, device=device, loader="torch",
-                             threads=self.threads, run_seed=self.seed)
+                             threads=self.threads, run_seed=self.seed, compile=self.compile)
         validate(config)
         return config
 
@@ -300,6 +303,8 @@ def run_row(config: TrainBenchConfig, device: str, feed: str, prefetch: bool, da
     torch_device = torch.device(device)
     num_classes = data.train.num_classes if data is not None else SYNTHETIC_CLASSES
     p_data = data.train.class_distribution() if data is not None else [1.0 / num_classes] * num_classes
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     state = build_train_state(tc, num_classes, p_data, torch_device)  # one rank; model mean / std: defaults
     policy, views = build_policy_and_views(tc)
@@ -345,7 +350,8 @@ def run_row(config: TrainBenchConfig, device: str, feed: str, prefetch: bool, da
         "projected_hours": fields["seconds_per_step"] * PAPER_STEPS / 3600,
         "threads": torch.get_num_threads(), "numba_threads": numba_threads,
         "bf16": autocast, "channels_last": device == "cuda" and tc.channels_last,
-        "losses_finite": finite, "startup_seconds": startup,
+        "losses_finite": finite, "startup_seconds": startup, "compile": tc.compile,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
         **phases,
     }
     log(row)
@@ -835,6 +841,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--scaling", action="store_true",
                         help="also steps/s against the number of processes: short real rmm-train runs on "
                              "1..--procs-max processes (needs --shards)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the trained model (as rmm-train --compile)")
     parser.add_argument("--procs-max", type=positive_int, default=None,
                         help=f"with --scaling: the most processes (default: {DEFAULT_CPU_PROCS_MAX} on the CPU, "
                              "every visible GPU on CUDA)")
@@ -864,7 +871,7 @@ def config_from_args(args) -> TrainBenchConfig:
     config = TrainBenchConfig(out=args.out, shards=shards, quick=args.quick, reps=reps, batch=args.batch,
                               k=args.k, device=args.device, width=args.width, blocks_per_stage=args.blocks_per_stage,
                               threads=threads, algorithm=args.algorithm, labels=args.labels, valid=args.valid,
-                              seed=args.seed, scaling=args.scaling, procs_max=args.procs_max)
+                              seed=args.seed, scaling=args.scaling, procs_max=args.procs_max, compile=args.compile)
     from remixmatch.trainer.config import ConfigError
 
     try:

@@ -155,16 +155,6 @@ def test_ptxas_output_is_parsed_and_odd_output_is_an_error():
         ptx.parse_ptxas("ptxas fatal: something else")
 
 
-def test_gpu_check_runs_the_gpu_tests_then_the_cuda_report():
-    done = subprocess.run(["make", "-n", "gpu-check", "GPU_PYTHON=python3"], cwd=REPO, capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    commands = done.stdout
-    tests_at, report_at = commands.index("-m pytest -q -m gpu"), commands.index("all --device cuda")
-    assert commands.index("prep_cifar10_main") < tests_at < report_at
-    assert "PYTHONPATH=.device/ns python3" in commands and "make install" not in commands
-
-
 def test_gpu_namespace_links_every_package_of_pyproject(tmp_path):
     ns = tmp_path / "ns"
     done = subprocess.run(["make", "gpu-namespace", f"GPU_PYTHON={sys.executable}", f"GPU_NS={ns}"], cwd=REPO,

@@ -184,3 +184,12 @@ def test_missing_shards_flag_and_out_that_is_a_file(tmp_path, capsys):
     target = tmp_path / "file"
     target.write_text("x")
     assert_cli_error(main, PROG, capsys, bench_args(tmp_path, target), "not a directory")
+
+
+def test_device_cuda_without_a_device_is_one_line(pipeline_shards, tmp_path, capsys):  # noqa: F811
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device answers here")
+    assert_cli_error(main, PROG, capsys, bench_args(pipeline_shards.path, tmp_path / "out", "--device", "cuda"),
+                     "--device cuda: no CUDA device")

@@ -32,7 +32,7 @@ ROW_KEYS = {"bench", "device", "device_name", "feed", "prefetch", "algorithm", "
             "steps_per_s", "seconds_per_step", "images_per_s", "views_per_s", "kimg_per_s", "spread", "reps",
             "steps_per_rep", "warmup_steps", "wait_seconds_per_step", "wait_share_measured", "data_wait_share",
             "projected_hours", "threads", "numba_threads", "bf16", "channels_last", "losses_finite",
-            "startup_seconds"}
+            "startup_seconds", "compile", "peak_memory_gib"}
 DEVICE_SUMMARY_KEYS = {"model", "synthetic_steps_per_s", "loader_steps_per_s", "loader_no_prefetch_steps_per_s",
                        "synthetic_images_per_s", "loader_images_per_s", "data_wait_share",
                        "data_wait_share_no_prefetch", "wait_share_measured", "wait_share_measured_no_prefetch",
@@ -134,6 +134,7 @@ def test_rows_are_well_formed(quick_run):
         assert r["threads"] == 1 and r["startup_seconds"] > 0
         if r["device"] == "cpu":
             assert r["bf16"] is False and r["channels_last"] is False
+            assert r["compile"] is False and r["peak_memory_gib"] is None
             assert r["numba_threads"] == (1 if r["feed"] == "loader" else None)
 
 

@@ -77,3 +77,39 @@ def test_cuda_weak_augment_equals_cpu(batch):
                        sources=batch["sources"]).copy_to_host()
     expected = weak_augment(batch["images"], batch["flips"], batch["offsets"], sources=batch["sources"])
     assert np.array_equal(got, expected)
+
+
+def test_cuda_global_memory_variant_equals_cpu_at_96x96(batch):
+    """96x96 views do not fit a block's shared memory: the global-memory kernel renders them."""
+    from numba import cuda
+
+    from remixmatch.kernels.cuda_launch import apply_launch
+
+    images = np.ascontiguousarray(batch["images"][:16].repeat(3, axis=1).repeat(3, axis=2))  # real, 96x96
+    assert apply_launch(96, 96).kernel == "apply_ops_kernel_global"
+    n = 16 * 4
+    per_view = {"op_ids": batch["op_ids"][:n], "levels": batch["levels"][:n], "rand": batch["rand"][:n],
+                "sources": np.repeat(np.arange(16, dtype=np.int32), 4),
+                "flips": batch["flips"][:n], "offsets": batch["offsets"][:n] * 3}  # offsets in [0, 2 pad]
+    args = (per_view["op_ids"], per_view["levels"], per_view["rand"])
+    extra = {"sources": per_view["sources"], "flips": per_view["flips"], "offsets": per_view["offsets"],
+             "pad": 12, "cutout_level": 0.5}
+    got = apply_ops(cuda.to_device(images), *args, **extra).copy_to_host()
+    assert np.array_equal(got, apply_ops(images, *args, **extra))
+
+
+@pytest.mark.parametrize("name", ["apply_ops_kernel", "apply_ops_kernel_global", "weak_augment_kernel"])
+def test_the_machine_code_has_no_fused_multiply_add(name):
+    """The PTX test shows every float product and sum goes through the round-to-nearest intrinsics;
+    this reads the SASS that ptxas made of it, where a contraction to FFMA/DFMA would change bits."""
+    import re
+
+    from remixmatch.kernels.cuda import kernel_signatures
+
+    kernel, signature = kernel_signatures()[name]
+    try:
+        sass = kernel.inspect_sass(signature)
+    except Exception as error:  # no nvdisasm on this machine
+        pytest.skip(f"no SASS to read: {' '.join(str(error).split())[:160]}")
+    fused = sorted(set(re.findall(r"\b[DFH]FMA\w*", sass)))
+    assert not fused, f"{name}: {fused} in the SASS"

@@ -77,3 +77,26 @@ def test_the_resource_report_covers_every_kernel_without_spills(ptx_files, tmp_p
     # rmm-bench all's headline reads the same section.
     sections = {"ptx": {"status": "measured", "report": report}}
     assert full_report.summarize(sections, None)["max_spill_bytes"] == 0
+
+
+def _fake_ptxas(folder):
+    folder.mkdir(parents=True)
+    tool = folder / "ptxas"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    return tool
+
+
+def test_ptxas_is_found_on_path_or_under_cuda_home_without_the_wheel(tmp_path, monkeypatch):
+    """A GPU machine with a system toolkit and no CUDA 12 wheel still assembles the report."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nvidia.cuda_nvcc", None)  # the wheel is absent
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    home = _fake_ptxas(tmp_path / "toolkit" / "bin")
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "toolkit"))
+    assert ptx.find_ptxas() == home
+    on_path = _fake_ptxas(tmp_path / "path")
+    monkeypatch.setenv("PATH", str(tmp_path / "path"))
+    assert ptx.find_ptxas() == on_path

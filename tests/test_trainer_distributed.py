@@ -23,7 +23,8 @@ import torch
 from remixmatch.trainer.checkpoint import checkpoint_paths
 from remixmatch.trainer.config import TrainConfig
 from remixmatch.trainer.distributed import (
-    DUMP_ENV, EXIT_WORKER_FAILED, _Recorder, check_divisible, plan_world, root_cause, uses_rotation_head,
+    DUMP_ENV, EXIT_WORKER_FAILED, World, _Recorder, check_divisible, make_launch_config, plan_world, root_cause,
+    uses_rotation_head,
 )
 from remixmatch.trainer.model import WideResNet
 from remixmatch.trainer.run import Run
@@ -398,3 +399,21 @@ def test_under_torchrun_rmm_train_joins_its_group_and_trains_the_same(two_procs,
     mine, launched = latest_state(out), latest_state(two_procs[0])
     for key in ("step", "model", "ema", "optimizer", "policy", "distribution_alignment", "loader", "evaluations"):
         assert_identical(mine[key], launched[key], key)
+
+
+def test_launch_config_builds_on_a_torch_without_shutdown_timeout():
+    """torch 2.11's LaunchConfig has no shutdown_timeout: passing it raised TypeError before any worker."""
+    import dataclasses
+
+    from torch.distributed.launcher.api import LaunchConfig
+
+    older = dataclasses.make_dataclass("LaunchConfig", [
+        (f.name, f.type, dataclasses.field(default=f.default, default_factory=f.default_factory))
+        for f in dataclasses.fields(LaunchConfig) if f.name != "shutdown_timeout"])
+    world = World("launch", 2, False, 2, max_restarts=1)
+    built = make_launch_config(older, world)
+    assert built.nproc_per_node == 2 and built.max_restarts == 1 and not hasattr(built, "shutdown_timeout")
+    current = make_launch_config(LaunchConfig, world)
+    assert current.nproc_per_node == 2
+    if "shutdown_timeout" in {f.name for f in dataclasses.fields(LaunchConfig)}:
+        assert current.shutdown_timeout == 10

@@ -110,6 +110,22 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_over(pipelin
     assert_same_final_state(out, straight("supervised"))
 
 
+def test_a_time_limit_ends_the_run_at_a_log_step_with_a_checkpoint_and_resume_continues_exactly(
+        pipeline_shards, straight, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = smoke_args(pipeline_shards.path, out, "--algorithm", "supervised")
+    rc, _, err = cli([*args, "--steps", "20", "--time-limit", "1e-9"], capsys)
+    assert rc == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 5 and summary["config"]["time_limit"] == 1e-9  # the first log step (log_every 5)
+    assert [p.name for p in checkpoint_paths(out)] == ["ckpt-00000005.pt"]
+    rc, _, err = cli([*args, "--steps", "20", "--resume"], capsys)
+    assert rc == 0, err
+    a, b = latest_state(out), latest_state(straight("supervised"))
+    for key in ("model", "ema", "optimizer", "loader", "rng", "step"):
+        assert_identical(a[key], b[key], key)
+
+
 # -- the step ------------------------------------------------------------------------------------------
 
 

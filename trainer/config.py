@@ -64,6 +64,7 @@ class TrainConfig:
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the model
     threads: int = 0  # torch CPU threads (0: torch's default)
+    time_limit: float = 0.0  # seconds this invocation may train before it evaluates, checkpoints and ends (0: no limit; --resume continues)
     # reporting
     eval_every: int = 1024  # steps between evaluations (EMA and raw model)
     eval_batch: int = 500
@@ -121,7 +122,7 @@ ABLATIONS: dict[str, dict] = {
 # or reports, not what it computes. (prefetch is not one: it changes which weights the policies
 # are drawn from.)
 RESUMABLE_FIELDS = frozenset({
-    "steps", "device", "loader", "compile", "threads", "eval_every", "eval_batch",
+    "steps", "device", "loader", "compile", "threads", "time_limit", "eval_every", "eval_batch",
     "ckpt_every", "keep_ckpts", "log_every", "median_of"})
 
 
@@ -144,6 +145,7 @@ def validate(config: TrainConfig) -> None:
     need(config.labels >= 1, f"--labels must be at least 1, got {config.labels}")
     need(config.valid >= 0, f"--valid must be at least 0, got {config.valid}")
     need(config.steps >= 1, f"--steps must be at least 1, got {config.steps}")
+    need(config.time_limit >= 0, f"--time-limit must be at least 0 seconds, got {config.time_limit}")
     need(config.temperature > 0, f"--temperature must be positive, got {config.temperature}")
     need(config.mixup_alpha > 0, f"--mixup-alpha must be positive, got {config.mixup_alpha}")
     need(0 <= config.ema < 1, f"--ema must be in [0, 1), got {config.ema}")

@@ -29,6 +29,7 @@ import time
 import traceback
 import uuid
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -347,6 +348,18 @@ def root_cause(failures: dict, messages: Path) -> tuple[int, int, str, str]:
     return (known or killed or other)[0]
 
 
+def make_launch_config(launch_config_class, world: World):
+    """The elastic agent's settings for one machine. ``shutdown_timeout`` is set only where this torch
+    has it (2.13 does, 2.11 does not): elsewhere the agent's own grace before SIGKILL applies."""
+    settings = dict(
+        min_nodes=1, max_nodes=1, nproc_per_node=world.nprocs, run_id=f"rmm-train-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=world.max_restarts,
+        monitor_interval=MONITOR_INTERVAL_S, start_method="spawn")
+    if "shutdown_timeout" in {f.name for f in dataclasses.fields(launch_config_class)}:
+        settings["shutdown_timeout"] = SHUTDOWN_TIMEOUT_S
+    return launch_config_class(**settings)
+
+
 def launch(config: TrainConfig, out: Path, world: World, *, resume: bool, quiet: bool,
            prog: str = "rmm-train") -> int:
     """Spawns the workers under torch's elastic agent and waits for them: the exit code of the run."""
@@ -359,10 +372,7 @@ def launch(config: TrainConfig, out: Path, world: World, *, resume: bool, quiet:
     # The agent's own log lines (and its multi-line failure report) would bury the one-line message.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     messages = Path(tempfile.mkdtemp(prefix="rmm-train-"))
-    launch_config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=world.nprocs, run_id=f"rmm-train-{uuid.uuid4().hex[:12]}",
-        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=world.max_restarts,
-        monitor_interval=MONITOR_INTERVAL_S, start_method="spawn", shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    launch_config = make_launch_config(LaunchConfig, world)
     try:
         elastic_launch(launch_config, worker_entry)(config, str(out), resume, quiet, world.cuda, str(messages))
     except ChildFailedError as error:
@@ -392,6 +402,6 @@ def join(config: TrainConfig, out: Path, world: World, *, resume: bool, quiet: b
     return 0
 
 
-__all__ = ["World", "all_reduce_mean", "check_divisible", "ddp_wrapper", "join", "launch", "plan_world",
+__all__ = ["World", "all_reduce_mean", "check_divisible", "ddp_wrapper", "join", "launch", "make_launch_config", "plan_world",
            "root_cause", "run_worker", "torchrun_env", "uses_rotation_head", "worker_entry"]
 

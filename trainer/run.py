@@ -87,7 +87,9 @@ def check_run_dir(out: Path, resume: bool) -> bool:
 def versions() -> dict:
     from remixmatch.bench.report import package_versions
 
-    return package_versions(("torch", "numpy", "numba", "numba-cuda", "nvidia-dali-cuda120", "pyarrow", "remixmatch"))
+    found = package_versions(("torch", "numpy", "numba", "numba-cuda", "nvidia-dali-cuda120", "pyarrow", "remixmatch"))
+    # torch's own string names its build ("2.11.0+cu130"), which the package metadata may not.
+    return {**found, "torch": torch.__version__}
 
 
 def _remove_new_files(out: Path, existed: set[str] | None) -> None:
@@ -344,7 +346,7 @@ class Run:
             wait += outcome.wait
             self.step += 1
             rows.append(outcome.result.losses)
-            last = self.step == config.steps
+            last = self.step == config.steps or self._time_is_up(start_time)
             if self.step % config.log_every == 0 or last or self.step % config.ckpt_every == 0:
                 self._log(rows, first, time.perf_counter() - window_start, wait)
                 rows, first, window_start, wait = [], self.step, time.perf_counter(), 0.0
@@ -355,6 +357,22 @@ class Run:
                 # Applying the held update now is what the next step would do before drawing a plan.
                 self._apply_pending()
                 self._save(self.elapsed + time.perf_counter() - start_time)
+            if last:
+                break
+
+    def _time_is_up(self, start_time: float) -> bool:
+        """--time-limit, looked at on log steps only; on several ranks the lead's clock decides for all."""
+        limit = self.config.time_limit
+        if limit <= 0 or self.step % self.config.log_every:
+            return False
+        up = time.perf_counter() - start_time >= limit
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(up)], device=self.device)
+            dist.broadcast(flag, src=0)
+            up = bool(flag.item())
+        return up
 
     def _last_good(self) -> str:
         kept = checkpoint_paths(self.out)

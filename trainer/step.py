@@ -216,6 +216,9 @@ def remixmatch_step(state: TrainState, batch, step: int) -> StepResult:
     # 9. One forward for everything that trains; losses on the mixed batch.
     with state.autocast():
         logits, embeds = model(torch.cat([mixed, *extra]), with_embeds=True)
+        # The rotation head reads the embeds (autocast's dtype) with its own float32 weights: it runs
+        # under the same autocast, or a bf16 run multiplies bf16 by float32 and fails.
+        rot_logits = state.raw_model.rotation_logits(embeds[n + bu:]) if use_strong1 else None
     logits_x, logits_u = logits[:b], logits[b:n]
     loss_x = soft_cross_entropy(logits_x, mixed_targets[:b])
     if config.unlabeled_loss == "xe":
@@ -226,7 +229,6 @@ def remixmatch_step(state: TrainState, batch, step: int) -> StepResult:
     loss_kl = loss_rot = zero
     if use_strong1:
         loss_kl = soft_cross_entropy(logits[n:n + bu], q)
-        rot_logits = state.raw_model.rotation_logits(embeds[n + bu:])
         loss_rot = F.cross_entropy(rot_logits.float(), rot_labels.to(rot_logits.device))
 
     # 10. Total loss with the ramped weights.

@@ -1,0 +1,221 @@
+"""``rmm-bench gpu-env``: what a GPU machine has, probed before anything relies on it.
+
+    rmm-bench gpu-env --out DIR
+
+Writes ``DIR/report.json`` (the common schema of :mod:`remixmatch.bench.report`, ``"command":
+"gpu-env"``) whose ``environment`` holds every probe's answer or its error, never a crash:
+
+    {"gpu": {"name", "capability", "memory_gib", "multiprocessors"} | null,
+     "driver": "580.65" | null,                # nvidia-smi, else the CUDA driver API
+     "torch": {"version", "cuda", "cudnn", "bf16_supported", "device_count"},
+     "numba": {"numba", "numba_cuda", "runtime", "driver_api", "nvvm", "nvvm_path", "cuda_home"},
+     "ptxas": "/usr/local/cuda/bin/ptxas" | null,
+     "kernel_compile": {"seconds": 21.4, "views": 64, "size": [32, 32], "kernel": "apply_ops_kernel"}
+                       | {"error": "..."},      # the CUDA kernel's JIT compile, first call minus steady call
+     "errors": {"<probe>": "<one line>"}}
+
+NVVM is probed first (numba-cuda finds it in a pip wheel, a conda package or ``$CUDA_HOME``): with
+none, every CUDA kernel fails to compile, and the report says so before any test tries.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from remixmatch.common.cli import OneLineParser
+
+from .report import RunConditions, finish_report, machine_info, new_report, package_versions, report_main
+
+PROG = "rmm-bench gpu-env"
+COMPILE_IMAGES = 8  # the compile probe's batch: 8 images x 8 views, 32x32
+COMPILE_K = 8
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    out: Path
+
+    def as_dict(self) -> dict:
+        return {"out": str(self.out)}
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:300]
+
+
+def _probe(errors: dict, name: str, call: Callable[[], object]):
+    try:
+        return call()
+    except Exception as error:  # noqa: BLE001 - a probe reports what failed; it never stops the others
+        errors[name] = _one_line(error)
+        return None
+
+
+def nvidia_smi() -> dict | None:
+    """Name and driver from nvidia-smi (None without it)."""
+    tool = shutil.which("nvidia-smi")
+    if tool is None:
+        return None
+    done = subprocess.run([tool, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                          capture_output=True, text=True, timeout=30, check=True)
+    name, driver, memory = [part.strip() for part in done.stdout.splitlines()[0].split(",")]
+    return {"name": name, "driver": driver, "memory": memory}
+
+
+def torch_facts() -> dict:
+    import torch
+
+    facts = {"version": torch.__version__, "cuda": torch.version.cuda,
+             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+             "device_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+             "bf16_supported": None}
+    if facts["device_count"]:
+        props = torch.cuda.get_device_properties(0)
+        facts["bf16_supported"] = torch.cuda.is_bf16_supported()
+        facts["device"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",
+                           "memory_gib": round(props.total_memory / 2**30, 1),
+                           "multiprocessors": props.multi_processor_count}
+    return facts
+
+
+def numba_facts(errors: dict) -> dict:
+    """Versions and the CUDA pieces numba-cuda found: NVVM first (without it nothing compiles)."""
+    import numba
+
+    facts = {"numba": numba.__version__, "numba_cuda": package_versions(("numba-cuda",))["numba-cuda"],
+             "cuda_home": os.environ.get("CUDA_HOME")}
+    from numba import cuda
+
+    def nvvm():
+        from numba.cuda.cudadrv import nvvm as nvvm_module
+
+        return ".".join(map(str, nvvm_module.NVVM().get_version()))
+
+    facts["nvvm"] = _probe(errors, "nvvm", nvvm)
+
+    def nvvm_path():
+        from numba.cuda.cuda_paths import get_cuda_paths
+
+        found = get_cuda_paths().get("nvvm")
+        return None if found is None else f"{found.by}: {found.info}"
+
+    facts["nvvm_path"] = _probe(errors, "nvvm_path", nvvm_path)
+    facts["available"] = bool(_probe(errors, "cuda_available", cuda.is_available))
+    if facts["available"]:
+        facts["runtime"] = _probe(errors, "runtime", lambda: ".".join(map(str, cuda.runtime.get_version())))
+        facts["driver_api"] = _probe(errors, "driver_api", lambda: ".".join(
+            map(str, cuda.cudadrv.driver.driver.get_version())))
+    return facts
+
+
+def kernel_compile_seconds() -> dict:
+    """The CUDA kernel's JIT cost in this process: the first call minus a steady one (same arrays)."""
+    import numpy as np
+    from numba import cuda
+
+    from remixmatch.kernels import NUM_OPS, apply_ops
+    from remixmatch.kernels.cuda_launch import apply_launch
+
+    rng = np.random.default_rng(0)
+    n = COMPILE_IMAGES * COMPILE_K
+    images = cuda.to_device(rng.integers(0, 256, (COMPILE_IMAGES, 32, 32, 3), dtype=np.uint8))
+    args = [cuda.to_device(a) for a in (rng.integers(0, NUM_OPS, (n, 2)).astype(np.int32),
+                                        rng.random((n, 2, 2), dtype=np.float32),
+                                        rng.random((n, 3, 2), dtype=np.float32),
+                                        np.repeat(np.arange(COMPILE_IMAGES, dtype=np.int32), COMPILE_K))]
+    out = cuda.device_array((n, 32, 32, 3), np.uint8)
+
+    def call() -> float:
+        start = time.perf_counter()
+        apply_ops(images, *args[:3], sources=args[3], out=out, check_values=False)
+        cuda.synchronize()
+        return time.perf_counter() - start
+
+    first = call()
+    steady = min(call() for _ in range(3))
+    return {"seconds": round(first - steady, 2), "first_call_seconds": round(first, 3),
+            "steady_call_seconds": steady, "views": n, "size": [32, 32], "kernel": apply_launch(32, 32).kernel}
+
+
+def probe_environment() -> dict:
+    errors: dict = {}
+    smi = _probe(errors, "nvidia_smi", nvidia_smi)
+    torch_info = _probe(errors, "torch", torch_facts) or {}
+    numba_info = _probe(errors, "numba", lambda: numba_facts(errors)) or {}
+    from .ptx import find_ptxas
+
+    ptxas = find_ptxas()
+    device = torch_info.get("device")
+    env = {"gpu": device, "driver": (smi or {}).get("driver") or numba_info.get("driver_api"),
+           "nvidia_smi": smi, "torch": torch_info, "numba": numba_info,
+           "ptxas": None if ptxas is None else str(ptxas), "kernel_compile": None, "errors": errors}
+    if numba_info.get("available"):
+        env["kernel_compile"] = _probe(errors, "kernel_compile", kernel_compile_seconds)
+    return env
+
+
+def run(config: EnvConfig, log: Callable[[object], None]) -> dict:
+    started = time.perf_counter()
+    conditions = RunConditions()
+    report = new_report("gpu-env", config.as_dict())
+    env = probe_environment()
+    for name, error in env["errors"].items():
+        log(f"{name}: {error}")
+    report.update(machine=machine_info((env["gpu"] or {}).get("name")), environment=env,
+                  summary={"gpu": (env["gpu"] or {}).get("name"), "driver": env["driver"],
+                           "nvvm": env["numba"].get("nvvm"),
+                           "kernel_compile_seconds": (env["kernel_compile"] or {}).get("seconds")})
+    finish_report(report, time.perf_counter() - started, conditions)
+    return report
+
+
+def render_markdown(report: dict) -> str:
+    env = report["environment"]
+    torch_info, numba_info = env["torch"], env["numba"]
+    gpu = env["gpu"] or {}
+    compile_info = env["kernel_compile"] or {}
+    lines = ["# rmm-bench gpu-env", "",
+             f"- GPU: {gpu.get('name', 'none')} (compute {gpu.get('capability', '-')}, {gpu.get('memory_gib', '-')} GiB, "
+             f"{gpu.get('multiprocessors', '-')} SMs); driver {env['driver'] or '-'}",
+             f"- torch {torch_info.get('version', '-')} (CUDA {torch_info.get('cuda') or '-'}, cuDNN "
+             f"{torch_info.get('cudnn') or '-'}, bf16 {torch_info.get('bf16_supported')})",
+             f"- numba {numba_info.get('numba', '-')}, numba-cuda {numba_info.get('numba_cuda') or '-'}: NVVM "
+             f"{numba_info.get('nvvm') or '-'} ({numba_info.get('nvvm_path') or 'not found'}), runtime "
+             f"{numba_info.get('runtime') or '-'}, CUDA_HOME {numba_info.get('cuda_home') or 'unset'}",
+             f"- ptxas: {env['ptxas'] or 'none'}",
+             f"- CUDA kernel JIT compile: {compile_info['seconds']} s ({compile_info['kernel']}, first call "
+             f"{compile_info['first_call_seconds']} s)" if "seconds" in compile_info else
+             "- CUDA kernel JIT compile: not measured"]
+    lines += [f"- {name} failed: {error}" for name, error in env["errors"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description="What this machine's GPU stack is: GPU, driver, torch, numba-cuda, "
+                                                  "NVVM, ptxas, and the CUDA kernel's JIT compile time.")
+    parser.add_argument("--out", type=Path, required=True, help="directory for report.json and report.md")
+    return parser
+
+
+def config_from_args(args) -> EnvConfig:
+    return EnvConfig(out=args.out)
+
+
+def progress_line(item) -> str:
+    return str(item)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
+                       render_markdown=render_markdown, progress_line=progress_line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""``rmm-bench gpu-check`` and ``make gpu-check``: the GPU machine's one command, rehearsed without a GPU.
+
+Here every CUDA section skips with its reason and the run ends 0 (what a CPU rehearsal must show); the
+sections' commands are checked to parse with the commands they call, so a typo cannot first surface on
+a machine lent for minutes; the report's schema is checked by the same function that checks the
+reports committed under reports/gpu/."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from datasets_helpers import REPO, assert_cli_error, cifar_archive
+from remixmatch.bench import gpu_check
+from remixmatch.bench.cli import main
+
+CUDA_SECTIONS = [s.name for s in gpu_check.SECTIONS if s.needs_cuda]
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory):
+    """The whole command on this machine, as the GPU machine runs it, on a small synthetic archive."""
+    root = tmp_path_factory.mktemp("gpu_check")
+    archive, _ = cifar_archive(root)
+    out, sent = root / "out", root / "sent"
+    done = subprocess.run([sys.executable, "-m", "remixmatch.bench.cli", "gpu-check", "--archive", str(archive),
+                           "--out", str(out), "--bundle", str(sent), "--budget", "300"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"out": out, "sent": sent, "report": json.loads((out / "report.json").read_text()), "stderr": done.stderr}
+
+
+def test_without_a_gpu_every_cuda_section_skips_with_its_reason_and_the_rest_runs(rehearsal):
+    sections = rehearsal["report"]["sections"]
+    assert list(sections) == list(gpu_check.SECTION_NAMES)
+    assert sections["data"]["status"] == "measured" and sections["environment"]["status"] == "measured"
+    for name in CUDA_SECTIONS:
+        assert sections[name]["status"] == "skipped" and "CUDA" in sections[name]["reason"], name
+    env = sections["environment"]["details"]["report"]["environment"]
+    assert env["torch"]["version"] and env["numba"]["numba"] and "nvvm" in env["numba"]
+    assert (rehearsal["out"] / "shards" / "manifest.json").is_file()
+
+
+def test_the_rehearsal_report_has_the_schema_and_the_bundle_fits_what_comes_back(rehearsal):
+    report = rehearsal["report"]
+    assert gpu_check.schema_problems(report) == []
+    sent = sorted(p.name for p in rehearsal["sent"].iterdir())
+    assert len(sent) <= gpu_check.BUNDLE_LIMIT and {"report.json", "report.md", "logs.tar.gz"} <= set(sent)
+    with tarfile.open(rehearsal["sent"] / "logs.tar.gz") as logs:
+        assert "data/log1.txt" in logs.getnames() and "environment/log1.txt" in logs.getnames()
+    assert "| correctness | skipped |" in (rehearsal["sent"] / "report.md").read_text()
+
+
+def test_schema_problems_are_found():
+    report = {"command": "gpu-check", "schema_version": 1, "created": "x", "wall_seconds": 1.0, "versions": {},
+              "config": {}, "charts": {}, "machine": {"processor": "p", "cpu_count": 1, "memory_gib": 1, "gpu": None},
+              "sections": {name: {"status": "skipped", "reason": "r"} for name in gpu_check.SECTION_NAMES},
+              "figures": [], "summary": {key: None for key in gpu_check.SUMMARY_KEYS}}
+    assert gpu_check.schema_problems(report) == []
+    report["sections"]["training"] = {"status": "failed"}
+    report["figures"] = [{"section": "pipeline", "name": "loader_steps_per_s", "value": 3.0, "unit": "steps/s",
+                          "where": {}}, {"section": "training", "name": "x", "value": 1.0, "unit": "", "where": {}}]
+    problems = gpu_check.schema_problems(report)
+    assert any("training: failed without a reason" in p for p in problems)
+    assert any("figure 0 (loader_steps_per_s): from a section that did not run" in p for p in problems)
+    assert any(p.startswith("figure 1:") for p in problems)
+
+
+@pytest.mark.parametrize("name", CUDA_SECTIONS)
+def test_each_cuda_sections_commands_parse(name, tmp_path):
+    from remixmatch.trainer.cli import build_parser as train_parser
+    from remixmatch.trainer.config import resolve
+
+    config = gpu_check.CheckConfig(out=tmp_path, archive=tmp_path / "a.tar.gz", shards=tmp_path / "shards")
+    commands = gpu_check.section_commands(name, config, tmp_path / name)
+    assert commands and all(argv[0] == sys.executable for argv in commands)
+    for argv in commands:
+        if argv[1:3] == ["-m", "remixmatch.trainer.cli"]:
+            args = train_parser().parse_args(argv[3:])
+            overrides = {k: v for k, v in vars(args).items() if v is not None and k in resolve(None, [], {}).to_dict()}
+            assert resolve(args.preset, args.ablation, overrides).steps >= 1
+        elif argv[1:3] == ["-m", "remixmatch.bench.cli"]:
+            command, rest = argv[3], argv[4:]
+            if command == "aug":
+                from remixmatch.bench.cli import build_parser
+
+                build_parser().parse_args([command, *rest])
+            else:
+                import importlib
+
+                from remixmatch.bench.cli import DELEGATED
+
+                importlib.import_module(DELEGATED[command][0]).build_parser().parse_args(rest)
+        else:
+            assert argv[1:3] == ["-m", "pytest"] and all((REPO / t).is_file() for t in gpu_check.GPU_TESTS)
+
+
+def test_junit_counts_and_the_figures_of_measured_sections(tmp_path):
+    (tmp_path / "junit.xml").write_text(
+        '<testsuites><testsuite><testcase classname="a" name="ok"/><testcase classname="a" name="bad">'
+        '<failure message="x"/></testcase><testcase classname="b" name="s"><skipped message="no DALI"/></testcase>'
+        '</testsuite></testsuites>')
+    counts = gpu_check.junit_counts(tmp_path / "junit.xml")
+    assert (counts["passed"], counts["failed"], counts["skipped"], counts["errors"]) == (1, 1, 1, 0)
+    assert counts["failed_tests"] == ["a::bad"] and "no DALI" in counts["skip_reasons"][0]
+    train_row = {"bench": "train", "device": "cuda", "feed": "loader", "prefetch": True, "model": "WRN-28-2",
+                 "batch": 64, "k": 8, "bf16": True, "compile": False, "steps_per_s": 12.0, "projected_hours": 24.3,
+                 "peak_memory_gib": 5.5, "phase_shares": {"forward": 0.3, "backward": 0.6}}
+    sections = {
+        "training": {"status": "measured", "details": {"report": {"results": [train_row]}}},
+        "learning": {"status": "measured", "details": {"evaluations": [{"step": 250, "acc_ema": 0.3, "acc_raw": 0.25}],
+                                                       "steps": 250}},
+        "correctness": {"status": "measured", "details": {"tests": counts}},
+    }
+    figs = gpu_check.figures(sections)
+    by_name = {(f["name"], f["where"].get("phase")): f for f in figs}
+    assert by_name[("train_steps_per_s", None)]["unit"] == "steps/s"
+    assert by_name[("peak_memory_gib", None)]["value"] == 5.5
+    assert by_name[("phase_share", "backward")]["value"] == 0.6
+    assert by_name[("ema_accuracy", None)]["where"] == {"step": 250}
+    summary = gpu_check.summarize(sections, figs)
+    assert summary["train_steps_per_s"] == 12.0 and summary["projected_hours"] == 24.3
+    assert summary["final_ema_accuracy"] == 0.3 and summary["tests"]["failed"] == 1
+
+
+def test_make_gpu_check_runs_the_checkout_with_the_carried_archive():
+    done = subprocess.run(["make", "-n", "gpu-check", "GPU_PYTHON=python3", "CIFAR10_SOURCE=/data/c10.tar.gz"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "PYTHONPATH=.device/ns python3 -m remixmatch.bench.cli gpu-check --archive" in done.stdout
+    assert "make install" not in done.stdout and "--bundle" in done.stdout and "--budget 420" in done.stdout
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    assert_cli_error(main, "rmm-bench gpu-check", capsys,
+                     ["gpu-check", "--archive", tmp_path / "absent.tar.gz", "--out", tmp_path / "out"],
+                     "--archive", "absent.tar.gz: no such file")
