@@ -140,3 +140,31 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert_cli_error(main, "rmm-bench gpu-check", capsys,
                      ["gpu-check", "--archive", tmp_path / "absent.tar.gz", "--out", tmp_path / "out"],
                      "--archive", "absent.tar.gz: no such file")
+
+
+def test_charts_and_figures_from_measured_sections(tmp_path):
+    pytest.importorskip("matplotlib")
+
+    def aug(backend, rate, op=None):
+        return {"bench": "aug", "backend": backend, "op": op, "k": 8, "batch": 64, "views": 512, "inputs": "device",
+                "views_per_s": rate, "threads": 1}
+
+    train_row = {"bench": "train", "device": "cuda", "feed": "synthetic", "prefetch": True, "model": "WRN-28-2",
+                 "batch": 64, "k": 8, "bf16": True, "compile": False, "steps_per_s": 20.0, "projected_hours": 14.6,
+                 "peak_memory_gib": 5.0, "phase_seconds_per_step": {"forward": 0.01, "backward": 0.03},
+                 "phase_shares": {"forward": 0.25, "backward": 0.75}}
+    sections = {
+        "augmentation": {"status": "timed_out", "reason": "cpu part", "details": {"reports": {
+            "cuda": {"results": [aug("pil", 9e3), aug("numba-cuda", 2.5e7), aug("numba-cuda", 3e7, op="rotate")]}}}},
+        "training": {"status": "measured", "details": {"report": {"results": [train_row]}}},
+        "learning": {"status": "measured", "details": {"evaluations": [
+            {"step": 250, "acc_ema": 0.2, "acc_raw": 0.25}, {"step": 500, "acc_ema": 0.35, "acc_raw": 0.33}]}},
+    }
+    charts = gpu_check.draw(sections, tmp_path)
+    for name in ("views_per_s", "per_op", "step_split", "learning_curve"):
+        assert charts[name] == f"{name}.png" and (tmp_path / charts[name]).stat().st_size > 1000, name
+    figs = gpu_check.figures(sections)
+    cuda = [f for f in figs if f["name"] == "cuda_views_per_s"]
+    assert [f["value"] for f in cuda] == [2.5e7] and cuda[0]["unit"] == "views/s"
+    assert any(f["name"] == "pil_views_per_s" for f in figs), "PIL from the cuda part when the cpu part did not finish"
+    assert gpu_check.summarize(sections, figs)["cuda_best_views_per_s"] == 2.5e7
