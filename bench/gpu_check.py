@@ -27,7 +27,9 @@ Sections, in order (``SECTIONS``):
    ``--resume`` that adds steps; both must exit 0 and leave summary.json and checkpoints;
 8. ``learning``: ``rmm-train --preset cifar10-250`` for ``--learn-seconds`` of training
    (``--time-limit``), evaluating every 250 steps: the learning curve;
-9. ``training-compile``: the ready-tensor step with ``torch.compile``, if the budget has room left.
+9. ``training-compile``: the ready-tensor step with ``torch.compile``, if the budget has room left;
+10. ``kernel-tuning``: the CUDA rows again with apply_ops_kernel capped at 80 registers, then with 128
+    threads per block (``REMIXMATCH_CUDA_MAX_REGISTERS`` / ``REMIXMATCH_CUDA_THREADS``), if there is room.
 
 ``DIR/report.json`` (``"command": "gpu-check"``, the common header of :mod:`remixmatch.bench.report`)::
 
@@ -43,7 +45,7 @@ Sections, in order (``SECTIONS``):
 Details: ``environment``, ``pipeline``, ``training`` and ``training-compile`` embed their section's
 report.json (``report``), ``augmentation`` its two (``reports``: ``cuda``, then ``cpu``, the same run's CPU
 kernel and PIL, in a command of its own so that a slow CPU compile cannot cost the CUDA rows); ``correctness`` the test counts and the failed tests' names;
-``launcher`` each command's exit status, seconds and the steps summary.json recorded;
+``kernel-tuning`` its variants' reports (``reports``); ``launcher`` each command's exit status, seconds and the steps summary.json recorded;
 ``learning`` the evaluations (step, EMA and raw accuracy) and summary.json's accuracy.
 
 ``DIR/report.md`` is the human summary, with charts beside it (``views_per_s.png``,
@@ -81,6 +83,10 @@ TEST_TIMEOUT_S = 240  # per test, where pytest-timeout is installed
 BUNDLE_LIMIT = 8  # files a lent machine sends back
 LEARN_EVAL_EVERY = 250
 AUG_PARTS = (("cuda", "cuda"), ("cpu", "cpu"))  # (sub-folder, rmm-bench aug --device)
+# The kernel-tuning section's variants of the CUDA kernel: (sub-folder, environment). ptxas predicts
+# 25% occupancy at 256 threads and 104 registers; a cap of 80 would allow 3 blocks per SM but spills.
+TUNING = (("max-registers-80", {"REMIXMATCH_CUDA_MAX_REGISTERS": "80"}),
+          ("threads-128", {"REMIXMATCH_CUDA_THREADS": "128"}))
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,7 @@ SECTIONS = (
     Section("launcher", 120, True),
     Section("learning", 240, True),
     Section("training-compile", 150, True),
+    Section("kernel-tuning", 150, True),
 )
 SECTION_NAMES = tuple(s.name for s in SECTIONS)
 
@@ -189,6 +196,10 @@ def section_commands(name: str, config: CheckConfig, folder: Path) -> list[list[
         return [_bench("train", "--device", "cuda", "--quick", "--shards", shards, "--out", str(folder))]
     if name == "training-compile":
         return [_bench("train", "--device", "cuda", "--quick", "--compile", "--out", str(folder))]
+    if name == "kernel-tuning":
+        return [["env", *(f"{k}={v}" for k, v in env.items()),
+                 *_bench("aug", "--device", "cuda", "--quick", "--images", str(config.archive), "--out", str(folder / part))]
+                for part, env in TUNING]
     if name == "launcher":
         run = folder / "run"
         common = ["--gpus", "1", "--sync-bn", "--data", shards, "--labels", "250", "--out", str(run), "--quiet",
@@ -248,8 +259,9 @@ def metrics_evaluations(run_dir: Path) -> list[dict]:
 
 
 def section_details(name: str, folder: Path) -> dict:
-    if name == "augmentation":
-        reports = {part: _read_json(folder / part / "report.json") for part, _ in AUG_PARTS}
+    if name in ("augmentation", "kernel-tuning"):
+        parts = [part for part, _ in (AUG_PARTS if name == "augmentation" else TUNING)]
+        reports = {part: _read_json(folder / part / "report.json") for part in parts}
         return {"reports": {part: report for part, report in reports.items() if report is not None}}
     if name in ("environment", "pipeline", "training", "training-compile"):
         report = _read_json(folder / "report.json")
@@ -362,6 +374,12 @@ def figures(sections: dict) -> list[dict]:
         elif r["op"] is None:
             add("augmentation", f"{r['backend']}_views_per_s", r["views_per_s"], "views/s", views=r["views"],
                 threads=r.get("threads"))
+    tuning = (sections.get("kernel-tuning") or {}).get("details", {}).get("reports", {})
+    for part, report in tuning.items():
+        for r in report.get("results", []):
+            if r.get("backend") == "numba-cuda" and r.get("op") is None and "skipped" not in r:
+                add("kernel-tuning", "cuda_views_per_s", r["views_per_s"], "views/s", variant=part, views=r["views"],
+                    inputs=r["inputs"])
     pipeline = _report_of(sections, "pipeline")
     for r in (pipeline or {}).get("results", []):
         if r.get("device") == "cuda" and "skipped" not in r:

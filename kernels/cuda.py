@@ -12,6 +12,8 @@ block's shared memory run the same per-view code with those buffers in global me
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numba import cuda, float64, int32, uint8
 
@@ -29,6 +31,25 @@ THREADS_PER_BLOCK = 256
 # cuda.jit(max_registers=...) per kernel; None: the compiler's choice. A CI test fails on any spill.
 MAX_REGISTERS: dict[str, int | None] = {"apply_ops_kernel": None, "apply_ops_kernel_global": None,
                                         "weak_augment_kernel": None}
+# For measuring other choices on a GPU (rmm-bench gpu-check's kernel-tuning section), without an edit:
+# the apply kernels' threads per block, and apply_ops_kernel's register cap.
+THREADS_ENV, MAX_REGISTERS_ENV = "REMIXMATCH_CUDA_THREADS", "REMIXMATCH_CUDA_MAX_REGISTERS"
+
+
+def _tuning_from_env() -> None:
+    global THREADS_PER_BLOCK
+    threads, cap = os.environ.get(THREADS_ENV), os.environ.get(MAX_REGISTERS_ENV)
+    if threads is not None:
+        if not (threads.isdigit() and 32 <= int(threads) <= 1024 and int(threads) % 32 == 0):
+            raise ValueError(f"{THREADS_ENV}={threads!r}: threads per block must be a multiple of 32 in 32..1024")
+        THREADS_PER_BLOCK = int(threads)
+    if cap is not None:
+        if not (cap.isdigit() and 16 <= int(cap) <= 255):
+            raise ValueError(f"{MAX_REGISTERS_ENV}={cap!r}: a register cap must be in 16..255")
+        MAX_REGISTERS["apply_ops_kernel"] = int(cap)
+
+
+_tuning_from_env()
 
 
 def _kernel(name: str):

@@ -78,8 +78,11 @@ def test_each_cuda_sections_commands_parse(name, tmp_path):
 
     config = gpu_check.CheckConfig(out=tmp_path, archive=tmp_path / "a.tar.gz", shards=tmp_path / "shards")
     commands = gpu_check.section_commands(name, config, tmp_path / name)
-    assert commands and all(argv[0] == sys.executable for argv in commands)
+    assert commands
     for argv in commands:
+        if argv[0] == "env":  # variables for the child, then the command
+            argv = argv[next(i for i, a in enumerate(argv) if a == sys.executable):]
+        assert argv[0] == sys.executable
         if argv[1:3] == ["-m", "remixmatch.trainer.cli"]:
             args = train_parser().parse_args(argv[3:])
             overrides = {k: v for k, v in vars(args).items() if v is not None and k in resolve(None, [], {}).to_dict()}
@@ -168,3 +171,28 @@ def test_charts_and_figures_from_measured_sections(tmp_path):
     assert [f["value"] for f in cuda] == [2.5e7] and cuda[0]["unit"] == "views/s"
     assert any(f["name"] == "pil_views_per_s" for f in figs), "PIL from the cuda part when the cpu part did not finish"
     assert gpu_check.summarize(sections, figs)["cuda_best_views_per_s"] == 2.5e7
+
+
+@pytest.mark.parametrize("variables, threads, cap", [
+    ({}, 256, None),
+    ({"REMIXMATCH_CUDA_THREADS": "128"}, 128, None),
+    ({"REMIXMATCH_CUDA_MAX_REGISTERS": "80"}, 256, 80),
+])
+def test_the_kernel_tuning_variables_reach_the_launch_and_the_jit(variables, threads, cap):
+    import os
+
+    probe = ("from remixmatch.kernels.cuda import MAX_REGISTERS; from remixmatch.kernels.cuda_launch import apply_launch; "
+             "print(apply_launch(32, 32).threads_per_block, MAX_REGISTERS['apply_ops_kernel'])")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMIXMATCH_CUDA_")}
+    done = subprocess.run([sys.executable, "-c", probe], env={**env, **variables}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(threads), str(cap)]
+
+
+def test_a_bad_tuning_variable_names_itself():
+    import os
+
+    done = subprocess.run([sys.executable, "-c", "import remixmatch.kernels.cuda"], capture_output=True, text=True,
+                          env={**os.environ, "REMIXMATCH_CUDA_THREADS": "100"}, timeout=300)
+    assert done.returncode != 0 and "REMIXMATCH_CUDA_THREADS='100': threads per block must be a multiple of 32" in done.stderr
