@@ -25,7 +25,7 @@ import torch
 
 from remixmatch.common.errors import EXIT_DIVERGED
 from remixmatch.pipeline import EvalLoader, PipelineError, StepLoader
-from remixmatch.pipeline.loader import make_fetcher
+from remixmatch.pipeline.loader import make_fetcher, split_image_shape
 
 from .build import build_policy_and_views, build_train_state
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_paths, latest_checkpoint, save_checkpoint
@@ -397,7 +397,10 @@ class Run:
                         "seed": config.seed, "n_valid": int(len(self.data.subset.valid)),
                         "fingerprint": self.data.shards.fingerprint},
             "dataset": {"path": str(self.data.shards.path), "name": self.data.shards.dataset,
-                        "mean": self.data.mean, "std": self.data.std},
+                        "mean": self.data.mean, "std": self.data.std,
+                        "fingerprint": self.data.shards.fingerprint,
+                        "class_names": list(self.data.shards.class_names),
+                        "image_shape": list(split_image_shape(self.data.train.split))},
             "model": {"parameters": count_parameters(self.state.raw_model),
                       "name": f"WRN-{6 * config.blocks_per_stage + 4}-{config.width // 16}"
                               if config.width % 16 == 0 else f"WRN-{6 * config.blocks_per_stage + 4} width {config.width}"},
