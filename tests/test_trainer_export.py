@@ -17,6 +17,7 @@ from datasets_helpers import assert_one_line_error, run_main
 from remixmatch.trainer.checkpoint import checkpoint_paths
 from remixmatch.trainer.export import main
 from remixmatch.trainer.inference import load_trained
+from remixmatch.trainer.predict import main as predict_main
 from use_helpers import pipeline_shards, smoke_run  # noqa: F401  (session fixtures)
 
 PROG = "rmm-export"
@@ -119,6 +120,14 @@ def test_onnx_export_runs_in_onnxruntime_without_the_project_and_matches(smoke_r
     logits, metadata = _standalone_logits("onnx", path, images, tmp_path)
     assert np.abs(logits - expected).max() <= LOGIT_TOLERANCE
     _check_metadata(metadata, trained, "onnx")
+    # rmm-predict runs the ONNX file too (onnxruntime), reading the class names from its metadata.
+    from PIL import Image
+
+    Image.fromarray(images[0]).save(tmp_path / "one.png")
+    rc, out, err = run_main(predict_main, [path, tmp_path / "one.png"], capsys)
+    assert rc == 0, err
+    row = out.splitlines()[1].split(",")
+    assert row[1] == trained.class_names[int(expected[0].argmax())]
 
 
 def test_safetensors_export_holds_the_weights_and_metadata(smoke_run, tmp_path, capsys):
