@@ -32,6 +32,7 @@ from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_paths,
 from .config import TrainConfig, contradictions
 from .data import load_run_data
 from .errors import TrainerError
+from .interrupt import Interrupted, stop_on_sigint
 from .loop import apply_pending, train_step
 from .model import count_parameters
 from .progress import MetricsLog, Progress
@@ -192,6 +193,7 @@ class Run:
         self.evaluations: list[dict] = []
         self.elapsed = 0.0  # wall seconds of earlier sessions of this run
         self.pending = None  # (probe policies, this rank's scores) awaiting the CTAugment update
+        self.log_window = None  # (losses (n, 5), first step, data wait s) not yet logged, from a Ctrl-C checkpoint
         if checkpoint is not None:
             self._restore(checkpoint)
         elif self.lead:
@@ -235,6 +237,7 @@ class Run:
         self.step = int(state["step"])
         self.evaluations = list(state["evaluations"])
         self.elapsed = float(state["elapsed"])
+        self.log_window = state.get("log_window")
         self.metrics.truncate_after(self.step)
 
     def _checkpoint_state(self, elapsed: float) -> dict:
@@ -250,6 +253,7 @@ class Run:
                     "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
             "labeled_subset": self.data.subset.to_json(),
             "evaluations": self.evaluations, "elapsed": elapsed,
+            "log_window": self.log_window,
         }
 
     # -- CTAugment feedback ---------------------------------------------------------------------------
@@ -337,6 +341,14 @@ class Run:
     def _loop(self, start_time: float) -> None:
         config = self.config
         rows, first, window_start, wait = [], self.step, time.perf_counter(), 0.0
+        if self.log_window is not None:  # the steps a Ctrl-C checkpoint held back from the log
+            losses, first, wait = self.log_window
+            rows, self.log_window = list(losses.to(self.device)), None
+        with stop_on_sigint(self.world_size == 1) as stop:
+            self._steps(rows, first, window_start, wait, start_time, stop)
+
+    def _steps(self, rows, first, window_start, wait, start_time, stop) -> None:
+        config = self.config
         while self.step < config.steps:
             outcome = train_step(self.state, self.step_fn, self.loader, self.policy, self.step, self.pending,
                                  prefetch=config.prefetch, world_size=self.world_size)
@@ -355,6 +367,19 @@ class Run:
                 # Applying the held update now is what the next step would do before drawing a plan.
                 self._apply_pending()
                 self._save(self.elapsed + time.perf_counter() - start_time)
+            elif stop.requested:
+                self._stop(rows, first, wait, start_time)
+            if stop.requested and not last:
+                raise Interrupted(f"interrupted at step {self.step}: checkpoint {checkpoint_paths(self.out)[-1]} "
+                                  "written; continue with --resume")
+
+    def _stop(self, rows, first, wait, start_time) -> None:
+        """Ctrl-C between checkpoints: a checkpoint of this step, holding the steps not yet logged so
+        that a resumed run logs the same window, then the same lines, as one that never stopped."""
+        self._apply_pending()
+        self.log_window = (torch.stack(rows).cpu(), first, wait) if rows else None
+        self._save(self.elapsed + time.perf_counter() - start_time)
+        self.log_window = None
 
     def _last_good(self) -> str:
         kept = checkpoint_paths(self.out)

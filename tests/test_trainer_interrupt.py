@@ -1,0 +1,71 @@
+"""Ctrl-C: a real SIGINT to an rmm-train process between checkpoints writes a checkpoint of the step
+it stopped after and exits 130; --resume then ends exactly where a run that never stopped ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from remixmatch.trainer.checkpoint import checkpoint_paths
+from trainer_helpers import (  # noqa: F401  (pipeline_shards is a fixture)
+    assert_identical, cli, latest_state, metrics, pipeline_shards, smoke_args, smoke_config, train,
+)
+
+RMM_TRAIN = str(Path(sys.executable).with_name("rmm-train"))
+# Long enough that the signal lands mid-run; checkpoints only at the end, so the stop is between them.
+EXTRA = ("--steps", "150", "--ckpt-every", "1000", "--eval-every", "50", "--log-every", "7", "--algorithm",
+         "remixmatch")
+TIMEOUT_S = 240
+
+
+def _wait_for_progress(process, metrics_path, timeout=TIMEOUT_S):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics_path.exists() and len(metrics_path.read_text().splitlines()) >= 1:
+            return
+        if process.poll() is not None:
+            pytest.fail(f"rmm-train exited ({process.returncode}) before training: {process.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail("rmm-train logged nothing in time")
+
+
+def test_sigint_writes_a_checkpoint_and_resume_continues_exactly(pipeline_shards, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [RMM_TRAIN, *map(str, smoke_args(pipeline_shards.path, out)), *EXTRA]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        _wait_for_progress(process, out / "metrics.jsonl")
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    kept = checkpoint_paths(out)
+    assert len(kept) == 1, err
+    step = latest_state(out)["step"]
+    assert 0 < step < 150, step
+    lines = [line for line in err.splitlines() if line.startswith("rmm-train: error:")]
+    assert lines == [f"rmm-train: error: interrupted at step {step}: checkpoint {kept[0]} written; "
+                     "continue with --resume"]
+    assert not (out / "summary.json").exists()
+
+    rc, _, err = cli([*smoke_args(pipeline_shards.path, out), *EXTRA, "--resume"], capsys)
+    assert rc == 0, err
+    reference = tmp_path / "straight"
+    train(smoke_config(pipeline_shards.path, steps=150, ckpt_every=1000, eval_every=50, log_every=7), reference)
+    a, b = latest_state(out), latest_state(reference)
+    a.pop("elapsed"), b.pop("elapsed")
+    for key in ("model", "ema", "optimizer", "policy", "distribution_alignment", "loader", "rng", "step"):
+        assert_identical(a[key], b[key], key)
+    assert_identical(a, b, "checkpoint")
+    assert metrics(out) == metrics(reference)  # the same log lines, the interrupted window included
