@@ -6,6 +6,8 @@
       metrics.jsonl    one line per logged step and per evaluation
       checkpoints/     ckpt-<step>.pt, the last --keep-ckpts of them
       cta_weights.txt, cta_heatmap.png   the CTAugment weights at the last evaluation
+      curves.png       accuracy (EMA, raw) and the loss terms against steps, redrawn at each evaluation
+      events.out.tfevents.*   with --tensorboard: the same records for TensorBoard
       summary.json     the result (written at the end)
 """
 
@@ -35,7 +37,9 @@ from .errors import TrainerError
 from .interrupt import Interrupted, stop_on_sigint
 from .loop import apply_pending, train_step
 from .model import count_parameters
-from .progress import MetricsLog, Progress
+from .curves import draw_run_curves
+from .progress import Progress
+from .tensorboard import metrics_log
 from .step import LOSS_NAMES, STEPS
 
 SUMMARY_VERSION = 1
@@ -119,10 +123,11 @@ class Run:
         if config.threads:
             torch.set_num_threads(config.threads)
         resuming = self._lead_decides(lambda: check_run_dir(self.out, resume))
+        # Before the directory is made: a missing --tensorboard package refuses the run, leaving nothing.
+        self.metrics = metrics_log(self.out / "metrics.jsonl", self.lead, config.tensorboard)
         existed = {p.name for p in self.out.iterdir()} if self.out.is_dir() else None
         self.out.mkdir(parents=True, exist_ok=True)
         self.progress = Progress(config.steps, enabled=self.lead and not quiet)
-        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.lead)
         try:
             self._setup(config, resuming, all_reduce_mean, wrap_model)
         except BaseException:
@@ -297,6 +302,10 @@ class Run:
                 # matplotlib (the plots extra) is optional; the table is always written.
                 with contextlib.suppress(PipelineError):
                     self.policy.heatmap(self.out / "cta_heatmap.png")
+                    self.metrics.image("cta/heatmap", self.out / "cta_heatmap.png", self.step)
+            # None, or why not (matplotlib missing): the run goes on without the picture either way.
+            draw_run_curves(self.out / "metrics.jsonl", self.out / "curves.png",
+                            f"{self.out.name}: {self.config.algorithm}, step {self.step}")
         return record
 
     # -- the loop -------------------------------------------------------------------------------------
