@@ -169,3 +169,33 @@ def test_bad_inputs_are_one_line_and_exit_2(smoke_run, tmp_path, capsys):
     assert_one_line_error(err, PROG, "holds no checkpoint")
     assert not (tmp_path / "x.safetensors").exists()
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
+def _readme_example() -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("<!-- torchscript-example", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert len([line for line in block.splitlines() if line.strip()]) <= 10, "the README promises 10 lines"
+    return block
+
+
+def test_readme_torchscript_example_runs_without_the_project(smoke_run, tmp_path, capsys):
+    from PIL import Image
+
+    assert run_main(main, [smoke_run, "--format", "torchscript", "--out", tmp_path / "model.pt"], capsys)[0] == 0
+    image = _images(n=1, seed=3)[0]
+    Image.fromarray(image).resize((40, 40)).save(tmp_path / "cat.png")  # another size: the example resizes
+    script = tmp_path / "example.py"
+    script.write_text('import sys\nsys.modules["remixmatch"] = None\n' + _readme_example())
+    done = subprocess.run([sys.executable, "-I", str(script)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    name, probability = done.stdout.split()
+    from PIL import Image as PILImage
+
+    resized = np.asarray(PILImage.open(tmp_path / "cat.png").convert("RGB").resize((32, 32), PILImage.Resampling.BICUBIC))
+    expected, trained = _project_logits(smoke_run, resized[None].copy())
+    p = torch.softmax(torch.from_numpy(expected), dim=1)[0]
+    assert name == trained.class_names[int(p.argmax())]
+    assert abs(float(probability) - float(p.max())) < 1e-5
