@@ -72,3 +72,29 @@ def test_tensorboard_without_the_package_is_one_line_exit_2(pipeline_shards, tmp
     assert rc == 2
     assert_one_line_error(err, "rmm-train", "--tensorboard needs the tensorboard package")
     assert not out.exists()
+
+
+def test_tensorboard_resume_hides_the_events_past_the_checkpoint(pipeline_shards, tmp_path, capsys):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (the tensorboard extra)")
+    out = tmp_path / "run"
+    args = [*smoke_args(pipeline_shards.path, out), "--tensorboard", "--algorithm", "supervised"]
+    assert cli(args, capsys)[0] == 0
+    # As if killed after step 20 was logged but before its checkpoint was written.
+    (out / "checkpoints" / "ckpt-00000020.pt").unlink()
+    (out / "summary.json").unlink()
+    rc, _, err = cli([*args, "--resume"], capsys)
+    assert rc == 0, err
+    steps, evaluations = read_metrics(out / "metrics.jsonl")
+    events = _events(out)
+    assert [e.step for e in events.Scalars("train/loss")] == [r["step"] for r in steps] == [5, 10, 15, 20]
+    assert [e.step for e in events.Scalars("eval/acc_ema")] == [r["step"] for r in evaluations] == [10, 20]
+
+
+def test_tensorboard_files_come_from_the_lead_rank_only(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (the tensorboard extra)")
+    from remixmatch.trainer.tensorboard import metrics_log
+
+    other_rank = metrics_log(tmp_path / "metrics.jsonl", enabled=False, tensorboard=True)
+    other_rank.write({"step": 1, "loss": 1.0})
+    other_rank.image("cta/heatmap", tmp_path / "cta_heatmap.png", 1)
+    assert list(tmp_path.iterdir()) == []
