@@ -125,3 +125,14 @@ def test_bad_inputs_are_one_line_and_exit_2(smoke_run, pipeline_shards, tmp_path
     rc, _, err = run_main(main, [smoke_run, "--split", "extra"], capsys)
     assert rc == 2
     assert_one_line_error(err, PROG, "no such split")
+
+
+def test_eval_of_a_run_evaluated_on_its_hold_out_reproduces_it(pipeline_shards, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(smoke_config(pipeline_shards.path, valid=20, eval_split="valid", steps=10), out)
+    summary = json.loads((out / "summary.json").read_text())
+    rc, _, err = run_main(main, [out, "--out", tmp_path / "eval"], capsys)
+    assert rc == 0, err
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["split"] == "valid" and report["images"] == summary["eval_rows"] == 20
+    assert report["accuracy"] == summary["accuracy"]["ema_last"]
