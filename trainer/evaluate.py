@@ -56,7 +56,7 @@ def eval_rows(trained: TrainedModel, shards, split_name: str) -> tuple[object, n
                            "other shards (another fingerprint): name one of their splits")
         subset = load_subset(trained.run_dir / "labeled.json", expect_fingerprint=shards.fingerprint)
         if len(subset.valid) == 0:
-            raise UseError(f"--split valid: the run held out no validation images (--valid 0); use --split test")
+            raise UseError("--split valid: the run held out no validation images (--valid 0); use --split test")
         return shards["train"], np.asarray(subset.valid, np.int64)
     if split_name not in shards:
         raise UseError(f"--split {split_name}: {shards.path} has no such split (splits: {', '.join(shards.splits)})")

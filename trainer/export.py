@@ -79,15 +79,13 @@ def write_torchscript(trained: TrainedModel, path: Path, metadata: dict) -> None
 
 def write_onnx(trained: TrainedModel, path: Path, metadata: dict) -> None:
     try:
-        import onnx  # noqa: F401
+        import onnx
         import onnxscript  # noqa: F401  (torch's exporter needs it)
     except ImportError as error:
         raise UseError(f"--format onnx needs the onnx extra ({error.name} is not installed): "
                        "pip install 'remixmatch[onnx]'") from None
     import contextlib
     import io
-
-    import onnx
 
     classifier = trained.classifier().cpu()
     batch = torch.export.Dim("batch")

@@ -32,15 +32,15 @@ from remixmatch.pipeline.loader import make_fetcher, split_image_shape
 from .build import build_policy_and_views, build_train_state
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_paths, latest_checkpoint, save_checkpoint
 from .config import TrainConfig, contradictions
+from .curves import draw_run_curves
 from .data import load_run_data
 from .errors import TrainerError
 from .interrupt import Interrupted, stop_on_sigint
 from .loop import apply_pending, train_step
 from .model import count_parameters
-from .curves import draw_run_curves
 from .progress import Progress
-from .tensorboard import metrics_log
 from .step import LOSS_NAMES, STEPS
+from .tensorboard import metrics_log
 
 SUMMARY_VERSION = 1
 
@@ -348,7 +348,6 @@ class Run:
         return self.finish(self.elapsed + time.perf_counter() - start_time)
 
     def _loop(self, start_time: float) -> None:
-        config = self.config
         rows, first, window_start, wait = [], self.step, time.perf_counter(), 0.0
         if self.log_window is not None:  # the steps a Ctrl-C checkpoint held back from the log
             losses, first, wait = self.log_window
