@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from remixmatch.trainer.checkpoint import checkpoint_paths
+from remixmatch.trainer.interrupt import Interrupted
+from remixmatch.trainer.run import Run
 from trainer_helpers import (  # noqa: F401  (pipeline_shards is a fixture)
     assert_identical, cli, latest_state, metrics, pipeline_shards, smoke_args, smoke_config, train,
 )
@@ -69,3 +71,41 @@ def test_sigint_writes_a_checkpoint_and_resume_continues_exactly(pipeline_shards
         assert_identical(a[key], b[key], key)
     assert_identical(a, b, "checkpoint")
     assert metrics(out) == metrics(reference)  # the same log lines, the interrupted window included
+
+
+class _SignalAt:
+    """The run's loader, sending this process a real SIGINT while handing out the batch of step ``at``."""
+
+    def __init__(self, loader, at: int):
+        self._loader, self._at, self._count = loader, at, 0
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+    def __next__(self):
+        self._count += 1
+        if self._count == self._at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return next(self._loader)
+
+
+def test_sigint_mid_log_window_resumes_the_same_log_lines(pipeline_shards, tmp_path):
+    # Step 13 is neither a log step (every 7) nor a checkpoint step (every 20): the checkpoint holds
+    # the losses of steps 8-13, and the resumed run's step-14 line averages 8-14 as an unbroken run's.
+    config = smoke_config(pipeline_shards.path, steps=30, ckpt_every=20, log_every=7, eval_every=10)
+    out = tmp_path / "run"
+    run = Run(config, out, quiet=True)
+    run.loader = _SignalAt(run.loader, 13)
+    with pytest.raises(Interrupted, match="interrupted at step 13"):
+        run.train()
+    assert [p.name for p in checkpoint_paths(out)] == ["ckpt-00000013.pt"]
+    window = latest_state(out)["log_window"]
+    assert window[0].shape == (6, 5) and window[1] == 7
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    train(config, out, resume=True)
+    reference = tmp_path / "straight"
+    train(config, reference)
+    a, b = latest_state(out), latest_state(reference)
+    a.pop("elapsed"), b.pop("elapsed")
+    assert_identical(a, b, "checkpoint")
+    assert metrics(out) == metrics(reference)
