@@ -199,3 +199,11 @@ def test_readme_torchscript_example_runs_without_the_project(smoke_run, tmp_path
     p = torch.softmax(torch.from_numpy(expected), dim=1)[0]
     assert name == trained.class_names[int(p.argmax())]
     assert abs(float(probability) - float(p.max())) < 1e-5
+
+
+def test_onnx_without_the_extra_is_one_line_exit_2(smoke_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    rc, _, err = run_main(main, [smoke_run, "--format", "onnx", "--out", tmp_path / "m.onnx"], capsys)
+    assert rc == 2
+    assert_one_line_error(err, PROG, "--format onnx needs the onnx extra", "remixmatch[onnx]")
+    assert list(tmp_path.iterdir()) == []
