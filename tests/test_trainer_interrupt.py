@@ -20,7 +20,7 @@ from trainer_helpers import (  # noqa: F401  (pipeline_shards is a fixture)
 
 RMM_TRAIN = str(Path(sys.executable).with_name("rmm-train"))
 # Long enough that the signal lands mid-run; checkpoints only at the end, so the stop is between them.
-EXTRA = ("--steps", "150", "--ckpt-every", "1000", "--eval-every", "50", "--log-every", "7", "--algorithm",
+EXTRA = ("--steps", "60", "--ckpt-every", "1000", "--eval-every", "20", "--log-every", "7", "--algorithm",
          "remixmatch")
 TIMEOUT_S = 240
 
@@ -55,7 +55,7 @@ def test_sigint_writes_a_checkpoint_and_resume_continues_exactly(pipeline_shards
     kept = checkpoint_paths(out)
     assert len(kept) == 1, err
     step = latest_state(out)["step"]
-    assert 0 < step < 150, step
+    assert 0 < step < 60, step
     lines = [line for line in err.splitlines() if line.startswith("rmm-train: error:")]
     assert lines == [f"rmm-train: error: interrupted at step {step}: checkpoint {kept[0]} written; "
                      "continue with --resume"]
@@ -64,7 +64,7 @@ def test_sigint_writes_a_checkpoint_and_resume_continues_exactly(pipeline_shards
     rc, _, err = cli([*smoke_args(pipeline_shards.path, out), *EXTRA, "--resume"], capsys)
     assert rc == 0, err
     reference = tmp_path / "straight"
-    train(smoke_config(pipeline_shards.path, steps=150, ckpt_every=1000, eval_every=50, log_every=7), reference)
+    train(smoke_config(pipeline_shards.path, steps=60, ckpt_every=1000, eval_every=20, log_every=7), reference)
     a, b = latest_state(out), latest_state(reference)
     a.pop("elapsed"), b.pop("elapsed")
     for key in ("model", "ema", "optimizer", "policy", "distribution_alignment", "loader", "rng", "step"):
