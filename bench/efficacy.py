@@ -25,6 +25,8 @@ threads; ``results`` one row per (seed, variant)::
 
 ``summary``: per variant ``{"acc_ema_median_mean": ..., "acc_ema_median_stdev": ... | null,
 "vs_remixmatch": <difference of the means, in accuracy> | null, "seeds": n}``.
+``charts``: ``{"curves": "curves.png" | {"skipped": reason}}``: OUT/curves.png draws every run's
+accuracy (EMA, raw) and loss terms against steps, one column per run on shared axes.
 """
 
 from __future__ import annotations
@@ -134,6 +136,15 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def draw_variant_curves(results: list[dict], out: Path) -> str | dict:
+    """OUT/curves.png: every run's accuracy and loss curves side by side on shared axes; else why not."""
+    from remixmatch.trainer.curves import draw_runs_side_by_side
+
+    runs = [(f"{r['variant']} (seed {r['seed']})", Path(r["run_dir"])) for r in results]
+    skipped = draw_runs_side_by_side(runs, Path(out) / "curves.png", "rmm-bench efficacy: accuracy and losses per run")
+    return {"skipped": skipped} if skipped else "curves.png"
+
+
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG,
                            description="ReMixMatch vs the supervised baseline and ablations, same data and steps.")
@@ -194,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["results"].append(run_variant(name, seed, settings, args.out, log))
         report["threads"] = {"torch": torch.get_num_threads()}
         report["summary"] = summarize(report["results"])
+        report["charts"] = {"curves": draw_variant_curves(report["results"], args.out)}
         finish_report(report, time.perf_counter() - started, conditions)
         json_path, md_path = write_report(args.out, report, render_markdown(report))
         print(md_path.read_text())

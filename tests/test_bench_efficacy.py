@@ -60,7 +60,7 @@ def test_report_is_well_formed(tiny_run):
     assert rep["threads"] == {"torch": 1} and rep["machine"]["cpu_count"] >= 1
     assert rep["wall_seconds"] > 0 and rep["created"]
     assert rep["conditions"]["other_cpu_share"] is None or rep["conditions"]["other_cpu_share"] >= 0
-    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md", "runs"]
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "report.json", "report.md", "runs"]
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["remixmatch-seed1", "supervised-seed1"]
 
 
@@ -147,3 +147,11 @@ def test_more_labels_than_the_shards_hold_is_one_line(pipeline_shards, tmp_path,
 def test_bad_values_are_one_line(pipeline_shards, tmp_path, capsys, extra, fragment):  # noqa: F811
     err = _one_line_error(capsys, tiny_args(pipeline_shards.path, tmp_path / "out", *extra), fragment)
     assert len(err) == 1 and not (tmp_path / "out").exists()
+
+
+def test_runs_are_drawn_side_by_side(tiny_run):
+    out, rep = tiny_run
+    assert rep["charts"] == {"curves": "curves.png"}
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for row in rep["results"]:  # each run keeps its own curves too
+        assert (Path(row["run_dir"]) / "curves.png").is_file()

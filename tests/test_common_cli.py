@@ -76,9 +76,10 @@ def test_positive_int_refuses(text, message):
 
 def test_every_command_parses_with_the_one_parser():
     from remixmatch.bench import cli as bench_cli, prep, views
-    from remixmatch.trainer import cli as trainer_cli
+    from remixmatch.trainer import cli as trainer_cli, evaluate, export, predict
 
-    for build in (bench_cli.build_parser, prep.build_parser, views.build_parser, trainer_cli.build_parser):
+    for build in (bench_cli.build_parser, prep.build_parser, views.build_parser, trainer_cli.build_parser,
+                  evaluate.build_parser, export.build_parser, predict.build_parser):
         assert isinstance(build(), OneLineParser)
     assert bench_cli.OneLineParser is OneLineParser and bench_cli.positive_int is positive_int
 

@@ -168,7 +168,7 @@ def test_rank_zero_alone_writes_logs_metrics_checkpoints_and_summary(two_procs):
     assert [r["step"] for r in records if r.get("eval")] == [10]
     assert [p.name for p in checkpoint_paths(out)] == ["ckpt-00000010.pt"]
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("cta_heatmap")) == [
-        "checkpoints", "config.json", "cta_weights.txt", "labeled.json", "metrics.jsonl", "summary.json"]
+        "checkpoints", "config.json", "cta_weights.txt", "curves.png", "labeled.json", "metrics.jsonl", "summary.json"]
     assert not list((out / "checkpoints").glob(".*"))  # no temporary file left
     assert len(re.findall(r"^step 10/10", err, re.M)) == 1, err
     assert len(re.findall(r"^done: ", err, re.M)) == 1, err

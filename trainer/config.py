@@ -72,6 +72,7 @@ class TrainConfig:
     keep_ckpts: int = 3
     log_every: int = 64  # steps between metric lines (losses read back only then)
     median_of: int = 20  # the reported figure: median of the last N evaluations
+    tensorboard: bool = False  # also write metrics.jsonl's records and the CTA heatmap as TensorBoard event files in the run directory (the tensorboard extra)
 
     @property
     def unlabeled_batch(self) -> int:
@@ -123,7 +124,7 @@ ABLATIONS: dict[str, dict] = {
 # are drawn from.)
 RESUMABLE_FIELDS = frozenset({
     "steps", "device", "loader", "compile", "threads", "time_limit", "eval_every", "eval_batch",
-    "ckpt_every", "keep_ckpts", "log_every", "median_of"})
+    "ckpt_every", "keep_ckpts", "log_every", "median_of", "tensorboard"})
 
 
 class ConfigError(TrainerError, ValueError):

@@ -87,3 +87,6 @@ class MetricsLog:
             return
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+    def image(self, tag: str, png: Path, step: int) -> None:
+        """A picture of the run at ``step`` (the CTAugment heatmap); only the TensorBoard log keeps them."""

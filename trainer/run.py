@@ -6,6 +6,8 @@
       metrics.jsonl    one line per logged step and per evaluation
       checkpoints/     ckpt-<step>.pt, the last --keep-ckpts of them
       cta_weights.txt, cta_heatmap.png   the CTAugment weights at the last evaluation
+      curves.png       accuracy (EMA, raw) and the loss terms against steps, redrawn at each evaluation
+      events.out.tfevents.*   with --tensorboard: the same records for TensorBoard
       summary.json     the result (written at the end)
 """
 
@@ -25,17 +27,20 @@ import torch
 
 from remixmatch.common.errors import EXIT_DIVERGED
 from remixmatch.pipeline import EvalLoader, PipelineError, StepLoader
-from remixmatch.pipeline.loader import make_fetcher
+from remixmatch.pipeline.loader import make_fetcher, split_image_shape
 
 from .build import build_policy_and_views, build_train_state
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_paths, latest_checkpoint, save_checkpoint
 from .config import TrainConfig, contradictions
+from .curves import draw_run_curves
 from .data import load_run_data
 from .errors import TrainerError
+from .interrupt import Interrupted, stop_on_sigint
 from .loop import apply_pending, train_step
 from .model import count_parameters
-from .progress import MetricsLog, Progress
+from .progress import Progress
 from .step import LOSS_NAMES, STEPS
+from .tensorboard import metrics_log
 
 SUMMARY_VERSION = 1
 
@@ -120,10 +125,11 @@ class Run:
         if config.threads:
             torch.set_num_threads(config.threads)
         resuming = self._lead_decides(lambda: check_run_dir(self.out, resume))
+        # Before the directory is made: a missing --tensorboard package refuses the run, leaving nothing.
+        self.metrics = metrics_log(self.out / "metrics.jsonl", self.lead, config.tensorboard)
         existed = {p.name for p in self.out.iterdir()} if self.out.is_dir() else None
         self.out.mkdir(parents=True, exist_ok=True)
         self.progress = Progress(config.steps, enabled=self.lead and not quiet)
-        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.lead)
         try:
             self._setup(config, resuming, all_reduce_mean, wrap_model)
         except BaseException:
@@ -194,6 +200,7 @@ class Run:
         self.evaluations: list[dict] = []
         self.elapsed = 0.0  # wall seconds of earlier sessions of this run
         self.pending = None  # (probe policies, this rank's scores) awaiting the CTAugment update
+        self.log_window = None  # (losses (n, 5), first step, data wait s) not yet logged, from a Ctrl-C checkpoint
         if checkpoint is not None:
             self._restore(checkpoint)
         elif self.lead:
@@ -237,6 +244,7 @@ class Run:
         self.step = int(state["step"])
         self.evaluations = list(state["evaluations"])
         self.elapsed = float(state["elapsed"])
+        self.log_window = state.get("log_window")
         self.metrics.truncate_after(self.step)
 
     def _checkpoint_state(self, elapsed: float) -> dict:
@@ -252,6 +260,7 @@ class Run:
                     "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
             "labeled_subset": self.data.subset.to_json(),
             "evaluations": self.evaluations, "elapsed": elapsed,
+            "log_window": self.log_window,
         }
 
     # -- CTAugment feedback ---------------------------------------------------------------------------
@@ -295,6 +304,10 @@ class Run:
                 # matplotlib (the plots extra) is optional; the table is always written.
                 with contextlib.suppress(PipelineError):
                     self.policy.heatmap(self.out / "cta_heatmap.png")
+                    self.metrics.image("cta/heatmap", self.out / "cta_heatmap.png", self.step)
+            # None, or why not (matplotlib missing): the run goes on without the picture either way.
+            draw_run_curves(self.out / "metrics.jsonl", self.out / "curves.png",
+                            f"{self.out.name}: {self.config.algorithm}, step {self.step}")
         return record
 
     # -- the loop -------------------------------------------------------------------------------------
@@ -337,8 +350,15 @@ class Run:
         return self.finish(self.elapsed + time.perf_counter() - start_time)
 
     def _loop(self, start_time: float) -> None:
-        config = self.config
         rows, first, window_start, wait = [], self.step, time.perf_counter(), 0.0
+        if self.log_window is not None:  # the steps a Ctrl-C checkpoint held back from the log
+            losses, first, wait = self.log_window
+            rows, self.log_window = list(losses.to(self.device)), None
+        with stop_on_sigint(self.world_size == 1) as stop:
+            self._steps(rows, first, window_start, wait, start_time, stop)
+
+    def _steps(self, rows, first, window_start, wait, start_time, stop) -> None:
+        config = self.config
         while self.step < config.steps:
             outcome = train_step(self.state, self.step_fn, self.loader, self.policy, self.step, self.pending,
                                  prefetch=config.prefetch, world_size=self.world_size)
@@ -357,8 +377,21 @@ class Run:
                 # Applying the held update now is what the next step would do before drawing a plan.
                 self._apply_pending()
                 self._save(self.elapsed + time.perf_counter() - start_time)
+            elif stop.requested:
+                self._stop(rows, first, wait, start_time)
+            if stop.requested and not last:
+                raise Interrupted(f"interrupted at step {self.step}: checkpoint {checkpoint_paths(self.out)[-1]} "
+                                  "written; continue with --resume")
             if last:
                 break
+
+    def _stop(self, rows, first, wait, start_time) -> None:
+        """Ctrl-C between checkpoints: a checkpoint of this step, holding the steps not yet logged so
+        that a resumed run logs the same window, then the same lines, as one that never stopped."""
+        self._apply_pending()
+        self.log_window = (torch.stack(rows).cpu(), first, wait) if rows else None
+        self._save(self.elapsed + time.perf_counter() - start_time)
+        self.log_window = None
 
     def _time_is_up(self, start_time: float) -> bool:
         """--time-limit, looked at on log steps only; on several ranks the lead's clock decides for all."""
@@ -415,7 +448,10 @@ class Run:
                         "seed": config.seed, "n_valid": int(len(self.data.subset.valid)),
                         "fingerprint": self.data.shards.fingerprint},
             "dataset": {"path": str(self.data.shards.path), "name": self.data.shards.dataset,
-                        "mean": self.data.mean, "std": self.data.std},
+                        "mean": self.data.mean, "std": self.data.std,
+                        "fingerprint": self.data.shards.fingerprint,
+                        "class_names": list(self.data.shards.class_names),
+                        "image_shape": list(split_image_shape(self.data.train.split))},
             "model": {"parameters": count_parameters(self.state.raw_model),
                       "name": f"WRN-{6 * config.blocks_per_stage + 4}-{config.width // 16}"
                               if config.width % 16 == 0 else f"WRN-{6 * config.blocks_per_stage + 4} width {config.width}"},
