@@ -7,7 +7,7 @@ by the real loader, and what a paper-length run would take.
 
 Per device (``cpu``; ``cuda`` where ``torch.cuda.is_available()``), one model and three rows:
 
-- ``synthetic``: the trainer's step (:data:`remixmatch.trainer.step.STEPS`) fed the same ready batch
+- ``synthetic``: the trainer's step (:data:`remixmatch.trainer.algorithms.STEPS`) fed the same ready batch
   every step: a :class:`remixmatch.pipeline.StepBatch` of random uint8 NHWC views already on the
   device, with the shapes, dtypes and probe plan of a real step (made by ``draw_plan`` /
   ``kernel_call`` / ``split_views`` from the same :class:`ViewConfig` and CTAugment the loader uses).
@@ -294,7 +294,7 @@ def run_row(config: TrainBenchConfig, device: str, feed: str, prefetch: bool, da
 
     from remixmatch.trainer.build import build_policy_and_views, build_train_state
     from remixmatch.trainer.model import count_parameters
-    from remixmatch.trainer.step import STEPS
+    from remixmatch.trainer.algorithms import STEPS
 
     tc = config.train_config(device)
     torch_device = torch.device(device)

@@ -12,7 +12,7 @@ import torch
 from pipeline_helpers import pipeline_shards  # noqa: F401  (a fixture)
 from remixmatch.pipeline import CTAugment, StepLoader, ViewConfig
 from remixmatch.trainer.build import build_policy_and_views, build_train_state
-from remixmatch.trainer.step import STEPS
+from remixmatch.trainer.algorithms import STEPS
 from trainer_helpers import smoke_args, smoke_config
 
 pytestmark = [

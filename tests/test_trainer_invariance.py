@@ -26,7 +26,8 @@ from remixmatch.trainer.config import RESUMABLE_FIELDS, TrainConfig
 from remixmatch.trainer.distributed import all_reduce_mean, ddp_wrapper
 from remixmatch.trainer.losses import mixup, mixup_lambdas, mixup_permutation
 from remixmatch.trainer.model import GlobalBatchNorm2d, WideResNet, sync_batch_norm
-from remixmatch.trainer.step import STEPS, TrainState, gather_global, global_rows, row_blocks, step_generator
+from remixmatch.trainer.algorithms import STEPS
+from remixmatch.trainer.step import TrainState, gather_global, global_rows, row_blocks, step_generator
 
 WORLD = 2
 STEPS_RUN = 3
