@@ -28,7 +28,7 @@ from remixmatch.trainer.config import (
     ALGORITHMS, PRESETS, ConfigError, TrainConfig, contradictions, resolve,
 )
 from remixmatch.trainer.losses import (
-    confidence_mask, cosine_learning_rate, l2_loss, masked_cross_entropy, sharpen,
+    confidence_mask, cosine_learning_rate, l2_loss, masked_cross_entropy, sharpen, weight_decay_gradient_,
 )
 from remixmatch.trainer.step import TrainState, learning_rate, optimise
 from trainer_helpers import (  # noqa: F401  (pipeline_shards is a fixture)
@@ -95,6 +95,15 @@ def test_coupled_weight_decay_goes_through_sgd_momentum_and_decoupled_decay_does
     optimise(state, zero_loss, 0)
     expected = torch.tensor([w]) * (1 - 1.9 * 0.1 * 0.5)
     torch.testing.assert_close(state.raw_model.weight.detach(), expected)
+    # the gradient it added is autograd's of wd/2 |w|^2 on top of the loss's own
+    weight = torch.tensor([w], requires_grad=True)
+    data = torch.tensor([[3.0, 5.0]])
+    ((weight * data).sum() + 0.5 * 0.5 * weight.square().sum()).backward()
+    reference = weight.grad.clone()
+    weight.grad = None
+    (weight * data).sum().backward()
+    weight_decay_gradient_([weight], 0.5)
+    torch.testing.assert_close(weight.grad, reference)
     # the same settings, decoupled: a zero gradient leaves SGD still, then w <- w (1 - wd lr)
     state = tiny_state(coupled.replace(weight_decay_mode="decoupled"), w)
     optimise(state, state.model(torch.zeros(1, 2)).sum() * 0, 0)

@@ -64,7 +64,7 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = True  # SGD: Nesterov momentum
     weight_decay: float = 0.02  # on conv/dense weights; its form is --weight-decay-mode
-    weight_decay_mode: str = "decoupled"  # decoupled: w <- w (1 - wd lr) after the step | loss: wd/2 sum w^2 added to the loss (FixMatch)
+    weight_decay_mode: str = "decoupled"  # decoupled: w <- w (1 - wd lr) after the step | loss: the gradient of wd/2 sum w^2 added to the loss's (FixMatch)
     ema: float = 0.999  # EMA decay of the weights
     run_seed: int = 0  # model init, views, MixUp
     # execution

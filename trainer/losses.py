@@ -238,14 +238,20 @@ def cosine_learning_rate(lr: float, step: float, total_steps: float) -> float:
     return lr * math.cos(7.0 * math.pi * step / (16.0 * total_steps))
 
 
-def l2_weight_penalty(params, wd: float) -> torch.Tensor:
-    """``wd / 2 * sum ||w||^2``: weight decay as a loss term (the FixMatch reference adds
-    ``wd * tf.nn.l2_loss`` of the conv/dense kernels), whose gradient ``wd * w`` then passes through
-    the optimiser (momentum included): coupled, unlike :func:`decoupled_weight_decay_`."""
-    params = list(params)
-    if not params:
-        return torch.zeros(())
-    return 0.5 * wd * torch.stack([p.float().square().sum() for p in params]).sum()
+@torch.no_grad()
+def weight_decay_gradient_(params, wd: float) -> None:
+    """``grad += wd * w``: the gradient of the loss term ``wd / 2 * sum ||w||^2`` (the FixMatch
+    reference adds ``wd * tf.nn.l2_loss`` of the conv/dense kernels to its loss), added after the
+    backward. It then passes through the optimiser (momentum included): coupled, unlike
+    :func:`decoupled_weight_decay_`. Adding the gradient rather than the term keeps the weights out
+    of a second autograd path, which DDP would count as a second use of a parameter (the rotation
+    head, unused by the forward, would be marked ready twice). A weight without a gradient gets
+    ``wd * w`` alone."""
+    for p in params:
+        if p.grad is None:
+            p.grad = wd * p.detach().clone()
+        else:
+            p.grad.add_(p.detach(), alpha=wd)
 
 
 def confidence_mask(probabilities: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:

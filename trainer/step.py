@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from remixmatch.pipeline.distributed import all_gather_rows
 
-from .losses import cosine_learning_rate, cta_probe_scores, decoupled_weight_decay_, ema_update_, l2_weight_penalty
+from .losses import cosine_learning_rate, cta_probe_scores, decoupled_weight_decay_, ema_update_, weight_decay_gradient_
 
 _MIXUP_STREAM = 7  # keeps the MixUp generator apart from the pipeline's (seed, step) streams
 
@@ -137,19 +137,19 @@ def learning_rate(config, step: int) -> float:
 
 def optimise(state: TrainState, total: torch.Tensor, step: int) -> None:
     """The optimiser step at this step's learning rate, the weight decay in the config's form
-    (``loss``: wd/2 sum w^2 joins the loss before the backward, as the FixMatch reference;
-    ``decoupled``: w <- w (1 - wd lr) after the step, as the ReMixMatch and MixMatch references), then
-    the EMA of the weights."""
+    (``loss``: the gradient of wd/2 sum w^2 joins the loss's before the optimiser, as the FixMatch
+    reference; ``decoupled``: w <- w (1 - wd lr) after the step, as the ReMixMatch and MixMatch
+    references), then the EMA of the weights."""
     config = state.config
     lr = learning_rate(config, step)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    if config.weight_decay_mode == "loss":
-        total = total + l2_weight_penalty(state.decay_params, config.weight_decay)
     state.optimizer.zero_grad(set_to_none=True)
     state.begin_phase("backward")
     total.backward()
     state.begin_phase("optimiser")
+    if config.weight_decay_mode == "loss":
+        weight_decay_gradient_(state.decay_params, config.weight_decay)
     state.optimizer.step()
     if config.weight_decay_mode == "decoupled":
         decoupled_weight_decay_(state.decay_params, config.weight_decay, lr)

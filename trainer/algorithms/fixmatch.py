@@ -63,7 +63,7 @@ def fixmatch_step(state: TrainState, batch, step: int) -> StepResult:
     k = batch.k
     loss_u = masked_cross_entropy(logits_strong, pseudo_labels.repeat(k), mask.repeat(k))
 
-    # Total loss (lambda_u = --w-match, no ramp); optimise adds the weight decay term
+    # Total loss (lambda_u = --w-match, no ramp); optimise adds the weight decay term's gradient
     # (--weight-decay-mode loss) and steps SGD at the cosine-decayed learning rate, then the EMA.
     total = loss_x + config.w_match * loss_u
     optimise(state, total, step)
