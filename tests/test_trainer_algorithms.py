@@ -226,6 +226,12 @@ def test_each_algorithms_views_are_bit_exact_with_apply_ops(algorithm, pipeline_
         # FixMatch: probes, one strong view per unlabeled image: CTAugment (bin rule), then Cutout
         assert counts == {"x": b, "probe": b, "u_weak": bu, "u_strong": bu} and policy.rule == "bin"
         assert plan.cutout_level == 1.0
+        # one kernel call: the Cutout is the strong views' last op, every other view's is identity
+        call = kernel_call(plan)
+        assert call.policies.depth == 3
+        np.testing.assert_array_equal(call.policies.op_ids[-bu:, 2], CUTOUT)
+        np.testing.assert_array_equal(call.policies.levels[-bu:, 2, 0], 1.0)
+        np.testing.assert_array_equal(call.policies.op_ids[:-bu, 2], OP_ID["identity"])
         u_images = split.images(plan.u_rows)
         sources = np.arange(bu, dtype=np.int32)
         without = apply_ops(u_images, *plan.u_policies.arrays(), sources=sources, flips=plan.u_strong_weak.flips,
