@@ -3,6 +3,7 @@ and ablations are overrides applied before the explicit flags.
 
     rmm-train --data shards/cifar10 --labels 250 --out runs/c10-250 [--preset cifar10-250]
     rmm-train --data shards/cifar10 --out runs/cpu --preset cpu        # minutes on 2 CPU cores
+    rmm-train --data shards/cifar10 --out runs/fm --algorithm fixmatch  # FixMatch as published (also mixmatch)
     rmm-train --out runs/c10-250 --data shards/cifar10 --resume        # continue after any stop
     rmm-train --gpus 8 ...  |  --device cpu --procs 2 ...  |  under torchrun   # several processes
                                                                       # (trainer/distributed.py)

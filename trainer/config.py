@@ -148,8 +148,8 @@ PRESETS: dict[str, dict] = {
 
 # What the short CPU presets change for one algorithm beyond the above (k 2 there: ReMixMatch's 2
 # strong views instead of 8, MixMatch's paper value). FixMatch keeps its one strong view, and its
-# mu = 7 would make its step 15 views per labeled image where the others render 4 to 5, so the
-# short runs use a smaller mu.
+# mu = 7 would make its step 16 views per labeled image (probes included) where ReMixMatch's renders
+# 5 at K = 2, so the short runs use mu = 3 (8 views).
 PRESET_ALGORITHM_OVERRIDES: dict[tuple[str, str], dict] = {
     ("cpu", "fixmatch"): {"k": 1, "uratio": 3},
     ("smoke", "fixmatch"): {"k": 1, "uratio": 2},
