@@ -740,9 +740,10 @@ def phase_markdown(rows: list[dict]) -> list[str]:
                         for r in rows]),
         "",
         f"Per step, over {rows[0]['phase_steps'] if rows else 0} further steps with the device synchronised at every "
-        "phase boundary (remixmatch.trainer.phases): forward = label guess, MixUp, the forward of everything that "
-        "trains and the losses; optimiser = Adam, weight decay, EMA, distribution-alignment history; cta_update = "
-        "the EMA model scoring the probes, the policy update and drawing the next plan.",
+        "phase boundary (remixmatch.trainer.phases): forward = label guess (or pseudo-labels), MixUp, the forward "
+        "of everything that trains and the losses; optimiser = Adam or SGD, weight decay, EMA, "
+        "distribution-alignment history; cta_update = the EMA model scoring the probes, the policy update and "
+        "drawing the next plan.",
     ]
 
 
