@@ -5,8 +5,8 @@ hand?
 Every variant trains on the same shards, the same labeled subset (same --labels and --seed) and the
 same number of steps with the same model; only the algorithm or the ablated part differs. Each
 algorithm (``--algorithms``) runs with its own settings under the ``cpu`` preset (FixMatch: SGD with
-its cosine decay over --steps, mu = 3, one strong view with Cutout; MixMatch: K = 2 weak views, Adam;
-ReMixMatch: K = 2), unless --k / --uratio set them for all. Each row
+its cosine decay over --steps, mu = 3, one strong view with Cutout; MixMatch: K = 2 weak views, Adam,
+lambda_u ramped over the whole run; ReMixMatch: K = 2), unless --k / --uratio set them for all. Each row
 is one ``rmm-train`` run (:class:`remixmatch.trainer.run.Run`; its run directory is kept under
 OUT/runs/, and a second call with the same OUT continues or reuses those runs) and reports the
 paper's figure (median EMA test accuracy of the last evaluations) and the best one.
@@ -79,7 +79,13 @@ def common_settings(args) -> dict:
 def variant_config(name: str, seed: int, settings: dict):
     from remixmatch.trainer.config import resolve
 
-    return resolve("cpu", [], {**settings, **VARIANTS[name][1], "seed": seed, "run_seed": seed})
+    config = resolve("cpu", [], {**settings, **VARIANTS[name][1], "seed": seed, "run_seed": seed})
+    if config.algorithm == "mixmatch":
+        # As the cpu preset's: lambda_u = 75 ramps over the whole run, whatever --steps is (at full
+        # weight on a model still far from accurate the L2 loss collapses it to chance: measured at
+        # 1000 steps with the ramp ending at step 128 and at step 400).
+        config = config.replace(warmup_kimg=config.steps * config.batch / 1024)
+    return config
 
 
 def chosen_variants(args) -> list[str]:

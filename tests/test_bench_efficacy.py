@@ -124,7 +124,8 @@ def test_algorithms_each_run_with_their_own_settings(pipeline_shards, tmp_path):
     config = json.loads((Path(rows["fixmatch"]["run_dir"]) / "config.json").read_text())
     assert (config["optimizer"], config["lr_schedule"], config["cutout"], config["steps"]) == ("sgd", "cosine", True, STEPS)
     assert (config["bn_momentum"], config["ema"]) == (0.1, 0.99)  # the cpu preset's short-run values
-    assert json.loads((Path(rows["mixmatch"]["run_dir"]) / "config.json").read_text())["unlabeled_loss"] == "l2"
+    mixmatch = json.loads((Path(rows["mixmatch"]["run_dir"]) / "config.json").read_text())
+    assert mixmatch["unlabeled_loss"] == "l2" and mixmatch["warmup_kimg"] == STEPS * 4 / 1024  # ramp = the run
     assert rep["summary"].keys() == {"fixmatch", "mixmatch", "supervised"}
     text = (out / "report.md").read_text()
     assert "| minutes | steps | K | mu |" in text
