@@ -8,10 +8,10 @@
 - ``prep``: data preparation throughput (:mod:`remixmatch.bench.prep`);
 - ``views``: a PNG contact sheet of weak and strong views (:mod:`remixmatch.bench.views`);
 - ``pipeline``: step batches/s, the torch and DALI loaders vs the PIL pool (:mod:`remixmatch.bench.pipeline`);
-- ``train``: training steps/s, the step fed by ready tensors vs by the loader, and the paper's
-  2^20-step run projected (:mod:`remixmatch.bench.train`);
-- ``efficacy``: ReMixMatch vs the supervised baseline and ablations, same data and steps
-  (:mod:`remixmatch.bench.efficacy`);
+- ``train``: training steps/s of any --algorithm, the step fed by ready tensors vs by the loader,
+  and the paper's 2^20-step run projected (:mod:`remixmatch.bench.train`);
+- ``efficacy``: ReMixMatch, FixMatch, MixMatch, the supervised baseline and ablations, same data
+  and steps (:mod:`remixmatch.bench.efficacy`);
 - ``ptx``: registers, spills, shared memory and theoretical occupancy of every CUDA kernel, from
   ``ptxas -v`` with no GPU (:mod:`remixmatch.bench.ptx`);
 - ``all``: one report of aug, ptx, pipeline, train (with the step split into its phases) and
@@ -48,7 +48,8 @@ DELEGATED = {
     "train": ("remixmatch.bench.train",
               "training steps/s, synthetic vs loader-fed (see: rmm-bench train --help)"),
     "efficacy": ("remixmatch.bench.efficacy",
-                 "ReMixMatch vs supervised and ablations, same data and steps (see: rmm-bench efficacy --help)"),
+                 "ReMixMatch, FixMatch, MixMatch vs supervised and ablations, same data and steps "
+                 "(see: rmm-bench efficacy --help)"),
     "ptx": ("remixmatch.bench.ptx",
             "CUDA kernel registers, spills, shared memory, occupancy, no GPU needed (see: rmm-bench ptx --help)"),
     "all": ("remixmatch.bench.full_report",

@@ -1,27 +1,36 @@
-"""``rmm-bench efficacy``: does ReMixMatch beat training on the labels alone, and do the paper's
-ablations point the same way, on a run sized for the machine at hand?
+"""``rmm-bench efficacy``: does ReMixMatch beat training on the labels alone, how do FixMatch and
+MixMatch compare, and do the paper's ablations point the same way, on a run sized for the machine at
+hand?
 
 Every variant trains on the same shards, the same labeled subset (same --labels and --seed) and the
-same number of steps with the same model; only the algorithm or the ablated part differs. Each row
+same number of steps with the same model; only the algorithm or the ablated part differs. Each
+algorithm (``--algorithms``) runs with its own settings under the ``cpu`` preset (FixMatch: SGD with
+its cosine decay over --steps, mu = 3, one strong view with Cutout; MixMatch: K = 2 weak views, Adam,
+lambda_u ramped over the whole run; ReMixMatch: K = 2), unless --k / --uratio set them for all. Each row
 is one ``rmm-train`` run (:class:`remixmatch.trainer.run.Run`; its run directory is kept under
 OUT/runs/, and a second call with the same OUT continues or reuses those runs) and reports the
 paper's figure (median EMA test accuracy of the last evaluations) and the best one.
 
     rmm-bench efficacy --shards shards/cifar10 --out bench-out/efficacy [--steps 5000] [--seeds 1 2]
-                       [--variants remixmatch supervised ...] [--labels 250] [--width 16]
-                       [--blocks-per-stage 1] [--batch 32] [--k 2] [--evaluations 20] [--median-of 5]
-                       [--threads N]
+                       [--algorithms supervised mixmatch remixmatch fixmatch]
+                       [--variants remixmatch supervised no-da ...] [--labels 250] [--width 16]
+                       [--blocks-per-stage 1] [--batch 32] [--k K] [--uratio MU] [--evaluations 20]
+                       [--median-of 5] [--threads N]
+
+``--algorithms`` names methods, ``--variants`` methods and ReMixMatch's ablations; the runs are the
+algorithms, then the variants not among them (without either: the default variants).
 
 ``report.json`` (the common schema of :mod:`remixmatch.bench.report`, ``"command": "efficacy"``):
-``config`` holds ``settings`` (the TrainConfig values every variant shares, before its overrides),
-``variants`` and ``seeds``; ``inputs`` the shard directory's name and dataset; ``threads`` the torch
+``config`` holds ``settings`` (the TrainConfig values every variant shares, before its algorithm's
+settings and its overrides), ``variants`` and ``seeds``; ``inputs`` the shard directory's name and dataset; ``threads`` the torch
 threads; ``results`` one row per (seed, variant)::
 
     {"variant": "remixmatch", "seed": 1, "what": "ReMixMatch, all parts",
      "run_dir": "OUT/runs/remixmatch-seed1",
      "acc_ema_median": 0.41,      # median EMA accuracy of the last `median_of` evaluations (the figure)
      "acc_ema_best": 0.43, "acc_raw_median": 0.40, "median_of": 5,
-     "wall_seconds": 611.0, "steps": 5000}
+     "wall_seconds": 611.0, "steps": 5000,
+     "algorithm": "remixmatch", "k": 2, "uratio": 1}   # the run's method, K and mu
 
 ``summary``: per variant ``{"acc_ema_median_mean": ..., "acc_ema_median_stdev": ... | null,
 "vs_remixmatch": <difference of the means, in accuracy> | null, "seeds": n}``.
@@ -37,6 +46,7 @@ import time
 from pathlib import Path
 
 from remixmatch.common.cli import OneLineParser, positive_int, run_cli
+from remixmatch.trainer.config import ALGORITHMS
 
 from .errors import BenchError
 
@@ -50,28 +60,42 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "k1": ("ReMixMatch with K = 1 strong view", {"k": 1}),
     "no-rotation": ("ReMixMatch without the rotation loss", {"w_rot": 0.0}),
     "no-kl": ("ReMixMatch without the pre-mixup loss", {"w_kl": 0.0}),
+    "fixmatch": ("FixMatch: confident weak-view pseudo-labels on a strong view (CTAugment + Cutout)",
+                 {"algorithm": "fixmatch"}),
+    "mixmatch": ("MixMatch: K weak views' mean guess, MixUp, L2 unlabeled loss", {"algorithm": "mixmatch"}),
 }
 DEFAULT_VARIANTS = ("remixmatch", "supervised", "no-da", "k1")
 
 
 def common_settings(args) -> dict:
-    """The settings every variant shares: the `cpu` preset's short-run values, sized by the flags."""
-    from remixmatch.trainer.config import PRESETS
-
-    settings = dict(PRESETS["cpu"])
-    settings.update(data=str(args.shards), labels=args.labels, steps=args.steps, width=args.width,
-                    blocks_per_stage=args.blocks_per_stage, batch=args.batch, k=args.k,
+    """The settings every variant shares, on top of the `cpu` preset's short-run values for its
+    algorithm: the run's size from the flags (K and mu only where given)."""
+    settings = dict(data=str(args.shards), labels=args.labels, steps=args.steps, width=args.width,
+                    blocks_per_stage=args.blocks_per_stage, batch=args.batch,
                     eval_every=max(1, args.steps // args.evaluations), ckpt_every=args.steps,
                     log_every=max(1, args.steps // 50), median_of=args.median_of, threads=args.threads)
+    settings.update({name: getattr(args, name) for name in ("k", "uratio") if getattr(args, name) is not None})
     return settings
 
 
 def variant_config(name: str, seed: int, settings: dict):
-    from remixmatch.trainer.config import TrainConfig, validate
+    from remixmatch.trainer.config import resolve
 
-    config = TrainConfig(**{**settings, **VARIANTS[name][1], "seed": seed, "run_seed": seed})
-    validate(config)
+    config = resolve("cpu", [], {**settings, **VARIANTS[name][1], "seed": seed, "run_seed": seed})
+    if config.algorithm == "mixmatch":
+        # As the cpu preset's: lambda_u = 75 ramps over the whole run, whatever --steps is (at full
+        # weight on a model still far from accurate the L2 loss collapses it to chance: measured at
+        # 1000 steps with the ramp ending at step 128 and at step 400).
+        config = config.replace(warmup_kimg=config.steps * config.batch / 1024)
     return config
+
+
+def chosen_variants(args) -> list[str]:
+    """--algorithms, then the --variants not among them; the default variants without either."""
+    if args.algorithms is None and args.variants is None:
+        return list(DEFAULT_VARIANTS)
+    names = list(args.algorithms or [])
+    return names + [name for name in (args.variants or []) if name not in names]
 
 
 def run_variant(name: str, seed: int, settings: dict, out: Path, log) -> dict:
@@ -89,7 +113,9 @@ def run_variant(name: str, seed: int, settings: dict, out: Path, log) -> dict:
     return {"variant": name, "seed": seed, "what": VARIANTS[name][0], "run_dir": str(run_dir),
             "acc_ema_median": accuracy["ema_median_last"], "acc_ema_best": accuracy["ema_best"],
             "acc_raw_median": accuracy["raw_median_last"], "median_of": accuracy["median_of"],
-            "wall_seconds": summary["wall_seconds"], "steps": summary["steps"]}
+            "wall_seconds": summary["wall_seconds"], "steps": summary["steps"],
+            "algorithm": config.algorithm, "k": 0 if config.algorithm == "supervised" else config.k,
+            "uratio": 0 if config.algorithm == "supervised" else config.uratio}
 
 
 def summarize(results: list[dict]) -> dict:
@@ -122,15 +148,18 @@ def render_markdown(report: dict) -> str:
             f"{100 * (base[name] - base['remixmatch']):+.2f}"
         rows.append([name, runs[0]["what"], f"{statistics.mean(accs):.2f}{spread}",
                      f"{100 * statistics.mean(r['acc_ema_best'] for r in runs):.2f}", delta,
-                     str(len(runs)), f"{statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f}"])
+                     str(len(runs)), f"{statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f}",
+                     str(runs[0]["steps"]), str(runs[0].get("k", settings.get("k", ""))),
+                     str(runs[0].get("uratio", 1))])
     lines = [
         "# ReMixMatch efficacy on this machine", "",
         f"Data: shards `{report['inputs'].get('shards', settings['data'])}`; {settings['labels']} labels (seeds {', '.join(map(str, report['config']['seeds']))}); "
-        f"{settings['steps']} steps of {settings['batch']} labeled + {settings['batch']} unlabeled images; "
-        f"model width {settings['width']}, {settings['blocks_per_stage']} block(s) per stage; K = {settings['k']} "
-        f"(ReMixMatch); evaluated on the test split every {settings['eval_every']} steps.", "",
+        f"{settings['steps']} steps of {settings['batch']} labeled images (and mu times as many unlabeled: the "
+        f"mu column); model width {settings['width']}, {settings['blocks_per_stage']} block(s) per stage; each "
+        f"method with its own settings under the cpu preset; evaluated on the test split every "
+        f"{settings['eval_every']} steps.", "",
         markdown_table(["variant", "what", "EMA acc. % (median of last evals)", "best %", "vs ReMixMatch",
-                        "seeds", "minutes"], rows), "",
+                        "seeds", "minutes", "steps", "K", "mu"], rows), "",
         machine_line(report), "", conditions_line(report),
     ]
     return "\n".join(lines) + "\n"
@@ -147,18 +176,28 @@ def draw_variant_curves(results: list[dict], out: Path) -> str | dict:
 
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG,
-                           description="ReMixMatch vs the supervised baseline and ablations, same data and steps.")
+                           description="ReMixMatch, FixMatch, MixMatch, the supervised baseline and ablations, "
+                                       "same data and steps.")
     parser.add_argument("--shards", type=Path, default=None,
                         help="a shard directory (prep-cifar10 --out; default: $REMIXMATCH_SHARDS)")
     parser.add_argument("--out", type=Path, required=True, help="directory for report.json, report.md and runs/")
-    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=sorted(VARIANTS))
+    parser.add_argument("--algorithms", nargs="+", default=None, choices=ALGORITHMS,
+                        help="methods to compare, each with its own settings (e.g. supervised mixmatch remixmatch "
+                             "fixmatch)")
+    parser.add_argument("--variants", nargs="+", default=None, choices=sorted(VARIANTS),
+                        help=f"methods and ReMixMatch ablations (default without --algorithms: "
+                             f"{' '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1], help="labeled split (and run) seeds")
     parser.add_argument("--labels", type=positive_int, default=250)
     parser.add_argument("--steps", type=positive_int, default=5000)
     parser.add_argument("--width", type=positive_int, default=16)
     parser.add_argument("--blocks-per-stage", type=positive_int, default=1)
     parser.add_argument("--batch", type=positive_int, default=32)
-    parser.add_argument("--k", type=positive_int, default=2)
+    parser.add_argument("--k", type=positive_int, default=None,
+                        help="views per unlabeled image beyond the weak one, for every method (default: each "
+                             "method's under the cpu preset)")
+    parser.add_argument("--uratio", type=positive_int, default=None,
+                        help="unlabeled images per labeled image, for every method (default: each method's)")
     parser.add_argument("--evaluations", type=positive_int, default=20, help="evaluations per run")
     parser.add_argument("--median-of", type=positive_int, default=5, help="the figure: median of the last N")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -171,7 +210,7 @@ def check_args(args, settings: dict) -> None:
         raise BenchError(f"--out {args.out} exists and is not a directory")
     if args.threads < 0:
         raise BenchError(f"--threads must be at least 0, got {args.threads}")
-    for name in args.variants:
+    for name in chosen_variants(args):
         variant_config(name, args.seeds[0], settings)  # ConfigError (a ValueError) names the setting
 
 
@@ -189,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from .report import RunConditions, finish_report, machine_info, new_report, write_report
 
-        report = new_report("efficacy", {"settings": settings, "variants": args.variants, "seeds": args.seeds})
+        variants = chosen_variants(args)
+        report = new_report("efficacy", {"settings": settings, "variants": variants, "seeds": args.seeds})
         report["machine"] = machine_info()
         conditions = RunConditions()
         started = time.perf_counter()
@@ -201,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         report["inputs"] = {"shards": Path(str(shards.path)).name, "dataset": shards.dataset,
                             "eval_split": settings.get("eval_split", "test")}
         for seed in args.seeds:
-            for name in args.variants:
+            for name in variants:
                 report["results"].append(run_variant(name, seed, settings, args.out, log))
         report["threads"] = {"torch": torch.get_num_threads()}
         report["summary"] = summarize(report["results"])

@@ -1,6 +1,6 @@
 """``rmm-bench all``: one report that shows where a training step's time goes, and what a full run costs.
 
-    rmm-bench all [--device cpu|cuda] [--quick] [--shards DIR] [--batch 64] [--k 8] [--threads N]
+    rmm-bench all [--device cpu|cuda] [--quick] [--shards DIR] [--algorithm NAME] [--batch 64] [--k K] [--threads N]
                   [--labels 250] [--valid 5000] [--width W] [--blocks-per-stage N] [--skip SECTION ...]
                   --out DIR
 
@@ -14,7 +14,8 @@ touch the next, and a section that fails leaves the others standing), writing it
 - ``pipeline``: complete step batches/s, the loaders against the PIL pool (``rmm-bench pipeline``;
   needs --shards);
 - ``train``: training steps/s, ready tensors against the loader, and the step split into its phases
-  (``rmm-bench train``);
+  (``rmm-bench train``), of --algorithm (remixmatch, fixmatch, mixmatch or supervised, each with its
+  paper's settings; the projection is then that method's paper-length run);
 - ``scaling``: steps/s against processes, measured by the train section's run (``rmm-bench train
   --scaling``; CPU: 1..2 processes when two cores are usable; CUDA: 1..every GPU when more than one
   is visible; not with --quick: it runs real ``rmm-train`` jobs).
@@ -57,6 +58,7 @@ from pathlib import Path
 from typing import Callable
 
 from remixmatch.common.cli import OneLineParser, positive_int
+from remixmatch.trainer.config import ALGORITHMS
 
 from .bounded import run_bounded
 from .errors import BenchError
@@ -68,6 +70,7 @@ from .report import (
 PROG = "rmm-bench all"
 SECTIONS = ("aug", "ptx", "pipeline", "train", "scaling")
 PAPER_STEPS = 1 << 20
+PAPER_K = 8  # ReMixMatch's strong views per unlabeled image
 SECTION_TIMEOUT_S = 3600
 
 
@@ -78,8 +81,9 @@ class AllConfig:
     quick: bool = False
     shards: Path | None = None
     batch: int = 64
-    k: int = 8
+    k: int | None = None  # None: the algorithm's K in train; 8 (ReMixMatch's) for the aug and pipeline sections
     threads: int | None = None
+    algorithm: str = "remixmatch"
     labels: int = 250
     valid: int = 5000
     width: int | None = None
@@ -118,7 +122,9 @@ def section_argv(name: str, config: AllConfig) -> list[str] | str:
     quick = ["--quick"] if config.quick else []
     threads = ["--threads", str(config.threads)] if config.threads else []
     data = ["--labels", str(config.labels), "--valid", str(config.valid)]
-    shape = ["--batch", str(config.batch), "--k", str(config.k)]
+    shape = ["--batch", str(config.batch), "--k", str(config.k or PAPER_K)]
+    train_shape = ["--algorithm", config.algorithm, "--batch", str(config.batch),
+                   *(["--k", str(config.k)] if config.k else [])]
     model = ((["--width", str(config.width)] if config.width else [])
              + (["--blocks-per-stage", str(config.blocks_per_stage)] if config.blocks_per_stage else []))
     shards = ["--shards", str(config.shards)] if config.shards else []
@@ -131,7 +137,8 @@ def section_argv(name: str, config: AllConfig) -> list[str] | str:
             return "no --shards (the loaders read shards: prep-cifar10 --out DIR)"
         return ["pipeline", "--shards", str(config.shards), *shape, *data, *quick, *threads, *out]
     scaling = ["--scaling"] if scaling_reason(config) is None else []
-    return ["train", "--device", config.device, *shards, *shape, *data, *model, *quick, *threads, *scaling, *out]
+    return ["train", "--device", config.device, *shards, *train_shape, *data, *model, *quick, *threads, *scaling,
+            *out]
 
 
 def scaling_section(config: AllConfig, train: dict) -> dict:
@@ -210,6 +217,7 @@ def projection(sections: dict, config: AllConfig) -> dict | None:
     reference_render = row["views_per_step"] / reference if reference else None
     return {
         "paper_steps": PAPER_STEPS, "device": device, "model": row["model"], "batch": row["batch"], "k": row["k"],
+        "algorithm": row.get("algorithm", "remixmatch"), "unlabeled_batch": row.get("unlabeled_batch", row["batch"]),
         "feed": row["feed"], "views_per_step": row["views_per_step"],
         "seconds_per_step": seconds, "projected_hours": seconds * PAPER_STEPS / 3600,
         "ceiling_projected_hours": ceiling["seconds_per_step"] * PAPER_STEPS / 3600 if ceiling else None,
@@ -274,10 +282,14 @@ def projection_markdown(proj: dict | None, config: AllConfig) -> list[str]:
     lines = ["## What this means for a full run", ""]
     if proj is None:
         return lines + ["No training step was measured (see the train section), so nothing is projected."]
-    k_note = "" if proj["k"] == 8 else f" (measured at K = {proj['k']}, not the paper's 8)"
+    algorithm = proj.get("algorithm", "remixmatch")
+    paper_k = {"remixmatch": PAPER_K, "fixmatch": 1, "mixmatch": 2}.get(algorithm)
+    kind = "weak" if algorithm == "mixmatch" else "strong"
+    k_note = "" if proj["k"] == paper_k else f" (measured at K = {proj['k']}, not the paper's {paper_k})"
     lines.append(
-        f"- The paper's CIFAR-10 run, 2^20 steps of B = {proj['batch']} labeled + {proj['batch']} unlabeled images "
-        f"with K = {proj['k']} strong views each{k_note}, on this machine's {proj['device']} with {proj['model']}: "
+        f"- The {algorithm} paper's CIFAR-10 run, 2^20 steps of B = {proj['batch']} labeled + "
+        f"{proj.get('unlabeled_batch', proj['batch'])} unlabeled images with K = {proj['k']} {kind} views each{k_note}, "
+        f"{proj['views_per_step']} views per step, on this machine's {proj['device']} with {proj['model']}: "
         f"**{format_hours(proj['projected_hours'])}** ({1000 * proj['seconds_per_step']:.0f} ms per "
         f"{'loader-fed' if proj['feed'] == 'loader' else 'ready-tensor'} step"
         + (f"; {format_hours(proj['ceiling_projected_hours'])} at the ready-tensor ceiling)." if proj["ceiling_projected_hours"]
@@ -362,11 +374,12 @@ def run(config: AllConfig, log: Callable[[object], None]) -> dict:
     gpu = next((r["device_name"] for r in measured_rows(sections, "train") if r["device"] == "cuda"), None)
     report["machine"] = machine_info(gpu)
     report["threads"] = dict(train["threads"]) if train else {}
-    report["inputs"] = {"shards": config.shards.name if config.shards else None, "batch": config.batch, "k": config.k}
+    report["inputs"] = {"shards": config.shards.name if config.shards else None, "batch": config.batch,
+                        "k": config.k or PAPER_K, "algorithm": config.algorithm}
     report["sections"] = sections
     report["projection"] = projection(sections, config)
     report["summary"] = summarize(sections, report["projection"])
-    report["charts"] = draw_charts(sections, config.out, config.k)
+    report["charts"] = draw_charts(sections, config.out, config.k or PAPER_K)
     finish_report(report, time.perf_counter() - start, conditions)
     return report
 
@@ -385,7 +398,11 @@ def build_parser() -> OneLineParser:
                         help="a shard directory (prep-cifar10 --out; default: $REMIXMATCH_SHARDS); without one "
                              "pipeline and scaling are skipped and the train section measures ready tensors only")
     parser.add_argument("--batch", type=positive_int, default=64, help="labeled = unlabeled images per step (64)")
-    parser.add_argument("--k", type=positive_int, default=8, help="strong views per unlabeled image (8)")
+    parser.add_argument("--k", type=positive_int, default=None,
+                        help="views per unlabeled image beyond the weak one (default: 8 for aug and pipeline, the "
+                             "algorithm's for train)")
+    parser.add_argument("--algorithm", default="remixmatch", choices=ALGORITHMS,
+                        help="the method the train section measures, with its paper's settings (remixmatch)")
     parser.add_argument("--threads", type=positive_int, default=None, help="threads per section (default: all cores)")
     parser.add_argument("--labels", type=positive_int, default=250, help="labeled images of the subset (250)")
     parser.add_argument("--valid", type=int, default=5000, help="training rows held out as validation (5000)")
@@ -406,7 +423,7 @@ def config_from_args(args) -> AllConfig:
     if args.device == "cuda" and _gpu_count() == 0:
         raise BenchError("--device cuda: no CUDA device (torch.cuda.is_available() is False); use --device cpu")
     return AllConfig(out=args.out, device=args.device, quick=args.quick, shards=shards, batch=args.batch,
-                     k=args.k, threads=args.threads, labels=args.labels, valid=args.valid, width=args.width,
+                     k=args.k, algorithm=args.algorithm, threads=args.threads, labels=args.labels, valid=args.valid, width=args.width,
                      blocks_per_stage=args.blocks_per_stage, skip=tuple(args.skip))
 
 

@@ -1,13 +1,14 @@
 """``rmm-bench train``: training steps per second, the step fed by ready tensors against the step fed
 by the real loader, and what a paper-length run would take.
 
-    rmm-bench train [--shards DIR] [--quick] [--reps N] [--batch 64] [--k 8] [--device auto|cpu|cuda]
-                    [--width W] [--blocks-per-stage N] [--threads N] [--algorithm remixmatch|supervised]
+    rmm-bench train [--shards DIR] [--quick] [--reps N] [--batch 64] [--k K] [--uratio MU] [--device auto|cpu|cuda]
+                    [--width W] [--blocks-per-stage N] [--threads N]
+                    [--algorithm remixmatch|fixmatch|mixmatch|supervised]
                     [--labels 250] [--valid 5000] [--seed 0] [--scaling [--procs-max N]] --out DIR
 
 Per device (``cpu``; ``cuda`` where ``torch.cuda.is_available()``), one model and three rows:
 
-- ``synthetic``: the trainer's step (:data:`remixmatch.trainer.step.STEPS`) fed the same ready batch
+- ``synthetic``: the trainer's step (:data:`remixmatch.trainer.algorithms.STEPS`) fed the same ready batch
   every step: a :class:`remixmatch.pipeline.StepBatch` of random uint8 NHWC views already on the
   device, with the shapes, dtypes and probe plan of a real step (made by ``draw_plan`` /
   ``kernel_call`` / ``split_views`` from the same :class:`ViewConfig` and CTAugment the loader uses).
@@ -25,7 +26,9 @@ checkpoints. The model, EMA copy, Adam, distribution
 alignment, CTAugment and view config are built by the functions ``Run`` uses
 (:mod:`remixmatch.trainer.build`; one rank, the model's default mean / std), the loader as ``Run`` builds it,
 from :class:`remixmatch.trainer.config.TrainConfig` defaults (bf16 autocast and channels_last on CUDA)
-with --batch, --k, --width, --blocks-per-stage, --algorithm. Models: ``cpu`` width 16, 1 block per
+with --algorithm (its paper's settings: FixMatch's SGD, mu = 7, K = 1 strong view with Cutout;
+MixMatch's K = 2 weak views), --batch, --k, --uratio (default: the algorithm's), --width,
+--blocks-per-stage. Models: ``cpu`` width 16, 1 block per
 stage (WRN-10-1) unless --width / --blocks-per-stage say otherwise; ``cuda`` WRN-28-2 (width 32,
 4 blocks per stage), the paper's. DALI is never imported.
 
@@ -41,11 +44,14 @@ CPU model, a dozen or more on a GPU), device work synchronised at the end of eac
     {"bench": "train", "device": "cpu" | "cuda", "device_name": "cpu" | "<GPU name>",
      "feed": "synthetic" | "loader",
      "prefetch": true | false,             # synthetic: true (Run.train's default order; no loader)
-     "algorithm": "remixmatch" | "supervised",
+     "algorithm": "remixmatch" | "fixmatch" | "mixmatch" | "supervised",
      "model": "WRN-10-1", "width": 16, "blocks_per_stage": 1, "parameters": 78110,
-     "batch": 64, "unlabeled_batch": 64, "k": 8,
+     "batch": 64, "unlabeled_batch": 64, "k": 8,   # k: the algorithm's K (0: supervised)
      "images_per_step": 128,               # labeled + unlabeled images
-     "views_per_step": 704,                # every view the step reads (B + probes B + B_u + K B_u)
+     "views_per_step": 704,                # every view the step reads (B + probes B + B_u + K B_u;
+                                           # MixMatch: B + K B_u, its K views all weak)
+     "train_views_per_labeled_image": 10,  # the views that train, per labeled image: (views - probes) / B
+                                           # (FixMatch at mu = 7: 1 + 2 mu = 15)
      "steps_per_s": 0.9,                   # median over the repetitions
      "seconds_per_step": 1.1,
      "images_per_s": ..., "views_per_s": ...,   # steps_per_s * the per-step counts
@@ -136,6 +142,7 @@ from pathlib import Path
 from typing import Callable
 
 from remixmatch.common.cli import OneLineParser, positive_int
+from remixmatch.trainer.config import ALGORITHMS
 
 from .pipeline import (
     BenchInputError, NumbaThreadsFetcher, _no_sync, _numba_threads_info, _reason, check_out,
@@ -179,6 +186,7 @@ class TrainBenchConfig:
     reps: int = DEFAULT_REPS
     batch: int = 64
     k: int = 8
+    uratio: int = 1
     device: str = "auto"
     width: int | None = None
     blocks_per_stage: int | None = None
@@ -202,16 +210,15 @@ class TrainBenchConfig:
         return (self.width or width, self.blocks_per_stage or blocks)
 
     def train_config(self, device: str):
-        """The TrainConfig a run with these settings would resolve (defaults: the paper's)."""
-        from remixmatch.trainer.config import TrainConfig, validate
+        """The TrainConfig a run with these settings would resolve (defaults: the algorithm's paper's)."""
+        from remixmatch.trainer.config import resolve
 
         width, blocks = self.model(device)
-        config = TrainConfig(data="" if self.shards is None else str(self.shards), labels=self.labels,
-                             seed=SUBSET_SEED, valid=self.valid, algorithm=self.algorithm, batch=self.batch,
-                             k=self.k, width=width, blocks_per_stage=blocks, device=device, loader="torch",
-                             threads=self.threads, run_seed=self.seed, compile=self.compile)
-        validate(config)
-        return config
+        return resolve(None, [], dict(data="" if self.shards is None else str(self.shards), labels=self.labels,
+                                      seed=SUBSET_SEED, valid=self.valid, algorithm=self.algorithm, batch=self.batch,
+                                      k=self.k, uratio=self.uratio, width=width, blocks_per_stage=blocks,
+                                      device=device, loader="torch", threads=self.threads, run_seed=self.seed,
+                                      compile=self.compile))
 
 
 def model_name(width: int, blocks: int) -> str:
@@ -297,7 +304,7 @@ def run_row(config: TrainBenchConfig, device: str, feed: str, prefetch: bool, da
 
     from remixmatch.trainer.build import build_policy_and_views, build_train_state
     from remixmatch.trainer.model import count_parameters
-    from remixmatch.trainer.step import STEPS
+    from remixmatch.trainer.algorithms import STEPS
 
     tc = config.train_config(device)
     torch_device = torch.device(device)
@@ -340,8 +347,10 @@ def run_row(config: TrainBenchConfig, device: str, feed: str, prefetch: bool, da
         "feed": feed, "prefetch": prefetch, "algorithm": tc.algorithm,
         "model": model_name(tc.width, tc.blocks_per_stage), "width": tc.width,
         "blocks_per_stage": tc.blocks_per_stage, "parameters": count_parameters(state.raw_model),
-        "batch": views.batch, "unlabeled_batch": views.unlabeled_batch, "k": views.k,
+        "batch": views.batch, "unlabeled_batch": views.unlabeled_batch,
+        "k": 0 if tc.algorithm == "supervised" else tc.k,
         "images_per_step": images, "views_per_step": n_views,
+        "train_views_per_labeled_image": (n_views - (views.batch if views.probes else 0)) / views.batch,
         **fields,
         "images_per_s": rate * images, "views_per_s": rate * n_views, "kimg_per_s": rate * views.batch / 1024,
         "wait_seconds_per_step": statistics.median(w / n for w in waits),
@@ -457,8 +466,10 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def describe_inputs(config: TrainBenchConfig, data) -> dict:
-    policy = ("CTAugment(depth 2, decay 0.99, threshold 0.8, rule 'segment'), updated every step with the "
-              "probe scores" if config.algorithm == "remixmatch" else "none (supervised: weak views only)")
+    tc = config.train_config("cpu")
+    policy = (f"CTAugment(depth {tc.cta_depth}, decay {tc.cta_decay}, threshold {tc.cta_threshold}, rule "
+              f"'{tc.cta_rule}'){', then Cutout' if tc.cutout else ''}, updated every step with the probe scores"
+              if tc.uses_cta else f"none ({tc.algorithm}: weak views only)")
     if data is None:
         return {"shards": None, "synthetic_classes": SYNTHETIC_CLASSES, "policy": policy, "view_seed": config.seed}
     split = data.train.split
@@ -538,7 +549,8 @@ def scaling_command(config: TrainBenchConfig, device: str, ranks: int, out: Path
     argv = [sys.executable, "-c", "import sys; from remixmatch.trainer.cli import main; sys.exit(main())",
             "--data", str(config.shards), "--out", str(out), "--quiet", "--device", device, "--loader", "torch",
             "--labels", str(tc.labels), "--seed", str(tc.seed), "--valid", str(tc.valid),
-            "--algorithm", tc.algorithm, "--batch", str(tc.batch), "--k", str(tc.k), "--width", str(tc.width),
+            "--algorithm", tc.algorithm, "--batch", str(tc.batch), "--k", str(tc.k), "--uratio", str(tc.uratio),
+            "--width", str(tc.width),
             "--blocks-per-stage", str(tc.blocks_per_stage), "--run-seed", str(tc.run_seed),
             "--threads", str(scaling_threads(ranks)), "--steps", str(steps), "--log-every", str(log_every),
             "--eval-every", str(steps), "--ckpt-every", str(steps), "--keep-ckpts", "1"]
@@ -596,7 +608,7 @@ def run_scaling_row(config: TrainBenchConfig, device: str, ranks: int) -> dict:
         "backend": None if ranks == 1 else ("nccl" if device == "cuda" else "gloo"),
         "algorithm": tc.algorithm, "model": model_name(tc.width, tc.blocks_per_stage), "width": tc.width,
         "blocks_per_stage": tc.blocks_per_stage, "batch": tc.batch, "unlabeled_batch": tc.unlabeled_batch,
-        "k": tc.k if tc.algorithm == "remixmatch" else 0, "batch_per_rank": tc.batch // ranks,
+        "k": 0 if tc.algorithm == "supervised" else tc.k, "batch_per_rank": tc.batch // ranks,
         "images_per_step": images, "steps": steps, "log_every": log_every,
         "window_step_seconds": windows, "timed_windows": len(windows) - 1,
         "seconds_per_step": seconds, "steps_per_s": rate, "images_per_s": rate * images,
@@ -735,9 +747,10 @@ def phase_markdown(rows: list[dict]) -> list[str]:
                         for r in rows]),
         "",
         f"Per step, over {rows[0]['phase_steps'] if rows else 0} further steps with the device synchronised at every "
-        "phase boundary (remixmatch.trainer.phases): forward = label guess, MixUp, the forward of everything that "
-        "trains and the losses; optimiser = Adam, weight decay, EMA, distribution-alignment history; cta_update = "
-        "the EMA model scoring the probes, the policy update and drawing the next plan.",
+        "phase boundary (remixmatch.trainer.phases): forward = label guess (or pseudo-labels), MixUp, the forward "
+        "of everything that trains and the losses; optimiser = Adam or SGD, weight decay, EMA, "
+        "distribution-alignment history; cta_update = the EMA model scoring the probes, the policy update and "
+        "drawing the next plan.",
     ]
 
 
@@ -756,7 +769,8 @@ def render_markdown(report: dict) -> str:
         "",
         conditions_line(report),
         "",
-        f"{data_line} {config['algorithm']}, B = {b}, K = {k}; policy: {inputs['policy']}. Each figure: median of "
+        f"{data_line} {config['algorithm']}, B = {b}, mu = {config.get('uratio', 1)}, K = {k}; policy: {inputs['policy']}. "
+        f"Each figure: median of "
         f"{config['reps']} repetitions of back-to-back steps after warm-up (spread: min-max steps/s). "
         "Data-wait share = 1 - loader steps/s / synthetic steps/s; measured wait = time in next(loader) / time.",
         "",
@@ -824,8 +838,13 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--reps", type=int, default=None,
                         help=f"timed repetitions per row, at least {MIN_REPS} (default {DEFAULT_REPS}; "
                              f"{QUICK_REPS} with --quick)")
-    parser.add_argument("--batch", type=positive_int, default=64, help="labeled = unlabeled images per step (64)")
-    parser.add_argument("--k", type=positive_int, default=8, help="strong views per unlabeled image (8)")
+    parser.add_argument("--batch", type=positive_int, default=64,
+                        help="labeled images per step (64); unlabeled: --uratio times as many")
+    parser.add_argument("--k", type=positive_int, default=None,
+                        help="views per unlabeled image beyond the weak one (default: the algorithm's: 8, "
+                             "FixMatch 1; MixMatch's K = 2 counts the weak view)")
+    parser.add_argument("--uratio", type=positive_int, default=None,
+                        help="unlabeled images per labeled image (default: the algorithm's: 1, FixMatch 7)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: CPU rows, plus CUDA rows where a device is present; cpu; cuda (an error without one)")
     parser.add_argument("--width", type=positive_int, default=None,
@@ -834,7 +853,7 @@ def build_parser() -> OneLineParser:
                         help="residual blocks per stage (default: 1 on the CPU, 4 on CUDA: WRN-28-2)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads and the loader's Numba threads (default: all usable cores)")
-    parser.add_argument("--algorithm", default="remixmatch", choices=("remixmatch", "supervised"))
+    parser.add_argument("--algorithm", default="remixmatch", choices=ALGORITHMS)
     parser.add_argument("--labels", type=positive_int, default=250, help="labeled images of the subset (250)")
     parser.add_argument("--valid", type=int, default=5000, help="training rows held out as validation (5000)")
     parser.add_argument("--seed", type=int, default=0, help="run seed: model init, views, MixUp")
@@ -868,8 +887,12 @@ def config_from_args(args) -> TrainBenchConfig:
         reason = cuda_unavailable_reason()
         if reason:
             raise BenchInputError(f"--device cuda: {reason}; use --device cpu or auto")
+    from remixmatch.trainer.config import TrainConfig, preset_values
+
+    paper = {**TrainConfig().to_dict(), **preset_values(None, args.algorithm)}  # the algorithm's K and mu
     config = TrainBenchConfig(out=args.out, shards=shards, quick=args.quick, reps=reps, batch=args.batch,
-                              k=args.k, device=args.device, width=args.width, blocks_per_stage=args.blocks_per_stage,
+                              k=paper["k"] if args.k is None else args.k,
+                              uratio=paper["uratio"] if args.uratio is None else args.uratio, device=args.device, width=args.width, blocks_per_stage=args.blocks_per_stage,
                               threads=threads, algorithm=args.algorithm, labels=args.labels, valid=args.valid,
                               seed=args.seed, scaling=args.scaling, procs_max=args.procs_max, compile=args.compile)
     from remixmatch.trainer.config import ConfigError

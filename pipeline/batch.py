@@ -18,7 +18,9 @@ class StepBatch:
     x: labeled training views (weak + CTAugment; weak only when the config's labeled_strong is off);
     x_labels: their class ids (int64); x_probe: the same labeled images under their probe policies
     (None without probes); u_weak: one weak view per unlabeled image; u_strong: (K, B_u, H, W, 3),
-    u_strong[k] the k-th strong view of every unlabeled image. ``plan`` holds this rank's rows,
+    u_strong[k] the k-th strong view of every unlabeled image; u_labels: the class ids of the
+    unlabeled rows (-1 where the data has none), read only by diagnostics (FixMatch's pseudo-label
+    accuracy), never by a loss. ``plan`` holds this rank's rows,
     weak parameters and policies: any view can be re-made from it with ``apply_ops``;
     ``global_plan`` is the whole step's plan over all ranks (the CTAugment update reads its probes).
     """
@@ -32,6 +34,7 @@ class StepBatch:
     plan: StepPlan
     global_plan: StepPlan
     views: object  # every view of the step in one (N, H, W, 3) tensor; the fields above are slices
+    u_labels: object = None  # (B_u,) int64 on the device
 
     @property
     def k(self) -> int:
@@ -45,7 +48,8 @@ def render_views(images, call: KernelCall, pad: int, stream=None):
                      offsets=call.weak.offsets, pad=pad, stream=stream, check_values=False)
 
 
-def split_views(views, plan: StepPlan, call: KernelCall, x_labels, global_plan: StepPlan | None = None) -> StepBatch:
+def split_views(views, plan: StepPlan, call: KernelCall, x_labels, global_plan: StepPlan | None = None,
+                u_labels=None) -> StepBatch:
     """The StepBatch whose tensors are slices of ``views`` (a torch tensor), in the call's order."""
     parts, start = {}, 0
     for name, count in call.counts.items():
@@ -55,7 +59,7 @@ def split_views(views, plan: StepPlan, call: KernelCall, x_labels, global_plan: 
     u_strong = parts["u_strong"].reshape(plan.k, len(plan.u_rows), height, width, 3)
     return StepBatch(step=plan.step, x=parts["x"], x_labels=x_labels, x_probe=parts.get("probe"),
                      u_weak=parts["u_weak"], u_strong=u_strong, plan=plan,
-                     global_plan=plan if global_plan is None else global_plan, views=views)
+                     global_plan=plan if global_plan is None else global_plan, views=views, u_labels=u_labels)
 
 
 def make_views_host(images: np.ndarray, plan: StepPlan, pad: int) -> tuple[np.ndarray, KernelCall]:

@@ -168,7 +168,7 @@ class StepLoader:
         local = plan.local(self.rank, self.world_size)
         call = kernel_call(local)
         rows = np.concatenate([local.x_rows, local.u_rows])
-        labels = self.data.labels[local.x_rows]
+        labels = self.data.labels[rows]  # labeled rows' labels, then the unlabeled rows' (diagnostics)
         if self._stream is None:
             torch = _torch()
             render = getattr(self.fetch, "render", None)  # a fetcher that renders the views itself (dali-graph)
@@ -180,10 +180,10 @@ class StepLoader:
         with torch.cuda.stream(self._stream):
             images = self.fetch(rows)
             views = render_views(images, call, self.config.pad, stream=self._stream)
-            x_labels = torch.from_numpy(labels).pin_memory().to(self.device, non_blocking=True)
+            labels = torch.from_numpy(labels).pin_memory().to(self.device, non_blocking=True)
             ready = torch.cuda.Event()
             ready.record(self._stream)
-        return local, call, views, x_labels, ready
+        return local, call, views, labels, ready
 
     def _submit(self, plan: StepPlan) -> tuple[StepPlan, Future]:
         return plan, self._executor.submit(self._render, plan)
@@ -207,7 +207,7 @@ class StepLoader:
         with self._lock:
             plan, future = self._pending
             self._pending = None
-            local, call, views, x_labels, ready = future.result()  # re-raises a worker's error here
+            local, call, views, labels, ready = future.result()  # re-raises a worker's error here
             self.step = plan.step + 1
             if self.prefetch:
                 self._pending = self._submit(self._draw(self.step))
@@ -216,8 +216,9 @@ class StepLoader:
             current = torch.cuda.current_stream(views.device)
             current.wait_event(ready)
             views.record_stream(current)
-            x_labels.record_stream(current)
-        return split_views(views, local, call, x_labels, plan)
+            labels.record_stream(current)
+        b = len(local.x_rows)
+        return split_views(views, local, call, labels[:b], plan, u_labels=labels[b:])
 
     @property
     def epoch(self) -> float:

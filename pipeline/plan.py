@@ -7,6 +7,10 @@ global batch; each rank then keeps its slice (:meth:`StepPlan.local`). So the gl
 step is the same on any number of ranks, and any view can be re-made from its plan.
 
 Unlabeled strong views are K-major: view k of unlabeled image b is entry ``k * B_u + b``.
+
+Views no algorithm reads are not in the plan: the labeled views are weak only unless
+``labeled_strong`` (ReMixMatch), there are probe views only where CTAugment learns, and an algorithm
+without unlabeled strong views (MixMatch: weak views only) gets identity policies there.
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from remixmatch.kernels.ops import OP_ID
+
 from .errors import PipelineError
-from .policy import CTAugment, Policies
+from .policy import IDENTITY, OP_BINS, CTAugment, Policies
 from .samplers import rank_slice
+
+CUTOUT = OP_ID["cutout"]
 
 # One generator per component, so that changing K or switching probes off leaves the other
 # components' random numbers as they were.
@@ -38,6 +46,7 @@ class ViewConfig:
     strong: bool = True  # off: CTAugment views are weak views (the 'no strong augmentation' ablation)
     labeled_strong: bool = True  # labeled views get CTAugment on top of the weak augmentation
     probes: bool = True  # labeled probe views for the CTAugment update
+    cutout_level: float | None = None  # a Cutout at this level after every unlabeled strong view's ops (FixMatch)
 
     def check(self) -> None:
         if self.batch < 1:
@@ -48,6 +57,8 @@ class ViewConfig:
             raise PipelineError(f"K (strong views per unlabeled image) must be at least 0, got {self.k}")
         if self.pad < 0:
             raise PipelineError(f"pad must be at least 0, got {self.pad}")
+        if self.cutout_level is not None and not 0.0 <= self.cutout_level <= 1.0:
+            raise PipelineError(f"cutout level must be in [0, 1] or None, got {self.cutout_level}")
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,7 @@ class StepPlan:
     u_weak: WeakParams  # (B_u,) the unlabeled weak view
     u_strong_weak: WeakParams  # (K B_u,) each strong view's own weak augmentation, K-major
     u_policies: Policies  # (K B_u,) K-major
+    cutout_level: float | None = None  # apply_ops's cutout_level for the unlabeled strong views
 
     def local(self, rank: int, world_size: int) -> StepPlan:
         """This rank's share: a contiguous slice of the labeled and of the unlabeled images."""
@@ -111,13 +123,13 @@ class StepPlan:
             x_weak=self.x_weak[xs], x_policies=self.x_policies[xs],
             probe_policies=None if self.probe_policies is None else self.probe_policies[xs],
             u_weak=self.u_weak[us], u_strong_weak=k_major(self.u_strong_weak),
-            u_policies=k_major(self.u_policies))
+            u_policies=k_major(self.u_policies), cutout_level=self.cutout_level)
 
     def state_dict(self) -> dict:
         state = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            state[f.name] = value if value is None or isinstance(value, (int, np.ndarray)) else {
+            state[f.name] = value if value is None or isinstance(value, (int, float, np.ndarray)) else {
                 g.name: getattr(value, g.name).copy() for g in fields(value)}
         return state
 
@@ -132,7 +144,7 @@ class StepPlan:
             x_policies=part(Policies, state["x_policies"]),
             probe_policies=part(Policies, state["probe_policies"]),
             u_weak=part(WeakParams, state["u_weak"]), u_strong_weak=part(WeakParams, state["u_strong_weak"]),
-            u_policies=part(Policies, state["u_policies"]))
+            u_policies=part(Policies, state["u_policies"]), cutout_level=state.get("cutout_level"))
 
 
 def _arrays(params) -> tuple[np.ndarray, ...]:
@@ -166,13 +178,19 @@ def draw_plan(step: int, x_rows: np.ndarray, u_rows: np.ndarray, policy: CTAugme
         x_policies=x_policies, probe_policies=probes,
         u_weak=WeakParams.sample(bu, step_rng(seed, step, _U_WEAK), config),
         u_strong_weak=WeakParams.sample(k * bu, step_rng(seed, step, _U_STRONG_WEAK), config),
-        u_policies=strong(k * bu, _U_POLICY))
+        u_policies=strong(k * bu, _U_POLICY), cutout_level=config.cutout_level)
 
 
 @dataclass
 class KernelCall:
     """One step's views as one ``apply_ops`` call over the concatenated labeled + unlabeled images:
-    views in the order training (B), probe (B), unlabeled weak (B_u), unlabeled strong (K B_u)."""
+    views in the order training (B), probe (B), unlabeled weak (B_u), unlabeled strong (K B_u).
+
+    A plan's Cutout (FixMatch) is the strong views' last op, at the cutout level, reading the random
+    numbers ``apply_ops``'s ``cutout_level`` reads (the row after the ops): the same pixels as
+    rendering those views with ``cutout_level`` (tested; for a level a float32 holds exactly, as the
+    paper's 1.0), while the step stays one call. Every other
+    view gets an identity op there."""
 
     policies: Policies
     weak: WeakParams
@@ -199,5 +217,20 @@ def kernel_call(plan: StepPlan) -> KernelCall:
     sources += [u_src, np.tile(u_src, k)]
     counts["u_weak"] = bu
     counts["u_strong"] = k * bu
+    if plan.cutout_level is not None:
+        last = len(policies) - 1
+        policies = [append_op(p, CUTOUT if i == last else IDENTITY, plan.cutout_level if i == last else 0.0)
+                    for i, p in enumerate(policies)]
     return KernelCall(Policies.concat(policies), WeakParams.concat(weak),
                       np.ascontiguousarray(np.concatenate(sources)), counts)
+
+
+def append_op(policies: Policies, op: int, level: float) -> Policies:
+    """``policies`` with one more op at ``level``, reading the random row after the ops (the row of
+    ``apply_ops``'s appended cutout); its own appended-cutout row becomes zeros."""
+    n, depth = len(policies), policies.depth
+    op_ids = np.concatenate([policies.op_ids, np.full((n, 1), op, np.int32)], axis=1)
+    levels = np.concatenate([policies.levels, np.zeros((n, 1, 2), np.float32)], axis=1)
+    levels[:, depth, 0] = level if OP_BINS[op, 0] > 0 else 0.0
+    rand = np.concatenate([policies.rand, np.zeros((n, 1, 2), np.float32)], axis=1)
+    return Policies(op_ids, levels, rand)

@@ -57,7 +57,8 @@ def other_shards(tmp_path_factory) -> Shards:
 
 def remake_views(split, plan, pad: int = 4) -> dict[str, np.ndarray | None]:
     """Every view of a (local) step plan, re-made from the shards with apply_ops / weak_augment
-    directly (separate calls per part, images read per part): the oracle the loaders must match."""
+    directly (separate calls per part, images read per part; a plan's Cutout as apply_ops's
+    cutout_level): the oracle the loaders must match."""
     x_images = split.images(np.asarray(plan.x_rows))
     b = len(plan.x_rows)
     views: dict[str, np.ndarray | None] = {}
@@ -80,8 +81,9 @@ def remake_views(split, plan, pad: int = 4) -> dict[str, np.ndarray | None]:
         views["u_strong"] = np.zeros((0, bu, h, w, 3), np.uint8)
     else:
         sources = np.tile(np.arange(bu, dtype=np.int32), k)
-        strong = apply_ops(u_images, *plan.u_policies.arrays(), sources=sources, flips=plan.u_strong_weak.flips,
-                           offsets=plan.u_strong_weak.offsets, pad=pad, check_values=True)
+        strong = apply_ops(u_images, *plan.u_policies.arrays(), cutout_level=plan.cutout_level, sources=sources,
+                           flips=plan.u_strong_weak.flips, offsets=plan.u_strong_weak.offsets, pad=pad,
+                           check_values=True)
         views["u_strong"] = strong.reshape(k, bu, h, w, 3)
     assert b == len(plan.x_rows)
     return views

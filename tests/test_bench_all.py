@@ -92,6 +92,28 @@ def test_markdown_names_every_section_and_ends_with_the_projection(quick_all):
     assert "2^20 steps" in tail and "of a step" in tail and "PIL process pool" in tail
 
 
+def test_the_algorithm_goes_to_the_train_section_and_its_projection(tmp_path):
+    config = full_report.AllConfig(out=tmp_path, shards=tmp_path, batch=64, algorithm="fixmatch", quick=True)
+    train = full_report.section_argv("train", config)
+    assert train[train.index("--algorithm") + 1] == "fixmatch" and "--k" not in train  # FixMatch's own K and mu
+    pipeline = full_report.section_argv("pipeline", config)
+    assert pipeline[pipeline.index("--k") + 1] == "8"  # the loaders are measured at ReMixMatch's K
+    explicit = full_report.section_argv("train", full_report.AllConfig(out=tmp_path, algorithm="mixmatch", k=3))
+    assert explicit[explicit.index("--k") + 1] == "3"
+    # a FixMatch train row: B = 64, mu = 7, K = 1, 64 + 64 probes + 448 weak + 448 strong views
+    row = {"device": "cpu", "feed": "loader", "prefetch": True, "model": "WRN-10-1", "batch": 64, "k": 1,
+           "algorithm": "fixmatch", "unlabeled_batch": 448, "views_per_step": 1024, "seconds_per_step": 2.0,
+           "phase_shares": {"data_wait": 0.1}}
+    sections = {"train": {"status": "measured", "report": {"results": [row]}}}
+    proj = full_report.projection(sections, config)
+    assert (proj["algorithm"], proj["unlabeled_batch"], proj["k"]) == ("fixmatch", 448, 1)
+    assert proj["projected_hours"] == pytest.approx(2.0 * 2**20 / 3600)
+    text = "\n".join(full_report.projection_markdown(proj, config))
+    assert "The fixmatch paper's CIFAR-10 run, 2^20 steps of B = 64 labeled + 448 unlabeled images with K = 1 strong " \
+           "views each, 1024 views per step" in text
+    assert "not the paper's" not in text
+
+
 def test_compare_of_a_report_with_itself_and_with_a_changed_copy(quick_all, tmp_path, capsys):
     out, rep, _ = quick_all
     changed = copy.deepcopy(rep)

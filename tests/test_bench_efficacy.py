@@ -107,6 +107,31 @@ def test_a_second_call_reuses_the_runs(pipeline_shards, tiny_run):  # noqa: F811
             (b["variant"], b["acc_ema_median"], b["acc_ema_best"], b["steps"])
 
 
+def test_algorithms_each_run_with_their_own_settings(pipeline_shards, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    argv = [a for a in tiny_args(pipeline_shards.path, out) if a not in VARIANTS and a != "--variants"]
+    argv = [a for i, a in enumerate(argv) if a != "--k" and argv[i - 1] != "--k"]  # each method's own K
+    threads = torch.get_num_threads()
+    try:
+        assert main([*argv, "--algorithms", "fixmatch", "mixmatch", "--variants", "supervised", "mixmatch"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["config"]["variants"] == ["fixmatch", "mixmatch", "supervised"] and "k" not in rep["config"]["settings"]
+    rows = {r["variant"]: r for r in rep["results"]}
+    assert {name: (r["algorithm"], r["k"], r["uratio"], r["steps"]) for name, r in rows.items()} == {
+        "fixmatch": ("fixmatch", 1, 3, STEPS), "mixmatch": ("mixmatch", 2, 1, STEPS), "supervised": ("supervised", 0, 0, STEPS)}
+    config = json.loads((Path(rows["fixmatch"]["run_dir"]) / "config.json").read_text())
+    assert (config["optimizer"], config["lr_schedule"], config["cutout"], config["steps"]) == ("sgd", "cosine", True, STEPS)
+    assert (config["bn_momentum"], config["ema"]) == (0.1, 0.99)  # the cpu preset's short-run values
+    mixmatch = json.loads((Path(rows["mixmatch"]["run_dir"]) / "config.json").read_text())
+    assert mixmatch["unlabeled_loss"] == "l2" and mixmatch["warmup_kimg"] == STEPS * 4 / 1024  # ramp = the run
+    assert rep["summary"].keys() == {"fixmatch", "mixmatch", "supervised"}
+    text = (out / "report.md").read_text()
+    assert "| minutes | steps | K | mu |" in text
+    assert f"| fixmatch | {rows['fixmatch']['what']} | {100 * rows['fixmatch']['acc_ema_median']:.2f} |" in text
+
+
 # ---- bad input ----------------------------------------------------------------------------------------
 
 def _one_line_error(capsys, argv, fragment, status=2):
@@ -141,6 +166,7 @@ def test_more_labels_than_the_shards_hold_is_one_line(pipeline_shards, tmp_path,
 
 @pytest.mark.parametrize("extra, fragment", [
     (["--variants", "nosuch"], "--variants"),
+    (["--algorithms", "simclr"], "--algorithms"),
     (["--steps", "0"], "--steps"),
     (["--threads", "-1"], "--threads"),
 ])

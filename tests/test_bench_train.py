@@ -303,6 +303,27 @@ def test_without_shards_only_the_loader_rows_are_skipped(tmp_path, capsys):
     assert "no shards" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.parametrize("algorithm", ["fixmatch", "mixmatch"])
+def test_each_algorithm_is_measured_with_its_papers_views(algorithm, tmp_path):
+    # no --k: the algorithm's own K (and FixMatch's mu = 7)
+    tiny = [a for a in TINY[:-4] if a not in ("--k", str(K))]
+    assert main(["train", "--out", str(tmp_path), "--device", "cpu", *tiny, "--algorithm", algorithm]) == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    synthetic = {(r["device"], r["feed"]): r for r in rep["results"]}[("cpu", "synthetic")]
+    assert "skipped" not in synthetic and synthetic["algorithm"] == algorithm and synthetic["losses_finite"]
+    assert synthetic["phase_seconds_per_step"]["forward"] > 0
+    if algorithm == "fixmatch":
+        # B labeled (weak), B probes, 7B weak and 7B strong unlabeled: 1 + 2 mu = 15 training views per labeled image
+        assert (synthetic["k"], synthetic["unlabeled_batch"]) == (1, 7 * B)
+        assert synthetic["views_per_step"] == 16 * B and synthetic["train_views_per_labeled_image"] == 15
+        assert "rule 'bin'" in rep["inputs"]["policy"] and "Cutout" in rep["inputs"]["policy"]
+    else:
+        # K = 2 weak views per unlabeled image, no probes
+        assert (synthetic["k"], synthetic["unlabeled_batch"], synthetic["views_per_step"]) == (2, B, 3 * B)
+        assert rep["inputs"]["policy"] == "none (mixmatch: weak views only)"
+    assert f"{algorithm}, B = {B}" in (tmp_path / "report.md").read_text()
+
+
 # ---- the trainer's objects are built as Run builds them ------------------------------------------------
 
 def test_state_policy_views_and_loader_match_a_run(pipeline_shards, tmp_path):  # noqa: F811
@@ -406,7 +427,7 @@ def test_more_labels_than_the_shards_hold_is_one_line(pipeline_shards, tmp_path,
     (["--valid", "-1"], "--valid"),
     (["--threads", "100000"], "--threads"),
     (["--device", "tpu"], "--device"),
-    (["--algorithm", "fixmatch"], "--algorithm"),
+    (["--algorithm", "simclr"], "--algorithm"),
     (["--procs-max", "2"], "--scaling"),
     (["--scaling", "--procs-max", "0"], "--procs-max"),
 ])

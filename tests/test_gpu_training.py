@@ -12,7 +12,7 @@ import torch
 from pipeline_helpers import pipeline_shards  # noqa: F401  (a fixture)
 from remixmatch.pipeline import CTAugment, StepLoader, ViewConfig
 from remixmatch.trainer.build import build_policy_and_views, build_train_state
-from remixmatch.trainer.step import STEPS
+from remixmatch.trainer.algorithms import STEPS
 from trainer_helpers import smoke_args, smoke_config
 
 pytestmark = [
@@ -48,7 +48,8 @@ def test_cuda_torch_loader_gives_the_cpu_loaders_views_bit_for_bit(pipeline_shar
             np.testing.assert_array_equal(a[name], b[name], err_msg=f"step {step} {name}")
 
 
-def test_a_cuda_training_step_matches_the_cpu_step_in_float32(pipeline_shards):
+@pytest.mark.parametrize("algorithm", ["remixmatch", "fixmatch", "mixmatch"])
+def test_a_cuda_training_step_matches_the_cpu_step_in_float32(pipeline_shards, algorithm):
     """fp32 on both devices (no bf16, no TF32): the same batch gives the same losses and gradients to
     float tolerance (cuDNN's convolution algorithms add in another order than the CPU's). Gradients,
     not the weights after the step: Adam's first step moves each weight by about lr times the sign of
@@ -57,7 +58,8 @@ def test_a_cuda_training_step_matches_the_cpu_step_in_float32(pipeline_shards):
     torch.backends.cuda.matmul.allow_tf32 = False
     results = {}
     for device in ("cpu", "cuda"):
-        config = smoke_config(pipeline_shards.path, device=device, bf16=False, channels_last=False)
+        config = smoke_config(pipeline_shards.path, algorithm=algorithm, device=device, bf16=False,
+                              channels_last=False)
         state = build_train_state(config, 10, np.full(10, 0.1), torch.device(device),
                                   mean=(0.5,) * 3, std=(0.25,) * 3)
         policy, views = build_policy_and_views(config)
@@ -73,11 +75,12 @@ def test_a_cuda_training_step_matches_the_cpu_step_in_float32(pipeline_shards):
         torch.testing.assert_close(results["cuda"][1][name], grad, atol=1e-5, rtol=1e-3, msg=name)
 
 
-def test_rmm_train_on_cuda_with_bf16_trains_and_evaluates(pipeline_shards, tmp_path):
+@pytest.mark.parametrize("algorithm", ["remixmatch", "fixmatch", "mixmatch"])
+def test_rmm_train_on_cuda_with_bf16_trains_and_evaluates(pipeline_shards, tmp_path, algorithm):
     from remixmatch.trainer.cli import main
 
     out = tmp_path / "run"
-    argv = [str(a) for a in smoke_args(pipeline_shards.path, out)]
+    argv = [str(a) for a in smoke_args(pipeline_shards.path, out, "--algorithm", algorithm)]
     argv[argv.index("--device") + 1] = "cuda"
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())

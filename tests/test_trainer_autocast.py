@@ -10,7 +10,7 @@ import torch
 
 from remixmatch.pipeline import StepLoader
 from remixmatch.trainer.build import build_policy_and_views, build_train_state
-from remixmatch.trainer.step import STEPS
+from remixmatch.trainer.algorithms import STEPS
 from trainer_helpers import pipeline_shards, smoke_config  # noqa: F401  (a fixture)
 
 

@@ -232,6 +232,25 @@ def test_with_sync_bn_two_processes_train_like_one_to_float_tolerance(pipeline_s
     assert worst > 4e-3
 
 
+def test_fixmatch_with_sync_bn_on_two_processes_trains_like_one_to_the_same_tolerance(pipeline_shards, tmp_path):
+    """FixMatch gathers nothing across ranks (every term is a mean over the rank's rows): with
+    --sync-bn, 2 ranks compute the 1-process update within the ReMixMatch test's tolerance."""
+    steps = 4
+    runs = {}
+    for procs in (1, 2):
+        out = tmp_path / f"run{procs}"
+        extra = ("--procs", procs) if procs > 1 else ()
+        rc, err = finish(launch(pipeline_shards.path, out, *extra, "--algorithm", "fixmatch", "--steps", steps,
+                                "--ckpt-every", steps, "--sync-bn", "--threads", 1))
+        assert rc == 0, err[-3000:]
+        runs[procs] = latest_state(out)
+    single, double = runs[1], runs[2]
+    assert single["step"] == double["step"] == steps and single["config"]["algorithm"] == "fixmatch"
+    assert model_distance(double["model"], single["model"]) < 4e-3
+    np.testing.assert_allclose(double["policy"]["rates"], single["policy"]["rates"], atol=1e-4)
+    assert not np.array_equal(single["policy"]["rates"], np.ones_like(single["policy"]["rates"]))
+
+
 # -- elastic resume: the sampler positions are global -------------------------------------------------------
 
 

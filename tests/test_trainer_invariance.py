@@ -26,7 +26,8 @@ from remixmatch.trainer.config import RESUMABLE_FIELDS, TrainConfig
 from remixmatch.trainer.distributed import all_reduce_mean, ddp_wrapper
 from remixmatch.trainer.losses import mixup, mixup_lambdas, mixup_permutation
 from remixmatch.trainer.model import GlobalBatchNorm2d, WideResNet, sync_batch_norm
-from remixmatch.trainer.step import STEPS, TrainState, gather_global, global_rows, row_blocks, step_generator
+from remixmatch.trainer.algorithms import STEPS
+from remixmatch.trainer.step import TrainState, gather_global, global_rows, row_blocks, step_generator
 
 WORLD = 2
 STEPS_RUN = 3
@@ -34,6 +35,13 @@ B, BU, K, SIZE, CLASSES = 8, 8, 2, 8, 4  # global batch: 8 labeled, 8 unlabeled 
 TIMEOUT_S = 75
 CONFIG = TrainConfig(width=8, blocks_per_stage=1, batch=B, k=K, bn_momentum=0.1, ema=0.9, warmup_kimg=0.016,
                      da_size=4, device="cpu", run_seed=3)
+# MixMatch (K + 1 = 3 weak views here) mixes over the global batch as ReMixMatch does; FixMatch gathers
+# nothing (tau low enough that pseudo-labels train).
+OTHER_ALGORITHMS = {
+    "mixmatch": CONFIG.replace(algorithm="mixmatch", unlabeled_loss="l2", w_match=75.0),
+    "fixmatch": CONFIG.replace(algorithm="fixmatch", optimizer="sgd", lr=0.03, lr_schedule="cosine", steps=STEPS_RUN,
+                               weight_decay=5e-4, weight_decay_mode="loss", confidence=0.2, w_match=1.0),
+}
 
 
 # -- the global batch and one rank's slice ----------------------------------------------------------
@@ -42,13 +50,15 @@ def global_batch(step: int) -> SimpleNamespace:
     g = torch.Generator().manual_seed(100 + step)
     images = lambda *shape: torch.randint(0, 256, (*shape, SIZE, SIZE, 3), generator=g, dtype=torch.uint8)  # noqa: E731
     return SimpleNamespace(x=images(B), x_labels=torch.randint(0, CLASSES, (B,), generator=g), x_probe=None,
-                           u_weak=images(BU), u_strong=images(K, BU), k=K)
+                           u_weak=images(BU), u_strong=images(K, BU), k=K,
+                           u_labels=torch.randint(0, CLASSES, (BU,), generator=g))
 
 
 def rank_slice(batch: SimpleNamespace, rank: int, world: int) -> SimpleNamespace:
     xs, us = slice(rank * B // world, (rank + 1) * B // world), slice(rank * BU // world, (rank + 1) * BU // world)
     return SimpleNamespace(x=batch.x[xs].contiguous(), x_labels=batch.x_labels[xs].contiguous(), x_probe=None,
-                           u_weak=batch.u_weak[us].contiguous(), u_strong=batch.u_strong[:, us].contiguous(), k=K)
+                           u_weak=batch.u_weak[us].contiguous(), u_strong=batch.u_strong[:, us].contiguous(), k=K,
+                           u_labels=batch.u_labels[us].contiguous())
 
 
 def make_state(config: TrainConfig, rank: int = 0, world: int = 1, ddp: bool = False) -> TrainState:
@@ -71,7 +81,8 @@ def train(config: TrainConfig, rank: int = 0, world: int = 1, ddp: bool = False)
         losses.append(result.losses)
     return {"model": {k: v.clone() for k, v in state.raw_model.state_dict().items()},
             "ema": {k: v.clone() for k, v in state.ema_model.state_dict().items()},
-            "p_model": state.distribution.buffer.clone(), "losses": torch.stack(losses)}
+            "p_model": None if state.distribution is None else state.distribution.buffer.clone(),
+            "losses": torch.stack(losses)}
 
 
 # -- the two ranks (spawned) ------------------------------------------------------------------------
@@ -114,6 +125,8 @@ def worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         # training steps, with and without sync BN
         record["sync"] = train(CONFIG.replace(sync_bn=True), rank, world, ddp=True)
         record["per_rank_bn"] = train(CONFIG.replace(sync_bn=False), rank, world, ddp=True)
+        for name, config in OTHER_ALGORITHMS.items():
+            record[name] = train(config.replace(sync_bn=True), rank, world, ddp=True)
         torch.save(record, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -157,6 +170,21 @@ def test_two_ranks_with_sync_bn_train_like_one_process(ranks, single):
     for key, value in ranks[0]["sync"]["model"].items():
         torch.testing.assert_close(ranks[1]["sync"]["model"][key], value, rtol=0, atol=0)
     assert single["model"]["classifier.weight"].ne(make_state(CONFIG).raw_model.classifier.weight).any()
+
+
+@pytest.mark.parametrize("algorithm", list(OTHER_ALGORITHMS))
+def test_mixmatch_and_fixmatch_on_two_ranks_with_sync_bn_train_like_one_process(ranks, algorithm):
+    alone = train(OTHER_ALGORITHMS[algorithm].replace(sync_bn=True))
+    for r, record in enumerate(ranks):
+        for part in ("model", "ema"):
+            for key, value in alone[part].items():
+                torch.testing.assert_close(record[algorithm][part][key], value, rtol=1e-4, atol=1e-4,
+                                           msg=f"{algorithm} rank {r} {part} {key}")
+    mean_losses = (ranks[0][algorithm]["losses"] + ranks[1][algorithm]["losses"]) / 2
+    torch.testing.assert_close(mean_losses, alone["losses"], rtol=1e-4, atol=1e-5)
+    assert alone["model"]["classifier.weight"].ne(make_state(CONFIG).raw_model.classifier.weight).any()
+    if algorithm == "fixmatch":
+        assert alone["losses"][:, 3].max() > 0  # some pseudo-labels passed tau and trained
 
 
 def test_per_rank_batch_norm_is_what_differs(ranks, single):

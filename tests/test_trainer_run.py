@@ -23,7 +23,7 @@ from remixmatch.trainer.checkpoint import (
 )
 from remixmatch.trainer.config import resolve
 from remixmatch.trainer.run import Run, SUMMARY_VERSION
-from remixmatch.trainer.step import LOSS_NAMES
+from remixmatch.trainer.algorithms.remixmatch import LOSS_NAMES
 from trainer_helpers import (
     assert_identical, cli, latest_state, metrics, pipeline_shards, smoke_args, smoke_config, train,  # noqa: F401
 )

@@ -1,7 +1,7 @@
 """The objects of a training run, built one way for ``Run`` (trainer/run.py) and ``rmm-bench train``.
 
 - :func:`build_train_state`: the model (seeded with ``run_seed``: the same initialisation on every
-  rank), optional synchronised batch norm, channels_last on CUDA, the EMA copy, Adam, the DDP wrap
+  rank), optional synchronised batch norm, channels_last on CUDA, the EMA copy, the optimiser, the DDP wrap
   (``wrap_model``), torch.compile and distribution alignment, in a :class:`TrainState`;
 - :func:`build_policy_and_views`: CTAugment (or None) and the loader's :class:`ViewConfig`.
 """
@@ -40,7 +40,7 @@ def build_train_state(config: TrainConfig, num_classes: int, p_data, device: tor
     ema_model = copy.deepcopy(model)
     for p in ema_model.parameters():
         p.requires_grad_(False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = build_optimizer(config, model.parameters())
     trained = wrap_model(model) if wrap_model is not None else model
     if config.compile:
         trained = torch.compile(trained)
@@ -51,15 +51,32 @@ def build_train_state(config: TrainConfig, num_classes: int, p_data, device: tor
                       config, device, rank, world_size, all_reduce_mean)
 
 
+def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    """Adam (ReMixMatch, MixMatch) or SGD with momentum (FixMatch: Nesterov). The learning rate is
+    set at every step (step.optimise, its schedule); weight decay is never the optimiser's own."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    return torch.optim.Adam(params, lr=config.lr)
+
+
+# The views each algorithm reads, and nothing more: (labeled views strong, unlabeled extra views
+# per image beyond the weak one). MixMatch's K views are all weak: the weak view and K - 1 others.
+def _unlabeled_views(config: TrainConfig) -> int:
+    return {"remixmatch": config.k, "fixmatch": config.k, "mixmatch": config.k - 1}.get(config.algorithm, 0)
+
+
 def build_policy_and_views(config: TrainConfig) -> tuple[CTAugment | None, ViewConfig]:
-    """CTAugment (ReMixMatch with strong augmentation; else None) and the views each step draws."""
-    remixmatch = config.algorithm == "remixmatch"
-    cta = remixmatch and config.strong_aug
+    """CTAugment (ReMixMatch and FixMatch with strong augmentation; else None) and the views each
+    step draws: ReMixMatch's labeled views are strong, the others' weak; probes only where CTAugment
+    learns; FixMatch's strong views end with Cutout; MixMatch's unlabeled views are all weak."""
+    cta = config.uses_cta
     policy = CTAugment(config.cta_depth, config.cta_decay, config.cta_threshold, config.cta_rule) if cta else None
-    views = ViewConfig(batch=config.batch, unlabeled_batch=config.unlabeled_batch,
-                       k=config.k if remixmatch else 0, seed=config.run_seed, flip=config.flip,
-                       weak=config.weak_aug, strong=config.strong_aug, labeled_strong=remixmatch, probes=cta)
+    views = ViewConfig(batch=config.batch, unlabeled_batch=config.unlabeled_batch, k=_unlabeled_views(config),
+                       seed=config.run_seed, flip=config.flip, weak=config.weak_aug,
+                       strong=config.strong_aug and config.algorithm != "mixmatch",
+                       labeled_strong=config.algorithm == "remixmatch", probes=cta,
+                       cutout_level=config.cutout_level if config.cutout and cta else None)
     return policy, views
 
 
-__all__ = ["build_policy_and_views", "build_train_state"]
+__all__ = ["build_optimizer", "build_policy_and_views", "build_train_state"]

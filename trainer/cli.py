@@ -3,6 +3,7 @@ and ablations are overrides applied before the explicit flags.
 
     rmm-train --data shards/cifar10 --labels 250 --out runs/c10-250 [--preset cifar10-250]
     rmm-train --data shards/cifar10 --out runs/cpu --preset cpu        # minutes on 2 CPU cores
+    rmm-train --data shards/cifar10 --out runs/fm --algorithm fixmatch  # FixMatch as published (also mixmatch)
     rmm-train --out runs/c10-250 --data shards/cifar10 --resume        # continue after any stop
     rmm-train --gpus 8 ...  |  --device cpu --procs 2 ...  |  under torchrun   # several processes
                                                                       # (trainer/distributed.py)
@@ -41,7 +42,7 @@ def _comment(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="rmm-train", description="Train ReMixMatch (or the supervised baseline) from shards.")
+    parser = OneLineParser(prog="rmm-train", description="Train ReMixMatch, FixMatch, MixMatch or the supervised baseline from shards.")
     parser.add_argument("--out", type=Path, required=True, help="the run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="named overrides of the paper's defaults")
@@ -74,13 +75,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace, prog: str) -> int:
     from . import distributed
-    from .config import ConfigError, resolve
+    from .config import ConfigError, preset_values, resolve
     from .run import Run, check_finite_config, check_run_dir
 
     overrides = {f.name: getattr(args, f.name) for f in config_fields() if getattr(args, f.name) is not None}
-    preset_values = {**PRESETS.get(args.preset or "", {}), **overrides}
     if args.kimg is not None:
-        batch = preset_values.get("batch", TrainConfig.batch)
+        batch = {**preset_values(args.preset, overrides.get("algorithm")), **overrides}.get("batch", TrainConfig.batch)
         overrides["steps"] = max(1, round(args.kimg * 1024 / batch))
     if not overrides.get("data") and not PRESETS.get(args.preset or "", {}).get("data"):
         raise ConfigError("--data is required: a shard directory (prep-cifar10 --out DIR)")

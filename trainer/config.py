@@ -11,8 +11,11 @@ from dataclasses import dataclass, fields
 
 from .errors import TrainerError
 
-ALGORITHMS = ("remixmatch", "supervised")
+ALGORITHMS = ("remixmatch", "fixmatch", "mixmatch", "supervised")
 UNLABELED_LOSSES = ("xe", "l2")
+OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
+WEIGHT_DECAY_MODES = ("decoupled", "loss")
 
 
 @dataclass(frozen=True)
@@ -24,13 +27,14 @@ class TrainConfig:
     valid: int = 5000  # training images held out as validation (never trained on), as the reference
     eval_split: str = "test"  # what --eval-every measures: a shard split, or "valid" for the hold-out
     # algorithm
-    algorithm: str = "remixmatch"  # or "supervised": the labeled subset alone, weak augmentation
+    algorithm: str = "remixmatch"  # remixmatch | fixmatch | mixmatch | supervised (the labeled subset alone, weak augmentation); each brings its paper's settings (ALGORITHM_DEFAULTS)
     batch: int = 64  # labeled images per step (global)
-    uratio: int = 1  # unlabeled images per labeled image in a step
-    k: int = 8  # strong views per unlabeled image
+    uratio: int = 1  # unlabeled images per labeled image in a step (FixMatch's mu)
+    k: int = 8  # strong views per unlabeled image (MixMatch: weak views, each one a label guess)
     temperature: float = 0.5  # sharpening T
     mixup_alpha: float = 0.75  # Beta(alpha, alpha)
-    w_match: float = 1.5  # weight of the mixed unlabeled loss (ramped)
+    w_match: float = 1.5  # weight of the unlabeled loss, lambda_u (ramped, except in FixMatch)
+    confidence: float = 0.95  # FixMatch: a pseudo-label trains only where the weak view's max probability >= this (tau)
     w_kl: float = 0.5  # weight of the pre-mixup loss on strong view 1 (ramped)
     w_rot: float = 0.5  # weight of the rotation loss (not ramped)
     warmup_kimg: float = 1024.0  # thousands (x1024) of labeled images over which w_match, w_kl ramp up
@@ -45,6 +49,8 @@ class TrainConfig:
     cta_decay: float = 0.99
     cta_threshold: float = 0.8  # the ReMixMatch runs (the reference class default is 0.85)
     cta_rule: str = "segment"  # "segment" (ReMixMatch) or "bin" (FixMatch)
+    cutout: bool = False  # a Cutout appended to every strong view (FixMatch)
+    cutout_level: float = 1.0  # its level: side 1 + int(level * 0.499 * size) px (1.0: 16 px at 32x32)
     # model
     width: int = 32  # first stage's channels: 32 = WRN-28-2
     blocks_per_stage: int = 4  # 4 = WRN-28
@@ -52,8 +58,13 @@ class TrainConfig:
     sync_bn: bool = False  # batch-norm statistics over the global batch (all ranks) instead of each rank's share: the same run on any number of processes, at one small all-reduce per BN layer (default off, the reference's per-GPU statistics)
     # optimisation
     steps: int = 1 << 20  # optimiser steps
-    lr: float = 0.002  # Adam, constant
-    weight_decay: float = 0.02  # decoupled: w <- w (1 - wd lr) on conv/dense weights
+    optimizer: str = "adam"  # adam (ReMixMatch, MixMatch) | sgd (FixMatch: momentum, Nesterov)
+    lr: float = 0.002  # learning rate (the schedule's peak)
+    lr_schedule: str = "constant"  # constant | cosine: lr cos(7 pi k / (16 K)) at step k of K = --steps
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = True  # SGD: Nesterov momentum
+    weight_decay: float = 0.02  # on conv/dense weights; its form is --weight-decay-mode
+    weight_decay_mode: str = "decoupled"  # decoupled: w <- w (1 - wd lr) after the step | loss: the gradient of wd/2 sum w^2 added to the loss's (FixMatch)
     ema: float = 0.999  # EMA decay of the weights
     run_seed: int = 0  # model init, views, MixUp
     # execution
@@ -75,6 +86,11 @@ class TrainConfig:
     tensorboard: bool = False  # also write metrics.jsonl's records and the CTA heatmap as TensorBoard event files in the run directory (the tensorboard extra)
 
     @property
+    def uses_cta(self) -> bool:
+        """Whether the run learns CTAugment (and renders probe views for it)."""
+        return self.algorithm in ("remixmatch", "fixmatch") and self.strong_aug
+
+    @property
     def unlabeled_batch(self) -> int:
         return 0 if self.algorithm == "supervised" else self.batch * self.uratio
 
@@ -89,7 +105,25 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-# Named overrides of the defaults (the defaults are the paper's CIFAR-10 250-label run).
+# Each algorithm's paper settings, as overrides of the defaults (ReMixMatch's): `--algorithm X`
+# alone trains X as its paper does. Applied before any preset.
+ALGORITHM_DEFAULTS: dict[str, dict] = {
+    "remixmatch": {},
+    "supervised": {},
+    # Sohn et al. 2020, the CTAugment variant: weak-only labeled views, mu = 7 unlabeled per labeled,
+    # one strong view (CTAugment with the bin rule, then Cutout), tau = 0.95, lambda_u = 1 (no ramp),
+    # SGD Nesterov 0.9 at 0.03 with a cosine decay, weight decay 5e-4 in the loss, EMA 0.999.
+    "fixmatch": {"uratio": 7, "k": 1, "w_match": 1.0, "confidence": 0.95, "cta_rule": "bin", "cutout": True,
+                 "cutout_level": 1.0, "optimizer": "sgd", "lr": 0.03, "lr_schedule": "cosine", "momentum": 0.9,
+                 "nesterov": True, "weight_decay": 5e-4, "weight_decay_mode": "loss"},
+    # Berthelot et al. 2019: K = 2 weak views, guess = their mean prediction sharpened at T = 0.5, MixUp
+    # with alpha 0.75, L2 unlabeled loss with lambda_u = 75 ramped over 16k steps, Adam 0.002,
+    # decoupled weight decay 0.02, EMA 0.999.
+    "mixmatch": {"k": 2, "w_match": 75.0, "unlabeled_loss": "l2"},
+}
+
+# Named overrides of the defaults (the defaults are the paper's CIFAR-10 250-label run). A preset
+# naming an algorithm is applied on top of that algorithm's defaults.
 PRESETS: dict[str, dict] = {
     "cifar10-250": {},
     "cifar10-40": {"labels": 40, "k": 1, "w_rot": 2.0, "warmup_kimg": 8192.0},
@@ -99,6 +133,7 @@ PRESETS: dict[str, dict] = {
     # fit the run (0.001 and 0.999 average over ~1000 steps: a 300-step run would evaluate with
     # barely-moved running statistics and an EMA that is mostly its initialisation), and a ramp
     # that ends within it.
+    # FixMatch's cosine decay runs over --steps, so it fits any length by itself.
     "cpu": {"width": 16, "blocks_per_stage": 1, "batch": 32, "k": 2, "valid": 0, "steps": 400,
             "bn_momentum": 0.1, "ema": 0.99, "warmup_kimg": 4.0, "eval_every": 100, "ckpt_every": 200,
             "log_every": 20, "median_of": 3, "eval_batch": 1000},
@@ -106,6 +141,25 @@ PRESETS: dict[str, dict] = {
     "smoke": {"width": 8, "blocks_per_stage": 1, "batch": 8, "k": 2, "valid": 0, "steps": 20,
               "bn_momentum": 0.1, "ema": 0.9, "warmup_kimg": 0.05, "eval_every": 10, "ckpt_every": 10,
               "log_every": 5, "median_of": 2, "eval_batch": 200},
+    "fixmatch-cifar10-40": {"algorithm": "fixmatch", "labels": 40},
+    "fixmatch-cifar10-250": {"algorithm": "fixmatch", "labels": 250},
+    "fixmatch-cifar10-4000": {"algorithm": "fixmatch", "labels": 4000},
+    "fixmatch-svhn-250": {"algorithm": "fixmatch", "labels": 250, "flip": False},
+    "mixmatch-cifar10-250": {"algorithm": "mixmatch", "labels": 250},
+}
+
+# What the short CPU presets change for one algorithm beyond the above (k 2 there: ReMixMatch's 2
+# strong views instead of 8, MixMatch's paper value). FixMatch keeps its one strong view, and its
+# mu = 7 would make its step 16 views per labeled image (probes included) where ReMixMatch's renders
+# 5 at K = 2, so the short runs use mu = 3 (8 views).
+# MixMatch's lambda_u = 75 on the L2 loss pulls a model still near chance towards its own flat
+# guesses: with the 4-kimg ramp (full weight at step 128) a 1000-step CIFAR-10 run fell to chance by
+# step 200 and ended at 15%; ramped over the whole run it stayed above the supervised baseline. So its
+# ramp spans the cpu run (400 steps of 32), as the paper's 16k steps span the start of a long run.
+PRESET_ALGORITHM_OVERRIDES: dict[tuple[str, str], dict] = {
+    ("cpu", "mixmatch"): {"warmup_kimg": 12.5},
+    ("cpu", "fixmatch"): {"k": 1, "uratio": 3},
+    ("smoke", "fixmatch"): {"k": 1, "uratio": 2},
 }
 
 # Ablations of the paper's table, as overrides.
@@ -137,6 +191,14 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(message)
 
     need(config.algorithm in ALGORITHMS, f"--algorithm must be one of {', '.join(ALGORITHMS)}, got {config.algorithm!r}")
+    need(config.optimizer in OPTIMIZERS, f"--optimizer must be adam or sgd, got {config.optimizer!r}")
+    need(config.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be constant or cosine, got {config.lr_schedule!r}")
+    need(config.weight_decay_mode in WEIGHT_DECAY_MODES,
+         f"--weight-decay-mode must be decoupled or loss, got {config.weight_decay_mode!r}")
+    need(0 < config.confidence <= 1, f"--confidence must be in (0, 1], got {config.confidence}")
+    need(0 <= config.cutout_level <= 1, f"--cutout-level must be in [0, 1], got {config.cutout_level}")
+    need(config.algorithm not in ("fixmatch", "mixmatch") or config.k >= 1,
+         f"--k must be at least 1 for {config.algorithm} (its views per unlabeled image), got {config.k}")
     need(config.unlabeled_loss in UNLABELED_LOSSES, f"--unlabeled-loss must be xe or l2, got {config.unlabeled_loss!r}")
     need(config.batch >= 1, f"--batch must be at least 1, got {config.batch}")
     need(config.uratio >= 1, f"--uratio must be at least 1, got {config.uratio}")
@@ -158,13 +220,28 @@ def validate(config: TrainConfig) -> None:
     need(config.eval_split != "valid" or config.valid > 0, "--eval-split valid needs --valid > 0")
 
 
-def resolve(preset: str | None, ablations: list[str], overrides: dict) -> TrainConfig:
-    """Defaults, then the preset, then ablations, then explicit command-line values."""
-    values: dict = {}
+def preset_values(preset: str | None, algorithm: str | None = None) -> dict:
+    """The overrides of a preset for an algorithm (None: the preset's own, else ReMixMatch): the
+    algorithm's defaults, the preset, the preset's changes for that algorithm."""
+    named = {}
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r} (presets: {', '.join(PRESETS)})")
-        values.update(PRESETS[preset])
+        named = PRESETS[preset]
+    chosen = algorithm or named.get("algorithm", "remixmatch")
+    if "algorithm" in named and named["algorithm"] != chosen:
+        raise ConfigError(f"--algorithm {chosen} contradicts --preset {preset}, a {named['algorithm']} preset")
+    if chosen not in ALGORITHM_DEFAULTS:
+        raise ConfigError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got {chosen!r}")
+    return {**ALGORITHM_DEFAULTS[chosen], "algorithm": chosen, **named,
+            **PRESET_ALGORITHM_OVERRIDES.get((preset, chosen), {})}
+
+
+def resolve(preset: str | None, ablations: list[str], overrides: dict) -> TrainConfig:
+    """The algorithm's defaults, then the preset, then ablations, then explicit command-line values."""
+    values = preset_values(preset, overrides.get("algorithm"))
+    if ablations and values["algorithm"] != "remixmatch":
+        raise ConfigError(f"--ablation {ablations[0]}: the ablations are ReMixMatch's, not {values['algorithm']}'s")
     for name in ablations:
         if name not in ABLATIONS:
             raise ConfigError(f"unknown ablation {name!r} (ablations: {', '.join(ABLATIONS)})")
@@ -182,9 +259,13 @@ def config_fields() -> list[dataclasses.Field]:
 def contradictions(saved: dict, config: TrainConfig) -> list[str]:
     """Fields whose value differs from a checkpoint's and that a resume may not change."""
     current = config.to_dict()
-    return [name for name, value in saved.items()
-            if name in current and name not in RESUMABLE_FIELDS and current[name] != value]
+    # A cosine schedule spans --steps: another length is another schedule.
+    resumable = RESUMABLE_FIELDS - ({"steps"} if config.lr_schedule == "cosine" else set())
+    clash = [name for name, value in saved.items()
+             if name in current and name not in resumable and current[name] != value]
+    # Another algorithm differs in many fields; name the one that explains the others.
+    return sorted(clash, key=lambda name: name != "algorithm")
 
 
-__all__ = ["ABLATIONS", "ALGORITHMS", "ConfigError", "PRESETS", "TrainConfig", "config_fields",
-           "contradictions", "resolve", "validate"]
+__all__ = ["ABLATIONS", "ALGORITHMS", "ALGORITHM_DEFAULTS", "ConfigError", "PRESETS", "PRESET_ALGORITHM_OVERRIDES",
+           "TrainConfig", "config_fields", "contradictions", "preset_values", "resolve", "validate"]

@@ -1,4 +1,5 @@
-"""The ReMixMatch pieces of one training step, as small torch functions (spec section 1).
+"""The pieces of the training steps (ReMixMatch, spec section 1; FixMatch; MixMatch), as small torch
+functions: each one has its home here, whichever algorithms use it.
 
 Sampling that has to be reproducible independently of torch's global RNG (MixUp lambdas and
 partners) happens on the host with a NumPy ``Generator``; the mixing itself runs on the device.
@@ -6,6 +7,8 @@ Nothing here reads a device value back to the host, so a training step can stay 
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -227,6 +230,47 @@ def linear_ramp(step: float, ramp_steps: float) -> float:
     if ramp_steps <= 0:
         return 1.0
     return min(max(step / ramp_steps, 0.0), 1.0)
+
+
+def cosine_learning_rate(lr: float, step: float, total_steps: float) -> float:
+    """FixMatch's decay: ``lr cos(7 pi k / (16 K))`` at step k of K (from lr to lr cos(7 pi / 16),
+    about 0.2 lr, at the end)."""
+    return lr * math.cos(7.0 * math.pi * step / (16.0 * total_steps))
+
+
+@torch.no_grad()
+def weight_decay_gradient_(params, wd: float) -> None:
+    """``grad += wd * w``: the gradient of the loss term ``wd / 2 * sum ||w||^2`` (the FixMatch
+    reference adds ``wd * tf.nn.l2_loss`` of the conv/dense kernels to its loss), added after the
+    backward. It then passes through the optimiser (momentum included): coupled, unlike
+    :func:`decoupled_weight_decay_`. Adding the gradient rather than the term keeps the weights out
+    of a second autograd path, which DDP would count as a second use of a parameter (the rotation
+    head, unused by the forward, would be marked ready twice). A weight without a gradient gets
+    ``wd * w`` alone."""
+    for p in params:
+        if p.grad is None:
+            p.grad = wd * p.detach().clone()
+        else:
+            p.grad.add_(p.detach(), alpha=wd)
+
+
+def confidence_mask(probabilities: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """FixMatch's pseudo-labels: the argmax of each row, and a float mask that is 1 where its
+    probability reaches ``threshold`` (tau)."""
+    confidence, pseudo_labels = probabilities.max(dim=1)
+    return pseudo_labels, (confidence >= threshold).to(probabilities.dtype)
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``mean_i mask_i * CE(logits_i, labels_i)``: averaged over every row, masked ones included (as
+    FixMatch's reference), so the loss shrinks while few pseudo-labels pass the threshold."""
+    per_row = F.cross_entropy(logits.float(), labels, reduction="none")
+    return (per_row * mask).mean()
+
+
+def l2_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """MixMatch's unlabeled loss: the mean over rows and classes of ``(softmax(logits) - targets)^2``."""
+    return (torch.softmax(logits.float(), dim=1) - targets).square().mean()
 
 
 @torch.no_grad()

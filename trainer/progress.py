@@ -40,7 +40,7 @@ class Progress:
         if not self.enabled:
             return
         losses = " ".join(f"{k.removeprefix('loss_')} {_fmt(record[k])}" for k in
-                          ("loss", "loss_x", "loss_u", "loss_kl", "loss_rot") if k in record)
+                          ("loss", "loss_x", "loss_u", "loss_kl", "loss_rot", "mask_rate", "pseudo_acc") if k in record)
         line = (f"step {record['step']}/{self.total}  {record['kimg_per_s']:.3f} kimg/s  {losses}  "
                 f"data wait {100 * record['data_wait']:.0f}%  acc {self.last_accuracy}")
         if self.live:

@@ -29,6 +29,7 @@ from remixmatch.common.errors import EXIT_DIVERGED
 from remixmatch.pipeline import EvalLoader, PipelineError, StepLoader
 from remixmatch.pipeline.loader import make_fetcher, split_image_shape
 
+from .algorithms import METRICS, STEPS
 from .build import build_policy_and_views, build_train_state
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_paths, latest_checkpoint, save_checkpoint
 from .config import TrainConfig, contradictions
@@ -39,7 +40,6 @@ from .interrupt import Interrupted, stop_on_sigint
 from .loop import apply_pending, train_step
 from .model import count_parameters
 from .progress import Progress
-from .step import LOSS_NAMES, STEPS
 from .tensorboard import metrics_log
 
 SUMMARY_VERSION = 1
@@ -206,6 +206,7 @@ class Run:
         elif self.lead:
             _write_json(self.out / "config.json", config.to_dict())
         self.step_fn = STEPS[config.algorithm]
+        self.metric_names = METRICS[config.algorithm]
 
     # -- checkpoints --------------------------------------------------------------------------------
 
@@ -328,12 +329,12 @@ class Run:
             # The total is non-finite whenever a term is: name the term (the total only if it alone is).
             terms = np.flatnonzero(bad[row, 1:])
             term = int(terms[0]) + 1 if terms.size else 0
-            raise Diverged(f"step {first_step + row}: loss term {LOSS_NAMES[term]} is {losses[row, term]}; "
+            raise Diverged(f"step {first_step + row}: loss term {self.metric_names[term]} is {losses[row, term]}; "
                            f"stopped. {self._last_good()}")
         mean = losses.mean(axis=0)
         images = len(rows) * self.config.batch
         record = {"step": self.step, "kimg": self.step * self.config.batch / 1024,
-                  "loss": float(mean[0]), **{name: float(mean[i]) for i, name in enumerate(LOSS_NAMES) if i},
+                  "loss": float(mean[0]), **{name: float(mean[i]) for i, name in enumerate(self.metric_names) if i},
                   "kimg_per_s": images / 1024 / max(seconds, 1e-9), "data_wait": wait / max(seconds, 1e-9),
                   "step_seconds": seconds / len(rows)}
         if self.lead:
