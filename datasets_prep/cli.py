@@ -335,14 +335,22 @@ def _verify(args) -> int:
 
 def _subset(args) -> int:
     from .reader import open_shards
-    from .subsets import labeled_subset, save_subset
+    from .subsets import fold_subset, labeled_subset, save_subset
 
     ds = open_shards(args.dir)
-    subset = labeled_subset(ds, args.labels, args.seed, args.valid, split=args.split)
-    out = args.out or Path(f"{ds.dataset}.{args.split}@{args.labels}-seed{args.seed}.json")
-    save_subset(subset, out, labels=ds[args.split].labels)
+    if args.fold is not None:
+        if args.labels is not None or args.seed is not None or args.valid:
+            raise PrepError("--fold takes the official fold exactly: no --labels, --seed or --valid with it")
+        subset = fold_subset(ds, args.fold)
+        out = args.out or Path(f"{ds.dataset}.fold{args.fold}.json")
+    else:
+        if args.labels is None or args.seed is None:
+            raise PrepError("give --labels N --seed S, or --fold F for a dataset's official fold")
+        subset = labeled_subset(ds, args.labels, args.seed, args.valid, split=args.split)
+        out = args.out or Path(f"{ds.dataset}.{args.split}@{args.labels}-seed{args.seed}.json")
+    save_subset(subset, out, labels=ds[subset.split].labels)
     print(
-        f"{out}: {len(subset.labeled)} labeled, {len(subset.valid)} validation of {subset.num_rows} {args.split} rows"
+        f"{out}: {len(subset.labeled)} labeled, {len(subset.valid)} validation of {subset.num_rows} {subset.split} rows"
     )
     return 0
 
@@ -358,8 +366,14 @@ def shards_main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument("--no-progress", action="store_true")
     subset = sub.add_parser("subset", help="write a class-balanced labeled subset (JSON)")
     subset.add_argument("dir", type=Path)
-    subset.add_argument("--labels", type=positive_int, required=True, metavar="N", help="number of labeled rows")
-    subset.add_argument("--seed", type=int, required=True)
+    subset.add_argument("--labels", type=positive_int, metavar="N", help="number of labeled rows (with --seed)")
+    subset.add_argument("--seed", type=int)
+    subset.add_argument(
+        "--fold",
+        type=int,
+        metavar="F",
+        help="the dataset's official fold F exactly (STL-10: 0..9), with every train and unlabeled row as unlabeled data",
+    )
     subset.add_argument("--valid", type=int, default=0, metavar="N", help="validation rows held out from the rest")
     subset.add_argument("--split", default="train")
     subset.add_argument("--out", type=Path, metavar="FILE")
