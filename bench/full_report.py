@@ -199,6 +199,20 @@ def _aug_rate(sections: dict, backend: str, k: int) -> float | None:
     return row["views_per_s"] if row else None
 
 
+PAPER_RUNS = {"cifar10": "CIFAR-10", "svhn": "SVHN", "stl10": "STL-10 (96x96)", "cifar100": "CIFAR-100"}
+
+
+def paper_run(shards: Path | None) -> str:
+    """The paper's run a projection stands for: that of the shards' dataset, else CIFAR-10."""
+    if shards is None:
+        return PAPER_RUNS["cifar10"]
+    try:
+        manifest = json.loads((Path(shards) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return PAPER_RUNS["cifar10"]
+    return PAPER_RUNS.get(manifest.get("dataset"), str(manifest.get("dataset")))
+
+
 def projection(sections: dict, config: AllConfig) -> dict | None:
     device = config.device
     loader = _train_row(sections, device, "loader", True)
@@ -212,6 +226,7 @@ def projection(sections: dict, config: AllConfig) -> dict | None:
     render = row["views_per_step"] / kernel if kernel else None
     reference_render = row["views_per_step"] / reference if reference else None
     return {
+        "paper_run": paper_run(config.shards),
         "paper_steps": PAPER_STEPS, "device": device, "model": row["model"], "batch": row["batch"], "k": row["k"],
         "feed": row["feed"], "views_per_step": row["views_per_step"],
         "seconds_per_step": seconds, "projected_hours": seconds * PAPER_STEPS / 3600,
@@ -279,7 +294,7 @@ def projection_markdown(proj: dict | None, config: AllConfig) -> list[str]:
         return lines + ["No training step was measured (see the train section), so nothing is projected."]
     k_note = "" if proj["k"] == 8 else f" (measured at K = {proj['k']}, not the paper's 8)"
     lines.append(
-        f"- The paper's CIFAR-10 run, 2^20 steps of B = {proj['batch']} labeled + {proj['batch']} unlabeled images "
+        f"- The paper's {proj.get('paper_run', 'CIFAR-10')} run, 2^20 steps of B = {proj['batch']} labeled + {proj['batch']} unlabeled images "
         f"with K = {proj['k']} strong views each{k_note}, on this machine's {proj['device']} with {proj['model']}: "
         f"**{format_hours(proj['projected_hours'])}** ({1000 * proj['seconds_per_step']:.0f} ms per "
         f"{'loader-fed' if proj['feed'] == 'loader' else 'ready-tensor'} step"

@@ -38,3 +38,10 @@ def test_size_flag_error_is_one_line(stl10_shards, tmp_path, capsys):
 def test_pipeline_views_pad_by_the_image_side(stl10_shards, tmp_path):
     config = PipelineConfig(out=tmp_path, shards=str(stl10_shards), labels=10, valid=0)
     assert view_config(config, open_data(config.shards, 10, 0)).pad == 12
+
+
+def test_projection_names_the_shards_paper_run(stl10_shards, tmp_path):
+    from remixmatch.bench.full_report import paper_run
+
+    assert paper_run(stl10_shards) == "STL-10 (96x96)"
+    assert paper_run(None) == "CIFAR-10" and paper_run(tmp_path) == "CIFAR-10"
