@@ -71,6 +71,7 @@ class AugConfig:
     images: str | None = None  # an archive or a directory of image files
     shards: str | None = None  # a shard directory (else $REMIXMATCH_SHARDS, else synthetic images)
     seed: int = 0
+    size: int | None = None  # image side: of the synthetic images, or the one --shards/--images must have
 
     def as_dict(self) -> dict:
         config = asdict(self)
@@ -568,7 +569,7 @@ def run(config: AugConfig, log: Callable[[object], None]) -> dict:
     started = time.perf_counter()
     conditions = RunConditions()
     report = new_report("aug", config.as_dict())
-    images = load_images(BATCH, images=config.images, shards=config.shards, seed=config.seed)
+    images = load_images(BATCH, images=config.images, shards=config.shards, seed=config.seed, size=config.size)
     work = Workload(images, config.seed)
     policy = (f"depth {DEPTH}, op ids uniform over all {len(op_table())} ops, levels and rand uniform [0, 1) "
               "(arguments an op lacks: 0)")

@@ -83,6 +83,9 @@ def build_parser() -> OneLineParser:
     aug.add_argument("--images", default=None, metavar="PATH",
                      help="instead of --shards: a tar archive or a directory of PNG/JPEG files (its train/ part)")
     aug.add_argument("--seed", type=int, default=0, help="seed of the policies (and of synthetic images)")
+    aug.add_argument("--size", type=positive_int, default=None, metavar="S",
+                     help="image side: synthetic images of S x S (default 32); with --shards or --images, "
+                          "their images must be S x S (e.g. 96 for STL-10)")
     for name, (_, help_text) in DELEGATED.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -105,6 +108,7 @@ def run_aug(args: argparse.Namespace) -> int:
         images=args.images,
         shards=args.shards,
         seed=args.seed,
+        size=args.size,
     )
     aug.validate(config)
     console = Console(stderr=True, highlight=False)

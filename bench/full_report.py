@@ -203,6 +203,20 @@ def _aug_rate(sections: dict, backend: str, k: int) -> float | None:
     return row["views_per_s"] if row else None
 
 
+PAPER_RUNS = {"cifar10": "CIFAR-10", "svhn": "SVHN", "stl10": "STL-10 (96x96)", "cifar100": "CIFAR-100"}
+
+
+def paper_run(shards: Path | None) -> str:
+    """The paper's run a projection stands for: that of the shards' dataset, else CIFAR-10."""
+    if shards is None:
+        return PAPER_RUNS["cifar10"]
+    try:
+        manifest = json.loads((Path(shards) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return PAPER_RUNS["cifar10"]
+    return PAPER_RUNS.get(manifest.get("dataset"), str(manifest.get("dataset")))
+
+
 def projection(sections: dict, config: AllConfig) -> dict | None:
     device = config.device
     loader = _train_row(sections, device, "loader", True)
@@ -216,6 +230,7 @@ def projection(sections: dict, config: AllConfig) -> dict | None:
     render = row["views_per_step"] / kernel if kernel else None
     reference_render = row["views_per_step"] / reference if reference else None
     return {
+        "paper_run": paper_run(config.shards),
         "paper_steps": PAPER_STEPS, "device": device, "model": row["model"], "batch": row["batch"], "k": row["k"],
         "algorithm": row.get("algorithm", "remixmatch"), "unlabeled_batch": row.get("unlabeled_batch", row["batch"]),
         "feed": row["feed"], "views_per_step": row["views_per_step"],
@@ -287,7 +302,7 @@ def projection_markdown(proj: dict | None, config: AllConfig) -> list[str]:
     kind = "weak" if algorithm == "mixmatch" else "strong"
     k_note = "" if proj["k"] == paper_k else f" (measured at K = {proj['k']}, not the paper's {paper_k})"
     lines.append(
-        f"- The {algorithm} paper's CIFAR-10 run, 2^20 steps of B = {proj['batch']} labeled + "
+        f"- The {algorithm} paper's {proj.get('paper_run', 'CIFAR-10')} run, 2^20 steps of B = {proj['batch']} labeled + "
         f"{proj.get('unlabeled_batch', proj['batch'])} unlabeled images with K = {proj['k']} {kind} views each{k_note}, "
         f"{proj['views_per_step']} views per step, on this machine's {proj['device']} with {proj['model']}: "
         f"**{format_hours(proj['projected_hours'])}** ({1000 * proj['seconds_per_step']:.0f} ms per "

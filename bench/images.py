@@ -46,20 +46,28 @@ class ImageSet:
 
 
 def load_images(count: int, *, images: str | Path | None = None, shards: str | Path | None = None,
-                seed: int = 0) -> ImageSet:
+                seed: int = 0, size: int | None = None) -> ImageSet:
     """The benchmark batch: ``images`` (an archive or a directory) if given, else the shard
-    directory of ``shards`` or ``$REMIXMATCH_SHARDS``, else the synthetic set."""
+    directory of ``shards`` or ``$REMIXMATCH_SHARDS``, else the synthetic set (``size`` x ``size``,
+    default 32). A ``size`` that read images do not have is refused."""
     if images is not None:
         path = Path(images)
         if path.is_dir():
-            return read_directory(path, count)
+            return _of_size(read_directory(path, count), size, f"--images {path}")
         if path.is_file():
-            return read_archive(path, count)
+            return _of_size(read_archive(path, count), size, f"--images {path}")
         raise ImageInputError(f"--images {path}: no such file or directory")
     source = resolve_path(shards, "--shards", SHARDS_ENV)
     if source is not None:
-        return read_shards(source, count)
-    return synthetic_images(count, seed)
+        return _of_size(read_shards(source, count), size, f"shards {source}")
+    return synthetic_images(count, seed, size or SYNTHETIC_SIZE)
+
+
+def _of_size(image_set: ImageSet, size: int | None, where: str) -> ImageSet:
+    height, width = image_set.pixels.shape[1:3]
+    if size is not None and (height, width) != (size, size):
+        raise ImageInputError(f"{where}: images are {width}x{height}, not the --size {size}x{size} asked for")
+    return image_set
 
 
 def open_split(source: DataPath, split: str = SPLIT):

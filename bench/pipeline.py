@@ -249,11 +249,14 @@ def open_data(shards_dir: Path, labels: int, valid: int) -> BenchData:
     return BenchData(shards, train_data(shards, subset))
 
 
-def view_config(config: PipelineConfig, batch: int | None = None):
+def view_config(config: PipelineConfig, data: BenchData, batch: int | None = None):
+    """The step's views; the weak pad follows the images' side as in training (4 px at 32, 12 at 96)."""
     from remixmatch.pipeline import ViewConfig
+    from remixmatch.pipeline.plan import weak_pad
 
     b = config.batch if batch is None else batch
-    return ViewConfig(batch=b, unlabeled_batch=b, k=config.k, seed=config.seed)
+    return ViewConfig(batch=b, unlabeled_batch=b, k=config.k, seed=config.seed,
+                      pad=weak_pad(data.train.image_shape[0]))
 
 
 class PlanStream:
@@ -421,7 +424,7 @@ def run_loader(config: PipelineConfig, data: BenchData, backend: str, device: st
     from remixmatch.pipeline.loader import make_fetcher
 
     batch = config.batch if batch is None else batch
-    views = view_config(config, batch)
+    views = view_config(config, data, batch)
     start = time.perf_counter()
     try:
         if backend == "dali":
@@ -463,7 +466,7 @@ def run_pool_rows(config: PipelineConfig, data: BenchData, log) -> tuple[list[di
     from remixmatch.pipeline import CTAugment
 
     processes = config.threads
-    views = view_config(config)
+    views = view_config(config, data)
     rows: list[dict] = []
     with pil_pool(processes) as (pool, startup):
         log(f"PIL pool: {processes} processes started in {startup:.1f} s")
@@ -484,7 +487,7 @@ def check_equivalence(config: PipelineConfig, data: BenchData, pool, processes: 
     """Untimed: step 0 of the torch loader against the same plan rendered by both PIL styles."""
     from remixmatch.pipeline import CTAugment, HostFetcher, StepLoader
 
-    views = view_config(config)
+    views = view_config(config, data)
     loader = StepLoader(data.train, CTAugment(), views, device="cpu", prefetch=False,
                         fetcher=NumbaThreadsFetcher(HostFetcher(data.train.split, "cpu"), config.threads))
     try:

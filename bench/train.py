@@ -313,8 +313,10 @@ def run_row(config: TrainBenchConfig, device: str, feed: str, prefetch: bool, da
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    state = build_train_state(tc, num_classes, p_data, torch_device)  # one rank; model mean / std: defaults
-    policy, views = build_policy_and_views(tc)
+    side = data.train.image_shape[0] if data is not None else 32
+    # One rank; model mean / std: defaults; the stage count and weak pad follow the image side.
+    state = build_train_state(tc, num_classes, p_data, torch_device, image_side=side)
+    policy, views = build_policy_and_views(tc, side)
     numba_threads = config.threads if feed == "loader" and device == "cpu" else None
     if feed == "synthetic":
         shape = tuple(data.train.image_shape) if data is not None else (32, 32, 3)

@@ -1,4 +1,4 @@
-"""Command-line entry points: prep-cifar10, prep-svhn, prep-folder and rmm-shards.
+"""Command-line entry points: prep-cifar10, prep-cifar100, prep-stl10, prep-svhn, prep-folder and rmm-shards.
 
 Each `*_main(argv=None) -> int` returns the exit status. Expected bad input prints one line,
 ``prog: error: <what is wrong and where>``, to stderr and returns 2 (1 when `verify` finds a
@@ -40,12 +40,19 @@ def _common_prep_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _summary(manifest: dict, out: Path, seconds: float) -> str:
-    parts = [
-        f"{name} {entry['rows']:,} rows in {len(entry['shards'])} shard{'s' if len(entry['shards']) != 1 else ''}"
-        for name, entry in manifest["splits"].items()
-    ]
-    return f"{manifest['dataset']}: {', '.join(parts)} -> {out} ({seconds:.1f} s)"
+def _summary(manifest: dict, out: Path, seconds: float, sizes: bool = False) -> str:
+    """One line per prep; `sizes` adds each split's bytes on disk and the encoding."""
+
+    def part(name: str, entry: dict) -> str:
+        shards = len(entry["shards"])
+        text = f"{name} {entry['rows']:,} rows in {shards} shard{'s' if shards != 1 else ''}"
+        if sizes:
+            text += f" ({_human_bytes(sum(s['bytes'] for s in entry['shards']))})"
+        return text
+
+    parts = [part(name, entry) for name, entry in manifest["splits"].items()]
+    encoding = f" [{manifest['encoding']}]" if sizes else ""
+    return f"{manifest['dataset']}{encoding}: {', '.join(parts)} -> {out} ({seconds:.1f} s)"
 
 
 def _progress(args) -> bool | None:
@@ -84,6 +91,77 @@ def prep_cifar10_main(argv: Sequence[str] | None = None) -> int:
             progress=_progress(args),
         )
         print(_summary(manifest, args.out, time.perf_counter() - start))
+        return 0
+
+    return run_cli(parser.prog, body, interrupted=NOTHING_WRITTEN)
+
+
+def prep_cifar100_main(argv: Sequence[str] | None = None) -> int:
+    parser = OneLineParser(
+        prog="prep-cifar100",
+        description="Shard CIFAR-100 (the official python archive, downloaded by default, MD5 checked; or its "
+        "extracted cifar-100-python/ folder). Fine labels (100 classes) unless --coarse; names from meta.",
+    )
+    parser.add_argument(
+        "--source",
+        metavar="PATH|URL",
+        help="archive, folder or URL (default: download the official archive; an archive's MD5 is checked)",
+    )
+    parser.add_argument("--coarse", action="store_true", help="store the 20 superclasses instead of the 100 classes")
+    parser.add_argument("--md5", help=argparse.SUPPRESS)  # replaces the official MD5 (tests)
+    _common_prep_options(parser)
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        from .sources_cifar100 import prep_cifar100
+
+        start = time.perf_counter()
+        manifest = prep_cifar100(
+            args.source,
+            args.out,
+            coarse=args.coarse,
+            overwrite=args.overwrite,
+            shard_rows=args.shard_rows,
+            expected_md5=args.md5,
+            progress=_progress(args),
+        )
+        print(_summary(manifest, args.out, time.perf_counter() - start))
+        return 0
+
+    return run_cli(parser.prog, body, interrupted=NOTHING_WRITTEN)
+
+
+def prep_stl10_main(argv: Sequence[str] | None = None) -> int:
+    parser = OneLineParser(
+        prog="prep-stl10",
+        description="Shard STL-10 (the official stl10_binary.tar.gz, downloaded by default, MD5 checked; or its "
+        "extracted stl10_binary/ folder): splits train (5,000), test (8,000), unlabeled (100,000, label -1), "
+        "96x96, and the 10 official folds in the manifest. Streamed in blocks.",
+    )
+    parser.add_argument(
+        "--source",
+        metavar="PATH|URL",
+        help="archive, folder or URL (default: download the official archive; an archive's MD5 is checked)",
+    )
+    parser.add_argument("--encoded", action="store_true", help="store PNG bytes instead of raw pixels")
+    parser.add_argument("--md5", help=argparse.SUPPRESS)  # replaces the official MD5 (tests)
+    _common_prep_options(parser)
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        from .sources_stl10 import prep_stl10
+
+        start = time.perf_counter()
+        manifest = prep_stl10(
+            args.source,
+            args.out,
+            encoded=args.encoded,
+            overwrite=args.overwrite,
+            shard_rows=args.shard_rows,
+            expected_md5=args.md5,
+            progress=_progress(args),
+        )
+        print(_summary(manifest, args.out, time.perf_counter() - start, sizes=True))
         return 0
 
     return run_cli(parser.prog, body, interrupted=NOTHING_WRITTEN)
@@ -257,14 +335,22 @@ def _verify(args) -> int:
 
 def _subset(args) -> int:
     from .reader import open_shards
-    from .subsets import labeled_subset, save_subset
+    from .subsets import fold_subset, labeled_subset, save_subset
 
     ds = open_shards(args.dir)
-    subset = labeled_subset(ds, args.labels, args.seed, args.valid, split=args.split)
-    out = args.out or Path(f"{ds.dataset}.{args.split}@{args.labels}-seed{args.seed}.json")
-    save_subset(subset, out, labels=ds[args.split].labels)
+    if args.fold is not None:
+        if args.labels is not None or args.seed is not None or args.valid:
+            raise PrepError("--fold takes the official fold exactly: no --labels, --seed or --valid with it")
+        subset = fold_subset(ds, args.fold)
+        out = args.out or Path(f"{ds.dataset}.fold{args.fold}.json")
+    else:
+        if args.labels is None or args.seed is None:
+            raise PrepError("give --labels N --seed S, or --fold F for a dataset's official fold")
+        subset = labeled_subset(ds, args.labels, args.seed, args.valid, split=args.split)
+        out = args.out or Path(f"{ds.dataset}.{args.split}@{args.labels}-seed{args.seed}.json")
+    save_subset(subset, out, labels=ds[subset.split].labels)
     print(
-        f"{out}: {len(subset.labeled)} labeled, {len(subset.valid)} validation of {subset.num_rows} {args.split} rows"
+        f"{out}: {len(subset.labeled)} labeled, {len(subset.valid)} validation of {subset.num_rows} {subset.split} rows"
     )
     return 0
 
@@ -280,8 +366,14 @@ def shards_main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument("--no-progress", action="store_true")
     subset = sub.add_parser("subset", help="write a class-balanced labeled subset (JSON)")
     subset.add_argument("dir", type=Path)
-    subset.add_argument("--labels", type=positive_int, required=True, metavar="N", help="number of labeled rows")
-    subset.add_argument("--seed", type=int, required=True)
+    subset.add_argument("--labels", type=positive_int, metavar="N", help="number of labeled rows (with --seed)")
+    subset.add_argument("--seed", type=int)
+    subset.add_argument(
+        "--fold",
+        type=int,
+        metavar="F",
+        help="the dataset's official fold F exactly (STL-10: 0..9), with every train and unlabeled row as unlabeled data",
+    )
     subset.add_argument("--valid", type=int, default=0, metavar="N", help="validation rows held out from the rest")
     subset.add_argument("--split", default="train")
     subset.add_argument("--out", type=Path, metavar="FILE")

@@ -63,6 +63,10 @@ class DatasetInfo:
     image_shape: tuple[int, int, int] | None  # (H, W, C); None for encoded images of mixed sizes
     encoding: str  # "raw" | "png" | "jpeg"
     source: str  # human-readable description of what was read
+    # A dataset's official labeled folds (STL-10's fold_indices.txt): rows of `folds_split`, one
+    # tuple per fold, in the file's order. Stored in the manifest (and its fingerprint) when present.
+    folds: tuple[tuple[int, ...], ...] | None = None
+    folds_split: str = "train"
 
     def __post_init__(self) -> None:
         if self.encoding not in ENCODINGS:
@@ -125,6 +129,8 @@ def dataset_fingerprint(manifest: dict) -> str:
             name: [shard["sha256"] for shard in split["shards"]] for name, split in sorted(manifest["splits"].items())
         },
     }
+    if manifest.get("folds") is not None:  # only datasets with official folds: other fingerprints are unchanged
+        content["folds"] = manifest["folds"]
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -337,10 +343,16 @@ class DatasetBuilder:
             },
             "splits": self._entries,
             "source": self.info.source,
+            **self._folds_entry(),
             "tool": {"name": "remixmatch", "version": tool_version()},
         }
         manifest["fingerprint"] = dataset_fingerprint(manifest)
         return manifest
+
+    def _folds_entry(self) -> dict:
+        if self.info.folds is None:
+            return {}
+        return {"folds": {"split": self.info.folds_split, "indices": [list(map(int, f)) for f in self.info.folds]}}
 
     def commit(self) -> dict:
         """Close open splits, write the manifest last, and move the directory into place."""

@@ -105,7 +105,21 @@ class ShardSet:
     def __iter__(self) -> Iterator[str]:
         return iter(self.splits)
 
-    def __getitem__(self, split: str) -> "Split":
+    @property
+    def folds(self) -> tuple[np.ndarray, ...] | None:
+        """The official labeled folds (STL-10): int64 rows of `folds_split`, in the file's order; None if none."""
+        entry = self.manifest.get("folds")
+        return None if entry is None else tuple(np.asarray(f, dtype=np.int64) for f in entry["indices"])
+
+    @property
+    def folds_split(self) -> str | None:
+        entry = self.manifest.get("folds")
+        return None if entry is None else entry["split"]
+
+    def __getitem__(self, split: str) -> "Split | JoinedSplit":
+        """A split, or several joined by "+" ("train+unlabeled": the rows of train, then of unlabeled)."""
+        if "+" in split:
+            return JoinedSplit(self, split.split("+"))
         if split not in self.manifest["splits"]:
             raise ShardError(f"{self.path}: no split {split!r} (splits: {', '.join(self.splits)})")
         if split not in self._splits:
@@ -342,6 +356,97 @@ class Split:
     def _locate(self, row: int) -> tuple[pa.RecordBatch, int]:
         b, local = self._locate_index(row)
         return self._batches[b], local
+
+
+class JoinedSplit:
+    """Splits read as one: the rows of the first, then of the next (STL-10's train + unlabeled as one
+    pool of unlabeled rows). It answers what a Split answers (len, labels, images, encoded, sources)."""
+
+    def __init__(self, shardset: ShardSet, names: Sequence[str]):
+        if len(names) < 2 or len(set(names)) != len(names) or not all(names):
+            raise ShardError(f"{shardset.path}: {'+'.join(names)!r} does not name distinct splits joined by '+'")
+        self.parts = [shardset[n] for n in names]
+        self.name = "+".join(names)
+        self.shardset = shardset
+        self.image_shape = shardset.image_shape
+        self.encoding = shardset.encoding
+        self._starts = np.concatenate([[0], np.cumsum([len(p) for p in self.parts])]).astype(np.int64)
+        self._labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __reduce__(self):
+        return (_reopen_split, (str(self.shardset.path), self.name))
+
+    def __repr__(self) -> str:
+        return f"JoinedSplit({self.name!r}, rows={len(self)}, encoding={self.encoding!r}, image_shape={self.image_shape})"
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.shardset.class_names
+
+    @property
+    def labels(self) -> np.ndarray:
+        if self._labels is None:
+            self._labels = np.concatenate([p.labels for p in self.parts])
+            self._labels.flags.writeable = False
+        return self._labels
+
+    @property
+    def indices(self) -> np.ndarray:
+        return np.arange(len(self), dtype=np.int64)
+
+    def _rows(self, indices: IndexLike) -> np.ndarray:
+        if isinstance(indices, slice):
+            return np.arange(*indices.indices(len(self)), dtype=np.int64)
+        rows = np.atleast_1d(np.asarray(indices))
+        if rows.size == 0:
+            return np.empty(0, dtype=np.int64)
+        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+            raise TypeError(f"indices must be an int, a slice or a 1-D integer array, got {rows.dtype} {rows.shape}")
+        rows = np.where(rows < 0, rows + len(self), rows).astype(np.int64)
+        if rows.min() < 0 or rows.max() >= len(self):
+            bad = rows[(rows < 0) | (rows >= len(self))][0]
+            raise IndexError(f"index {int(bad)} out of range for split {self.name} of {len(self)} rows")
+        return rows
+
+    def _each_part(self, rows: np.ndarray):
+        """(part, mask of `rows` in it, its local rows) for each part some row falls in."""
+        part_of_row = np.searchsorted(self._starts, rows, side="right") - 1
+        for i in np.unique(part_of_row):
+            mask = part_of_row == i
+            yield self.parts[i], mask, rows[mask] - self._starts[i]
+
+    def images(self, indices: IndexLike, out: np.ndarray | None = None) -> np.ndarray:
+        scalar = isinstance(indices, (int, np.integer))
+        rows = self._rows(indices)
+        if scalar:
+            ((part, _, local),) = self._each_part(rows)
+            return part.images(int(local[0]), out=out)
+        pieces = [(mask, part.images(local)) for part, mask, local in self._each_part(rows)]
+        shape = (len(rows), *(pieces[0][1].shape[1:] if pieces else (self.image_shape or (0, 0, 3))))
+        if out is None:
+            out = np.empty(shape, dtype=np.uint8)
+        for mask, pixels in pieces:
+            out[mask] = pixels
+        return out
+
+    def encoded(self, indices: IndexLike) -> list[bytes]:
+        rows = self._rows(indices)
+        result: list = [None] * len(rows)
+        for part, mask, local in self._each_part(rows):
+            for position, blob in zip(np.flatnonzero(mask), part.encoded(local)):
+                result[position] = blob
+        return result
+
+    def sources(self, indices: IndexLike) -> list[str]:
+        rows = self._rows(indices)
+        result: list = [None] * len(rows)
+        for part, mask, local in self._each_part(rows):
+            for position, name in zip(np.flatnonzero(mask), part.sources(local)):
+                result[position] = f"{part.name}:{name}"
+        return result
 
 
 def _reopen_split(path: str, name: str) -> Split:

@@ -124,13 +124,13 @@ def _numpy_core(submodule: str):
     raise pickle.UnpicklingError(f"numpy has no core module {submodule}")
 
 
-def _unpickle(blob: bytes, where: str) -> dict:
+def _unpickle(blob: bytes, where: str, what: str = "CIFAR-10 batch") -> dict:
     try:
         obj = _BatchUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except Exception as e:  # any failure to unpickle untrusted bytes is bad input
-        raise PrepError(f"{where}: not a CIFAR-10 batch ({type(e).__name__}: {e})") from None
+        raise PrepError(f"{where}: not a {what} ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
-        raise PrepError(f"{where}: not a CIFAR-10 batch (a {type(obj).__name__}, not a dict)")
+        raise PrepError(f"{where}: not a {what} (a {type(obj).__name__}, not a dict)")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 

@@ -67,6 +67,7 @@ class LabeledSubset:
     split: str = "train"
     dataset: str | None = None
     fingerprint: str | None = None  # of the shard directory (ShardSet.fingerprint), when known
+    fold: int | None = None  # the official fold the labeled rows are (fold_subset); None: chosen by seed
 
     def unlabeled(self) -> np.ndarray:
         """Rows used as unlabeled data: the whole split except the validation hold-out."""
@@ -89,6 +90,9 @@ class LabeledSubset:
             "method": "per class, rows ranked by splitmix64(row ^ splitmix64(seed)); labeled first, then valid",
             "unlabeled": "all rows of the split except valid",
         }
+        if self.fold is not None:
+            doc["fold"] = self.fold
+            doc["method"] = f"the dataset's official fold {self.fold}, exactly"
         if labels is not None:
             doc["labeled_per_class"] = np.bincount(labels[self.labeled], minlength=self.num_classes).tolist()
             doc["valid_per_class"] = np.bincount(labels[self.valid], minlength=self.num_classes).tolist()
@@ -183,6 +187,41 @@ def labeled_subset(
     )
 
 
+def fold_subset(shardset, fold: int, *, unlabeled_splits: Sequence[str] | None = None) -> LabeledSubset:
+    """The dataset's official fold `fold` as the labeled rows, exactly (STL-10's fold_indices.txt).
+
+    The subset indexes the folds' split joined with `unlabeled_splits` (default: "unlabeled" when
+    the dataset has it), so every row of both is unlabeled data, as in the paper's STL-10 runs:
+    split "train+unlabeled", the train rows first. Nothing is held out for validation.
+    """
+    folds = shardset.folds
+    if folds is None:
+        raise PrepError(f"{shardset.path}: dataset {shardset.dataset} has no official folds (--fold is for STL-10)")
+    if not 0 <= fold < len(folds):
+        raise PrepError(f"fold {fold} out of range 0..{len(folds) - 1} ({shardset.dataset} has {len(folds)} folds)")
+    if unlabeled_splits is None:
+        unlabeled_splits = [s for s in ("unlabeled",) if s in shardset]
+    split = "+".join([shardset.folds_split, *unlabeled_splits])
+    rows = shardset[split]
+    labeled = np.sort(folds[fold])
+    labels = np.asarray(rows.labels)
+    if labeled.size and (labeled.max() >= len(shardset[shardset.folds_split]) or np.any(labels[labeled] < 0)):
+        raise PrepError(f"{shardset.path}: fold {fold} names rows without a label")
+    return LabeledSubset(
+        n_labeled=len(labeled),
+        seed=0,
+        n_valid=0,
+        num_classes=shardset.num_classes,
+        num_rows=len(rows),
+        labeled=labeled.astype(np.int64),
+        valid=np.empty(0, np.int64),
+        split=split,
+        dataset=shardset.dataset,
+        fingerprint=shardset.fingerprint,
+        fold=fold,
+    )
+
+
 def save_subset(subset: LabeledSubset, path: str | Path, labels: np.ndarray | None = None) -> Path:
     """Write the subset as JSON (atomically: a reader never sees half a file). `labels` adds per-class counts."""
     path = Path(path)
@@ -223,6 +262,7 @@ def load_subset(path: str | Path, *, expect_fingerprint: str | None = None) -> L
             split=doc.get("split", "train"),
             dataset=doc.get("dataset"),
             fingerprint=doc.get("fingerprint"),
+            fold=None if doc.get("fold") is None else int(doc["fold"]),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise PrepError(f"{path}: incomplete subset file ({type(e).__name__}: {e})") from None

@@ -32,6 +32,12 @@ CUTOUT = OP_ID["cutout"]
 _X_WEAK, _X_POLICY, _PROBE, _U_WEAK, _U_STRONG_WEAK, _U_POLICY = range(1, 7)
 
 
+def weak_pad(side: int) -> int:
+    """The weak augmentation's reflect pad for images of ``side`` px: 12.5% of it, as the reference
+    pads (4 px at 32x32, 12 px at STL-10's 96x96)."""
+    return max(1, side // 8)
+
+
 @dataclass(frozen=True)
 class ViewConfig:
     """What a training step's views are. Batches are global (split over ranks)."""
@@ -40,7 +46,7 @@ class ViewConfig:
     unlabeled_batch: int = 64  # unlabeled images per step (ReMixMatch: the same as batch)
     k: int = 8  # strong views per unlabeled image; 0 = no unlabeled strong views
     seed: int = 0
-    pad: int = 4  # weak augmentation: reflect-pad by this many pixels, crop back at a random offset
+    pad: int = 4  # weak augmentation: reflect-pad by this many pixels, crop back at a random offset (weak_pad(side))
     flip: bool = True  # weak augmentation: random horizontal flip (off for SVHN)
     weak: bool = True  # off: no flip and no translation (the 'no weak augmentation' ablation)
     strong: bool = True  # off: CTAugment views are weak views (the 'no strong augmentation' ablation)

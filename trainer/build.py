@@ -14,17 +14,18 @@ from typing import Callable, Sequence
 import torch
 
 from remixmatch.pipeline import CTAugment, ViewConfig
+from remixmatch.pipeline.plan import weak_pad
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .losses import DistributionAlignment
-from .model import WideResNet, decay_parameters, sync_batch_norm
+from .model import WideResNet, decay_parameters, stages_for_size, sync_batch_norm
 from .step import TrainState
 
 
 def build_train_state(config: TrainConfig, num_classes: int, p_data, device: torch.device, *,
                       mean: Sequence[float] | None = None, std: Sequence[float] | None = None, rank: int = 0,
                       world_size: int = 1, wrap_model: Callable | None = None,
-                      all_reduce_mean: Callable | None = None) -> TrainState:
+                      all_reduce_mean: Callable | None = None, image_side: int | None = None) -> TrainState:
     """Model, EMA copy, optimiser and distribution alignment (``p_data``: the labeled class
     distribution) in a TrainState. ``mean`` / ``std``: the model's input normalisation (None: the
     model's defaults, which change nothing of the cost). Seeds torch with ``config.run_seed``."""
@@ -32,7 +33,8 @@ def build_train_state(config: TrainConfig, num_classes: int, p_data, device: tor
     norm = {} if mean is None else {"mean": mean}
     if std is not None:
         norm["std"] = std
-    model = WideResNet(num_classes, config.width, config.blocks_per_stage, config.bn_momentum, **norm).to(device)
+    model = WideResNet(num_classes, config.width, config.blocks_per_stage, config.bn_momentum, **norm,
+                       stages=model_stages(config, image_side)).to(device)
     if config.sync_bn and world_size > 1:
         model = sync_batch_norm(model)  # batch statistics over the global batch
     if device.type == "cuda" and config.channels_last:
@@ -65,18 +67,28 @@ def _unlabeled_views(config: TrainConfig) -> int:
     return {"remixmatch": config.k, "fixmatch": config.k, "mixmatch": config.k - 1}.get(config.algorithm, 0)
 
 
-def build_policy_and_views(config: TrainConfig) -> tuple[CTAugment | None, ViewConfig]:
+def model_stages(config: TrainConfig, image_side: int | None) -> int:
+    """``config.stages``, or with 0 the reference's count for the images' size."""
+    if config.stages:
+        return config.stages
+    if image_side is None:
+        raise ConfigError("--stages 0 derives the stage count from the image size, which is not known here")
+    return stages_for_size(image_side)
+
+
+def build_policy_and_views(config: TrainConfig, image_side: int = 32) -> tuple[CTAugment | None, ViewConfig]:
     """CTAugment (ReMixMatch and FixMatch with strong augmentation; else None) and the views each
     step draws: ReMixMatch's labeled views are strong, the others' weak; probes only where CTAugment
-    learns; FixMatch's strong views end with Cutout; MixMatch's unlabeled views are all weak."""
+    learns; FixMatch's strong views end with Cutout; MixMatch's unlabeled views are all weak. The weak
+    augmentation pads by ``weak_pad(image_side)`` (4 px at 32, 12 at 96)."""
     cta = config.uses_cta
     policy = CTAugment(config.cta_depth, config.cta_decay, config.cta_threshold, config.cta_rule) if cta else None
     views = ViewConfig(batch=config.batch, unlabeled_batch=config.unlabeled_batch, k=_unlabeled_views(config),
-                       seed=config.run_seed, flip=config.flip, weak=config.weak_aug,
+                       seed=config.run_seed, pad=weak_pad(image_side), flip=config.flip, weak=config.weak_aug,
                        strong=config.strong_aug and config.algorithm != "mixmatch",
                        labeled_strong=config.algorithm == "remixmatch", probes=cta,
                        cutout_level=config.cutout_level if config.cutout and cta else None)
     return policy, views
 
 
-__all__ = ["build_optimizer", "build_policy_and_views", "build_train_state"]
+__all__ = ["build_optimizer", "build_policy_and_views", "build_train_state", "model_stages"]

@@ -24,6 +24,7 @@ class TrainConfig:
     data: str = ""  # shard directory (prep-cifar10 --out)
     labels: int = 250  # labeled images, class-balanced
     seed: int = 1  # labeled split seed (the paper reports 5 splits)
+    fold: int = -1  # the dataset's official fold as the labeled set, exactly (STL-10: 0..9), with every train and unlabeled image as unlabeled data; -1: --labels chosen by --seed
     valid: int = 5000  # training images held out as validation (never trained on), as the reference
     eval_split: str = "test"  # what --eval-every measures: a shard split, or "valid" for the hold-out
     # algorithm
@@ -54,6 +55,7 @@ class TrainConfig:
     # model
     width: int = 32  # first stage's channels: 32 = WRN-28-2
     blocks_per_stage: int = 4  # 4 = WRN-28
+    stages: int = 3  # residual stages, the first at stride 1, each later one halving the map (4: the STL-10 net); 0: ceil(log2(image side)) - 2, the reference's rule
     bn_momentum: float = 0.001  # torch convention (TF decay 0.999)
     sync_bn: bool = False  # batch-norm statistics over the global batch (all ranks) instead of each rank's share: the same run on any number of processes, at one small all-reduce per BN layer (default off, the reference's per-GPU statistics)
     # optimisation
@@ -129,6 +131,13 @@ PRESETS: dict[str, dict] = {
     "cifar10-40": {"labels": 40, "k": 1, "w_rot": 2.0, "warmup_kimg": 8192.0},
     "cifar10-4000": {"labels": 4000},
     "svhn-250": {"flip": False},
+    "svhn-1000": {"flip": False, "labels": 1000},
+    "cifar10-1000": {"labels": 1000},
+    # The paper's STL-10 run (Table 3: 6.18 +- 1.24% error): official fold 0 as the 1,000 labels, the
+    # train and unlabeled splits as unlabeled data, the reference's four-stage network, no hold-out.
+    "stl10-1000": {"fold": 0, "labels": 1000, "valid": 0, "stages": 4},
+    # WRN-28-8 (FixMatch's and USB's CIFAR-100 network).
+    "cifar100-2500": {"labels": 2500, "width": 128},
     # A few minutes on 2 CPU cores. Short runs need a BN momentum and an EMA decay whose horizons
     # fit the run (0.001 and 0.999 average over ~1000 steps: a 300-step run would evaluate with
     # barely-moved running statistics and an EMA that is mostly its initialisation), and a ramp
@@ -218,6 +227,9 @@ def validate(config: TrainConfig) -> None:
         need(getattr(config, name) >= 1, f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     need(config.loader in ("auto", "torch", "dali"), f"--loader must be auto, torch or dali, got {config.loader!r}")
     need(config.eval_split != "valid" or config.valid > 0, "--eval-split valid needs --valid > 0")
+    need(config.stages >= 0, f"--stages must be at least 0 (0: from the image size), got {config.stages}")
+    need(config.fold >= -1, f"--fold must be a fold number (0, 1, ...) or -1 for none, got {config.fold}")
+    need(config.fold < 0 or config.valid == 0, "--fold takes the official fold as it is: set --valid 0")
 
 
 def preset_values(preset: str | None, algorithm: str | None = None) -> dict:

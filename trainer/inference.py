@@ -160,13 +160,14 @@ def check_same_model(expected: dict, found: dict, where: Path, built_from: str) 
                        f"{built_from} has not")
 
 
-def build_model(config: TrainConfig, num_classes: int, device: torch.device) -> torch.nn.Module:
-    """The bare model as training builds it (its state is then loaded over it)."""
+def build_model(config: TrainConfig, num_classes: int, device: torch.device, image_side: int) -> torch.nn.Module:
+    """The bare model as training builds it (its state is then loaded over it); ``image_side``: the
+    training images' side, from which ``--stages 0`` derives the stage count."""
     from .build import build_train_state
 
     config = config.replace(compile=False, sync_bn=False)
     uniform = np.full(num_classes, 1.0 / num_classes)
-    return build_train_state(config, num_classes, uniform, device).raw_model
+    return build_train_state(config, num_classes, uniform, device, image_side=image_side).raw_model
 
 
 def load_trained(run_dir: Path, *, checkpoint: Path | None = None, which: str = "ema",
@@ -184,7 +185,7 @@ def load_trained(run_dir: Path, *, checkpoint: Path | None = None, which: str = 
         raise UseError(str(error)) from None
     class_names, image_shape, dataset = run_classes(run_dir, config)
     torch_device = resolve_device(device)
-    model = build_model(config, len(class_names), torch_device)
+    model = build_model(config, len(class_names), torch_device, int(image_shape[0]))
     weights = state[_STATE_KEY[which]]
     check_same_model(model.state_dict(), weights, path, f"{run_dir / 'config.json'}")
     model.load_state_dict(weights)

@@ -107,8 +107,21 @@ class ResidualBlock(nn.Module):
         return shortcut + y
 
 
+def stages_for_size(side: int) -> int:
+    """The reference's number of stages (``scales``) for images of ``side`` px when none is given:
+    ceil(log2(side)) - 2, so the last stage works on a 4-8 px map (3 at 32 px, 5 at 96 px). Its
+    STL-10 network is set explicitly instead: 4 stages (the ``stl10-1000`` preset)."""
+    if side < 8:
+        raise ValueError(f"images of {side} px are too small for a stage count (at least 8 px)")
+    return max(1, math.ceil(math.log2(side)) - 2)
+
+
 class WideResNet(nn.Module):
     """WRN-28-2 of the ReMixMatch reference (defaults), with its rotation head.
+
+    ``stages`` (the reference's ``scales``): stage s has ``width << s`` channels, stride 1 in the
+    first stage and 2 at the first block of every later one. 3 is WRN-28-2; 4, with 4 blocks a
+    stage and width 32, the reference's STL-10 network (WRN-37-2 in the papers).
 
     ``forward`` takes float NCHW images with values in [0, 1] and normalises them itself with the
     ``mean`` / ``std`` buffers, so callers only convert uint8 to float. The defaults hold 1,467,610
@@ -126,12 +139,13 @@ class WideResNet(nn.Module):
         leaky_slope: float = 0.1,
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.25, 0.25, 0.25),
+        stages: int = 3,
     ):
         super().__init__()
-        if num_classes < 1 or width < 1 or blocks_per_stage < 1:
+        if num_classes < 1 or width < 1 or blocks_per_stage < 1 or stages < 1:
             raise ValueError(
-                f"num_classes, width and blocks_per_stage must be positive, got "
-                f"{num_classes}, {width}, {blocks_per_stage}"
+                f"num_classes, width, blocks_per_stage and stages must be positive, got "
+                f"{num_classes}, {width}, {blocks_per_stage}, {stages}"
             )
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"mean and std need 3 channels, got {len(mean)} and {len(std)}")
@@ -145,7 +159,8 @@ class WideResNet(nn.Module):
         self.stem = _conv(3, self.STEM_CHANNELS, 3)
         blocks = []
         in_channels = self.STEM_CHANNELS
-        for stage in range(3):
+        self.stages = stages
+        for stage in range(stages):
             out_channels = width << stage
             for index in range(blocks_per_stage):
                 first = index == 0

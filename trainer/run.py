@@ -182,10 +182,11 @@ class Run:
         # Model, EMA copy, optimiser: the same initialisation on every rank (seeded).
         self.state = build_train_state(config, self.data.shards.num_classes, self.data.train.class_distribution(),
                                        self.device, mean=self.data.mean, std=self.data.std, rank=rank,
-                                       world_size=world_size, wrap_model=wrap_model, all_reduce_mean=all_reduce_mean)
+                                       world_size=world_size, wrap_model=wrap_model, all_reduce_mean=all_reduce_mean,
+                                       image_side=self.data.train.image_shape[0])
 
         # CTAugment and the loaders.
-        self.policy, views = build_policy_and_views(config)
+        self.policy, views = build_policy_and_views(config, self.data.train.image_shape[0])
         self.loader_kind = resolve_loader(config.loader, self.device)
         fetch = make_fetcher(self.loader_kind, self.data.train.split, str(self.device),
                              max_batch=config.batch + config.unlabeled_batch)
@@ -447,15 +448,14 @@ class Run:
             "eval_split": config.eval_split, "eval_rows": int(len(self.data.eval_rows)),
             "labeled": {"file": "labeled.json", "n_labeled": int(len(self.data.subset.labeled)),
                         "seed": config.seed, "n_valid": int(len(self.data.subset.valid)),
-                        "fingerprint": self.data.shards.fingerprint},
+                        "fold": self.data.subset.fold, "fingerprint": self.data.shards.fingerprint},
             "dataset": {"path": str(self.data.shards.path), "name": self.data.shards.dataset,
                         "mean": self.data.mean, "std": self.data.std,
                         "fingerprint": self.data.shards.fingerprint,
                         "class_names": list(self.data.shards.class_names),
                         "image_shape": list(split_image_shape(self.data.train.split))},
-            "model": {"parameters": count_parameters(self.state.raw_model),
-                      "name": f"WRN-{6 * config.blocks_per_stage + 4}-{config.width // 16}"
-                              if config.width % 16 == 0 else f"WRN-{6 * config.blocks_per_stage + 4} width {config.width}"},
+            "model": {"parameters": count_parameters(self.state.raw_model), "stages": self.state.raw_model.stages,
+                      "name": _model_name(config, self.state.raw_model.stages)},
             "device": str(self.device), "loader": self.loader_kind, "world_size": self.world_size,
             "wall_seconds": elapsed,
             "versions": versions(),
@@ -476,3 +476,9 @@ def check_finite_config(config: TrainConfig) -> None:
     for name, value in config.to_dict().items():
         if isinstance(value, float) and not math.isfinite(value):
             raise RunError(f"--{name.replace('_', '-')} must be finite, got {value}")
+
+
+def _model_name(config: TrainConfig, stages: int) -> str:
+    """WRN-depth-k: two 3x3 convs a block, plus 4 (6 n + 4 for the usual three stages)."""
+    depth = 2 * stages * config.blocks_per_stage + 4
+    return f"WRN-{depth}-{config.width // 16}" if config.width % 16 == 0 else f"WRN-{depth} width {config.width}"
