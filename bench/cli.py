@@ -17,6 +17,8 @@
 - ``all``: one report of aug, ptx, pipeline, train (with the step split into its phases) and
   scaling, with PNG charts and the paper's run projected (:mod:`remixmatch.bench.full_report`);
 - ``compare``: two report.json side by side with the ratio of every figure (:mod:`remixmatch.bench.compare`).
+- ``semantics``: how many views the reference code's translate and rescale change
+  (:mod:`remixmatch.bench.semantics`).
 
 All but ``aug`` own their arguments (``rmm-bench NAME --help``): everything after the name goes to
 the ``main(argv)`` of their module (:data:`DELEGATED`). Bad input exits with status 2 and a one-line
@@ -51,6 +53,8 @@ DELEGATED = {
     "all": ("remixmatch.bench.full_report",
             "one report: aug, ptx, pipeline, train with the step split, scaling, charts (see: rmm-bench all --help)"),
     "compare": ("remixmatch.bench.compare", "two report.json side by side with ratios (see: rmm-bench compare --help)"),
+    "semantics": ("remixmatch.bench.semantics",
+                  "views that reference-semantics translate and rescale change (see: rmm-bench semantics --help)"),
 }
 
 
