@@ -11,12 +11,13 @@ from __future__ import annotations
 import copy
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from remixmatch.pipeline import CTAugment, ViewConfig
 
 from .config import TrainConfig
-from .losses import DistributionAlignment
+from .losses import REFERENCE_P_DATA_DECAY, DistributionAlignment
 from .model import WideResNet, decay_parameters, sync_batch_norm
 from .step import TrainState
 
@@ -46,7 +47,11 @@ def build_train_state(config: TrainConfig, num_classes: int, p_data, device: tor
         trained = torch.compile(trained)
     distribution = None
     if config.algorithm == "remixmatch":
-        distribution = DistributionAlignment(p_data, size=config.da_size, device=device)
+        if config.p_data == "reference":  # the reference's moving average, from uniform
+            distribution = DistributionAlignment(np.full(num_classes, 1.0 / num_classes), size=config.da_size,
+                                                 device=device, p_data_decay=REFERENCE_P_DATA_DECAY)
+        else:
+            distribution = DistributionAlignment(p_data, size=config.da_size, device=device)
     return TrainState(trained, model, ema_model, optimizer, decay_parameters(model), distribution,
                       config, device, rank, world_size, all_reduce_mean)
 
@@ -55,7 +60,8 @@ def build_policy_and_views(config: TrainConfig) -> tuple[CTAugment | None, ViewC
     """CTAugment (ReMixMatch with strong augmentation; else None) and the views each step draws."""
     remixmatch = config.algorithm == "remixmatch"
     cta = remixmatch and config.strong_aug
-    policy = CTAugment(config.cta_depth, config.cta_decay, config.cta_threshold, config.cta_rule) if cta else None
+    policy = CTAugment(config.cta_depth, config.cta_decay, config.cta_threshold, config.cta_rule,
+                       semantics=config.cta_semantics) if cta else None
     views = ViewConfig(batch=config.batch, unlabeled_batch=config.unlabeled_batch,
                        k=config.k if remixmatch else 0, seed=config.run_seed, flip=config.flip,
                        weak=config.weak_aug, strong=config.strong_aug, labeled_strong=remixmatch, probes=cta)

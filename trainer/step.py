@@ -239,6 +239,8 @@ def remixmatch_step(state: TrainState, batch, step: int) -> StepResult:
     if state.all_reduce_mean is not None:
         batch_mean = state.all_reduce_mean(batch_mean)
     state.distribution.push(batch_mean)
+    # --p-data reference: the moving p_data learns this step's (global) labeled batch, after the step.
+    state.distribution.observe_labels(onehot, state.all_reduce_mean)
     # 12. CTAugment probes, scored by the EMA model (the caller feeds them to the policy).
     scores = _probe_scores(state, batch.x_probe, labels) if batch.x_probe is not None else None
     losses = torch.stack([total, loss_x, loss_u, loss_kl, loss_rot]).detach().float()
