@@ -20,13 +20,13 @@ try:
 except ImportError:  # tests imported as a package
     from tests.test_trainer_run import assert_same_final_state
 
-REFERENCE_CHOICES = {"fidelity": "reference", "cta_semantics": "reference", "input_scaling": "reference",
-                     "p_data": "reference", "valid": 1}
+REFERENCE_CHOICES = {"fidelity": "reference", "cta_semantics": "reference", "bn_mode": "reference",
+                     "input_scaling": "reference", "p_data": "reference", "valid": 1}
 
 
 def test_fidelity_reference_sets_every_choice_and_explicit_flags_win():
     corrected = resolve(None, [], {})
-    assert fidelity_choices(corrected) == {"fidelity": "corrected", "cta_semantics": "corrected",
+    assert fidelity_choices(corrected) == {"fidelity": "corrected", "cta_semantics": "corrected", "bn_mode": "joint",
                                            "input_scaling": "standardize", "p_data": "labeled", "valid": 5000}
     assert fidelity_choices(resolve(None, [], {"fidelity": "reference"})) == REFERENCE_CHOICES
     assert fidelity_choices(resolve("paper-reference", [], {})) == REFERENCE_CHOICES
@@ -37,9 +37,11 @@ def test_fidelity_reference_sets_every_choice_and_explicit_flags_win():
     assert (mixed.cta_semantics, mixed.valid, mixed.input_scaling) == ("corrected", 0, "reference")
     assert resolve("paper-reference", [], {"fidelity": "corrected"}).to_dict() == corrected.to_dict()
     for field, value in (("fidelity", "paper"), ("cta_semantics", "pixels"), ("input_scaling", "whiten"),
-                         ("p_data", "uniform")):
+                         ("p_data", "uniform"), ("bn_mode", "chunks")):
         with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')} must be one of"):
             resolve(None, [], {field: value})
+    with pytest.raises(ConfigError, match="--uratio 1"):
+        resolve(None, [], {"bn_mode": "reference", "uratio": 2})
 
 
 def test_moving_p_data_is_the_reference_average_and_constant_stays():
@@ -79,8 +81,8 @@ def test_reference_run_names_its_choices_and_resumes_exactly(pipeline_shards, tm
     args = smoke_args(pipeline_shards.path, out, "--fidelity", "reference", quiet=False)
     rc, _, err = cli([*args, "--steps", "10"], capsys)
     assert rc == 0, err
-    assert ("fidelity: fidelity reference, cta-semantics reference, input-scaling reference, p-data reference, "
-            "valid 1") in err
+    assert ("fidelity: fidelity reference, cta-semantics reference, bn-mode reference, input-scaling reference, "
+            "p-data reference, valid 1") in err
     policy = CTAugment(semantics="reference")
     policy.load_state_dict(latest_state(out)["policy"])
     rc, _, err = cli([*args, "--steps", "20", "--resume"], capsys)

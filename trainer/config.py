@@ -14,6 +14,7 @@ from .errors import TrainerError
 ALGORITHMS = ("remixmatch", "supervised")
 UNLABELED_LOSSES = ("xe", "l2")
 CTA_SEMANTICS = ("corrected", "reference")  # kernels.ops.SEMANTICS
+BN_MODES = ("joint", "reference")  # trainer/interleave.py
 INPUT_SCALINGS = ("standardize", "reference")
 P_DATA_MODES = ("labeled", "reference")
 
@@ -78,6 +79,7 @@ class TrainConfig:
     fidelity: str = "corrected"  # corrected | reference: sets the choices below and --valid to the reference code's (an explicit flag still wins)
     cta_semantics: str = "corrected"  # CTAugment level mappings: corrected | reference (translate and rescale in pixels, cutout 2 (side // 2) wide)
     input_scaling: str = "standardize"  # standardize (per-channel mean / std of the unlabeled images) | reference (x 2/255 - 1)
+    bn_mode: str = "joint"  # joint (everything that trains in one forward) | reference (the mixed batch in K + 2 interleaved chunks of B, strong view 1 and the rotations in forwards of their own, running statistics from the last chunk)
     p_data: str = "labeled"  # distribution alignment's p_data: labeled (the labeled set's class distribution) | reference (0.999 moving average of the labeled batches' one-hot labels, from uniform)
 
     @property
@@ -120,10 +122,11 @@ PRESETS: dict[str, dict] = {
 # scripts (runs/ssl/cifar10.sh, svhn.sh) train on `<dataset>.<seed>@<labels>-1`, one image held out.
 FIDELITY: dict[str, dict] = {
     "corrected": {},
-    "reference": {"cta_semantics": "reference", "input_scaling": "reference", "p_data": "reference", "valid": 1},
+    "reference": {"cta_semantics": "reference", "bn_mode": "reference", "input_scaling": "reference",
+                  "p_data": "reference", "valid": 1},
 }
 # The choices a run names wherever it reports its fidelity (config.json has every field).
-FIDELITY_FIELDS = ("fidelity", "cta_semantics", "input_scaling", "p_data", "valid")
+FIDELITY_FIELDS = ("fidelity", "cta_semantics", "bn_mode", "input_scaling", "p_data", "valid")
 
 
 def fidelity_choices(config: TrainConfig) -> dict:
@@ -179,9 +182,12 @@ def validate(config: TrainConfig) -> None:
     need(config.eval_split != "valid" or config.valid > 0, "--eval-split valid needs --valid > 0")
     for flag, value, allowed in (("--fidelity", config.fidelity, tuple(FIDELITY)),
                                  ("--cta-semantics", config.cta_semantics, CTA_SEMANTICS),
+                                 ("--bn-mode", config.bn_mode, BN_MODES),
                                  ("--input-scaling", config.input_scaling, INPUT_SCALINGS),
                                  ("--p-data", config.p_data, P_DATA_MODES)):
         need(value in allowed, f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+    need(config.bn_mode != "reference" or config.uratio == 1,
+         "--bn-mode reference interleaves blocks of equal size: it needs --uratio 1")
 
 
 def resolve(preset: str | None, ablations: list[str], overrides: dict) -> TrainConfig:

@@ -13,6 +13,7 @@ Forward passes, and how batch-norm statistics are gathered:
   reference instead runs the mixed batch in interleaved chunks of B (each normalised by its own
   statistics, running statistics from one chunk) and strong view 1 and the rotations in calls of
   their own; one concatenated call gives the GPU one large batch instead of K + 4 small ones.
+  ``--bn-mode reference`` runs the reference's way instead (trainer/interleave.py).
 
 On several ranks (issue 8: one run, any world size) each rank holds a contiguous slice of every
 block of the global batch, and the step computes this rank's share of what one process would
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 
 from remixmatch.pipeline.distributed import all_gather_rows
 
+from .interleave import training_forward
 from .losses import (
     cta_probe_scores, decoupled_weight_decay_, ema_update_, linear_ramp, mixup, mixup_lambdas,
     mixup_permutation, rotate_quarters, rotation_labels, sharpen, soft_cross_entropy,
@@ -213,9 +215,10 @@ def remixmatch_step(state: TrainState, batch, step: int) -> StepResult:
     mixed, mixed_targets = mixup(inputs, targets, lambdas, permutation, rows)
     n = mixed.shape[0]  # this rank's mixed rows
 
-    # 9. One forward for everything that trains; losses on the mixed batch.
+    # 9. One forward for everything that trains (--bn-mode reference: the reference's interleaved
+    # chunks, trainer/interleave.py); losses on the mixed batch.
     with state.autocast():
-        logits, embeds = model(torch.cat([mixed, *extra]), with_embeds=True)
+        logits, embeds = training_forward(model, mixed, extra, b, k, config.bn_mode, rank, world)
     logits_x, logits_u = logits[:b], logits[b:n]
     loss_x = soft_cross_entropy(logits_x, mixed_targets[:b])
     if config.unlabeled_loss == "xe":
