@@ -12,6 +12,12 @@ paper's figure (median EMA test accuracy of the last evaluations) and the best o
                        [--blocks-per-stage 1] [--batch 32] [--k 2] [--evaluations 20] [--median-of 5]
                        [--threads N]
 
+``--variants corrected,reference,reference-ops-only,reference-bn-only`` measures what the
+departures from the reference code cost (names separated by spaces or commas): the corrected
+defaults, every reference choice (``--fidelity reference``, the common hold-out kept), the
+reference's CTAugment ops alone and its interleaved batch norm alone. Each row also gives the
+seconds per step of its run (wall time over steps, evaluations included).
+
 ``report.json`` (the common schema of :mod:`remixmatch.bench.report`, ``"command": "efficacy"``):
 ``config`` holds ``settings`` (the TrainConfig values every variant shares, before its overrides),
 ``variants`` and ``seeds``; ``inputs`` the shard directory's name and dataset; ``threads`` the torch
@@ -24,7 +30,8 @@ threads; ``results`` one row per (seed, variant)::
      "wall_seconds": 611.0, "steps": 5000}
 
 ``summary``: per variant ``{"acc_ema_median_mean": ..., "acc_ema_median_stdev": ... | null,
-"vs_remixmatch": <difference of the means, in accuracy> | null, "seeds": n}``.
+"vs_remixmatch": <difference of the means from the baseline row's (remixmatch, else corrected), in
+accuracy> | null, "seeds": n}``.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import time
 from pathlib import Path
 
 from remixmatch.common.cli import OneLineParser, positive_int, run_cli
+from remixmatch.trainer.config import FIDELITY
 
 from .errors import BenchError
 
@@ -48,8 +56,33 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "k1": ("ReMixMatch with K = 1 strong view", {"k": 1}),
     "no-rotation": ("ReMixMatch without the rotation loss", {"w_rot": 0.0}),
     "no-kl": ("ReMixMatch without the pre-mixup loss", {"w_kl": 0.0}),
+    # What the departures from the reference code cost (README, "Reference fidelity"). Every one
+    # keeps the common hold-out, so that all train on the same images.
+    "corrected": ("ReMixMatch, the corrected defaults (= remixmatch)", {}),
+    "reference": ("every choice of the reference code (--fidelity reference)",
+                  {"fidelity": "reference", **{k: v for k, v in FIDELITY["reference"].items() if k != "valid"}}),
+    "reference-ops-only": ("the reference's CTAugment ops (--cta-semantics reference), the rest corrected",
+                           {"cta_semantics": "reference"}),
+    "reference-bn-only": ("the reference's interleaved batch norm (--bn-mode reference), the rest corrected",
+                          {"bn_mode": "reference"}),
 }
 DEFAULT_VARIANTS = ("remixmatch", "supervised", "no-da", "k1")
+# The row the others are compared with: the first of these a report holds (the same configuration).
+BASELINES = ("remixmatch", "corrected")
+
+
+def baseline_of(names) -> str | None:
+    return next((name for name in BASELINES if name in names), None)
+
+
+def variant_names(values: list[str]) -> list[str]:
+    """--variants as given: names separated by spaces, commas or both, each known, in order."""
+    names = [name for value in values for name in value.split(",") if name]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown or not names:
+        raise BenchError(f"--variants: unknown {', '.join(map(repr, unknown)) or 'empty list'} "
+                         f"(variants: {', '.join(VARIANTS)})")
+    return names
 
 
 def common_settings(args) -> dict:
@@ -95,10 +128,11 @@ def summarize(results: list[dict]) -> dict:
     for row in results:
         by_variant.setdefault(row["variant"], []).append(row["acc_ema_median"])
     means = {name: statistics.mean(accs) for name, accs in by_variant.items()}
+    baseline = baseline_of(means)
     return {name: {"acc_ema_median_mean": means[name],
                    "acc_ema_median_stdev": statistics.stdev(accs) if len(accs) > 1 else None,
-                   "vs_remixmatch": None if name == "remixmatch" or "remixmatch" not in means
-                   else means[name] - means["remixmatch"],
+                   "vs_remixmatch": None if baseline is None or name == baseline
+                   else means[name] - means[baseline],
                    "seeds": len(accs)}
             for name, accs in by_variant.items()}
 
@@ -113,14 +147,15 @@ def render_markdown(report: dict) -> str:
         by_variant.setdefault(row["variant"], []).append(row)
     for name, runs in by_variant.items():
         base[name] = statistics.mean(r["acc_ema_median"] for r in runs)
+    baseline = baseline_of(base)
     for name, runs in by_variant.items():
         accs = [100 * r["acc_ema_median"] for r in runs]
         spread = f" +- {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
-        delta = "" if name == "remixmatch" or "remixmatch" not in base else \
-            f"{100 * (base[name] - base['remixmatch']):+.2f}"
+        delta = "" if baseline is None or name == baseline else f"{100 * (base[name] - base[baseline]):+.2f}"
         rows.append([name, runs[0]["what"], f"{statistics.mean(accs):.2f}{spread}",
                      f"{100 * statistics.mean(r['acc_ema_best'] for r in runs):.2f}", delta,
-                     str(len(runs)), f"{statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f}"])
+                     str(len(runs)), f"{statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f}",
+                     f"{statistics.mean(r['wall_seconds'] / r['steps'] for r in runs):.3f}"])
     lines = [
         "# ReMixMatch efficacy on this machine", "",
         f"Data: shards `{report['inputs'].get('shards', settings['data'])}`; {settings['labels']} labels (seeds {', '.join(map(str, report['config']['seeds']))}); "
@@ -128,7 +163,7 @@ def render_markdown(report: dict) -> str:
         f"model width {settings['width']}, {settings['blocks_per_stage']} block(s) per stage; K = {settings['k']} "
         f"(ReMixMatch); evaluated on the test split every {settings['eval_every']} steps.", "",
         markdown_table(["variant", "what", "EMA acc. % (median of last evals)", "best %", "vs ReMixMatch",
-                        "seeds", "minutes"], rows), "",
+                        "seeds", "minutes", "s / step"], rows), "",
         machine_line(report), "", conditions_line(report),
     ]
     return "\n".join(lines) + "\n"
@@ -140,7 +175,9 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--shards", type=Path, default=None,
                         help="a shard directory (prep-cifar10 --out; default: $REMIXMATCH_SHARDS)")
     parser.add_argument("--out", type=Path, required=True, help="directory for report.json, report.md and runs/")
-    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=sorted(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="NAME",
+                        help=f"names, separated by spaces or commas (default {' '.join(DEFAULT_VARIANTS)}): "
+                             f"{', '.join(VARIANTS)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1], help="labeled split (and run) seeds")
     parser.add_argument("--labels", type=positive_int, default=250)
     parser.add_argument("--steps", type=positive_int, default=5000)
@@ -167,6 +204,7 @@ def check_args(args, settings: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         args = build_parser().parse_args(argv)
+        args.variants = variant_names(args.variants)
         from .pipeline import shard_directory
 
         args.shards = shard_directory(args.shards, required=True)
