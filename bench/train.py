@@ -534,7 +534,8 @@ def scaling_command(config: TrainBenchConfig, device: str, ranks: int, out: Path
     argv = [sys.executable, "-c", "import sys; from remixmatch.trainer.cli import main; sys.exit(main())",
             "--data", str(config.shards), "--out", str(out), "--quiet", "--device", device, "--loader", "torch",
             "--labels", str(tc.labels), "--seed", str(tc.seed), "--valid", str(tc.valid),
-            "--algorithm", tc.algorithm, "--bn-mode", tc.bn_mode, "--batch", str(tc.batch), "--k", str(tc.k), "--width", str(tc.width),
+            "--algorithm", tc.algorithm, "--bn-mode", tc.bn_mode, "--batch", str(tc.batch), "--k", str(tc.k),
+            "--width", str(tc.width),
             "--blocks-per-stage", str(tc.blocks_per_stage), "--run-seed", str(tc.run_seed),
             "--threads", str(scaling_threads(ranks)), "--steps", str(steps), "--log-every", str(log_every),
             "--eval-every", str(steps), "--ckpt-every", str(steps), "--keep-ckpts", "1"]
@@ -752,7 +753,8 @@ def render_markdown(report: dict) -> str:
         "",
         conditions_line(report),
         "",
-        f"{data_line} {config['algorithm']}, B = {b}, K = {k}, BN mode {config.get('bn_mode', 'joint')}; policy: {inputs['policy']}. Each figure: median of "
+        f"{data_line} {config['algorithm']}, B = {b}, K = {k}, BN mode {config.get('bn_mode', 'joint')}; "
+        f"policy: {inputs['policy']}. Each figure: median of "
         f"{config['reps']} repetitions of back-to-back steps after warm-up (spread: min-max steps/s). "
         "Data-wait share = 1 - loader steps/s / synthetic steps/s; measured wait = time in next(loader) / time.",
         "",
