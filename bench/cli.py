@@ -17,6 +17,8 @@
 - ``all``: one report of aug, ptx, pipeline, train (with the step split into its phases) and
   scaling, with PNG charts and the paper's run projected (:mod:`remixmatch.bench.full_report`);
 - ``compare``: two report.json side by side with the ratio of every figure (:mod:`remixmatch.bench.compare`);
+- ``semantics``: how many views the reference code's translate and rescale change
+  (:mod:`remixmatch.bench.semantics`);
 - ``gpu-env``: what a GPU machine's stack is, probed (:mod:`remixmatch.bench.gpu_env`);
 - ``gpu-check``: the gpu tests and every GPU figure in one run within a time budget, for a GPU machine
   lent for minutes (:mod:`remixmatch.bench.gpu_check`).
@@ -55,6 +57,8 @@ DELEGATED = {
     "all": ("remixmatch.bench.full_report",
             "one report: aug, ptx, pipeline, train with the step split, scaling, charts (see: rmm-bench all --help)"),
     "compare": ("remixmatch.bench.compare", "two report.json side by side with ratios (see: rmm-bench compare --help)"),
+    "semantics": ("remixmatch.bench.semantics",
+                  "views that reference-semantics translate and rescale change (see: rmm-bench semantics --help)"),
     "gpu-env": ("remixmatch.bench.gpu_env",
                 "the GPU stack: GPU, driver, torch, numba-cuda, NVVM, ptxas, kernel JIT time (see: rmm-bench gpu-env --help)"),
     "gpu-check": ("remixmatch.bench.gpu_check",

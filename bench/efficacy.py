@@ -20,6 +20,12 @@ paper's figure (median EMA test accuracy of the last evaluations) and the best o
 ``--algorithms`` names methods, ``--variants`` methods and ReMixMatch's ablations; the runs are the
 algorithms, then the variants not among them (without either: the default variants).
 
+``--variants corrected,reference,reference-ops-only,reference-bn-only`` measures what the
+departures from the reference code cost (names separated by spaces or commas): the corrected
+defaults, every reference choice (``--fidelity reference``, the common hold-out kept), the
+reference's CTAugment ops alone and its interleaved batch norm alone. Each row also gives the
+seconds per step of its run (wall time over steps, evaluations included).
+
 ``report.json`` (the common schema of :mod:`remixmatch.bench.report`, ``"command": "efficacy"``):
 ``config`` holds ``settings`` (the TrainConfig values every variant shares, before its algorithm's
 settings and its overrides), ``variants`` and ``seeds``; ``inputs`` the shard directory's name and dataset; ``threads`` the torch
@@ -33,7 +39,8 @@ threads; ``results`` one row per (seed, variant)::
      "algorithm": "remixmatch", "k": 2, "uratio": 1}   # the run's method, K and mu
 
 ``summary``: per variant ``{"acc_ema_median_mean": ..., "acc_ema_median_stdev": ... | null,
-"vs_remixmatch": <difference of the means, in accuracy> | null, "seeds": n}``.
+"vs_remixmatch": <difference of the means from the baseline row's (remixmatch, else corrected), in
+accuracy> | null, "seeds": n}``.
 ``charts``: ``{"curves": "curves.png" | {"skipped": reason}}``: OUT/curves.png draws every run's
 accuracy (EMA, raw) and loss terms against steps, one column per run on shared axes.
 """
@@ -46,7 +53,7 @@ import time
 from pathlib import Path
 
 from remixmatch.common.cli import OneLineParser, positive_int, run_cli
-from remixmatch.trainer.config import ALGORITHMS
+from remixmatch.trainer.config import ALGORITHMS, FIDELITY
 
 from .errors import BenchError
 
@@ -63,8 +70,33 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "fixmatch": ("FixMatch: confident weak-view pseudo-labels on a strong view (CTAugment + Cutout)",
                  {"algorithm": "fixmatch"}),
     "mixmatch": ("MixMatch: K weak views' mean guess, MixUp, L2 unlabeled loss", {"algorithm": "mixmatch"}),
+    # What the departures from the reference code cost (README, "Reference fidelity"). Every one
+    # keeps the common hold-out, so that all train on the same images.
+    "corrected": ("ReMixMatch, the corrected defaults (= remixmatch)", {}),
+    "reference": ("every choice of the reference code (--fidelity reference)",
+                  {"fidelity": "reference", **{k: v for k, v in FIDELITY["reference"].items() if k != "valid"}}),
+    "reference-ops-only": ("the reference's CTAugment ops (--cta-semantics reference), the rest corrected",
+                           {"cta_semantics": "reference"}),
+    "reference-bn-only": ("the reference's interleaved batch norm (--bn-mode reference), the rest corrected",
+                          {"bn_mode": "reference"}),
 }
 DEFAULT_VARIANTS = ("remixmatch", "supervised", "no-da", "k1")
+# The row the others are compared with: the first of these a report holds (the same configuration).
+BASELINES = ("remixmatch", "corrected")
+
+
+def baseline_of(names) -> str | None:
+    return next((name for name in BASELINES if name in names), None)
+
+
+def variant_names(values: list[str]) -> list[str]:
+    """--variants as given: names separated by spaces, commas or both, each known, in order."""
+    names = [name for value in values for name in value.split(",") if name]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown or not names:
+        raise BenchError(f"--variants: unknown {', '.join(map(repr, unknown)) or 'empty list'} "
+                         f"(variants: {', '.join(VARIANTS)})")
+    return names
 
 
 def common_settings(args) -> dict:
@@ -123,10 +155,11 @@ def summarize(results: list[dict]) -> dict:
     for row in results:
         by_variant.setdefault(row["variant"], []).append(row["acc_ema_median"])
     means = {name: statistics.mean(accs) for name, accs in by_variant.items()}
+    baseline = baseline_of(means)
     return {name: {"acc_ema_median_mean": means[name],
                    "acc_ema_median_stdev": statistics.stdev(accs) if len(accs) > 1 else None,
-                   "vs_remixmatch": None if name == "remixmatch" or "remixmatch" not in means
-                   else means[name] - means["remixmatch"],
+                   "vs_remixmatch": None if baseline is None or name == baseline
+                   else means[name] - means[baseline],
                    "seeds": len(accs)}
             for name, accs in by_variant.items()}
 
@@ -141,16 +174,16 @@ def render_markdown(report: dict) -> str:
         by_variant.setdefault(row["variant"], []).append(row)
     for name, runs in by_variant.items():
         base[name] = statistics.mean(r["acc_ema_median"] for r in runs)
+    baseline = baseline_of(base)
     for name, runs in by_variant.items():
         accs = [100 * r["acc_ema_median"] for r in runs]
         spread = f" +- {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
-        delta = "" if name == "remixmatch" or "remixmatch" not in base else \
-            f"{100 * (base[name] - base['remixmatch']):+.2f}"
+        delta = "" if baseline is None or name == baseline else f"{100 * (base[name] - base[baseline]):+.2f}"
         rows.append([name, runs[0]["what"], f"{statistics.mean(accs):.2f}{spread}",
                      f"{100 * statistics.mean(r['acc_ema_best'] for r in runs):.2f}", delta,
                      str(len(runs)), f"{statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f}",
                      str(runs[0]["steps"]), str(runs[0].get("k", settings.get("k", ""))),
-                     str(runs[0].get("uratio", 1))])
+                     str(runs[0].get("uratio", 1)), f"{statistics.mean(r['wall_seconds'] / r['steps'] for r in runs):.3f}"])
     lines = [
         "# ReMixMatch efficacy on this machine", "",
         f"Data: shards `{report['inputs'].get('shards', settings['data'])}`; {settings['labels']} labels (seeds {', '.join(map(str, report['config']['seeds']))}); "
@@ -159,7 +192,7 @@ def render_markdown(report: dict) -> str:
         f"method with its own settings under the cpu preset; evaluated on the test split every "
         f"{settings['eval_every']} steps.", "",
         markdown_table(["variant", "what", "EMA acc. % (median of last evals)", "best %", "vs ReMixMatch",
-                        "seeds", "minutes", "steps", "K", "mu"], rows), "",
+                        "seeds", "minutes", "steps", "K", "mu", "s / step"], rows), "",
         machine_line(report), "", conditions_line(report),
     ]
     return "\n".join(lines) + "\n"
@@ -184,9 +217,9 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--algorithms", nargs="+", default=None, choices=ALGORITHMS,
                         help="methods to compare, each with its own settings (e.g. supervised mixmatch remixmatch "
                              "fixmatch)")
-    parser.add_argument("--variants", nargs="+", default=None, choices=sorted(VARIANTS),
-                        help=f"methods and ReMixMatch ablations (default without --algorithms: "
-                             f"{' '.join(DEFAULT_VARIANTS)})")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                        help=f"methods, ReMixMatch ablations and fidelity variants, separated by spaces or commas "
+                             f"(default without --algorithms: {' '.join(DEFAULT_VARIANTS)}): {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1], help="labeled split (and run) seeds")
     parser.add_argument("--labels", type=positive_int, default=250)
     parser.add_argument("--steps", type=positive_int, default=5000)
@@ -217,6 +250,7 @@ def check_args(args, settings: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         args = build_parser().parse_args(argv)
+        args.variants = None if args.variants is None else variant_names(args.variants)
         from .pipeline import shard_directory
 
         args.shards = shard_directory(args.shards, required=True)

@@ -3,7 +3,7 @@ by the real loader, and what a paper-length run would take.
 
     rmm-bench train [--shards DIR] [--quick] [--reps N] [--batch 64] [--k K] [--uratio MU] [--device auto|cpu|cuda]
                     [--width W] [--blocks-per-stage N] [--threads N]
-                    [--algorithm remixmatch|fixmatch|mixmatch|supervised]
+                    [--algorithm remixmatch|fixmatch|mixmatch|supervised] [--bn-mode joint|reference]
                     [--labels 250] [--valid 5000] [--seed 0] [--scaling [--procs-max N]] --out DIR
 
 Per device (``cpu``; ``cuda`` where ``torch.cuda.is_available()``), one model and three rows:
@@ -192,6 +192,7 @@ class TrainBenchConfig:
     blocks_per_stage: int | None = None
     threads: int = 1
     algorithm: str = "remixmatch"
+    bn_mode: str = "joint"  # TrainConfig.bn_mode: one training forward, or the reference's chunks
     labels: int = 250
     valid: int = 5000
     seed: int = 0
@@ -218,7 +219,7 @@ class TrainBenchConfig:
                                       seed=SUBSET_SEED, valid=self.valid, algorithm=self.algorithm, batch=self.batch,
                                       k=self.k, uratio=self.uratio, width=width, blocks_per_stage=blocks,
                                       device=device, loader="torch", threads=self.threads, run_seed=self.seed,
-                                      compile=self.compile))
+                                      compile=self.compile, bn_mode=self.bn_mode))
 
 
 def model_name(width: int, blocks: int) -> str:
@@ -551,7 +552,8 @@ def scaling_command(config: TrainBenchConfig, device: str, ranks: int, out: Path
     argv = [sys.executable, "-c", "import sys; from remixmatch.trainer.cli import main; sys.exit(main())",
             "--data", str(config.shards), "--out", str(out), "--quiet", "--device", device, "--loader", "torch",
             "--labels", str(tc.labels), "--seed", str(tc.seed), "--valid", str(tc.valid),
-            "--algorithm", tc.algorithm, "--batch", str(tc.batch), "--k", str(tc.k), "--uratio", str(tc.uratio),
+            "--algorithm", tc.algorithm, "--bn-mode", tc.bn_mode, "--batch", str(tc.batch), "--k", str(tc.k),
+            "--uratio", str(tc.uratio),
             "--width", str(tc.width),
             "--blocks-per-stage", str(tc.blocks_per_stage), "--run-seed", str(tc.run_seed),
             "--threads", str(scaling_threads(ranks)), "--steps", str(steps), "--log-every", str(log_every),
@@ -771,8 +773,8 @@ def render_markdown(report: dict) -> str:
         "",
         conditions_line(report),
         "",
-        f"{data_line} {config['algorithm']}, B = {b}, mu = {config.get('uratio', 1)}, K = {k}; policy: {inputs['policy']}. "
-        f"Each figure: median of "
+        f"{data_line} {config['algorithm']}, B = {b}, mu = {config.get('uratio', 1)}, K = {k}, BN mode "
+        f"{config.get('bn_mode', 'joint')}; policy: {inputs['policy']}. Each figure: median of "
         f"{config['reps']} repetitions of back-to-back steps after warm-up (spread: min-max steps/s). "
         "Data-wait share = 1 - loader steps/s / synthetic steps/s; measured wait = time in next(loader) / time.",
         "",
@@ -856,6 +858,9 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads and the loader's Numba threads (default: all usable cores)")
     parser.add_argument("--algorithm", default="remixmatch", choices=ALGORITHMS)
+    parser.add_argument("--bn-mode", default="joint", choices=("joint", "reference"),
+                        help="the training forward: one concatenated call (joint, default) or the reference "
+                             "code's K + 2 interleaved chunks (reference): what the concatenation buys")
     parser.add_argument("--labels", type=positive_int, default=250, help="labeled images of the subset (250)")
     parser.add_argument("--valid", type=int, default=5000, help="training rows held out as validation (5000)")
     parser.add_argument("--seed", type=int, default=0, help="run seed: model init, views, MixUp")
@@ -894,8 +899,9 @@ def config_from_args(args) -> TrainBenchConfig:
     paper = {**TrainConfig().to_dict(), **preset_values(None, args.algorithm)}  # the algorithm's K and mu
     config = TrainBenchConfig(out=args.out, shards=shards, quick=args.quick, reps=reps, batch=args.batch,
                               k=paper["k"] if args.k is None else args.k,
-                              uratio=paper["uratio"] if args.uratio is None else args.uratio, device=args.device, width=args.width, blocks_per_stage=args.blocks_per_stage,
-                              threads=threads, algorithm=args.algorithm, labels=args.labels, valid=args.valid,
+                              uratio=paper["uratio"] if args.uratio is None else args.uratio, device=args.device,
+                              width=args.width, blocks_per_stage=args.blocks_per_stage, threads=threads,
+                              algorithm=args.algorithm, bn_mode=args.bn_mode, labels=args.labels, valid=args.valid,
                               seed=args.seed, scaling=args.scaling, procs_max=args.procs_max, compile=args.compile)
     from remixmatch.trainer.config import ConfigError
 

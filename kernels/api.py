@@ -13,8 +13,8 @@ import numpy as np
 from remixmatch.common.errors import RemixMatchError
 
 from .args import apply_args, weak_args
-from .ops import LEVELS_PER_OP, MAX_DEPTH, NUM_OPS
-from .tables import kernel_tables
+from .ops import LEVELS_PER_OP, MAX_DEPTH, NUM_OPS, SEMANTICS
+from .tables import kernel_tables, level_form_table
 
 # Pillow's fixed-point affine path (16.16) holds coordinates below 32768; half of it leaves room for
 # the largest shear and rotation.
@@ -167,7 +167,7 @@ def _validate_ops(images, op_ids, levels, rand, cutout_level, sources, flips, of
 
 
 def apply_ops(images, op_ids, levels, rand, *, cutout_level=None, sources=None, flips=None,
-              offsets=None, pad=4, out=None, stream=None, check_values=True):
+              offsets=None, pad=4, out=None, stream=None, check_values=True, semantics="corrected"):
     """Applies each view's CTAugment ops, fused in one pass over the batch.
 
     images: (B, H, W, 3) uint8, C-contiguous; NumPy (CPU backend) or a CUDA array (CUDA backend).
@@ -188,23 +188,27 @@ def apply_ops(images, op_ids, levels, rand, *, cutout_level=None, sources=None, 
             that live on the GPU copies them to the host and waits for the stream: a caller whose
             arrays come from a trusted sampler turns it off. Out-of-range values then give wrong
             views but never an out-of-bounds access (the kernels clamp every index they derive).
+    semantics: "corrected" (default) or "reference": which level mappings translate, rescale and
+            cutout use (``ops.OpSpec.reference_args``: the published code's, defects included).
     Returns (N, H, W, 3) uint8 on the images' device (a torch tensor for torch input).
     """
     n_views, height, width = _validate_ops(images, op_ids, levels, rand, cutout_level, sources,
                                            flips, offsets, pad, out, check_values)
+    if semantics not in SEMANTICS:
+        raise AugmentInputError(f"apply_ops: semantics must be one of {', '.join(SEMANTICS)}, got {semantics!r}")
     if cutout_level is not None:
         cutout_level = float(cutout_level)
     if _is_cuda(images):
         from .cuda_launch import apply_ops_device
 
         return apply_ops_device(images, op_ids, levels, rand, cutout_level, sources, flips, offsets,
-                                pad, out, stream, n_views, height, width)
+                                pad, out, stream, n_views, height, width, semantics)
     from .cpu import run_apply
 
     if out is None:
         out = np.empty((n_views, height, width, 3), np.uint8)
-    run_apply(apply_args(images, op_ids, levels, rand, cutout_level, sources, flips, offsets, pad, out,
-                         kernel_tables(height, width).arrays(), _host_values))
+    run_apply(apply_args(images, op_ids, levels, rand, level_form_table(semantics), cutout_level, sources,
+                         flips, offsets, pad, out, kernel_tables(height, width).arrays(), _host_values))
     return out
 
 

@@ -31,6 +31,7 @@ class ApplyArgs(NamedTuple):
     op_ids: Any
     levels: Any
     rand: Any
+    forms: Any  # (NUM_OPS, LEVELS_PER_OP) int32: tables.level_form_table of the semantics
     cutout: bool
     cutout_level: np.float64
     height: np.int32
@@ -69,16 +70,17 @@ def _view_arrays(sources, flips, offsets, n_views, place):
     return place(sources), place(flips), place(offsets)
 
 
-def apply_args(images, op_ids, levels, rand, cutout_level, sources, flips, offsets, pad, out,
+def apply_args(images, op_ids, levels, rand, forms, cutout_level, sources, flips, offsets, pad, out,
                tables, place: Callable) -> ApplyArgs:
-    """``place`` turns an array into the backend's (host values or a device view); ``out`` and the
-    five ``tables`` (rotations, bounds_y, coef_y, bounds_x, coef_x) are already the backend's."""
+    """``place`` turns an array into the backend's (host values or a device view); ``forms``,
+    ``out`` and the five ``tables`` (rotations, bounds_y, coef_y, bounds_x, coef_x) are already the
+    backend's."""
     n_views, height, width = out.shape[0], out.shape[1], out.shape[2]
     weak = flips is not None
     sources, flips, offsets = _view_arrays(sources, flips, offsets, n_views, place)
     return ApplyArgs(
         _flat(place(images), height, width), sources, weak, flips, offsets,
-        np.int32(pad), place(op_ids), place(levels), place(rand), cutout_level is not None,
+        np.int32(pad), place(op_ids), place(levels), place(rand), forms, cutout_level is not None,
         np.float64(0.0 if cutout_level is None else cutout_level), np.int32(height), np.int32(width),
         _flat(out, height, width), *tables)
 

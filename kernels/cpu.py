@@ -31,7 +31,7 @@ def _load_view(image, buf, height, width, weak, flip, off_y, off_x, pad):
 
 
 @numba.njit(inline="always")
-def _apply_view(image, op_ids, levels, rand, cutout, cutout_level, height, width, weak, flip, off_y,
+def _apply_view(image, op_ids, levels, rand, forms, cutout, cutout_level, height, width, weak, flip, off_y,
                 off_x, pad, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
     # One view end to end, in three private buffers: a (input), b (output), rows (row passes).
     size = height * width * 3
@@ -58,7 +58,8 @@ def _apply_view(image, op_ids, levels, rand, cutout, cutout_level, height, width
             v1 = 0.0
         u0 = float(rand[step, 0])
         u1 = float(rand[step, 1])
-        fns.prepare_op(op, v0, v1, u0, u1, height, width, params_i, params_f, coords, rotations)
+        fns.prepare_op(op, v0, v1, u0, u1, height, width, params_i, params_f, coords, rotations,
+                       forms)
         if fns.needs_histogram(op):
             hist[:] = 0
             for p in range(pixels):
@@ -90,7 +91,7 @@ def _apply_view(image, op_ids, levels, rand, cutout, cutout_level, height, width
 # nogil: a loader thread renders the next step's views while the trainer runs Python.
 # The parameters are the fields of args.ApplyArgs, in order.
 @numba.njit(parallel=True, cache=True, nogil=True)
-def apply_ops_cpu(images, sources, weak, flips, offsets, pad, op_ids, levels, rand, cutout,
+def apply_ops_cpu(images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms, cutout,
                   cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
     """images (B, H*W*3) -> out (N, H*W*3); shapes and dtypes already checked by the API."""
     for n in prange(out.shape[0]):
@@ -98,7 +99,7 @@ def apply_ops_cpu(images, sources, weak, flips, offsets, pad, op_ids, levels, ra
         off_y = offsets[n, 0] if weak else 0
         off_x = offsets[n, 1] if weak else 0
         image = images[fns.clamp_index(sources[n], images.shape[0])]
-        _apply_view(image, op_ids[n], levels[n], rand[n], cutout, cutout_level, height, width,
+        _apply_view(image, op_ids[n], levels[n], rand[n], forms, cutout, cutout_level, height, width,
                     weak, flip, off_y, off_x, pad, out[n], rotations, bounds_y, coef_y, bounds_x,
                     coef_x)
 

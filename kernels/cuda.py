@@ -76,10 +76,14 @@ def _load_view(images, source, buf, height, width, weak, flip, off_y, off_x, pad
 
 
 @cuda.jit(device=True, inline="always")
-def _apply_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, rand, cutout,
+def _apply_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms, cutout,
                 cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x, a, b,
-                rows, coords, hist, lut, params_i, params_f, tid, nthreads):
+                rows, coords, hist, lut, params_i, params_f):
     # View n end to end by one block: load into a, chain the ops between a and b, write out.
+    # The thread's index and count are read here, not passed: CPython compiles a call of more than
+    # 30 arguments as a call with *args, which Numba's CUDA inliner refuses.
+    tid = cuda.threadIdx.x
+    nthreads = cuda.blockDim.x
     size = height * width * 3
     pixels = height * width
     flip = 0
@@ -107,7 +111,7 @@ def _apply_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, r
             v1 = 0.0
         if tid == 0:
             fns.prepare_op(op, v0, v1, float(rand[n, step, 0]), float(rand[n, step, 1]), height,
-                           width, params_i, params_f, coords, rotations)
+                           width, params_i, params_f, coords, rotations, forms)
         if fns.needs_histogram(op):
             for i in range(tid, LUT_SIZE, nthreads):
                 hist[i] = 0
@@ -147,7 +151,7 @@ def _apply_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, r
 
 # The kernels' parameters are the fields of args.ApplyArgs / args.WeakArgs, in order.
 @_kernel("apply_ops_kernel")
-def apply_ops_kernel(images, sources, weak, flips, offsets, pad, op_ids, levels, rand, cutout,
+def apply_ops_kernel(images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms, cutout,
                      cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
     """images (B, H*W*3) -> out (N, H*W*3); grid = N blocks, each view staged in shared memory."""
     size = height * width * 3
@@ -163,13 +167,13 @@ def apply_ops_kernel(images, sources, weak, flips, offsets, pad, op_ids, levels,
     params_i = cuda.shared.array(PARAMS_I, int32)
     params_f = cuda.shared.array(PARAMS_F, float64)
     _apply_view(cuda.blockIdx.x, images, sources, weak, flips, offsets, pad, op_ids, levels, rand,
-                cutout, cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x,
-                coef_x, a, b, rows, coords, hist, lut, params_i, params_f, cuda.threadIdx.x,
-                cuda.blockDim.x)
+                forms, cutout, cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x,
+                coef_x, a, b, rows, coords, hist, lut, params_i, params_f)
 
 
 @_kernel("apply_ops_kernel_global")
-def apply_ops_kernel_global(images, sources, weak, flips, offsets, pad, op_ids, levels, rand, cutout,
+def apply_ops_kernel_global(images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms,
+                            cutout,
                             cutout_level, height, width, out, rotations, bounds_y, coef_y,
                             bounds_x, coef_x, scratch, scratch_words):
     """The same for views too large for shared memory: block k's buffers live in scratch[k]
@@ -185,10 +189,9 @@ def apply_ops_kernel_global(images, sources, weak, flips, offsets, pad, op_ids, 
     params_i = cuda.shared.array(PARAMS_I, int32)
     params_f = cuda.shared.array(PARAMS_F, float64)
     for n in range(block, out.shape[0], cuda.gridDim.x):
-        _apply_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, rand, cutout,
+        _apply_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms, cutout,
                     cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x,
-                    a, b, rows, coords, hist, lut, params_i, params_f, cuda.threadIdx.x,
-                    cuda.blockDim.x)
+                    a, b, rows, coords, hist, lut, params_i, params_f)
         # The next view's load overwrites the buffers this view's last pass read.
         cuda.syncthreads()
 
@@ -220,7 +223,7 @@ def kernel_signatures():
     i32_2d = types.Array(int32, 2, "C")
     i32_4d = types.Array(int32, 4, "C")
     f32_3d = types.Array(float32, 3, "C")
-    apply_sig = (u8_2d, i32_1d, boolean, i32_1d, i32_2d, int32, i32_2d, f32_3d, f32_3d, boolean,
+    apply_sig = (u8_2d, i32_1d, boolean, i32_1d, i32_2d, int32, i32_2d, f32_3d, f32_3d, i32_2d, boolean,
                  float64, int32, int32, u8_2d, i32_2d, i32_4d, i32_4d, i32_4d, i32_4d)
     weak_sig = (u8_2d, i32_1d, i32_1d, i32_2d, int32, int32, int32, u8_2d)
     return {

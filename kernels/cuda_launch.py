@@ -13,7 +13,7 @@ from .cuda import (
     THREADS_PER_BLOCK, apply_ops_kernel, apply_ops_kernel_global, shared_bytes, weak_augment_kernel,
 )
 from .scalar import LUT_SIZE
-from .tables import kernel_tables
+from .tables import kernel_tables, level_form_table
 
 WEAK_THREADS_PER_BLOCK = 256
 # Dynamic shared memory a block may use without opting in to more (every CUDA GPU since Kepler);
@@ -80,6 +80,12 @@ def _device_tables(height: int, width: int, device_id: int):
     return tuple(cuda.to_device(np.ascontiguousarray(t)) for t in kernel_tables(height, width).arrays())
 
 
+@functools.lru_cache(maxsize=16)
+def _device_forms(semantics: str, device_id: int):
+    del device_id
+    return cuda.to_device(np.ascontiguousarray(level_form_table(semantics)))
+
+
 def _allocate_out(images, n_views, height, width):
     if _is_torch(images):
         import torch
@@ -101,10 +107,11 @@ def _current_device_id() -> int:
 
 
 def apply_ops_device(images, op_ids, levels, rand, cutout_level, sources, flips, offsets, pad, out,
-                     stream, n_views, height, width):
+                     stream, n_views, height, width, semantics="corrected"):
     stream, out, place = _launch_setup(images, out, stream, n_views, height, width)
     tables = _device_tables(height, width, _current_device_id())
-    args = apply_args(images, op_ids, levels, rand, cutout_level, sources, flips, offsets, pad,
+    forms = _device_forms(semantics, _current_device_id())
+    args = apply_args(images, op_ids, levels, rand, forms, cutout_level, sources, flips, offsets, pad,
                       place(out), tables, place)
     launch = apply_launch(height, width)
     if launch.kernel == "apply_ops_kernel":

@@ -44,6 +44,8 @@ class Level:
     centred: bool = False
     rounding: str = ""  # "", "int" (truncate) or "round" (half to even)
     per_size: bool = False
+    # Rounded down to an even number after the rest (the reference's cutout draws 2 (side // 2)).
+    even: bool = False
 
     def formula(self) -> str:
         core = f"(2v - 1) {_num(self.scale)}" if self.centred else (
@@ -52,7 +54,10 @@ class Level:
             core += " size"
         if self.rounding:
             core = f"{self.rounding}({core})"
-        return f"{self.param} = " + (f"{_num(self.offset)} + {core}" if self.offset else core)
+        value = f"{_num(self.offset)} + {core}" if self.offset else core
+        if self.even:
+            value = f"2 (({value}) // 2)"
+        return f"{self.param} = {value}"
 
 
 def _num(x: float) -> str:
@@ -69,10 +74,32 @@ class OpSpec:
     meaning: str
     # Whether the op reads a histogram of the image first (the kernels build it before the pixel pass).
     histogram: bool = False
+    # The reference code's level mappings where they differ from ``args`` (its three defects, spec
+    # section 2.1): same bins and constants, another form (pixels instead of a fraction of the size,
+    # an even cutout side). None: the op maps its levels the same way under both semantics.
+    reference_args: tuple[Level, ...] | None = None
 
     @property
     def bins(self) -> tuple[int, ...]:
         return tuple(level.bins for level in self.args)
+
+    def levels_for(self, semantics: str) -> tuple[Level, ...]:
+        """The level mappings under ``semantics`` (one of SEMANTICS)."""
+        check_semantics(semantics)
+        if semantics == "reference" and self.reference_args is not None:
+            return self.reference_args
+        return self.args
+
+
+# How levels map to parameters: "corrected" (the paper's intent, the default) or "reference" (the
+# published code's mappings, defects included, as its numbers were produced).
+SEMANTICS: tuple[str, ...] = ("corrected", "reference")
+
+
+def check_semantics(semantics: str) -> str:
+    if semantics not in SEMANTICS:
+        raise ValueError(f"CTAugment semantics must be one of {', '.join(SEMANTICS)}, got {semantics!r}")
+    return semantics
 
 
 # The mappings, each declared once; several ops share one.
@@ -87,6 +114,10 @@ RESCALE_FILTER = Level(6, "filter", 5.99, rounding="int")
 ROTATE_DEGREES = Level(17, "degrees", 45.0, centred=True, rounding="round")
 SHEAR = Level(17, "s", 0.3, centred=True)
 TRANSLATE = Level(17, "offset", 0.3, centred=True, per_size=True)
+# The reference code's forms of the last three: the fraction taken as pixels, the side made even.
+CUTOUT_SIDE_EVEN = Level(17, "side", 0.499, offset=1.0, rounding="int", per_size=True, even=True)
+RESCALE_MARGIN_PX = Level(17, "margin", 0.25, rounding="round")
+TRANSLATE_PX = Level(17, "offset", 0.3, centred=True)
 
 _P, _F, _G, _RS, _RG = Kind.POINT, Kind.FILTER, Kind.GEOMETRIC, Kind.RESAMPLE, Kind.REGION
 
@@ -96,21 +127,25 @@ OPS: tuple[OpSpec, ...] = (
     OpSpec("brightness", _P, (ENHANCE,), "blend(black, x, f)"),
     OpSpec("color", _F, (ENHANCE,), "blend(grey(x), x, f)"),
     OpSpec("contrast", _P, (ENHANCE,), "blend(mean grey of x, x, f)", histogram=True),
-    OpSpec("cutout", _RG, (CUTOUT_SIDE,), "a side x side square at a random centre, filled with 127; size = min(H, W)"),
+    OpSpec("cutout", _RG, (CUTOUT_SIDE,), "a side x side square at a random centre, filled with 127; size = min(H, W)",
+           reference_args=(CUTOUT_SIDE_EVEN,)),
     OpSpec("equalize", _P, (BLEND,), "blend(x, equalize(x), alpha)", histogram=True),
     OpSpec("invert", _P, (BLEND,), "blend(x, 255 - x, alpha)"),
     OpSpec("identity", _P, (), "x"),
     OpSpec("posterize", _P, (POSTERIZE_BITS,), "keep the top `bits` bits of every value"),
     OpSpec("rescale", _RS, (RESCALE_MARGIN, RESCALE_FILTER),
-           "crop `margin` px off each side, resize back with RESCALE_FILTERS[filter]"),
+           "crop `margin` px off each side, resize back with RESCALE_FILTERS[filter]",
+           reference_args=(RESCALE_MARGIN_PX, RESCALE_FILTER)),
     OpSpec("rotate", _G, (ROTATE_DEGREES,), "rotate by `degrees` about the centre; nearest; fill 0"),
     OpSpec("sharpness", _F, (ENHANCE,), "blend(SMOOTH(x), x, f)"),
     OpSpec("shear_x", _G, (SHEAR,), "source x = x + s y; nearest; fill 0"),
     OpSpec("shear_y", _G, (SHEAR,), "source y = y + s x; nearest; fill 0"),
     OpSpec("smooth", _F, (BLEND,), "blend(x, SMOOTH(x), alpha); PIL's 3x3 [1 1 1; 1 5 1; 1 1 1]/13, border kept"),
     OpSpec("solarize", _P, (SOLARIZE_THRESHOLD,), "values >= t become 255 - value"),
-    OpSpec("translate_x", _G, (TRANSLATE,), "shift by `offset` px along x (size = W); nearest; fill 0"),
-    OpSpec("translate_y", _G, (TRANSLATE,), "shift by `offset` px along y (size = H); nearest; fill 0"),
+    OpSpec("translate_x", _G, (TRANSLATE,), "shift by `offset` px along x (size = W); nearest; fill 0",
+           reference_args=(TRANSLATE_PX,)),
+    OpSpec("translate_y", _G, (TRANSLATE,), "shift by `offset` px along y (size = H); nearest; fill 0",
+           reference_args=(TRANSLATE_PX,)),
 )
 
 OP_NAMES: tuple[str, ...] = tuple(op.name for op in OPS)
@@ -146,5 +181,8 @@ def op_table() -> str:
     lines = ["| id | op | kind | levels: bins, parameter | what it does |", "|---|---|---|---|---|"]
     for i, op in enumerate(OPS):
         levels = "; ".join(f"{level.bins}: {level.formula()}" for level in op.args) or "-"
+        if op.reference_args is not None:
+            changed = [level.formula() for level, ours in zip(op.reference_args, op.args) if level != ours]
+            levels += " (reference: " + "; ".join(changed) + ")"
         lines.append(f"| {i} | {op.name} | {op.kind.value} | {levels} | {op.meaning} |")
     return "\n".join(lines)

@@ -24,8 +24,13 @@ Three defects of the reference code are fixed on purpose, as the kernels fix the
   clipped to the image, likewise columns), not ``2 * (side // 2)``, so side 1 covers one pixel.
   Its centre is ``(int(u0 * H), int(u1 * W))`` from the view's random numbers ``u`` in [0, 1).
 
-Every level -> parameter mapping is taken from :mod:`remixmatch.kernels.scalar`, the same functions
-the kernels compile; only the PIL calls that consume the parameters live here.
+With ``semantics="reference"`` these three ops do what the reference code does instead, with its
+own calls (``ops.OpSpec.reference_args``): translate by ``(2v - 1) * 0.3`` pixels; rescale crops the
+float box ``(s, s, W - s, H - s)``, ``s = v * 0.25``, which Pillow rounds, and resizes back; cutout
+fills ``[c - side // 2, c + side // 2)`` on each axis.
+
+Every other level -> parameter mapping is taken from :mod:`remixmatch.kernels.scalar`, the same
+functions the kernels compile; only the PIL calls that consume the parameters live here.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from . import scalar
-from .ops import LEVELS_PER_OP, MAX_DEPTH, NUM_OPS, OP_ID, OP_NAMES, RESCALE_FILTERS
+from .ops import LEVELS_PER_OP, MAX_DEPTH, NUM_OPS, OP_ID, OP_NAMES, RESCALE_FILTERS, check_semantics
 
 __all__ = [
     "apply_op",
@@ -44,6 +49,7 @@ __all__ = [
     "apply_ops_batch",
     "weak_augment",
     "PIL_OPS",
+    "pil_ops",
 ]
 
 _RESAMPLING = {
@@ -87,7 +93,7 @@ def _contrast(x, v0, v1, u0, u1):
 
 
 def _cutout_box(width: int, height: int, v: float, u0: float, u1: float) -> tuple[int, int, int, int]:
-    side = scalar.cutout_side(v, height, width)
+    side = scalar.cutout_side(v, height, width, False)
     y0 = scalar.cutout_start(u0, height, side)
     x0 = scalar.cutout_start(u1, width, side)
     return max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
@@ -121,10 +127,10 @@ def _rescale(x, v0, v1, u0, u1):
     width, height = x.size
     # The crop box as integers; Image.crop rounds a float box with round() exactly as these do.
     box = (
-        scalar.rescale_low(v0, width),
-        scalar.rescale_low(v0, height),
-        scalar.rescale_high(v0, width),
-        scalar.rescale_high(v0, height),
+        scalar.rescale_low(v0, width, True),
+        scalar.rescale_low(v0, height, True),
+        scalar.rescale_high(v0, width, True),
+        scalar.rescale_high(v0, height, True),
     )
     return x.crop(box).resize(x.size, _FILTERS[scalar.rescale_filter(v1)])
 
@@ -154,14 +160,53 @@ def _solarize(x, v0, v1, u0, u1):
 
 
 def _translate_x(x, v0, v1, u0, u1):
-    t = scalar.translate_offset(v0, x.width)
+    t = scalar.translate_offset(v0, x.width, True)
     return x.transform(x.size, Image.Transform.AFFINE, (1, 0, t, 0, 1, 0))
 
 
 def _translate_y(x, v0, v1, u0, u1):
-    t = scalar.translate_offset(v0, x.height)
+    t = scalar.translate_offset(v0, x.height, True)
     return x.transform(x.size, Image.Transform.AFFINE, (1, 0, 0, 0, 1, t))
 
+
+# The reference code's translate, rescale and cutout (semantics="reference").
+
+
+def _translate_x_reference(x, v0, v1, u0, u1):
+    t = scalar.translate_offset(v0, x.width, per_size=False)
+    return x.transform(x.size, Image.Transform.AFFINE, (1, 0, t, 0, 1, 0))
+
+
+def _translate_y_reference(x, v0, v1, u0, u1):
+    t = scalar.translate_offset(v0, x.height, per_size=False)
+    return x.transform(x.size, Image.Transform.AFFINE, (1, 0, 0, 0, 1, t))
+
+
+def _rescale_reference(x, v0, v1, u0, u1):
+    # The float box as the reference passes it: Image.crop does the rounding.
+    s = v0 * 0.25
+    box = (s, s, x.width - s, x.height - s)
+    return x.crop(box).resize(x.size, _FILTERS[scalar.rescale_filter(v1)])
+
+
+def _cutout_reference(x, v0, v1, u0, u1):
+    side = scalar.cutout_side(v0, x.height, x.width, False)
+    cy = int(u0 * x.height)
+    cx = int(u1 * x.width)
+    left, top = max(0, cx - side // 2), max(0, cy - side // 2)
+    right, bottom = min(x.width, cx + side // 2), min(x.height, cy + side // 2)
+    x = x.copy()
+    if left < right and top < bottom:
+        x.paste(_CUTOUT_FILL, (left, top, right, bottom))
+    return x
+
+
+_REFERENCE_BY_NAME = {
+    "cutout": _cutout_reference,
+    "rescale": _rescale_reference,
+    "translate_x": _translate_x_reference,
+    "translate_y": _translate_y_reference,
+}
 
 _BY_NAME = {
     "autocontrast": _autocontrast,
@@ -189,6 +234,13 @@ if set(_BY_NAME) != set(OP_NAMES):
 
 # PIL_OPS[op_id](image, v0, v1, u0, u1) -> image, in the registry order of ops.OPS.
 PIL_OPS = tuple(_BY_NAME[name] for name in OP_NAMES)
+_PIL_REFERENCE_OPS = tuple(_REFERENCE_BY_NAME.get(name, _BY_NAME[name]) for name in OP_NAMES)
+
+
+def pil_ops(semantics: str = "corrected") -> tuple:
+    """The ops under ``semantics`` ("corrected": PIL_OPS; "reference": the reference code's
+    translate, rescale and cutout), in the registry order of ops.OPS."""
+    return _PIL_REFERENCE_OPS if check_semantics(semantics) == "reference" else PIL_OPS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +347,7 @@ def weak_augment(image: np.ndarray, flip, offset_y: int, offset_x: int, pad: int
     return np.ascontiguousarray(padded[offset_y : offset_y + height, offset_x : offset_x + width])
 
 
-def apply_op(image: np.ndarray, op_id, levels=(0.5, 0.5), rand=(0.5, 0.5)) -> np.ndarray:
+def apply_op(image: np.ndarray, op_id, levels=(0.5, 0.5), rand=(0.5, 0.5), semantics: str = "corrected") -> np.ndarray:
     """One op (id or name) on an (H, W, 3) uint8 image, with levels (v0, v1) and random numbers (u0, u1).
 
     Levels lie in [0, 1] and random numbers in [0, 1); both are read as float32, as the kernels read
@@ -305,20 +357,22 @@ def apply_op(image: np.ndarray, op_id, levels=(0.5, 0.5), rand=(0.5, 0.5)) -> np
     op = _op_index(op_id)
     v0, v1 = _pair(levels, "levels")
     u0, u1 = _pair(rand, "rand", closed=False)
-    out = PIL_OPS[op](Image.fromarray(image), v0, v1, u0, u1)
+    out = pil_ops(semantics)[op](Image.fromarray(image), v0, v1, u0, u1)
     return np.array(out, dtype=np.uint8)
 
 
-def _run_view(x: Image.Image, ops: list, levels: list, rand: list, cutout_level) -> Image.Image:
+def _run_view(x: Image.Image, ops: list, levels: list, rand: list, cutout_level,
+              semantics: str = "corrected") -> Image.Image:
+    table = pil_ops(semantics)
     for op, (v0, v1), (u0, u1) in zip(ops, levels, rand):
-        x = PIL_OPS[op](x, v0, v1, u0, u1)
+        x = table[op](x, v0, v1, u0, u1)
     if cutout_level is not None:
         u0, u1 = rand[len(ops)]
-        x = _cutout(x, cutout_level, 0.0, u0, u1)
+        x = table[OP_ID["cutout"]](x, cutout_level, 0.0, u0, u1)
     return x
 
 
-def apply_ops(image: np.ndarray, op_ids, levels, rand, cutout_level=None) -> np.ndarray:
+def apply_ops(image: np.ndarray, op_ids, levels, rand, cutout_level=None, semantics: str = "corrected") -> np.ndarray:
     """One view: ops ``op_ids`` (depth,) in order, then the optional cutout at ``cutout_level``.
 
     levels: (depth, 2) float32; rand: (depth + 1, 2) float32, row d for op d and the last row for the
@@ -327,7 +381,8 @@ def apply_ops(image: np.ndarray, op_ids, levels, rand, cutout_level=None) -> np.
     image = _check_image(image)
     op_ids, levels, rand = _check_policy(op_ids, levels, rand, ())
     cutout_level = _check_cutout_level(cutout_level)
-    x = _run_view(Image.fromarray(image), op_ids.tolist(), levels.tolist(), rand.tolist(), cutout_level)
+    x = _run_view(Image.fromarray(image), op_ids.tolist(), levels.tolist(), rand.tolist(), cutout_level,
+                  check_semantics(semantics))
     return np.array(x, dtype=np.uint8)
 
 
@@ -342,6 +397,7 @@ def apply_ops_batch(
     flips=None,
     offsets=None,
     pad: int = 4,
+    semantics: str = "corrected",
 ) -> np.ndarray:
     """N views of a batch: view n is ``images[sources[n]]`` (default n), augmented by its policy.
 
@@ -358,6 +414,7 @@ def apply_ops_batch(
     n_views = op_ids.shape[0]
     op_ids, levels, rand = _check_policy(op_ids, levels, rand, (n_views,))
     cutout_level = _check_cutout_level(cutout_level)
+    check_semantics(semantics)
     if sources is None:
         if images.shape[0] != n_views:
             raise ValueError(f"without sources, images ({images.shape[0]}) and views ({n_views}) must match")
@@ -387,6 +444,6 @@ def apply_ops_batch(
         if weak is not None:
             flip, (oy, ox) = weak[n]
             image = weak_augment(image, flip, oy, ox, pad)
-        x = _run_view(Image.fromarray(image), ops_l[n], levels_l[n], rand_l[n], cutout_level)
+        x = _run_view(Image.fromarray(image), ops_l[n], levels_l[n], rand_l[n], cutout_level, semantics)
         out[n] = np.asarray(x)
     return out

@@ -63,6 +63,11 @@ TRANSLATE_SCALE = ops.TRANSLATE.scale
 RESCALE_SCALE = ops.RESCALE_MARGIN.scale
 RESCALE_FILTER_SCALE = ops.RESCALE_FILTER.scale
 
+# A level's form, per (op, level) in the table the kernels take (tables.level_form_table, built from
+# the op records for the semantics asked for): which of the corrected and reference mappings runs.
+FORM_PER_SIZE = 1  # the level's core is multiplied by the image size (else taken as pixels)
+FORM_EVEN = 2  # the parameter is rounded down to an even number
+
 # Geometric ops store how their source coordinates are computed in params_i[0]; Pillow picks the
 # path from the affine matrix: a scaling/translation matrix walks double-precision accumulators
 # (ImagingScaleAffine), anything else uses 16.16 fixed point (affine_fixed).
@@ -134,7 +139,13 @@ def px(img, i):
 
 
 # ---------------------------------------------------------------------------------------------
-# Level -> parameter mappings (the reference code's, with its three documented defects fixed).
+# Level -> parameter mappings. Three have two forms (ops.SEMANTICS): the corrected ones by default,
+# the reference code's (its documented defects) when the form table says so.
+
+
+def has_form(forms, op, bit):
+    # The form of op's first level (the only one whose mapping differs between semantics).
+    return (forms[op, 0] & bit) != 0
 
 
 def enhance_factor(v):
@@ -146,9 +157,13 @@ def blend_alpha(v):
     return np.float32(v)
 
 
-def cutout_side(v, height, width):
-    # Fixed defect: the square is exactly this many pixels wide (the reference drew 2 * (side // 2)).
-    return 1 + int(f64_mul(f64_mul(v, float(min(height, width))), CUTOUT_SCALE))
+def cutout_side(v, height, width, even):
+    # Corrected: the square is exactly this many pixels wide. The reference filled
+    # [c - side // 2, c + side // 2): a square 2 (side // 2) wide starting where ours does.
+    side = 1 + int(f64_mul(f64_mul(v, float(min(height, width))), CUTOUT_SCALE))
+    if even:
+        side = 2 * (side // 2)
+    return side
 
 
 def cutout_start(u, size, side):
@@ -181,19 +196,28 @@ def shear_amount(v):
     return centred(v, SHEAR_SCALE)
 
 
-def translate_offset(v, size):
-    # Fixed defect: a fraction of the image size (the reference passed the fraction as pixels).
-    return f64_mul(centred(v, TRANSLATE_SCALE), float(size))
+def translate_offset(v, size, per_size):
+    # Corrected: a fraction of the image size. The reference passed the fraction as pixels.
+    offset = centred(v, TRANSLATE_SCALE)
+    if per_size:
+        offset = f64_mul(offset, float(size))
+    return offset
 
 
-def rescale_low(v, size):
-    # Fixed defect: the margin is v * 0.25 of the size (the reference used v * 0.25 pixels).
+def rescale_low(v, size, per_size):
+    # Corrected: the margin is v * 0.25 of the size. The reference used v * 0.25 pixels.
     # Pillow rounds a float crop box with Python's round().
-    return round_half_even(f64_mul(f64_mul(v, RESCALE_SCALE), float(size)))
+    margin = f64_mul(v, RESCALE_SCALE)
+    if per_size:
+        margin = f64_mul(margin, float(size))
+    return round_half_even(margin)
 
 
-def rescale_high(v, size):
-    return round_half_even(f64_mul(float(size), f64_add(1.0, -f64_mul(v, RESCALE_SCALE))))
+def rescale_high(v, size, per_size):
+    if per_size:
+        return round_half_even(f64_mul(float(size), f64_add(1.0, -f64_mul(v, RESCALE_SCALE))))
+    # The reference's box edge, size - v * 0.25, in its order of operations.
+    return round_half_even(f64_add(float(size), -f64_mul(v, RESCALE_SCALE)))
 
 
 def rescale_filter(v):
@@ -462,8 +486,9 @@ def unit(v):
     return v
 
 
-def prepare_op(op, v0, v1, u0, u1, height, width, params_i, params_f, coords, rotations):
-    """Turns an op's levels (and random numbers) into the parameters its pixel pass reads."""
+def prepare_op(op, v0, v1, u0, u1, height, width, params_i, params_f, coords, rotations, forms):
+    """Turns an op's levels (and random numbers) into the parameters its pixel pass reads; ``forms``
+    says which form of each level mapping runs (see FORM_PER_SIZE)."""
     v0 = unit(v0)
     v1 = unit(v1)
     if op == AUTOCONTRAST or op == BLUR or op == EQUALIZE or op == INVERT or op == SMOOTH:
@@ -471,7 +496,7 @@ def prepare_op(op, v0, v1, u0, u1, height, width, params_i, params_f, coords, ro
     elif op == BRIGHTNESS or op == COLOR or op == CONTRAST or op == SHARPNESS:
         params_f[0] = enhance_factor(v0)
     elif op == CUTOUT:
-        side = cutout_side(v0, height, width)
+        side = cutout_side(v0, height, width, has_form(forms, op, FORM_EVEN))
         y0 = cutout_start(u0, height, side)
         x0 = cutout_start(u1, width, side)
         params_i[0] = max(y0, 0)
@@ -483,11 +508,12 @@ def prepare_op(op, v0, v1, u0, u1, height, width, params_i, params_f, coords, ro
     elif op == SOLARIZE:
         params_i[0] = solarize_threshold(v0)
     elif op == RESCALE:
+        per_size = has_form(forms, op, FORM_PER_SIZE)
         params_i[0] = rescale_filter(v1)
-        params_i[1] = rescale_low(v0, height)
-        params_i[2] = rescale_high(v0, height)
-        params_i[3] = rescale_low(v0, width)
-        params_i[4] = rescale_high(v0, width)
+        params_i[1] = rescale_low(v0, height, per_size)
+        params_i[2] = rescale_high(v0, height, per_size)
+        params_i[3] = rescale_low(v0, width, per_size)
+        params_i[4] = rescale_high(v0, width, per_size)
     elif op == ROTATE:
         row = rotate_degrees(v0) + MAX_ROTATION
         if rotations[row, 0] == 0:
@@ -506,9 +532,11 @@ def prepare_op(op, v0, v1, u0, u1, height, width, params_i, params_f, coords, ro
         else:
             set_affine_fixed(params_i, 1.0, 0.0, 0.0, s, 1.0, 0.0)
     elif op == TRANSLATE_X:
-        set_affine_scale(params_i, coords, 1.0, translate_offset(v0, width), 1.0, 0.0, height, width)
+        t = translate_offset(v0, width, has_form(forms, op, FORM_PER_SIZE))
+        set_affine_scale(params_i, coords, 1.0, t, 1.0, 0.0, height, width)
     elif op == TRANSLATE_Y:
-        set_affine_scale(params_i, coords, 1.0, 0.0, 1.0, translate_offset(v0, height), height, width)
+        t = translate_offset(v0, height, has_form(forms, op, FORM_PER_SIZE))
+        set_affine_scale(params_i, coords, 1.0, 0.0, 1.0, t, height, width)
 
 
 def is_point_op(op):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ops import MAX_ROTATION, RESCALE_FILTERS
-from .scalar import RESAMPLE_BITS, fix16
+from .ops import LEVELS_PER_OP, MAX_ROTATION, OPS, RESCALE_FILTERS, check_semantics
+from .scalar import FORM_EVEN, FORM_PER_SIZE, RESAMPLE_BITS, fix16
 
 # Upscaling (every rescale crop is at most the image) keeps Pillow's support at the filter's own,
 # so the widest kernel is Lanczos': 2 * ceil(3) + 1 taps.
@@ -193,3 +193,16 @@ class KernelTables:
 
 def kernel_tables(height: int, width: int) -> KernelTables:
     return KernelTables(rotation_table(height, width), resample_table(height), resample_table(width))
+
+
+@functools.lru_cache(maxsize=None)
+def level_form_table(semantics: str) -> np.ndarray:
+    """int32 (NUM_OPS, LEVELS_PER_OP): each level's form bits (scalar.FORM_*) under ``semantics``,
+    read from the op records; the kernels pick a level mapping's form from it."""
+    check_semantics(semantics)
+    table = np.zeros((len(OPS), LEVELS_PER_OP), np.int32)
+    for op_id, op in enumerate(OPS):
+        for a, level in enumerate(op.levels_for(semantics)):
+            table[op_id, a] = (FORM_PER_SIZE if level.per_size else 0) | (FORM_EVEN if level.even else 0)
+    table.setflags(write=False)
+    return table

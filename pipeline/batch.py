@@ -45,7 +45,8 @@ def render_views(images, call: KernelCall, pad: int, stream=None):
     """Runs the step's one ``apply_ops`` call on ``images`` (labeled then unlabeled images, NumPy or
     a CUDA array) and returns the (N, H, W, 3) views on the same device."""
     return apply_ops(images, *call.policies.arrays(), sources=call.sources, flips=call.weak.flips,
-                     offsets=call.weak.offsets, pad=pad, stream=stream, check_values=False)
+                     offsets=call.weak.offsets, pad=pad, stream=stream, check_values=False,
+                     semantics=call.semantics)
 
 
 def split_views(views, plan: StepPlan, call: KernelCall, x_labels, global_plan: StepPlan | None = None,

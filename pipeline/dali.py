@@ -284,7 +284,7 @@ def _serial_kernel():
     return _SERIAL_KERNEL
 
 
-def _python_runner(pad: int, numba_threads: int | None):
+def _python_runner(pad: int, numba_threads: int | None, semantics: str):
     """fn.python_function's callable: one apply_ops call (the parallel Numba kernel) for the step."""
     from remixmatch.kernels import apply_ops
 
@@ -296,17 +296,18 @@ def _python_runner(pad: int, numba_threads: int | None):
                 numba.set_num_threads(numba_threads)
         return apply_ops(images, op_ids, levels, rand, sources=np.ascontiguousarray(views[:, 0]),
                          flips=np.ascontiguousarray(views[:, 1]), offsets=np.ascontiguousarray(views[:, 2:4]),
-                         pad=pad, check_values=False)
+                         pad=pad, check_values=False, semantics=semantics)
 
     return run
 
 
-def _numba_runner(pad: int, height: int, width: int):
+def _numba_runner(pad: int, height: int, width: int, semantics: str):
     """numba_function's run_fn and setup_fn: our njit kernel called from DALI's compiled callback."""
-    from remixmatch.kernels.tables import kernel_tables
+    from remixmatch.kernels.tables import kernel_tables, level_form_table
 
     kernel = _serial_kernel()
     rotations, bounds_y, coef_y, bounds_x, coef_x = kernel_tables(height, width).arrays()
+    forms = level_form_table(semantics)
 
     def run(out, op_ids, images, levels, rand, views):
         # DALI compiles this callback, so no Python bundle (kernels.args.ApplyArgs) can be built here:
@@ -314,7 +315,7 @@ def _numba_runner(pad: int, height: int, width: int):
         # get past silently.
         kernel(images=images.reshape(images.shape[0], -1), sources=np.ascontiguousarray(views[:, 0]),
                weak=True, flips=np.ascontiguousarray(views[:, 1]), offsets=np.ascontiguousarray(views[:, 2:4]),
-               pad=pad, op_ids=op_ids, levels=levels, rand=rand, cutout=False, cutout_level=0.0,
+               pad=pad, op_ids=op_ids, levels=levels, rand=rand, forms=forms, cutout=False, cutout_level=0.0,
                height=height, width=width, out=out.reshape(out.shape[0], -1), rotations=rotations,
                bounds_y=bounds_y, coef_y=coef_y, bounds_x=bounds_x, coef_x=coef_x)
 
@@ -368,7 +369,7 @@ class DaliGraphFetcher(DaliFetcher):
         self._graph = None
         self._graph_key = None
 
-    def _build_graph(self, pad: int, height: int, width: int):
+    def _build_graph(self, pad: int, height: int, width: int, semantics: str):
         from nvidia.dali import fn, types
         from nvidia.dali.pipeline import Pipeline
 
@@ -381,12 +382,12 @@ class DaliGraphFetcher(DaliFetcher):
                 inputs = [fn.external_source(name=name, device="cpu", dtype=kinds[name][0], ndim=kinds[name][1],
                                              no_copy=False) for name in _GRAPH_INPUTS]
                 if self.kernel == "python":
-                    views = fn.python_function(*inputs, function=_python_runner(pad, self.numba_threads),
+                    views = fn.python_function(*inputs, function=_python_runner(pad, self.numba_threads, semantics),
                                                num_outputs=1)
                 else:
                     from nvidia.dali.plugin.numba.fn.experimental import numba_function
 
-                    run, setup = _numba_runner(pad, height, width)
+                    run, setup = _numba_runner(pad, height, width, semantics)
                     views = numba_function(*inputs, run_fn=run, setup_fn=setup, out_types=[types.UINT8],
                                            in_types=[kinds[name][0] for name in _GRAPH_INPUTS], outs_ndim=[4],
                                            ins_ndim=[kinds[name][1] for name in _GRAPH_INPUTS])
@@ -415,7 +416,7 @@ class DaliGraphFetcher(DaliFetcher):
             height, width = images.shape[1:3]
             if len(views) == 0 or len(rows) == 0:
                 return np.empty((len(views), height, width, 3), np.uint8)
-            key = (int(pad), height, width)
+            key = (int(pad), height, width, call.semantics)
             if self._graph is None or self._graph_key != key:
                 self._graph, self._graph_key = None, None
                 self._graph = self._build_graph(*key)

@@ -113,6 +113,7 @@ class StepPlan:
     u_strong_weak: WeakParams  # (K B_u,) each strong view's own weak augmentation, K-major
     u_policies: Policies  # (K B_u,) K-major
     cutout_level: float | None = None  # apply_ops's cutout_level for the unlabeled strong views
+    semantics: str = "corrected"  # the policy's level mappings (kernels.ops.SEMANTICS)
 
     def local(self, rank: int, world_size: int) -> StepPlan:
         """This rank's share: a contiguous slice of the labeled and of the unlabeled images."""
@@ -129,13 +130,13 @@ class StepPlan:
             x_weak=self.x_weak[xs], x_policies=self.x_policies[xs],
             probe_policies=None if self.probe_policies is None else self.probe_policies[xs],
             u_weak=self.u_weak[us], u_strong_weak=k_major(self.u_strong_weak),
-            u_policies=k_major(self.u_policies), cutout_level=self.cutout_level)
+            u_policies=k_major(self.u_policies), cutout_level=self.cutout_level, semantics=self.semantics)
 
     def state_dict(self) -> dict:
         state = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            state[f.name] = value if value is None or isinstance(value, (int, float, np.ndarray)) else {
+            state[f.name] = value if value is None or isinstance(value, (int, float, str, np.ndarray)) else {
                 g.name: getattr(value, g.name).copy() for g in fields(value)}
         return state
 
@@ -150,7 +151,8 @@ class StepPlan:
             x_policies=part(Policies, state["x_policies"]),
             probe_policies=part(Policies, state["probe_policies"]),
             u_weak=part(WeakParams, state["u_weak"]), u_strong_weak=part(WeakParams, state["u_strong_weak"]),
-            u_policies=part(Policies, state["u_policies"]), cutout_level=state.get("cutout_level"))
+            u_policies=part(Policies, state["u_policies"]), cutout_level=state.get("cutout_level"),
+            semantics=str(state.get("semantics", "corrected")))
 
 
 def _arrays(params) -> tuple[np.ndarray, ...]:
@@ -184,7 +186,8 @@ def draw_plan(step: int, x_rows: np.ndarray, u_rows: np.ndarray, policy: CTAugme
         x_policies=x_policies, probe_policies=probes,
         u_weak=WeakParams.sample(bu, step_rng(seed, step, _U_WEAK), config),
         u_strong_weak=WeakParams.sample(k * bu, step_rng(seed, step, _U_STRONG_WEAK), config),
-        u_policies=strong(k * bu, _U_POLICY), cutout_level=config.cutout_level)
+        u_policies=strong(k * bu, _U_POLICY), cutout_level=config.cutout_level,
+        semantics=policy.semantics if policy is not None else "corrected")
 
 
 @dataclass
@@ -202,6 +205,7 @@ class KernelCall:
     weak: WeakParams
     sources: np.ndarray  # (N,) int32 into concat(labeled images, unlabeled images)
     counts: dict = field(default_factory=dict)  # views of each part, in order
+    semantics: str = "corrected"  # apply_ops's level mappings (the plan's)
 
 
 def kernel_call(plan: StepPlan) -> KernelCall:
@@ -228,7 +232,7 @@ def kernel_call(plan: StepPlan) -> KernelCall:
         policies = [append_op(p, CUTOUT if i == last else IDENTITY, plan.cutout_level if i == last else 0.0)
                     for i, p in enumerate(policies)]
     return KernelCall(Policies.concat(policies), WeakParams.concat(weak),
-                      np.ascontiguousarray(np.concatenate(sources)), counts)
+                      np.ascontiguousarray(np.concatenate(sources)), counts, plan.semantics)
 
 
 def append_op(policies: Policies, op: int, level: float) -> Policies:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from remixmatch.kernels.ops import LEVELS_PER_OP, NUM_OPS, OP_ID, OP_NAMES, OPS
+from remixmatch.kernels.ops import LEVELS_PER_OP, NUM_OPS, OP_ID, OP_NAMES, OPS, SEMANTICS
 
 from .errors import PipelineError
 
@@ -105,9 +105,15 @@ class CTAugment:
     reference class default is 0.85). rule: "segment" (the ReMixMatch code: pick a segment between
     two adjacent bins with probability proportional to their summed weights, then a uniform point in
     it) or "bin" (the FixMatch code: pick a bin in proportion to its weight, a uniform point in it).
+    semantics: how the kernels map the sampled levels of translate, rescale and cutout ("corrected",
+    or "reference": the published code's mappings, kernels.ops.OpSpec.reference_args). The weights
+    learnt under one mean something else under the other, so a state of the other is refused.
     """
 
-    def __init__(self, depth: int = 2, decay: float = 0.99, threshold: float = 0.8, rule: str = "segment"):
+    def __init__(self, depth: int = 2, decay: float = 0.99, threshold: float = 0.8, rule: str = "segment",
+                 semantics: str = "corrected"):
+        if semantics not in SEMANTICS:
+            raise PipelineError(f"CTAugment semantics must be one of {', '.join(SEMANTICS)}, got {semantics!r}")
         if rule not in SAMPLING_RULES:
             raise PipelineError(f"CTAugment rule must be one of {', '.join(SAMPLING_RULES)}, got {rule!r}")
         if not 1 <= depth <= 4:
@@ -120,6 +126,7 @@ class CTAugment:
         self.decay = float(decay)
         self.threshold = float(threshold)
         self.rule = rule
+        self.semantics = semantics
         # Replaced (never written in place) by update(), so a sampler that took a reference keeps
         # a consistent snapshot.
         self.rates = np.ones((NUM_OPS, LEVELS_PER_OP, MAX_BINS), np.float64)
@@ -233,13 +240,15 @@ class CTAugment:
 
     def state_dict(self) -> dict:
         return {"rates": self.rates.copy(), "op_names": list(OP_NAMES), "depth": self.depth,
-                "decay": self.decay, "threshold": self.threshold, "rule": self.rule}
+                "decay": self.decay, "threshold": self.threshold, "rule": self.rule, "semantics": self.semantics}
 
     def load_state_dict(self, state: dict) -> None:
         if list(state["op_names"]) != list(OP_NAMES):
             raise PipelineError("CTAugment state was saved with a different op registry "
                                 f"({len(state['op_names'])} ops: {', '.join(state['op_names'][:4])}, ...)")
-        for field in ("depth", "decay", "threshold", "rule"):
+        # States saved before the semantics existed were all corrected.
+        state = {"semantics": "corrected", **state}
+        for field in ("depth", "decay", "threshold", "rule", "semantics"):
             if state[field] != getattr(self, field):
                 raise PipelineError(f"CTAugment state has {field}={state[field]!r}, this policy {getattr(self, field)!r}")
         rates = np.asarray(state["rates"], np.float64)

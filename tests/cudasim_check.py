@@ -17,7 +17,7 @@ assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run with NUMBA_ENABLE_CUD
 
 from numba import cuda  # noqa: E402
 
-from remixmatch.kernels import NUM_OPS, apply_ops, cuda_launch, weak_augment  # noqa: E402
+from remixmatch.kernels import NUM_OPS, OP_ID, apply_ops, cuda_launch, weak_augment  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from kernel_images import cifar_images  # noqa: E402
@@ -51,6 +51,19 @@ def launches(rng: np.random.Generator):
         yield op_ids, levels, rand
 
 
+def reference_launches(rng: np.random.Generator):
+    """Chains of translate_x, translate_y, rescale and cutout (a Latin square, so each op runs in
+    every position), levels including 0 and 1."""
+    changed = np.array([OP_ID[name] for name in ("translate_x", "translate_y", "rescale", "cutout")], np.int32)
+    square = np.array([np.roll(changed, -r) for r in range(VIEWS_PER_LAUNCH)], np.int32)
+    for _ in range(2):
+        levels = rng.random((VIEWS_PER_LAUNCH, DEPTH, 2), dtype=np.float32)
+        levels[0] = 0.0
+        levels[1] = 1.0
+        rand = rng.random((VIEWS_PER_LAUNCH, DEPTH + 1, 2), dtype=np.float32)
+        yield square, levels, rand
+
+
 def main() -> int:
     rng = np.random.default_rng(2020)
     compared = 0
@@ -76,6 +89,14 @@ def main() -> int:
             compared += VIEWS_PER_LAUNCH
             for view in np.flatnonzero((expected != got).reshape(VIEWS_PER_LAUNCH, -1).any(axis=1)):
                 mismatches.append(f"{height}x{width} launch {i} view {view} ops {op_ids[view].tolist()}")
+        # The reference semantics: the four ops whose level mapping differs, in every position.
+        for i, (op_ids, levels, rand) in enumerate(reference_launches(rng)):
+            kwargs = {"sources": sources, "cutout_level": 0.3 if i == 0 else None, "semantics": "reference"}
+            expected = apply_ops(images, op_ids, levels, rand, **kwargs)
+            got = apply_ops(device_images, op_ids, levels, rand, **kwargs).copy_to_host()
+            compared += VIEWS_PER_LAUNCH
+            for view in np.flatnonzero((expected != got).reshape(VIEWS_PER_LAUNCH, -1).any(axis=1)):
+                mismatches.append(f"{height}x{width} reference launch {i} view {view} ops {op_ids[view].tolist()}")
         flips = np.array([0, 1, 1, 0], np.int32)
         offsets = np.array([[0, 0], [8, 8], [3, 5], [8, 0]], np.int32)
         expected = weak_augment(images, flips, offsets, sources=sources)

@@ -132,6 +132,37 @@ def test_algorithms_each_run_with_their_own_settings(pipeline_shards, tmp_path):
     assert f"| fixmatch | {rows['fixmatch']['what']} | {100 * rows['fixmatch']['acc_ema_median']:.2f} |" in text
 
 
+def test_fidelity_variants_run_their_choices(pipeline_shards, tmp_path):  # noqa: F811
+    fidelity = ["corrected", "reference", "reference-ops-only", "reference-bn-only"]
+    args = tiny_args(pipeline_shards.path, tmp_path / "out")
+    args[args.index("--variants") + 1:args.index("--variants") + 1 + len(VARIANTS)] = [",".join(fidelity)]
+    threads = torch.get_num_threads()
+    try:
+        assert main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [r["variant"] for r in rep["results"]] == fidelity
+    choices = {}
+    for r in rep["results"]:
+        summary = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
+        choices[r["variant"]] = summary["fidelity"]
+        assert summary["steps"] == STEPS and summary["labeled"]["n_valid"] == 0  # the same images for all
+    assert choices["corrected"] == {"fidelity": "corrected", "cta_semantics": "corrected", "bn_mode": "joint",
+                                    "input_scaling": "standardize", "p_data": "labeled", "valid": 0}
+    assert choices["reference"] == {"fidelity": "reference", "cta_semantics": "reference", "bn_mode": "reference",
+                                    "input_scaling": "reference", "p_data": "reference", "valid": 0}
+    assert choices["reference-ops-only"] == {**choices["corrected"], "cta_semantics": "reference"}
+    assert choices["reference-bn-only"] == {**choices["corrected"], "bn_mode": "reference"}
+    # The corrected defaults are the baseline of the others.
+    summary = rep["summary"]
+    assert summary["corrected"]["vs_remixmatch"] is None
+    assert math.isclose(summary["reference"]["vs_remixmatch"],
+                        summary["reference"]["acc_ema_median_mean"] - summary["corrected"]["acc_ema_median_mean"],
+                        abs_tol=1e-12)
+    assert "| s / step |" in (tmp_path / "out" / "report.md").read_text()
+
+
 # ---- bad input ----------------------------------------------------------------------------------------
 
 def _one_line_error(capsys, argv, fragment, status=2):

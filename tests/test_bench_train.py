@@ -324,6 +324,22 @@ def test_each_algorithm_is_measured_with_its_papers_views(algorithm, tmp_path):
     assert f"{algorithm}, B = {B}" in (tmp_path / "report.md").read_text()
 
 
+def test_bn_mode_reference_times_the_interleaved_forward(tmp_path, monkeypatch):
+    from remixmatch.trainer import interleave
+
+    calls = []
+    real = interleave.forward_chunks
+    monkeypatch.setattr(interleave, "forward_chunks", lambda *a: calls.append(a[2]) or real(*a))
+    assert main(["train", "--out", str(tmp_path), "--device", "cpu", *TINY[:-4], "--bn-mode", "reference"]) == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["config"]["bn_mode"] == "reference"
+    synthetic = next(r for r in rep["results"] if r["device"] == "cpu" and r["feed"] == "synthetic")
+    assert "skipped" not in synthetic and synthetic["steps_per_s"] > 0
+    # every timed step ran the K + 2 chunks of B, then strong view 1 and the rotations
+    assert calls and all(list(sizes) == [B] * (K + 4) for sizes in calls)
+    assert "BN mode reference" in (tmp_path / "report.md").read_text()
+
+
 # ---- the trainer's objects are built as Run builds them ------------------------------------------------
 
 def test_state_policy_views_and_loader_match_a_run(pipeline_shards, tmp_path):  # noqa: F811

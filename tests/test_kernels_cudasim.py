@@ -1,5 +1,6 @@
 """The CUDA kernels, run by the Numba CUDA simulator in a process of their own, equal the CPU kernels
-on every op, on chains of depth 4, with the appended cutout and with the fused weak augmentation."""
+on every op, on chains of depth 4, with the appended cutout and with the fused weak augmentation,
+under both CTAugment semantics."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import pytest
 from remixmatch.kernels import scalar
 from remixmatch.kernels.args import ApplyArgs, WeakArgs
 from remixmatch.kernels.ops import NUM_OPS, OP_NAMES, OPS, Kind, op_table
-from remixmatch.kernels.tables import kernel_tables
+from remixmatch.kernels.tables import kernel_tables, level_form_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 IDS = range(NUM_OPS)
@@ -101,7 +101,7 @@ def _run_op(op, image, height, width, tables, fill):
     rows = np.zeros_like(image)
     out = np.full_like(image, fill)
     scalar.prepare_op(op, 0.8, 0.3, 0.4, 0.6, height, width, params_i, params_f, coords,
-                      tables.rotations)
+                      tables.rotations, level_form_table("corrected"))
     if scalar.needs_histogram(op):
         for p in range(height * width):
             for c in range(3):
@@ -164,9 +164,10 @@ def test_no_weak_and_no_cutout_are_flags():
     rand = np.zeros((2, 2, 2), np.float32)
     out = np.empty_like(images)
     tables = kernel_tables(4, 4).arrays()
-    plain = apply_args(images, op_ids, levels, rand, None, None, None, None, 4, out, tables, np.asarray)
+    forms = level_form_table("corrected")
+    plain = apply_args(images, op_ids, levels, rand, forms, None, None, None, None, 4, out, tables, np.asarray)
     assert plain.weak is False and plain.cutout is False
-    fused = apply_args(images, op_ids, levels, rand, 0.0, None, np.zeros(2, np.int32),
+    fused = apply_args(images, op_ids, levels, rand, forms, 0.0, None, np.zeros(2, np.int32),
                        np.zeros((2, 2), np.int32), 4, out, tables, np.asarray)
     assert fused.weak is True and fused.cutout is True and fused.cutout_level == 0.0
 

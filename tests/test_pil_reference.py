@@ -86,7 +86,7 @@ def test_rotate_range():
 
 def test_translate_is_a_fraction_of_the_size(photo):
     # Fixed defect: at v = 1 the offset is 0.3 * 32 = 9.6 px (nearest: source x + 10), not 0.3 px.
-    assert scalar.translate_offset(1.0, 32) == pytest.approx(9.6)
+    assert scalar.translate_offset(1.0, 32, True) == pytest.approx(9.6)
     right = ref.apply_op(photo, "translate_x", (1.0,))
     np.testing.assert_array_equal(right[:, :22], photo[:, 10:])
     assert not right[:, 22:].any()
@@ -102,17 +102,17 @@ def test_translate_is_a_fraction_of_the_size(photo):
 def test_cutout_square_is_exactly_side_wide():
     zeros = np.zeros((32, 32, 3), np.uint8)
     # Fixed defect: side 1 (v = 0) covers one pixel; the reference's 2 * (side // 2) covered none.
-    assert scalar.cutout_side(0.0, 32, 32) == 1
+    assert scalar.cutout_side(0.0, 32, 32, False) == 1
     one = ref.apply_op(zeros, "cutout", (0.0,), (0.5, 0.25))
     assert np.argwhere(one.any(axis=2)).tolist() == [[16, 8]]
-    assert scalar.cutout_side(1.0, 32, 32) == 16
+    assert scalar.cutout_side(1.0, 32, 32, False) == 16
     full = ref.apply_op(zeros, "cutout", (1.0,), (0.5, 0.5))
     mask = full.any(axis=2)
     assert mask.sum() == 16 * 16 and mask[8:24, 8:24].all()
     assert (full[mask] == 127).all()
     # An odd side centred: rows [cy - side // 2, cy - side // 2 + side).
     v = 0.9
-    side = scalar.cutout_side(v, 32, 32)
+    side = scalar.cutout_side(v, 32, 32, False)
     assert side == 15
     odd = ref.apply_op(zeros, "cutout", (v,), (0.5, 0.5)).any(axis=2)
     rows = np.flatnonzero(odd.any(axis=1))
@@ -130,7 +130,7 @@ def test_cutout_is_clipped_at_the_border():
 
 def test_rescale_margin_is_a_fraction_of_the_size(photo):
     # Fixed defect: at v = 1 the crop is 0.25 of the size on each side: (8, 8, 24, 24) at 32x32.
-    assert (scalar.rescale_low(1.0, 32), scalar.rescale_high(1.0, 32)) == (8, 24)
+    assert (scalar.rescale_low(1.0, 32, True), scalar.rescale_high(1.0, 32, True)) == (8, 24)
     nearest = float(F32(1.0))  # int(1.0 * 5.99) = 5: nearest
     assert RESCALE_FILTERS[scalar.rescale_filter(nearest)] == "nearest"
     out = ref.apply_op(photo, "rescale", (1.0, nearest))
@@ -147,8 +147,8 @@ def test_rescale_integer_box_equals_pils_rounding_of_the_float_box(size):
     for v in levels.tolist():
         s = v * 0.25
         float_box = x.crop((s * width, s * height, width * (1 - s), height * (1 - s)))
-        int_box = x.crop((scalar.rescale_low(v, width), scalar.rescale_low(v, height),
-                          scalar.rescale_high(v, width), scalar.rescale_high(v, height)))
+        int_box = x.crop((scalar.rescale_low(v, width, True), scalar.rescale_low(v, height, True),
+                          scalar.rescale_high(v, width, True), scalar.rescale_high(v, height, True)))
         assert float_box.size == int_box.size
         assert float_box.tobytes() == int_box.tobytes(), v
 

@@ -175,7 +175,7 @@ def test_summary_config_and_metrics_are_well_formed(pipeline_shards, straight):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"summary_version", "algorithm", "steps", "kimg", "accuracy", "eval_split", "eval_rows",
                             "labeled", "dataset", "model", "device", "loader", "world_size", "wall_seconds",
-                            "versions", "config"}
+                            "versions", "fidelity", "config"}
     assert summary["summary_version"] == SUMMARY_VERSION
     assert summary["algorithm"] == "remixmatch" and summary["steps"] == 20 and summary["kimg"] == 20 * 8 / 1024
     assert summary["config"] == config.to_dict() == json.loads((out / "config.json").read_text())

@@ -11,13 +11,14 @@ from __future__ import annotations
 import copy
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from remixmatch.pipeline import CTAugment, ViewConfig
 from remixmatch.pipeline.plan import weak_pad
 
 from .config import ConfigError, TrainConfig
-from .losses import DistributionAlignment
+from .losses import REFERENCE_P_DATA_DECAY, DistributionAlignment
 from .model import WideResNet, decay_parameters, stages_for_size, sync_batch_norm
 from .step import TrainState
 
@@ -48,7 +49,11 @@ def build_train_state(config: TrainConfig, num_classes: int, p_data, device: tor
         trained = torch.compile(trained)
     distribution = None
     if config.algorithm == "remixmatch":
-        distribution = DistributionAlignment(p_data, size=config.da_size, device=device)
+        if config.p_data == "reference":  # the reference's moving average, from uniform
+            distribution = DistributionAlignment(np.full(num_classes, 1.0 / num_classes), size=config.da_size,
+                                                 device=device, p_data_decay=REFERENCE_P_DATA_DECAY)
+        else:
+            distribution = DistributionAlignment(p_data, size=config.da_size, device=device)
     return TrainState(trained, model, ema_model, optimizer, decay_parameters(model), distribution,
                       config, device, rank, world_size, all_reduce_mean)
 
@@ -82,7 +87,8 @@ def build_policy_and_views(config: TrainConfig, image_side: int = 32) -> tuple[C
     learns; FixMatch's strong views end with Cutout; MixMatch's unlabeled views are all weak. The weak
     augmentation pads by ``weak_pad(image_side)`` (4 px at 32, 12 at 96)."""
     cta = config.uses_cta
-    policy = CTAugment(config.cta_depth, config.cta_decay, config.cta_threshold, config.cta_rule) if cta else None
+    policy = CTAugment(config.cta_depth, config.cta_decay, config.cta_threshold, config.cta_rule,
+                       semantics=config.cta_semantics) if cta else None
     views = ViewConfig(batch=config.batch, unlabeled_batch=config.unlabeled_batch, k=_unlabeled_views(config),
                        seed=config.run_seed, pad=weak_pad(image_side), flip=config.flip, weak=config.weak_aug,
                        strong=config.strong_aug and config.algorithm != "mixmatch",

@@ -16,6 +16,10 @@ UNLABELED_LOSSES = ("xe", "l2")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 WEIGHT_DECAY_MODES = ("decoupled", "loss")
+CTA_SEMANTICS = ("corrected", "reference")  # kernels.ops.SEMANTICS
+BN_MODES = ("joint", "reference")  # trainer/interleave.py
+INPUT_SCALINGS = ("standardize", "reference")
+P_DATA_MODES = ("labeled", "reference")
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,12 @@ class TrainConfig:
     log_every: int = 64  # steps between metric lines (losses read back only then)
     median_of: int = 20  # the reported figure: median of the last N evaluations
     tensorboard: bool = False  # also write metrics.jsonl's records and the CTA heatmap as TensorBoard event files in the run directory (the tensorboard extra)
+    # fidelity to the reference code (README, "Departures from the reference code")
+    fidelity: str = "corrected"  # corrected | reference: sets the choices below and --valid to the reference code's (an explicit flag still wins)
+    cta_semantics: str = "corrected"  # CTAugment level mappings: corrected | reference (translate and rescale in pixels, cutout 2 (side // 2) wide)
+    input_scaling: str = "standardize"  # standardize (per-channel mean / std of the unlabeled images) | reference (x 2/255 - 1)
+    bn_mode: str = "joint"  # joint (everything that trains in one forward) | reference (the mixed batch in K + 2 interleaved chunks of B, strong view 1 and the rotations in forwards of their own, running statistics from the last chunk)
+    p_data: str = "labeled"  # distribution alignment's p_data: labeled (the labeled set's class distribution) | reference (0.999 moving average of the labeled batches' one-hot labels, from uniform)
 
     @property
     def uses_cta(self) -> bool:
@@ -138,6 +148,8 @@ PRESETS: dict[str, dict] = {
     "stl10-1000": {"fold": 0, "labels": 1000, "valid": 0, "stages": 4},
     # WRN-28-8 (FixMatch's and USB's CIFAR-100 network).
     "cifar100-2500": {"labels": 2500, "width": 128},
+    # cifar10-250 as the reference code runs it (--fidelity reference): to reproduce the paper's numbers.
+    "paper-reference": {"fidelity": "reference"},
     # A few minutes on 2 CPU cores. Short runs need a BN momentum and an EMA decay whose horizons
     # fit the run (0.001 and 0.999 average over ~1000 steps: a 300-step run would evaluate with
     # barely-moved running statistics and an EMA that is mostly its initialisation), and a ramp
@@ -170,6 +182,21 @@ PRESET_ALGORITHM_OVERRIDES: dict[tuple[str, str], dict] = {
     ("cpu", "fixmatch"): {"k": 1, "uratio": 3},
     ("smoke", "fixmatch"): {"k": 1, "uratio": 2},
 }
+
+# What --fidelity sets (before the ablations and the explicit flags). --valid: the published run
+# scripts (runs/ssl/cifar10.sh, svhn.sh) train on `<dataset>.<seed>@<labels>-1`, one image held out.
+FIDELITY: dict[str, dict] = {
+    "corrected": {},
+    "reference": {"cta_semantics": "reference", "bn_mode": "reference", "input_scaling": "reference",
+                  "p_data": "reference", "valid": 1},
+}
+# The choices a run names wherever it reports its fidelity (config.json has every field).
+FIDELITY_FIELDS = ("fidelity", "cta_semantics", "bn_mode", "input_scaling", "p_data", "valid")
+
+
+def fidelity_choices(config: TrainConfig) -> dict:
+    return {name: getattr(config, name) for name in FIDELITY_FIELDS}
+
 
 # Ablations of the paper's table, as overrides.
 ABLATIONS: dict[str, dict] = {
@@ -230,6 +257,17 @@ def validate(config: TrainConfig) -> None:
     need(config.stages >= 0, f"--stages must be at least 0 (0: from the image size), got {config.stages}")
     need(config.fold >= -1, f"--fold must be a fold number (0, 1, ...) or -1 for none, got {config.fold}")
     need(config.fold < 0 or config.valid == 0, "--fold takes the official fold as it is: set --valid 0")
+    for flag, value, allowed in (("--fidelity", config.fidelity, tuple(FIDELITY)),
+                                 ("--cta-semantics", config.cta_semantics, CTA_SEMANTICS),
+                                 ("--bn-mode", config.bn_mode, BN_MODES),
+                                 ("--input-scaling", config.input_scaling, INPUT_SCALINGS),
+                                 ("--p-data", config.p_data, P_DATA_MODES)):
+        need(value in allowed, f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+    need(config.bn_mode != "reference" or config.uratio == 1,
+         "--bn-mode reference interleaves blocks of equal size: it needs --uratio 1")
+    need(config.bn_mode != "reference" or config.algorithm == "remixmatch",
+         f"--bn-mode reference (also set by --fidelity reference) is the ReMixMatch reference's interleaved "
+         f"forward; {config.algorithm} trains in one forward: add --bn-mode joint")
 
 
 def preset_values(preset: str | None, algorithm: str | None = None) -> dict:
@@ -250,10 +288,15 @@ def preset_values(preset: str | None, algorithm: str | None = None) -> dict:
 
 
 def resolve(preset: str | None, ablations: list[str], overrides: dict) -> TrainConfig:
-    """The algorithm's defaults, then the preset, then ablations, then explicit command-line values."""
+    """The algorithm's defaults, then the preset, then what --fidelity sets, then ablations, then
+    explicit command-line values."""
     values = preset_values(preset, overrides.get("algorithm"))
     if ablations and values["algorithm"] != "remixmatch":
         raise ConfigError(f"--ablation {ablations[0]}: the ablations are ReMixMatch's, not {values['algorithm']}'s")
+    fidelity = overrides.get("fidelity", values.get("fidelity", TrainConfig.fidelity))
+    if fidelity not in FIDELITY:
+        raise ConfigError(f"--fidelity must be one of {', '.join(FIDELITY)}, got {fidelity!r}")
+    values.update(FIDELITY[fidelity])
     for name in ablations:
         if name not in ABLATIONS:
             raise ConfigError(f"unknown ablation {name!r} (ablations: {', '.join(ABLATIONS)})")
@@ -279,5 +322,6 @@ def contradictions(saved: dict, config: TrainConfig) -> list[str]:
     return sorted(clash, key=lambda name: name != "algorithm")
 
 
-__all__ = ["ABLATIONS", "ALGORITHMS", "ALGORITHM_DEFAULTS", "ConfigError", "PRESETS", "PRESET_ALGORITHM_OVERRIDES",
-           "TrainConfig", "config_fields", "contradictions", "preset_values", "resolve", "validate"]
+__all__ = ["ABLATIONS", "ALGORITHMS", "ALGORITHM_DEFAULTS", "ConfigError", "FIDELITY", "FIDELITY_FIELDS", "PRESETS",
+           "PRESET_ALGORITHM_OVERRIDES", "TrainConfig", "config_fields", "contradictions", "fidelity_choices",
+           "preset_values", "resolve", "validate"]

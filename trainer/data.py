@@ -13,6 +13,8 @@ from remixmatch.datasets_prep.subsets import fold_subset, labeled_subset, load_s
 from remixmatch.pipeline import TrainData, train_data
 
 SUBSET_FILE = "labeled.json"
+# --input-scaling reference: the reference's x 2/255 - 1, as the model's (x / 255 - mean) / std.
+REFERENCE_SCALING = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 @dataclass
@@ -66,5 +68,8 @@ def load_run_data(config, run_dir: Path, resuming: bool) -> RunData:
     else:
         eval_split = shards[config.eval_split]
         eval_rows = np.arange(len(eval_split), dtype=np.int64)
-    mean, std = channel_statistics(data.split, data.unlabeled)
+    if config.input_scaling == "reference":
+        mean, std = REFERENCE_SCALING
+    else:
+        mean, std = channel_statistics(data.split, data.unlabeled)
     return RunData(shards, subset, data, eval_split, eval_rows, mean, std)

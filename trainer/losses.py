@@ -31,6 +31,11 @@ def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
     return q / q.sum(dim=-1, keepdim=True)
 
 
+# The reference code's p_data when the labeled distribution is not given (layers.PData): a moving
+# average of the labeled batches' one-hot labels with this decay, from uniform.
+REFERENCE_P_DATA_DECAY = 0.999
+
+
 class DistributionAlignment:
     """Distribution alignment: ``q <- normalize(q * (eps + p_data) / (eps + p_model))``.
 
@@ -47,9 +52,13 @@ class DistributionAlignment:
 
     Buffer and ring position live on the device as tensors, so ``push`` never synchronises with the
     host.
+
+    ``p_data_decay``: None keeps ``p_data`` constant; a decay makes it the reference's moving average
+    (``observe_labels`` after each step, as the reference's post-training ops update it). It is part
+    of the state either way, so a resumed run continues it exactly.
     """
 
-    def __init__(self, p_data, size: int = 128, eps: float = 1e-6, device=None):
+    def __init__(self, p_data, size: int = 128, eps: float = 1e-6, device=None, p_data_decay: float | None = None):
         p_data = torch.as_tensor(p_data, dtype=torch.float32, device=device)
         if p_data.dim() != 1 or p_data.numel() < 1:
             raise ValueError(f"p_data must be a non-empty vector, got shape {tuple(p_data.shape)}")
@@ -57,6 +66,7 @@ class DistributionAlignment:
             raise ValueError(f"size must be positive, got {size}")
         num_classes = p_data.numel()
         self.eps = eps
+        self.p_data_decay = p_data_decay
         self.p_data = p_data.clone()
         self.buffer = torch.full(
             (size, num_classes), 1.0 / num_classes, dtype=torch.float32, device=p_data.device
@@ -98,6 +108,16 @@ class DistributionAlignment:
         row = batch_mean.detach().to(device=self.device, dtype=self.buffer.dtype).view(1, -1)
         self.buffer.index_copy_(0, self.position.view(1), row)
         self.position.add_(1).remainder_(self.size)
+
+    def observe_labels(self, onehot: torch.Tensor, all_reduce_mean=None) -> None:
+        """With a moving p_data: ``p_data <- decay p_data + (1 - decay) mean(onehot)`` over the
+        (global: ``all_reduce_mean`` on several ranks) labeled batch; nothing with a constant one."""
+        if self.p_data_decay is None:
+            return
+        label_mean = onehot.detach().float().mean(dim=0)
+        if all_reduce_mean is not None:
+            label_mean = all_reduce_mean(label_mean)
+        self.p_data.mul_(self.p_data_decay).add_(label_mean.to(self.p_data.device), alpha=1.0 - self.p_data_decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {

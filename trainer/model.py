@@ -181,8 +181,15 @@ class WideResNet(nn.Module):
         self.classifier = _dense(in_channels, num_classes)
         self.rotation_head = _dense(in_channels, 4)
 
-    def forward(self, x: torch.Tensor, with_embeds: bool = False):
-        """Logits of float images in [0, 1]; ``(logits, embeds)`` when ``with_embeds``."""
+    def forward(self, x: torch.Tensor, with_embeds: bool = False, chunks=None, update_chunk: int = -1):
+        """Logits of float images in [0, 1]; ``(logits, embeds)`` when ``with_embeds``. ``chunks``:
+        row counts that split ``x`` into forwards of their own, each normalised by its own batch
+        statistics, only chunk ``update_chunk`` updating the running ones (``--bn-mode reference``,
+        trainer/interleave.py); one call, so that DDP sees one forward."""
+        if chunks is not None:
+            from .interleave import forward_chunks
+
+            return forward_chunks(self, x, chunks, update_chunk, with_embeds)
         if not x.is_floating_point():
             # uint8 would broadcast against the float buffers silently, on a 0..255 scale.
             raise TypeError(f"expected float images in [0, 1], got {x.dtype}")

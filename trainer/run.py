@@ -32,7 +32,7 @@ from remixmatch.pipeline.loader import make_fetcher, split_image_shape
 from .algorithms import METRICS, STEPS
 from .build import build_policy_and_views, build_train_state
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_paths, latest_checkpoint, save_checkpoint
-from .config import TrainConfig, contradictions
+from .config import TrainConfig, contradictions, fidelity_choices
 from .curves import draw_run_curves
 from .data import load_run_data
 from .errors import TrainerError
@@ -208,6 +208,9 @@ class Run:
             _write_json(self.out / "config.json", config.to_dict())
         self.step_fn = STEPS[config.algorithm]
         self.metric_names = METRICS[config.algorithm]
+        if self.lead:
+            self.progress.message("fidelity: " + ", ".join(
+                f"{name.replace('_', '-')} {value}" for name, value in fidelity_choices(config).items()))
 
     # -- checkpoints --------------------------------------------------------------------------------
 
@@ -459,6 +462,7 @@ class Run:
             "device": str(self.device), "loader": self.loader_kind, "world_size": self.world_size,
             "wall_seconds": elapsed,
             "versions": versions(),
+            "fidelity": fidelity_choices(config),
             "config": config.to_dict(),
         }
         if self.lead:

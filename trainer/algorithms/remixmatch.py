@@ -9,6 +9,7 @@ Forward passes, and how batch-norm statistics are gathered:
   reference instead runs the mixed batch in interleaved chunks of B (each normalised by its own
   statistics, running statistics from one chunk) and strong view 1 and the rotations in calls of
   their own; one concatenated call gives the GPU one large batch instead of K + 4 small ones.
+  ``--bn-mode reference`` runs the reference's way instead (trainer/interleave.py).
 
 On several ranks: MixUp draws its lambdas and partners for the global batch from a generator
 without the rank in its seed, partners come from any rank (the uint8 views, the one-hot labels and
@@ -21,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..interleave import training_forward
 from ..losses import (
     l2_loss, linear_ramp, mixup, mixup_lambdas, mixup_permutation, rotate_quarters, rotation_labels, sharpen,
     soft_cross_entropy,
@@ -83,10 +85,11 @@ def remixmatch_step(state: TrainState, batch, step: int) -> StepResult:
     mixed, mixed_targets = mixup(inputs, targets, lambdas, permutation, rows)
     n = mixed.shape[0]  # this rank's mixed rows
 
-    # 9. One forward for everything that trains; losses on the mixed batch. The rotation head runs
-    # under the same autocast: the embeddings leave it in bf16, the head's weights are fp32.
+    # 9. One forward for everything that trains (--bn-mode reference: the reference's interleaved
+    # chunks, trainer/interleave.py); losses on the mixed batch. The rotation head runs under the
+    # same autocast: the embeddings leave it in bf16, the head's weights are fp32.
     with state.autocast():
-        logits, embeds = model(torch.cat([mixed, *extra]), with_embeds=True)
+        logits, embeds = training_forward(model, mixed, extra, b, k, config.bn_mode, rank, world)
         rot_logits = state.raw_model.rotation_logits(embeds[n + bu:]) if use_strong1 else None
     logits_x, logits_u = logits[:b], logits[b:n]
     loss_x = soft_cross_entropy(logits_x, mixed_targets[:b])
@@ -110,6 +113,8 @@ def remixmatch_step(state: TrainState, batch, step: int) -> StepResult:
     if state.all_reduce_mean is not None:
         batch_mean = state.all_reduce_mean(batch_mean)
     state.distribution.push(batch_mean)
+    # --p-data reference: the moving p_data learns this step's (global) labeled batch, after the step.
+    state.distribution.observe_labels(onehot, state.all_reduce_mean)
     # 12. CTAugment probes, scored by the EMA model (the caller feeds them to the policy).
     scores = probe_scores(state, batch.x_probe, labels) if batch.x_probe is not None else None
     losses = torch.stack([total, loss_x, loss_u, loss_kl, loss_rot]).detach().float()
