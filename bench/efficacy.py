@@ -102,8 +102,12 @@ def variant_names(values: list[str]) -> list[str]:
 def common_settings(args) -> dict:
     """The settings every variant shares, on top of the `cpu` preset's short-run values for its
     algorithm: the run's size from the flags (K and mu only where given)."""
+    from remixmatch.trainer.config import PRESETS
+
+    # The hold-out is the cpu preset's for every variant (--fidelity reference would hold one image
+    # out): all train on the same images.
     settings = dict(data=str(args.shards), labels=args.labels, steps=args.steps, width=args.width,
-                    blocks_per_stage=args.blocks_per_stage, batch=args.batch,
+                    valid=PRESETS["cpu"]["valid"], blocks_per_stage=args.blocks_per_stage, batch=args.batch,
                     eval_every=max(1, args.steps // args.evaluations), ckpt_every=args.steps,
                     log_every=max(1, args.steps // 50), median_of=args.median_of, threads=args.threads)
     settings.update({name: getattr(args, name) for name in ("k", "uratio") if getattr(args, name) is not None})

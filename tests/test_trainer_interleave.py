@@ -13,7 +13,7 @@ import torch
 
 from pipeline_helpers import spawn_ranks
 from remixmatch.trainer import interleave
-from remixmatch.trainer import step as step_module
+from remixmatch.trainer.algorithms import remixmatch as step_module
 from remixmatch.trainer.interleave import chunk_rows, interleave_offsets, training_forward
 from remixmatch.trainer.model import WideResNet
 

@@ -40,7 +40,11 @@ CONFIG = TrainConfig(width=8, blocks_per_stage=1, batch=B, k=K, bn_momentum=0.1,
 OTHER_ALGORITHMS = {
     "mixmatch": CONFIG.replace(algorithm="mixmatch", unlabeled_loss="l2", w_match=75.0),
     "fixmatch": CONFIG.replace(algorithm="fixmatch", optimizer="sgd", lr=0.03, lr_schedule="cosine", steps=STEPS_RUN,
-                               weight_decay=5e-4, weight_decay_mode="loss", confidence=0.2, w_match=1.0),
+                               weight_decay=5e-4, weight_decay_mode="loss", confidence=0.2, w_match=1.0,
+                               # FixMatch's pseudo-label is an argmax of a near-uniform prediction at
+                               # init: under run seed 3 one row's top two classes nearly tie, and float
+                               # noise (a thread count) flips it. Seed 4 has no such tie.
+                               run_seed=4),
 }
 
 
