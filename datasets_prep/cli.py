@@ -59,6 +59,24 @@ def _progress(args) -> bool | None:
     return False if args.no_progress else None
 
 
+def _run_prep(prog: str, args, source: str, function: str, *, sizes: bool = False, options=dict) -> int:
+    """Runs ``function`` of the module ``source`` (imported only now: ``--help`` stays light) on
+    ``args.source`` into ``args.out`` with the common options and ``options()``'s own, then prints
+    the one-line summary."""
+
+    def body() -> int:
+        import importlib
+
+        prep = getattr(importlib.import_module(f".{source}", __package__), function)
+        start = time.perf_counter()
+        manifest = prep(args.source, args.out, overwrite=args.overwrite, shard_rows=args.shard_rows,
+                        progress=_progress(args), **options())
+        print(_summary(manifest, args.out, time.perf_counter() - start, sizes=sizes))
+        return 0
+
+    return run_cli(prog, body, interrupted=NOTHING_WRITTEN)
+
+
 def prep_cifar10_main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineParser(
         prog="prep-cifar10",
@@ -77,23 +95,8 @@ def prep_cifar10_main(argv: Sequence[str] | None = None) -> int:
     _common_prep_options(parser)
     args = parser.parse_args(argv)
 
-    def body() -> int:
-        from .sources_cifar import prep_cifar10
-
-        start = time.perf_counter()
-        manifest = prep_cifar10(
-            args.source,
-            args.out,
-            overwrite=args.overwrite,
-            shard_rows=args.shard_rows,
-            workers=args.workers,
-            expected_md5=args.md5,
-            progress=_progress(args),
-        )
-        print(_summary(manifest, args.out, time.perf_counter() - start))
-        return 0
-
-    return run_cli(parser.prog, body, interrupted=NOTHING_WRITTEN)
+    return _run_prep(parser.prog, args, "sources_cifar", "prep_cifar10",
+                     options=lambda: dict(workers=args.workers, expected_md5=args.md5))
 
 
 def prep_cifar100_main(argv: Sequence[str] | None = None) -> int:
@@ -112,23 +115,8 @@ def prep_cifar100_main(argv: Sequence[str] | None = None) -> int:
     _common_prep_options(parser)
     args = parser.parse_args(argv)
 
-    def body() -> int:
-        from .sources_cifar100 import prep_cifar100
-
-        start = time.perf_counter()
-        manifest = prep_cifar100(
-            args.source,
-            args.out,
-            coarse=args.coarse,
-            overwrite=args.overwrite,
-            shard_rows=args.shard_rows,
-            expected_md5=args.md5,
-            progress=_progress(args),
-        )
-        print(_summary(manifest, args.out, time.perf_counter() - start))
-        return 0
-
-    return run_cli(parser.prog, body, interrupted=NOTHING_WRITTEN)
+    return _run_prep(parser.prog, args, "sources_cifar100", "prep_cifar100",
+                     options=lambda: dict(coarse=args.coarse, expected_md5=args.md5))
 
 
 def prep_stl10_main(argv: Sequence[str] | None = None) -> int:
@@ -148,23 +136,8 @@ def prep_stl10_main(argv: Sequence[str] | None = None) -> int:
     _common_prep_options(parser)
     args = parser.parse_args(argv)
 
-    def body() -> int:
-        from .sources_stl10 import prep_stl10
-
-        start = time.perf_counter()
-        manifest = prep_stl10(
-            args.source,
-            args.out,
-            encoded=args.encoded,
-            overwrite=args.overwrite,
-            shard_rows=args.shard_rows,
-            expected_md5=args.md5,
-            progress=_progress(args),
-        )
-        print(_summary(manifest, args.out, time.perf_counter() - start, sizes=True))
-        return 0
-
-    return run_cli(parser.prog, body, interrupted=NOTHING_WRITTEN)
+    return _run_prep(parser.prog, args, "sources_stl10", "prep_stl10", sizes=True,
+                     options=lambda: dict(encoded=args.encoded, expected_md5=args.md5))
 
 
 def prep_svhn_main(argv: Sequence[str] | None = None) -> int:
@@ -183,29 +156,17 @@ def prep_svhn_main(argv: Sequence[str] | None = None) -> int:
     _common_prep_options(parser)
     args = parser.parse_args(argv)
 
-    def body() -> int:
-        from .sources_svhn import prep_svhn
-
-        md5s = {}
+    def md5s() -> dict:
+        found = {}
         for item in args.md5:
             name, sep, digest = item.partition("=")
             if not sep:
                 raise PrepError(f"--md5 takes FILE=HEX, not {item!r}")
-            md5s[name] = digest
-        start = time.perf_counter()
-        manifest = prep_svhn(
-            args.source,
-            args.out,
-            extra=args.extra,
-            overwrite=args.overwrite,
-            shard_rows=args.shard_rows,
-            expected_md5=md5s,
-            progress=_progress(args),
-        )
-        print(_summary(manifest, args.out, time.perf_counter() - start))
-        return 0
+            found[name] = digest
+        return found
 
-    return run_cli(parser.prog, body, interrupted=NOTHING_WRITTEN)
+    return _run_prep(parser.prog, args, "sources_svhn", "prep_svhn",
+                     options=lambda: dict(extra=args.extra, expected_md5=md5s()))
 
 
 def prep_folder_main(argv: Sequence[str] | None = None) -> int:
@@ -236,27 +197,9 @@ def prep_folder_main(argv: Sequence[str] | None = None) -> int:
     _common_prep_options(parser)
     args = parser.parse_args(argv)
 
-    def body() -> int:
-        from .sources_folder import prep_folder
-
-        start = time.perf_counter()
-        manifest = prep_folder(
-            args.source,
-            args.out,
-            size=args.size,
-            resample=args.filter,
-            mode=args.mode,
-            encoded=args.encoded,
-            dataset=args.name,
-            overwrite=args.overwrite,
-            shard_rows=args.shard_rows,
-            workers=args.workers,
-            progress=_progress(args),
-        )
-        print(_summary(manifest, args.out, time.perf_counter() - start))
-        return 0
-
-    return run_cli(parser.prog, body, interrupted=NOTHING_WRITTEN)
+    return _run_prep(parser.prog, args, "sources_folder", "prep_folder",
+                     options=lambda: dict(size=args.size, resample=args.filter, mode=args.mode, encoded=args.encoded,
+                                          dataset=args.name, workers=args.workers))
 
 
 # -- rmm-shards ------------------------------------------------------------------------------------

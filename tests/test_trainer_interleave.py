@@ -13,6 +13,7 @@ import torch
 
 from pipeline_helpers import spawn_ranks
 from remixmatch.trainer import interleave
+from remixmatch.trainer import step as step_core
 from remixmatch.trainer.algorithms import remixmatch as step_module
 from remixmatch.trainer.interleave import chunk_rows, interleave_offsets, training_forward
 from remixmatch.trainer.model import WideResNet
@@ -65,7 +66,7 @@ def test_the_step_runs_the_hand_built_chunks(monkeypatch):
     batch.x, batch.x_labels, batch.u_weak, batch.u_strong = (
         batch.x[:4], batch.x_labels[:4], batch.u_weak[:4], batch.u_strong[:, :4])
     seen = {}
-    real_mixup, real_chunks = step_module.mixup, interleave.forward_chunks
+    real_mixup, real_chunks = step_core.mixup, interleave.forward_chunks
 
     def spy_mixup(*args):
         seen["mixed"] = real_mixup(*args)[0].detach().clone()
@@ -75,7 +76,7 @@ def test_the_step_runs_the_hand_built_chunks(monkeypatch):
         seen.update(x=x.detach().clone(), sizes=list(sizes), update=update_chunk)
         return real_chunks(model, x, sizes, update_chunk, with_embeds)
 
-    monkeypatch.setattr(step_module, "mixup", spy_mixup)
+    monkeypatch.setattr(step_core, "mixup", spy_mixup)
     monkeypatch.setattr(interleave, "forward_chunks", spy_chunks)
     step_module.remixmatch_step(state, batch, 0)
     # 4 mixed chunks of B, then strong view 1 and its rotations on their own; the last chunk updates.

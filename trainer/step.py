@@ -25,7 +25,10 @@ import torch
 
 from remixmatch.pipeline.distributed import all_gather_rows
 
-from .losses import cosine_learning_rate, cta_probe_scores, decoupled_weight_decay_, ema_update_, weight_decay_gradient_
+from .losses import (
+    cosine_learning_rate, cta_probe_scores, decoupled_weight_decay_, ema_update_, mixup, mixup_lambdas,
+    mixup_permutation, weight_decay_gradient_,
+)
 
 _MIXUP_STREAM = 7  # keeps the MixUp generator apart from the pipeline's (seed, step) streams
 
@@ -125,6 +128,32 @@ def global_rows(blocks: list[int], rank: int, world_size: int, device=None) -> t
         pieces.append(torch.arange(first, first + length, dtype=torch.int64, device=device))
         start += length
     return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.int64, device=device)
+
+
+def mix_global_batch(state: TrainState, batch, x: torch.Tensor, unlabeled: list, onehot: torch.Tensor,
+                     q: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """MixUp (ReMixMatch, MixMatch) over the labeled rows ``x`` (targets ``onehot``) and every
+    unlabeled view (``unlabeled``: the weak view, then the others, K-major; each with target ``q``)
+    of the global batch. The lambdas and partners are drawn for the global batch by the step's
+    generator, partners from any rank; this rank mixes its own rows only."""
+    config, rank, world = state.config, state.rank, state.world_size
+    b, bu = x.shape[0], unlabeled[0].shape[0]
+    views = sum(u.shape[0] for u in unlabeled) // bu
+    if world == 1:
+        inputs, rows = torch.cat([x, *unlabeled]), None
+        targets = torch.cat([onehot, q.repeat(views, 1)])
+    else:
+        blocks = row_blocks(b, bu, views - 1)
+        local_u8 = torch.cat([batch.x, batch.u_weak, batch.u_strong.flatten(0, 1)])
+        inputs = as_float_images(gather_global(local_u8, blocks, world))
+        guesses = gather_global(torch.cat([onehot, q]), [b, bu], world)
+        targets = torch.cat([guesses[:b * world], guesses[b * world:].repeat(views, 1)])
+        rows = global_rows(blocks, rank, world, device=inputs.device)
+    rng = step_generator(config, step)
+    n_global = inputs.shape[0]
+    lambdas = mixup_lambdas(n_global, config.mixup_alpha, rng)
+    permutation = mixup_permutation(n_global, rng)
+    return mixup(inputs, targets, lambdas, permutation, rows)
 
 
 def learning_rate(config, step: int) -> float:

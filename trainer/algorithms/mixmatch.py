@@ -14,11 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..losses import l2_loss, linear_ramp, mixup, mixup_lambdas, mixup_permutation, sharpen, soft_cross_entropy
-from ..step import (
-    StepResult, TrainState, as_float_images, frozen_bn_statistics, gather_global, global_rows, optimise,
-    row_blocks, step_generator,
-)
+from ..losses import l2_loss, linear_ramp, sharpen, soft_cross_entropy
+from ..step import StepResult, TrainState, as_float_images, frozen_bn_statistics, mix_global_batch, optimise
 
 LOSS_NAMES = ("total", "loss_x", "loss_u")
 
@@ -37,32 +34,16 @@ def mixmatch_step(state: TrainState, batch, step: int) -> StepResult:
     model.train()
     labels = batch.x_labels
     num_classes = state.raw_model.num_classes
-    b, k = batch.x.shape[0], batch.k + 1  # the weak view and the K - 1 others
-    rank, world = state.rank, state.world_size
+    b = batch.x.shape[0]
     x = as_float_images(batch.x)  # labeled: one weak view
     u_views = [as_float_images(batch.u_weak)] + [as_float_images(v) for v in batch.u_strong]  # K weak views
-    bu = u_views[0].shape[0]
 
     # Label guess: the mean prediction over the K views, sharpened.
     q = guess_labels(state.raw_model, u_views, config.temperature, state.autocast)
 
     # MixUp over the labeled and all K unlabeled views of the global batch, lambda' = max(lambda, 1 - lambda).
     onehot = F.one_hot(labels, num_classes).float()
-    if world == 1:
-        inputs, rows = torch.cat([x, *u_views]), None
-        targets = torch.cat([onehot, q.repeat(k, 1)])
-    else:
-        blocks = row_blocks(b, bu, k - 1)
-        local_u8 = torch.cat([batch.x, batch.u_weak, batch.u_strong.flatten(0, 1)])
-        inputs = as_float_images(gather_global(local_u8, blocks, world))
-        guesses = gather_global(torch.cat([onehot, q]), [b, bu], world)
-        targets = torch.cat([guesses[:b * world], guesses[b * world:].repeat(k, 1)])
-        rows = global_rows(blocks, rank, world, device=inputs.device)
-    rng = step_generator(config, step)
-    n_global = inputs.shape[0]
-    lambdas = mixup_lambdas(n_global, config.mixup_alpha, rng)
-    permutation = mixup_permutation(n_global, rng)
-    mixed, mixed_targets = mixup(inputs, targets, lambdas, permutation, rows)
+    mixed, mixed_targets = mix_global_batch(state, batch, x, u_views, onehot, q, step)
 
     # One forward over the mixed batch: cross-entropy on its labeled part, L2 on its unlabeled part.
     with state.autocast():

@@ -23,14 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ..interleave import training_forward
-from ..losses import (
-    l2_loss, linear_ramp, mixup, mixup_lambdas, mixup_permutation, rotate_quarters, rotation_labels, sharpen,
-    soft_cross_entropy,
-)
-from ..step import (
-    StepResult, TrainState, as_float_images, frozen_bn_statistics, gather_global, global_rows, optimise,
-    probe_scores, row_blocks, step_generator,
-)
+from ..losses import l2_loss, linear_ramp, rotate_quarters, rotation_labels, sharpen, soft_cross_entropy
+from ..step import StepResult, TrainState, as_float_images, frozen_bn_statistics, mix_global_batch, optimise, probe_scores
 
 LOSS_NAMES = ("total", "loss_x", "loss_u", "loss_kl", "loss_rot")
 
@@ -68,21 +62,7 @@ def remixmatch_step(state: TrainState, batch, step: int) -> StepResult:
     # 8. MixUp over labeled + all K + 1 unlabeled views of the global batch, each example with a
     # shuffled partner from anywhere in it; this rank mixes its own rows only.
     onehot = F.one_hot(labels, num_classes).float()
-    if world == 1:
-        inputs, rows = torch.cat([x, u_weak, u_strong]), None
-        targets = torch.cat([onehot, q.repeat(k + 1, 1)])
-    else:
-        blocks = row_blocks(b, bu, k)
-        local_u8 = torch.cat([batch.x, batch.u_weak, batch.u_strong.flatten(0, 1)])
-        inputs = as_float_images(gather_global(local_u8, blocks, world))
-        guesses = gather_global(torch.cat([onehot, q]), [b, bu], world)
-        targets = torch.cat([guesses[:b * world], guesses[b * world:].repeat(k + 1, 1)])
-        rows = global_rows(blocks, rank, world, device=inputs.device)
-    rng = step_generator(config, step)
-    n_global = inputs.shape[0]
-    lambdas = mixup_lambdas(n_global, config.mixup_alpha, rng)
-    permutation = mixup_permutation(n_global, rng)
-    mixed, mixed_targets = mixup(inputs, targets, lambdas, permutation, rows)
+    mixed, mixed_targets = mix_global_batch(state, batch, x, [u_weak, u_strong], onehot, q, step)
     n = mixed.shape[0]  # this rank's mixed rows
 
     # 9. One forward for everything that trains (--bn-mode reference: the reference's interleaved
