@@ -20,8 +20,10 @@ from trainer_helpers import (  # noqa: F401  (pipeline_shards is a fixture)
 
 RMM_TRAIN = str(Path(sys.executable).with_name("rmm-train"))
 # Long enough that the signal lands mid-run; checkpoints only at the end, so the stop is between them.
+# One torch thread in every process: the interrupted run (a subprocess) and the resumed and straight
+# runs (this process, whose thread count earlier tests may have set) add in the same order.
 EXTRA = ("--steps", "60", "--ckpt-every", "1000", "--eval-every", "20", "--log-every", "7", "--algorithm",
-         "remixmatch")
+         "remixmatch", "--threads", "1")
 TIMEOUT_S = 240
 
 
@@ -61,10 +63,17 @@ def test_sigint_writes_a_checkpoint_and_resume_continues_exactly(pipeline_shards
                      "continue with --resume"]
     assert not (out / "summary.json").exists()
 
-    rc, _, err = cli([*smoke_args(pipeline_shards.path, out), *EXTRA, "--resume"], capsys)
-    assert rc == 0, err
-    reference = tmp_path / "straight"
-    train(smoke_config(pipeline_shards.path, steps=60, ckpt_every=1000, eval_every=20, log_every=7), reference)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:  # Run sets the process's torch threads
+        rc, _, err = cli([*smoke_args(pipeline_shards.path, out), *EXTRA, "--resume"], capsys)
+        assert rc == 0, err
+        reference = tmp_path / "straight"
+        train(smoke_config(pipeline_shards.path, steps=60, ckpt_every=1000, eval_every=20, log_every=7, threads=1),
+              reference)
+    finally:
+        torch.set_num_threads(threads)
     a, b = latest_state(out), latest_state(reference)
     a.pop("elapsed"), b.pop("elapsed")
     for key in ("model", "ema", "optimizer", "policy", "distribution_alignment", "loader", "rng", "step"):
