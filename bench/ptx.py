@@ -38,6 +38,7 @@ or NVVM the report holds one skipped row with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -108,12 +109,10 @@ def find_ptxas() -> Path | None:
     """The CUDA 12 wheel's ptxas (the CUDA extra), else ``ptxas`` on PATH, else a toolkit's under
     ``$CUDA_HOME`` or ``/usr/local/cuda`` (a GPU machine with a system toolkit and no wheel)."""
     candidates = []
-    try:
+    with contextlib.suppress(ImportError):  # no CUDA extra: the other places
         import nvidia.cuda_nvcc as nvcc
 
         candidates += [Path(root) / "bin" / "ptxas" for root in nvcc.__path__]
-    except ImportError:
-        pass
     on_path = shutil.which("ptxas")
     candidates += [Path(on_path)] if on_path else []
     candidates += [Path(root) / "bin" / "ptxas"
