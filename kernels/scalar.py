@@ -49,6 +49,7 @@ TRANSLATE_Y = OP_ID["translate_y"]
 POINT_OPS = ops.id_mask(ops.ids_of(Kind.POINT))
 GEOMETRIC_OPS = ops.id_mask(ops.ids_of(Kind.GEOMETRIC))
 RESAMPLE_OPS = ops.id_mask(ops.ids_of(Kind.RESAMPLE))
+ROW_OPS = ops.id_mask(ops.ids_of(Kind.FILTER, Kind.RESAMPLE))
 HISTOGRAM_OPS = ops.id_mask(i for i, op in enumerate(ops.OPS) if op.histogram)
 
 # The level mappings' constants, as plain floats the compilers fold (see ops.py for their meaning).
@@ -134,8 +135,16 @@ def clamp_u8_float(t):
     return int(t)
 
 
+def ix(i):
+    # An array index the compilers need not wrap: Numba adds the length to a negative signed index
+    # (a compare and select per access, which also keeps loops from vectorising: measured 20-50x on
+    # the filters' interiors). Every index the kernels derive is >= 0. Never add to the result (an
+    # unsigned plus a signed integer is a float in Numba).
+    return np.uint64(i)
+
+
 def px(img, i):
-    return np.int32(img[i])
+    return np.int32(img[ix(i)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,12 +259,16 @@ def smooth_row(img, j, mid):
 
 
 def smooth_at(img, y, x, c, height, width):
-    # ImagingFilter3x3 with SMOOTH: the outer ring is copied, images under 3x3 are copied whole,
-    # and the float32 sum runs row y+1, row y, row y-1 in Pillow's order.
+    # ImagingFilter3x3 with SMOOTH: the outer ring is copied, images under 3x3 are copied whole.
     i = (y * width + x) * 3 + c
     if y == 0 or x == 0 or y == height - 1 or x == width - 1:
         return px(img, i)
-    row = width * 3
+    return smooth_inside(img, i, width * 3)
+
+
+def smooth_inside(img, i, row):
+    # SMOOTH of element i, at least one pixel from every edge (``row`` = bytes per image row): the
+    # float32 sum runs row y+1, row y, row y-1 in Pillow's order.
     ss = f32_add(np.float32(0.5), smooth_row(img, i + row, np.float32(SMOOTH_SIDE)))
     ss = f32_add(ss, smooth_row(img, i, np.float32(SMOOTH_CENTRE)))
     ss = f32_add(ss, smooth_row(img, i - row, np.float32(SMOOTH_SIDE)))
@@ -263,19 +276,70 @@ def smooth_at(img, y, x, c, height, width):
 
 
 def blur_at(img, y, x, c, height, width):
-    # ImagingFilter5x5 with BLUR (the 16 ring pixels, weight 1/16 each): every product and partial
-    # sum is a multiple of 1/16 below 2^8, so Pillow's float32 sum 0.5 + S/16 is exact and its
-    # truncation equals (S + 8) >> 4 in integers. The 2-pixel border is copied.
+    # ImagingFilter5x5 with BLUR; the 2-pixel border is copied.
     i = (y * width + x) * 3 + c
     if y < 2 or x < 2 or y >= height - 2 or x >= width - 2:
         return px(img, i)
-    row = width * 3
+    return blur_inside(img, i, width * 3)
+
+
+def blur_inside(img, i, row):
+    # BLUR of element i, at least two pixels from every edge: the 16 ring pixels, weight 1/16 each.
+    # Every product and partial sum is a multiple of 1/16 below 2^8, so Pillow's float32 sum
+    # 0.5 + S/16 is exact and its truncation equals (S + 8) >> 4 in integers.
     s = 0
     for d in range(-2, 3):
         s += px(img, i - 2 * row + 3 * d) + px(img, i + 2 * row + 3 * d)
     for d in range(-1, 2):
         s += px(img, i + d * row - 6) + px(img, i + d * row + 6)
     return (s + 8) >> 4
+
+
+def filter_margin(op):
+    # The border a neighbourhood filter copies (and COLOR's, which reads one pixel: none).
+    if op == BLUR:
+        return 2
+    if op == SMOOTH or op == SHARPNESS:
+        return 1
+    return 0
+
+
+def filter_row(op, img, out, y, height, width, alpha, acc):
+    """Output row y of a filter-kind op, as one flat loop over the row's bytes: the border bytes
+    copied, the interior computed without a per-element edge test (so the compiler can vectorise
+    it). The same values as op_pixel: a blend of a border element with itself is the element.
+    ``acc`` is an int32 scratch of one row's bytes."""
+    row = width * 3
+    start = y * row
+    margin = filter_margin(op)
+    low = start + margin * 3
+    high = start + (width - margin) * 3
+    if y < margin or y >= height - margin or high <= low:
+        for k in range(start, start + row):
+            out[ix(k)] = img[ix(k)]
+        return
+    for k in range(start, low):
+        out[ix(k)] = img[ix(k)]
+    for k in range(high, start + row):
+        out[ix(k)] = img[ix(k)]
+    if op == SHARPNESS:
+        for k in range(low, high):
+            out[ix(k)] = blend_u8(smooth_inside(img, k, row), px(img, k), alpha)
+    elif op == SMOOTH:
+        for k in range(low, high):
+            out[ix(k)] = blend_u8(px(img, k), smooth_inside(img, k, row), alpha)
+    elif op == BLUR:
+        for k in range(low, high):
+            out[ix(k)] = blend_u8(px(img, k), blur_inside(img, k, row), alpha)
+    elif op == COLOR:
+        # Each pixel's grey level repeated per channel first, so that the blend is a flat loop too.
+        for x in range(width):
+            grey = grey_at(img, start // 3 + x)
+            acc[ix(3 * x)] = grey
+            acc[ix(3 * x + 1)] = grey
+            acc[ix(3 * x + 2)] = grey
+        for k in range(row):
+            out[ix(start + k)] = blend_u8(acc[ix(k)], px(img, start + k), alpha)
 
 
 def fix16(v):
@@ -377,6 +441,38 @@ def rescale_vertical_pixel(rows, out, y, x, width, params_i, bounds_y, coef_y):
     base = (bounds_y[filt, crop_h, y, 0] * width + x) * 3
     resample_pixel(rows, base, width * 3, bounds_y[filt, crop_h, y, 1], coef_y, filt, crop_h, y, out,
                    (y * width + x) * 3)
+
+
+def rescale_horizontal_row(img, rows, r, width, params_i, bounds_x, coef_x):
+    # The horizontal pass for the crop's row r, the filter's set-up read once for the row.
+    filt = params_i[0]
+    left = params_i[3]
+    crop_w = params_i[4] - left
+    source = ((params_i[1] + r) * width + left) * 3
+    o = r * width * 3
+    for x in range(width):
+        resample_pixel(img, source + bounds_x[filt, crop_w, x, 0] * 3, 3, bounds_x[filt, crop_w, x, 1],
+                       coef_x, filt, crop_w, x, rows, o + x * 3)
+
+
+def rescale_vertical_row(rows, out, y, width, params_i, bounds_y, coef_y, acc):
+    """The vertical pass for output row y as flat loops over the row's bytes, one per tap, into the
+    int32 accumulators ``acc`` (one per byte of a row), so the compiler can vectorise them. Pillow
+    sums in 32-bit ints too: the weights' absolute sum times 255 stays below 2^31 (tested)."""
+    filt = params_i[0]
+    crop_h = params_i[2] - params_i[1]
+    row = width * 3
+    first = bounds_y[filt, crop_h, y, 0]
+    for k in range(row):
+        acc[ix(k)] = RESAMPLE_HALF
+    for t in range(bounds_y[filt, crop_h, y, 1]):
+        weight = np.int32(coef_y[filt, crop_h, y, t])
+        base = (first + t) * row
+        for k in range(row):
+            acc[ix(k)] += np.int32(px(rows, base + k) * weight)
+    o = y * row
+    for k in range(row):
+        out[ix(o + k)] = clip8_fixed(acc[ix(k)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -577,6 +673,25 @@ def row_pass_rows(op, params_i):
 def row_pass_pixel(op, img, rows, r, x, width, params_i, bounds_x, coef_x):
     # Writes pixel (r, x) of the row pass.
     rescale_horizontal_pixel(img, rows, r, x, width, params_i, bounds_x, coef_x)
+
+
+def has_row_output(op):
+    # Ops a backend may compute a row at a time (op_row) instead of a pixel at a time.
+    return has_trait(ROW_OPS, op)
+
+
+def row_pass_row(op, img, rows, r, width, params_i, bounds_x, coef_x):
+    # Writes row r of the row pass.
+    rescale_horizontal_row(img, rows, r, width, params_i, bounds_x, coef_x)
+
+
+def op_row(op, img, rows, out, y, height, width, params_i, params_f, bounds_y, coef_y, acc):
+    """Writes output row y of a row op: the same values as op_pixel over the row. ``acc`` is an int32
+    scratch of one row's bytes."""
+    if op == RESCALE:
+        rescale_vertical_row(rows, out, y, width, params_i, bounds_y, coef_y, acc)
+    else:
+        filter_row(op, img, out, y, height, width, np.float32(params_f[0]), acc)
 
 
 def op_pixel(op, img, rows, out, y, x, height, width, params_i, params_f, coords, bounds_y, coef_y):

@@ -92,7 +92,44 @@ def test_every_op_writes_every_pixel(op_id):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
-def _run_op(op, image, height, width, tables, fill):
+def test_row_dispatchers_follow_the_kinds():
+    # op_row serves every filter and resample op (the CPU backend routes them there by has_row_output).
+    for op_id in IDS:
+        assert scalar.has_row_output(op_id) == (OPS[op_id].kind in (Kind.FILTER, Kind.RESAMPLE)), OP_NAMES[op_id]
+    missing = _ops(lambda op: op.kind is Kind.FILTER) - _named_ops(scalar.filter_row)
+    assert not missing, f"filter_row has no branch for {sorted(missing)}"
+    assert _ops(lambda op: op.kind is Kind.RESAMPLE) <= _named_ops(scalar.op_row)
+
+
+ROW_OPS = [i for i in IDS if OPS[i].kind in (Kind.FILTER, Kind.RESAMPLE)]
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (2, 5), (3, 3), (4, 6), (5, 5), (7, 9), (9, 4)])
+@pytest.mark.parametrize("op_id", ROW_OPS, ids=[OP_NAMES[i] for i in ROW_OPS])
+def test_a_row_at_a_time_equals_a_pixel_at_a_time(op_id, height, width):
+    # The CPU backend's op_row and the CUDA backend's op_pixel, on sizes where the borders the
+    # filters copy meet or cover the whole image.
+    rng = np.random.default_rng(op_id * 100 + height * 10 + width)
+    image = rng.integers(0, 256, height * width * 3).astype(np.uint8)
+    tables = kernel_tables(height, width)
+    for levels in ((0.8, 0.3), (0.2, 0.9), (1.0, 0.0)):
+        by_pixel = _run_op(op_id, image, height, width, tables, 0, levels=levels)
+        by_row = _run_op(op_id, image, height, width, tables, 255, levels=levels, by_rows=True)
+        np.testing.assert_array_equal(by_row, by_pixel, err_msg=f"{OP_NAMES[op_id]} at levels {levels}")
+
+
+@pytest.mark.parametrize("size", [8, 32, 96, 255])
+def test_resampling_sums_fit_in_int32(size):
+    # rescale's vertical pass sums in int32, as Pillow does: the largest weighted sum of 255s plus
+    # the rounding half must stay below 2^31 for every filter, crop and output pixel.
+    from remixmatch.kernels.tables import resample_table
+
+    coefs = resample_table(size).coefs.astype(np.int64)
+    largest = int(np.abs(coefs).sum(axis=-1).max()) * 255 + scalar.RESAMPLE_HALF
+    assert largest < 2**31, f"size {size}: {largest}"
+
+
+def _run_op(op, image, height, width, tables, fill, levels=(0.8, 0.3), by_rows=False):
     params_i = np.zeros(scalar.PARAMS_I, np.int32)
     params_f = np.zeros(scalar.PARAMS_F, np.float64)
     coords = np.zeros(height + width, np.int32)
@@ -100,7 +137,7 @@ def _run_op(op, image, height, width, tables, fill):
     lut = np.zeros(scalar.LUT_SIZE, np.int32)
     rows = np.zeros_like(image)
     out = np.full_like(image, fill)
-    scalar.prepare_op(op, 0.8, 0.3, 0.4, 0.6, height, width, params_i, params_f, coords,
+    scalar.prepare_op(op, *levels, 0.4, 0.6, height, width, params_i, params_f, coords,
                       tables.rotations, level_form_table("corrected"))
     if scalar.needs_histogram(op):
         for p in range(height * width):
@@ -116,9 +153,19 @@ def _run_op(op, image, height, width, tables, fill):
         return lut[(np.arange(image.size) % 3) * 256 + image]
     if scalar.has_row_pass(op):
         for r in range(scalar.row_pass_rows(op, params_i)):
+            if by_rows:
+                scalar.row_pass_row(op, image, rows, r, width, params_i, tables.rescale_x.bounds,
+                                    tables.rescale_x.coefs)
+                continue
             for x in range(width):
                 scalar.row_pass_pixel(op, image, rows, r, x, width, params_i,
                                       tables.rescale_x.bounds, tables.rescale_x.coefs)
+    if by_rows:
+        acc = np.zeros(width * 3, np.int32)
+        for y in range(height):
+            scalar.op_row(op, image, rows, out, y, height, width, params_i, params_f,
+                          tables.rescale_y.bounds, tables.rescale_y.coefs, acc)
+        return out
     for y in range(height):
         for x in range(width):
             scalar.op_pixel(op, image, rows, out, y, x, height, width, params_i, params_f, coords,
