@@ -28,7 +28,9 @@ Sections, in order (``SECTIONS``):
 8. ``learning``: ``rmm-train --preset cifar10-250`` for ``--learn-seconds`` of training
    (``--time-limit``), evaluating every 250 steps: the learning curve;
 9. ``training-compile``: the ready-tensor step with ``torch.compile``, if the budget has room left;
-10. ``kernel-tuning``: the CUDA rows again with apply_ops_kernel capped at 80 registers, then with 128
+10. ``bn-mode``: the ready-tensor step under the reference's interleaved batch norm (``--bn-mode
+    reference``: K + 2 chunks of B), against ``training``'s one forward, if there is room;
+11. ``kernel-tuning``: the CUDA rows again with apply_ops_kernel capped at 80 registers, then with 128
     threads per block (``REMIXMATCH_CUDA_MAX_REGISTERS`` / ``REMIXMATCH_CUDA_THREADS``), if there is room.
 
 ``DIR/report.json`` (``"command": "gpu-check"``, the common header of :mod:`remixmatch.bench.report`)::
@@ -40,9 +42,11 @@ Sections, in order (``SECTIONS``):
                  "unit": "views/s", "where": {"views": 65536, "inputs": "device"}}, ...],
     "summary": {"gpu", "tests": {"passed", "failed", "skipped", "errors"} | null,
                 "cuda_best_views_per_s", "goal_views_per_s": 2e7, "train_steps_per_s",
+                "train_synthetic_steps_per_s", "train_compiled_steps_per_s",
+                "train_bn_reference_steps_per_s",   # ready tensors, --bn-mode reference
                 "projected_hours", "final_ema_accuracy"}
 
-Details: ``environment``, ``pipeline``, ``training`` and ``training-compile`` embed their section's
+Details: ``environment``, ``pipeline``, ``training``, ``training-compile`` and ``bn-mode`` embed their section's
 report.json (``report``), ``augmentation`` its two (``reports``: ``cuda``, then ``cpu``, the same run's CPU
 kernel and PIL, in a command of its own so that a slow CPU compile cannot cost the CUDA rows); ``correctness`` the test counts and the failed tests' names;
 ``kernel-tuning`` its variants' reports (``reports``); ``launcher`` each command's exit status, seconds and the steps summary.json recorded;
@@ -106,6 +110,7 @@ SECTIONS = (
     Section("launcher", 120, True),
     Section("learning", 240, True),
     Section("training-compile", 150, True),
+    Section("bn-mode", 90, True),
     Section("kernel-tuning", 150, True),
 )
 SECTION_NAMES = tuple(s.name for s in SECTIONS)
@@ -196,6 +201,8 @@ def section_commands(name: str, config: CheckConfig, folder: Path) -> list[list[
         return [_bench("train", "--device", "cuda", "--quick", "--shards", shards, "--out", str(folder))]
     if name == "training-compile":
         return [_bench("train", "--device", "cuda", "--quick", "--compile", "--out", str(folder))]
+    if name == "bn-mode":
+        return [_bench("train", "--device", "cuda", "--quick", "--bn-mode", "reference", "--out", str(folder))]
     if name == "kernel-tuning":
         return [["env", *(f"{k}={v}" for k, v in env.items()),
                  *_bench("aug", "--device", "cuda", "--quick", "--images", str(config.archive), "--out", str(folder / part))]
@@ -263,7 +270,7 @@ def section_details(name: str, folder: Path) -> dict:
         parts = [part for part, _ in (AUG_PARTS if name == "augmentation" else TUNING)]
         reports = {part: _read_json(folder / part / "report.json") for part in parts}
         return {"reports": {part: report for part, report in reports.items() if report is not None}}
-    if name in ("environment", "pipeline", "training", "training-compile"):
+    if name in ("environment", "pipeline", "training", "training-compile", "bn-mode"):
         report = _read_json(folder / "report.json")
         return {"report": report} if report is not None else {}
     if name == "correctness":
@@ -385,13 +392,14 @@ def figures(sections: dict) -> list[dict]:
         if r.get("device") == "cuda" and "skipped" not in r:
             add("pipeline", "loader_steps_per_s", r["steps_per_s"], "steps/s", batch=r["batch"], k=r["k"],
                 prefetch=r["prefetch"])
-    for section in ("training", "training-compile"):
+    for section in ("training", "training-compile", "bn-mode"):
         train = _report_of(sections, section)
+        bn_mode = ((train or {}).get("config") or {}).get("bn_mode", "joint")
         for r in (train or {}).get("results", []):
             if r.get("bench") != "train" or r.get("device") != "cuda" or "skipped" in r:
                 continue
             where = {"feed": r["feed"], "prefetch": r["prefetch"], "model": r["model"], "batch": r["batch"],
-                     "k": r["k"], "bf16": r["bf16"], "compile": r.get("compile", False)}
+                     "k": r["k"], "bf16": r["bf16"], "compile": r.get("compile", False), "bn_mode": bn_mode}
             add(section, "train_steps_per_s", r["steps_per_s"], "steps/s", **where)
             add(section, "projected_hours", r["projected_hours"], "h", **where)
             add(section, "peak_memory_gib", r.get("peak_memory_gib"), "GiB", **where)
@@ -424,9 +432,10 @@ def summarize(sections: dict, figs: list[dict]) -> dict:
         "tests": None if tests is None else {k: tests[k] for k in ("passed", "failed", "skipped", "errors")},
         "cuda_best_views_per_s": best("cuda_views_per_s", size=[32, 32]),
         "goal_views_per_s": GOAL_VIEWS_PER_S,
-        "train_steps_per_s": best("train_steps_per_s", feed="loader", prefetch=True),
-        "train_synthetic_steps_per_s": best("train_steps_per_s", feed="synthetic", compile=False),
+        "train_steps_per_s": best("train_steps_per_s", feed="loader", prefetch=True, bn_mode="joint"),
+        "train_synthetic_steps_per_s": best("train_steps_per_s", feed="synthetic", compile=False, bn_mode="joint"),
         "train_compiled_steps_per_s": best("train_steps_per_s", feed="synthetic", compile=True),
+        "train_bn_reference_steps_per_s": best("train_steps_per_s", feed="synthetic", bn_mode="reference"),
         "projected_hours": min(loader_hours) if loader_hours else None,
         "final_ema_accuracy": evaluations[-1]["acc_ema"] if evaluations else None,
         "learning_steps": learning.get("steps"),
@@ -497,7 +506,8 @@ def render_markdown(report: dict) -> str:
         f"- CUDA kernel, 32x32: best {format_rate(s['cuda_best_views_per_s'])} strong views/s (goal "
         f"{format_rate(s['goal_views_per_s'])})",
         f"- Training (WRN-28-2, B = 64, K = 8, bf16): {_num(s['train_steps_per_s'])} steps/s loader-fed, "
-        f"{_num(s['train_synthetic_steps_per_s'])} from ready tensors, {_num(s['train_compiled_steps_per_s'])} compiled; "
+        f"{_num(s['train_synthetic_steps_per_s'])} from ready tensors, {_num(s['train_compiled_steps_per_s'])} compiled, "
+        f"{_num(s.get('train_bn_reference_steps_per_s'))} under the reference's interleaved batch norm; "
         f"2^20 steps: {format_hours(s['projected_hours'])}",
         f"- Learning: EMA accuracy {_pct(s['final_ema_accuracy'])} after {s['learning_steps'] or '-'} steps", "",
         markdown_table(["section", "status", "seconds", "bound", "note"],

@@ -131,6 +131,24 @@ def test_junit_counts_and_the_figures_of_measured_sections(tmp_path):
     assert summary["final_ema_accuracy"] == 0.3 and summary["tests"]["failed"] == 1
 
 
+def test_the_bn_mode_section_is_told_apart_from_the_training_section():
+    row = {"bench": "train", "device": "cuda", "feed": "synthetic", "prefetch": False, "model": "WRN-28-2",
+           "batch": 64, "k": 8, "bf16": True, "steps_per_s": 10.0, "projected_hours": 29.1}
+    sections = {
+        "training": {"status": "measured", "details": {"report": {"config": {"bn_mode": "joint"}, "results": [row]}}},
+        "bn-mode": {"status": "measured",
+                    "details": {"report": {"config": {"bn_mode": "reference"}, "results": [{**row, "steps_per_s": 7.0}]}}},
+    }
+    figs = [f for f in gpu_check.figures(sections) if f["name"] == "train_steps_per_s"]
+    assert {(f["section"], f["where"]["bn_mode"], f["value"]) for f in figs} == {
+        ("training", "joint", 10.0), ("bn-mode", "reference", 7.0)}
+    summary = gpu_check.summarize(sections, gpu_check.figures(sections))
+    assert (summary["train_synthetic_steps_per_s"], summary["train_bn_reference_steps_per_s"]) == (10.0, 7.0)
+    config = gpu_check.CheckConfig(out=Path("o"), archive=Path("a.tar.gz"), shards=Path("s"))
+    (command,) = gpu_check.section_commands("bn-mode", config, Path("o/bn-mode"))
+    assert command[command.index("--bn-mode") + 1] == "reference"
+
+
 def test_make_gpu_check_runs_the_checkout_with_the_carried_archive():
     done = subprocess.run(["make", "-n", "gpu-check", "GPU_PYTHON=python3", "CIFAR10_SOURCE=/data/c10.tar.gz"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
