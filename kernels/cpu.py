@@ -45,7 +45,7 @@ def _apply_view(image, op_ids, levels, rand, forms, cutout, cutout_level, height
     coords = np.zeros(height + width, np.int32)
     hist = np.zeros(LUT_SIZE, np.int32)
     lut = np.zeros(LUT_SIZE, np.int32)
-    acc = np.empty(width * 3, np.int32)
+    acc = np.empty(max(height, width) * 3, np.int32)
     _load_view(image, a, height, width, weak, flip, off_y, off_x, pad)
     steps = depth + (1 if cutout else 0)
     for step in range(steps):
@@ -78,8 +78,8 @@ def _apply_view(image, op_ids, levels, rand, forms, cutout, cutout_level, height
                     b[p * 3 + c] = lut[c * 256 + a[p * 3 + c]]
         else:
             if fns.has_row_pass(op):
-                for r in range(fns.row_pass_rows(op, params_i)):
-                    fns.row_pass_row(op, a, rows, r, width, params_i, bounds_x, coef_x)
+                # b is free until the output pass: it holds the transposed crop meanwhile.
+                fns.row_pass_by_columns(op, a, rows, b, width, params_i, bounds_x, coef_x, acc)
             if fns.has_row_output(op):
                 # Whole rows: the filters' interiors and rescale's vertical pass are flat loops the
                 # compiler vectorises (4-12x a pixel at a time, README "The ops' speed").

@@ -443,16 +443,39 @@ def rescale_vertical_pixel(rows, out, y, x, width, params_i, bounds_y, coef_y):
                    (y * width + x) * 3)
 
 
-def rescale_horizontal_row(img, rows, r, width, params_i, bounds_x, coef_x):
-    # The horizontal pass for the crop's row r, the filter's set-up read once for the row.
+def rescale_horizontal_by_columns(img, rows, scratch, width, params_i, bounds_x, coef_x, acc):
+    """The horizontal pass over the crop transposed into ``scratch``: each output column is then a
+    weighted sum of whole scratch rows, flat loops the compiler vectorises into the int32
+    accumulators ``acc`` (one per byte of a column: at least crop height * 3), as the vertical pass.
+    The transposes cost less than the per-pixel tap loops they replace (measured 1.5-3x)."""
     filt = params_i[0]
+    top = params_i[1]
+    crop_h = params_i[2] - top
     left = params_i[3]
     crop_w = params_i[4] - left
-    source = ((params_i[1] + r) * width + left) * 3
-    o = r * width * 3
+    column = crop_h * 3
+    for r in range(crop_h):
+        source = ((top + r) * width + left) * 3
+        for xs in range(crop_w):
+            d = xs * column + r * 3
+            s = source + xs * 3
+            scratch[ix(d)] = img[ix(s)]
+            scratch[ix(d + 1)] = img[ix(s + 1)]
+            scratch[ix(d + 2)] = img[ix(s + 2)]
     for x in range(width):
-        resample_pixel(img, source + bounds_x[filt, crop_w, x, 0] * 3, 3, bounds_x[filt, crop_w, x, 1],
-                       coef_x, filt, crop_w, x, rows, o + x * 3)
+        first = bounds_x[filt, crop_w, x, 0]
+        for j in range(column):
+            acc[ix(j)] = RESAMPLE_HALF
+        for t in range(bounds_x[filt, crop_w, x, 1]):
+            weight = np.int32(coef_x[filt, crop_w, x, t])
+            base = (first + t) * column
+            for j in range(column):
+                acc[ix(j)] += np.int32(px(scratch, base + j) * weight)
+        for r in range(crop_h):
+            o = (r * width + x) * 3
+            rows[ix(o)] = clip8_fixed(acc[ix(r * 3)])
+            rows[ix(o + 1)] = clip8_fixed(acc[ix(r * 3 + 1)])
+            rows[ix(o + 2)] = clip8_fixed(acc[ix(r * 3 + 2)])
 
 
 def rescale_vertical_row(rows, out, y, width, params_i, bounds_y, coef_y, acc):
@@ -680,14 +703,15 @@ def has_row_output(op):
     return has_trait(ROW_OPS, op)
 
 
-def row_pass_row(op, img, rows, r, width, params_i, bounds_x, coef_x):
-    # Writes row r of the row pass.
-    rescale_horizontal_row(img, rows, r, width, params_i, bounds_x, coef_x)
+def row_pass_by_columns(op, img, rows, scratch, width, params_i, bounds_x, coef_x, acc):
+    # Writes the whole row pass, a column at a time (``scratch``: an image-sized buffer the op's
+    # output pass does not read; ``acc``: int32, (max(H, W) * 3)).
+    rescale_horizontal_by_columns(img, rows, scratch, width, params_i, bounds_x, coef_x, acc)
 
 
 def op_row(op, img, rows, out, y, height, width, params_i, params_f, bounds_y, coef_y, acc):
     """Writes output row y of a row op: the same values as op_pixel over the row. ``acc`` is an int32
-    scratch of one row's bytes."""
+    scratch of at least one row's bytes."""
     if op == RESCALE:
         rescale_vertical_row(rows, out, y, width, params_i, bounds_y, coef_y, acc)
     else:

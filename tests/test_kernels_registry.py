@@ -151,17 +151,16 @@ def _run_op(op, image, height, width, tables, fill, levels=(0.8, 0.3), by_rows=F
         for j in range(scalar.LUT_SIZE):
             lut[j] = scalar.point_value(op, j & 255, lut[j], params_i, params_f)
         return lut[(np.arange(image.size) % 3) * 256 + image]
-    if scalar.has_row_pass(op):
+    acc = np.zeros(max(height, width) * 3, np.int32)
+    if scalar.has_row_pass(op) and by_rows:
+        scalar.row_pass_by_columns(op, image, rows, out, width, params_i, tables.rescale_x.bounds,
+                                   tables.rescale_x.coefs, acc)
+    elif scalar.has_row_pass(op):
         for r in range(scalar.row_pass_rows(op, params_i)):
-            if by_rows:
-                scalar.row_pass_row(op, image, rows, r, width, params_i, tables.rescale_x.bounds,
-                                    tables.rescale_x.coefs)
-                continue
             for x in range(width):
                 scalar.row_pass_pixel(op, image, rows, r, x, width, params_i,
                                       tables.rescale_x.bounds, tables.rescale_x.coefs)
     if by_rows:
-        acc = np.zeros(width * 3, np.int32)
         for y in range(height):
             scalar.op_row(op, image, rows, out, y, height, width, params_i, params_f,
                           tables.rescale_y.bounds, tables.rescale_y.coefs, acc)
