@@ -443,11 +443,23 @@ def rescale_vertical_pixel(rows, out, y, x, width, params_i, bounds_y, coef_y):
                    (y * width + x) * 3)
 
 
+def weighted_lines(src, line, first, taps, coefs, filt, crop, pos, acc):
+    # acc[j] = half + sum over the taps t of coefs[filt, crop, pos, t] * src[(first + t) * line + j], for
+    # j < line: one output line of a resampling pass from whole source lines, as flat loops.
+    for j in range(line):
+        acc[ix(j)] = RESAMPLE_HALF
+    for t in range(taps):
+        weight = np.int32(coefs[filt, crop, pos, t])
+        base = (first + t) * line
+        for j in range(line):
+            acc[ix(j)] += np.int32(px(src, base + j) * weight)
+
+
 def rescale_horizontal_by_columns(img, rows, scratch, width, params_i, bounds_x, coef_x, acc):
     """The horizontal pass over the crop transposed into ``scratch``: each output column is then a
     weighted sum of whole scratch rows, flat loops the compiler vectorises into the int32
     accumulators ``acc`` (one per byte of a column: at least crop height * 3), as the vertical pass.
-    The transposes cost less than the per-pixel tap loops they replace (measured 1.5-3x)."""
+    With the transpose it takes half the time of a pixel at a time (measured at 32x32 and 96x96)."""
     filt = params_i[0]
     top = params_i[1]
     crop_h = params_i[2] - top
@@ -463,14 +475,8 @@ def rescale_horizontal_by_columns(img, rows, scratch, width, params_i, bounds_x,
             scratch[ix(d + 1)] = img[ix(s + 1)]
             scratch[ix(d + 2)] = img[ix(s + 2)]
     for x in range(width):
-        first = bounds_x[filt, crop_w, x, 0]
-        for j in range(column):
-            acc[ix(j)] = RESAMPLE_HALF
-        for t in range(bounds_x[filt, crop_w, x, 1]):
-            weight = np.int32(coef_x[filt, crop_w, x, t])
-            base = (first + t) * column
-            for j in range(column):
-                acc[ix(j)] += np.int32(px(scratch, base + j) * weight)
+        weighted_lines(scratch, column, bounds_x[filt, crop_w, x, 0], bounds_x[filt, crop_w, x, 1], coef_x, filt,
+                       crop_w, x, acc)
         for r in range(crop_h):
             o = (r * width + x) * 3
             rows[ix(o)] = clip8_fixed(acc[ix(r * 3)])
@@ -485,14 +491,8 @@ def rescale_vertical_row(rows, out, y, width, params_i, bounds_y, coef_y, acc):
     filt = params_i[0]
     crop_h = params_i[2] - params_i[1]
     row = width * 3
-    first = bounds_y[filt, crop_h, y, 0]
-    for k in range(row):
-        acc[ix(k)] = RESAMPLE_HALF
-    for t in range(bounds_y[filt, crop_h, y, 1]):
-        weight = np.int32(coef_y[filt, crop_h, y, t])
-        base = (first + t) * row
-        for k in range(row):
-            acc[ix(k)] += np.int32(px(rows, base + k) * weight)
+    weighted_lines(rows, row, bounds_y[filt, crop_h, y, 0], bounds_y[filt, crop_h, y, 1], coef_y, filt, crop_h, y,
+                   acc)
     o = y * row
     for k in range(row):
         out[ix(o + k)] = clip8_fixed(acc[ix(k)])
