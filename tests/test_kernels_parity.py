@@ -167,28 +167,21 @@ def test_single_op_matches_pil(op_name, group_name):
     np.testing.assert_array_equal(images, g.images)
 
 
-@pytest.mark.parametrize("group_name", GROUPS)
-def test_rescale_matches_pil_for_every_filter(group_name):
-    g = group(group_name)
-    height, width = g.shape
-    op = OP_ID["rescale"]
-    filters = filter_levels()
+def rescale_views(g, margins, more_margins):
+    """rescale views of every image of g: each margin level at each filter's centre level, and
+    more_margins at every filter level's edges."""
     centres = [float(F32((f + 0.5) / len(RESCALE_FILTERS))) for f in range(len(RESCALE_FILTERS))]
-    margins = op_levels("rescale", height, width)
     pairs = [(v0, v1) for v0 in margins for v1 in centres]
-    pairs += [(v0, v1) for v0 in (0.0, 0.3, 0.5, 0.77, 1.0) for v1 in filters if v1 not in centres]
+    pairs += [(v0, v1) for v0 in more_margins for v1 in filter_levels() if v1 not in centres]
     rng = np.random.default_rng(7)
-    op_ids, levels, rand, sources = _single_op_views(len(g.images), op, pairs, lambda b, p: [rng.random(2)], 7)
-    _check_against_reference(g, _images(g), op_ids, levels, rand, sources)
+    return _single_op_views(len(g.images), OP_ID["rescale"], pairs, lambda b, p: [rng.random(2)], 7)
 
 
-@pytest.mark.parametrize("group_name", GROUPS)
-def test_cutout_matches_pil_for_varied_positions(group_name):
-    g = group(group_name)
+def cutout_views(g, sides):
+    """cutout views of every image of g at each side level, the square's corner at the image's
+    corners, its centre and where int(u * size) changes, plus random places."""
     height, width = g.shape
-    op = OP_ID["cutout"]
-    pairs = [(v, 0.5) for v in op_levels("cutout", height, width)]
-    # Corners, the centre and the random numbers where int(u * size) changes, plus random ones.
+    pairs = [(v, 0.5) for v in sides]
     edges = sorted(u for u in _around(k / s for s in {height, width} for k in range(0, s + 1, max(1, s // 6)))
                    if u < 1.0)
     fixed = [(0.0, 0.0), (ONE_BELOW, ONE_BELOW), (0.0, ONE_BELOW), (ONE_BELOW, 0.0), (0.5, 0.5)]
@@ -199,8 +192,20 @@ def test_cutout_matches_pil_for_varied_positions(group_name):
         k = b * len(pairs) + p
         return [fixed[k % len(fixed)], fixed[(3 * k + 1) % len(fixed)], rng.random(2)]
 
-    op_ids, levels, rand, sources = _single_op_views(len(g.images), op, pairs, rands, 11)
-    _check_against_reference(g, _images(g), op_ids, levels, rand, sources)
+    return _single_op_views(len(g.images), OP_ID["cutout"], pairs, rands, 11)
+
+
+@pytest.mark.parametrize("group_name", GROUPS)
+def test_rescale_matches_pil_for_every_filter(group_name):
+    g = group(group_name)
+    views = rescale_views(g, op_levels("rescale", *g.shape), (0.0, 0.3, 0.5, 0.77, 1.0))
+    _check_against_reference(g, _images(g), *views)
+
+
+@pytest.mark.parametrize("group_name", GROUPS)
+def test_cutout_matches_pil_for_varied_positions(group_name):
+    g = group(group_name)
+    _check_against_reference(g, _images(g), *cutout_views(g, op_levels("cutout", *g.shape)))
 
 
 # ---------------------------------------------------------------------------------------------

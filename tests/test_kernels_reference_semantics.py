@@ -16,20 +16,20 @@ import pytest
 from remixmatch.kernels import AugmentInputError, apply_ops
 from remixmatch.kernels import pil_reference as ref
 from remixmatch.kernels import scalar
-from remixmatch.kernels.ops import NUM_OPS, OP_ID, OPS, RESCALE_FILTERS
+from remixmatch.kernels.ops import NUM_OPS, OP_ID, OPS
 from remixmatch.kernels.tables import level_form_table
 
 try:
     from kernel_images import group
     from test_kernels_parity import (
-        BASE_LEVELS, F32, GROUPS, ONE_BELOW, _around, _assert_views_equal, _describe, _images,
-        _random_policies, _single_op_views, _weak_params, filter_levels, op_levels,
+        BASE_LEVELS, F32, _around, _assert_views_equal, _describe, _images, _random_policies,
+        _single_op_views, _weak_params, cutout_views, op_levels, rescale_views,
     )
 except ImportError:  # tests imported as a package
     from tests.kernel_images import group
     from tests.test_kernels_parity import (
-        BASE_LEVELS, F32, GROUPS, ONE_BELOW, _around, _assert_views_equal, _describe, _images,
-        _random_policies, _single_op_views, _weak_params, filter_levels, op_levels,
+        BASE_LEVELS, F32, _around, _assert_views_equal, _describe, _images, _random_policies,
+        _single_op_views, _weak_params, cutout_views, op_levels, rescale_views,
     )
 
 REFERENCE = "reference"
@@ -111,34 +111,13 @@ def test_translate_matches_pil(op_name, group_name):
 @pytest.mark.parametrize("group_name", SIZES)
 def test_rescale_matches_pil_for_every_filter(group_name):
     g = group(group_name)
-    height, width = g.shape
-    op = OP_ID["rescale"]
-    centres = [float(F32((f + 0.5) / len(RESCALE_FILTERS))) for f in range(len(RESCALE_FILTERS))]
-    pairs = [(v0, v1) for v0 in _reference_levels("rescale", height, width) for v1 in centres]
-    pairs += [(v0, v1) for v0 in (0.0, 0.5, 1.0) for v1 in filter_levels() if v1 not in centres]
-    rng = np.random.default_rng(7)
-    op_ids, levels, rand, sources = _single_op_views(len(g.images), op, pairs, lambda b, p: [rng.random(2)], 7)
-    _check(g, _images(g), op_ids, levels, rand, sources)
+    _check(g, _images(g), *rescale_views(g, _reference_levels("rescale", *g.shape), (0.0, 0.5, 1.0)))
 
 
 @pytest.mark.parametrize("group_name", SIZES)
 def test_cutout_matches_pil_for_varied_positions(group_name):
     g = group(group_name)
-    height, width = g.shape
-    op = OP_ID["cutout"]
-    pairs = [(v, 0.5) for v in _reference_levels("cutout", height, width)]
-    edges = sorted(u for u in _around(k / s for s in {height, width} for k in range(0, s + 1, max(1, s // 6)))
-                   if u < 1.0)
-    fixed = [(0.0, 0.0), (ONE_BELOW, ONE_BELOW), (0.0, ONE_BELOW), (ONE_BELOW, 0.0), (0.5, 0.5)]
-    fixed += [(u, edges[-1 - i]) for i, u in enumerate(edges)]
-    rng = np.random.default_rng(11)
-
-    def rands(b, p):
-        k = b * len(pairs) + p
-        return [fixed[k % len(fixed)], fixed[(3 * k + 1) % len(fixed)], rng.random(2)]
-
-    op_ids, levels, rand, sources = _single_op_views(len(g.images), op, pairs, rands, 11)
-    _check(g, _images(g), op_ids, levels, rand, sources)
+    _check(g, _images(g), *cutout_views(g, _reference_levels("cutout", *g.shape)))
 
 
 @pytest.mark.parametrize("cutout_level", [None, 0.0, 0.5])
