@@ -169,14 +169,33 @@ class ShardSet:
         return f"ShardSet({str(self.path)!r}, dataset={self.dataset!r}, {splits})"
 
 
-class Split:
-    """The rows of one split across its shards, memory-mapped."""
+class _SplitRows:
+    """What a split and splits joined as one share: their shard set, name, pickling and description."""
 
     def __init__(self, shardset: ShardSet, name: str):
         self.name = name
         self.shardset = shardset
         self.image_shape = shardset.image_shape
         self.encoding = shardset.encoding
+
+    def __reduce__(self):
+        # Reopened by path in the receiving process: a worker maps the files itself.
+        return (_reopen_split, (str(self.shardset.path), self.name))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.name!r}, rows={len(self)}, encoding={self.encoding!r}, "
+                f"image_shape={self.image_shape})")
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.shardset.class_names
+
+
+class Split(_SplitRows):
+    """The rows of one split across its shards, memory-mapped."""
+
+    def __init__(self, shardset: ShardSet, name: str):
+        super().__init__(shardset, name)
         entry = shardset.manifest["splits"][name]
         self._batches: list[pa.RecordBatch] = []
         for shard in entry["shards"]:
@@ -193,16 +212,6 @@ class Split:
 
     def __len__(self) -> int:
         return self._len
-
-    def __reduce__(self):
-        return (_reopen_split, (str(self.shardset.path), self.name))
-
-    def __repr__(self) -> str:
-        return f"Split({self.name!r}, rows={self._len}, encoding={self.encoding!r}, image_shape={self.image_shape})"
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.shardset.class_names
 
     @property
     def labels(self) -> np.ndarray:
@@ -358,33 +367,20 @@ class Split:
         return self._batches[b], local
 
 
-class JoinedSplit:
+class JoinedSplit(_SplitRows):
     """Splits read as one: the rows of the first, then of the next (STL-10's train + unlabeled as one
     pool of unlabeled rows). It answers what a Split answers (len, labels, images, encoded, sources)."""
 
     def __init__(self, shardset: ShardSet, names: Sequence[str]):
         if len(names) < 2 or len(set(names)) != len(names) or not all(names):
             raise ShardError(f"{shardset.path}: {'+'.join(names)!r} does not name distinct splits joined by '+'")
+        super().__init__(shardset, "+".join(names))
         self.parts = [shardset[n] for n in names]
-        self.name = "+".join(names)
-        self.shardset = shardset
-        self.image_shape = shardset.image_shape
-        self.encoding = shardset.encoding
         self._starts = np.concatenate([[0], np.cumsum([len(p) for p in self.parts])]).astype(np.int64)
         self._labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self._starts[-1])
-
-    def __reduce__(self):
-        return (_reopen_split, (str(self.shardset.path), self.name))
-
-    def __repr__(self) -> str:
-        return f"JoinedSplit({self.name!r}, rows={len(self)}, encoding={self.encoding!r}, image_shape={self.image_shape})"
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.shardset.class_names
 
     @property
     def labels(self) -> np.ndarray:
