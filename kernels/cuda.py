@@ -77,7 +77,12 @@ def _kernel(name: str):
 
 def shared_bytes(height: int, width: int) -> int:
     """Dynamic shared memory one block needs for a height x width view."""
-    return 4 * (height + width + 2 * LUT_SIZE) + 3 * height * width * 3
+    return tiled_shared_bytes(height, width) + 3 * height * width * 3
+
+
+def tiled_shared_bytes(height: int, width: int) -> int:
+    """Dynamic shared memory of the tiled kernel: the view's words (coords, hist, lut) alone."""
+    return 4 * (height + width + 2 * LUT_SIZE)
 
 
 @cuda.jit(device=True, inline="always")
@@ -278,19 +283,21 @@ def apply_ops_kernel_global(images, sources, weak, flips, offsets, pad, op_ids, 
 @_kernel("apply_ops_kernel_tiled")
 def apply_ops_kernel_tiled(images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms,
                            cutout, cutout_level, height, width, out, rotations, bounds_y, coef_y,
-                           bounds_x, coef_x, scratch, scratch_words):
-    """apply_ops_kernel_global with the neighbourhood filters (smooth, sharpness, blur) reading
-    tiles of the view staged in shared memory (TILE_BYTES of it) instead of the view in global
-    memory: the whole view stays in the global scratch, since geometric ops and histograms read
-    all of it between ops."""
+                           bounds_x, coef_x, scratch):
+    """The view's three image buffers in global memory, block k's in scratch[k], the blocks striding
+    over the views, as apply_ops_kernel_global: geometric ops and histograms read the whole view
+    between ops. Everything else in shared memory: the words (coords, hist, lut: dynamic, as in
+    apply_ops_kernel, so histograms are built by shared-memory atomics) and a tile (TILE_BYTES)
+    that the neighbourhood filters (smooth, sharpness, blur) stage the view in, a tile at a time."""
     block = cuda.blockIdx.x
     size = height * width * 3
     a = scratch[block, :size]
     b = scratch[block, size: 2 * size]
     rows = scratch[block, 2 * size: 3 * size]
-    coords = scratch_words[block, : height + width]
-    hist = scratch_words[block, height + width: height + width + LUT_SIZE]
-    lut = scratch_words[block, height + width + LUT_SIZE: height + width + 2 * LUT_SIZE]
+    words = cuda.shared.array(0, int32)
+    coords = words[: height + width]
+    hist = words[height + width: height + width + LUT_SIZE]
+    lut = words[height + width + LUT_SIZE: height + width + 2 * LUT_SIZE]
     params_i = cuda.shared.array(PARAMS_I, int32)
     params_f = cuda.shared.array(PARAMS_F, float64)
     tile = cuda.shared.array(TILE_BYTES, uint8)
@@ -334,7 +341,7 @@ def kernel_signatures():
     return {
         "apply_ops_kernel": (apply_ops_kernel, apply_sig),
         "apply_ops_kernel_global": (apply_ops_kernel_global, apply_sig + (u8_2d, i32_2d)),
-        "apply_ops_kernel_tiled": (apply_ops_kernel_tiled, apply_sig + (u8_2d, i32_2d)),
+        "apply_ops_kernel_tiled": (apply_ops_kernel_tiled, apply_sig + (u8_2d,)),
         "weak_augment_kernel": (weak_augment_kernel, weak_sig),
     }
 

@@ -11,16 +11,21 @@ from numba import cuda
 from .args import apply_args, weak_args
 from .compile import cuda_simulated
 from .cuda import (
-    LARGE_VIEW_DESIGNS, LARGE_VIEWS, LARGE_VIEWS_ENV, THREADS_PER_BLOCK, apply_ops_kernel, apply_ops_kernel_global,
-    apply_ops_kernel_tiled, shared_bytes, weak_augment_kernel,
+    LARGE_VIEW_DESIGNS, LARGE_VIEWS, LARGE_VIEWS_ENV, THREADS_PER_BLOCK, TILE_BYTES, apply_ops_kernel,
+    apply_ops_kernel_global, apply_ops_kernel_tiled, shared_bytes, tiled_shared_bytes, weak_augment_kernel,
 )
+from .scalar import PARAMS_F, PARAMS_I
 from .scalar import LUT_SIZE
 from .tables import kernel_tables, level_form_table
 
 WEAK_THREADS_PER_BLOCK = 256
-# Dynamic shared memory a block may use without opting in to more (every CUDA GPU since Kepler);
-# larger views take the design LARGE_VIEWS names (kernels/cuda.py).
-SHARED_BYTES_LIMIT = 48 * 1024
+# Shared memory a block may use without opting in to more (every CUDA GPU since Kepler).
+DEFAULT_SHARED_BYTES = 48 * 1024
+# Views whose buffers need more take the design LARGE_VIEWS names (kernels/cuda.py); the simulator
+# tests lower it to send small views there.
+SHARED_BYTES_LIMIT = DEFAULT_SHARED_BYTES
+# The tiled kernel's static shared memory: its tile and the per-view parameters.
+TILED_STATIC_BYTES = TILE_BYTES + 4 * PARAMS_I + 8 * PARAMS_F
 # What the shared-optin design may opt in to: the least per-block maximum of the GPUs this targets
 # (A100, sm_80: 163 KiB; H100, sm_90: 227 KiB). Larger views take the global-memory kernel.
 SHARED_OPTIN_BYTES_LIMIT = 163 * 1024
@@ -39,7 +44,8 @@ def apply_launch(height: int, width: int, design: str | None = None) -> LaunchSh
     """The kernel that applies the ops to height x width views, and how it is launched: a view in
     the shared memory of its block when it fits the default limit, else as ``design`` (default
     LARGE_VIEWS) says: in global memory, in global memory with filter tiles staged in shared memory,
-    or in shared memory opted in up to SHARED_OPTIN_BYTES_LIMIT (global memory above that)."""
+    or in shared memory opted in up to SHARED_OPTIN_BYTES_LIMIT (global memory above that; for the
+    tiled kernel, above sides that add up to about 10,400 pixels, where its words outgrow 48 KiB)."""
     design = design or LARGE_VIEWS
     if design not in LARGE_VIEW_DESIGNS:
         raise ValueError(f"large-view design {design!r}: must be one of {', '.join(LARGE_VIEW_DESIGNS)} "
@@ -48,8 +54,9 @@ def apply_launch(height: int, width: int, design: str | None = None) -> LaunchSh
     if dynamic_shared <= SHARED_BYTES_LIMIT or (
             design == "shared-optin" and dynamic_shared <= SHARED_OPTIN_BYTES_LIMIT):
         return LaunchShape("apply_ops_kernel", THREADS_PER_BLOCK, dynamic_shared)
-    if design == "tiled":
-        return LaunchShape("apply_ops_kernel_tiled", THREADS_PER_BLOCK, 0)
+    words = tiled_shared_bytes(height, width)
+    if design == "tiled" and words + TILED_STATIC_BYTES <= DEFAULT_SHARED_BYTES:
+        return LaunchShape("apply_ops_kernel_tiled", THREADS_PER_BLOCK, words)
     return LaunchShape("apply_ops_kernel_global", THREADS_PER_BLOCK, 0)
 
 
@@ -165,9 +172,12 @@ def apply_ops_device(images, op_ids, levels, rand, cutout_level, sources, flips,
         # scratch outlives the kernel whatever stream it runs on.
         blocks = min(n_views, GLOBAL_BLOCKS)
         scratch = cuda.device_array((blocks, 3 * height * width * 3), np.uint8, stream=stream)
-        words = cuda.device_array((blocks, height + width + 2 * LUT_SIZE), np.int32, stream=stream)
-        kernel = apply_ops_kernel_tiled if launch.kernel == "apply_ops_kernel_tiled" else apply_ops_kernel_global
-        kernel[blocks, launch.threads_per_block, stream](*args, scratch, words)
+        if launch.kernel == "apply_ops_kernel_tiled":
+            apply_ops_kernel_tiled[blocks, launch.threads_per_block, stream, launch.dynamic_shared_bytes](
+                *args, scratch)
+        else:
+            words = cuda.device_array((blocks, height + width + 2 * LUT_SIZE), np.int32, stream=stream)
+            apply_ops_kernel_global[blocks, launch.threads_per_block, stream](*args, scratch, words)
     return out
 
 

@@ -192,7 +192,7 @@ def test_the_kernel_tuning_variables_reach_the_launch_and_the_jit(variables, thr
 
 @pytest.mark.parametrize("design, kernel, dynamic_shared", [
     (None, "apply_ops_kernel_global", 0),
-    ("tiled", "apply_ops_kernel_tiled", 0),
+    ("tiled", "apply_ops_kernel_tiled", 4 * (96 + 96 + 2 * 768)),
     ("shared-optin", "apply_ops_kernel", 3 * 96 * 96 * 3 + 4 * (96 + 96 + 2 * 768)),
 ])
 def test_the_large_view_design_variable_picks_the_96x96_kernel(design, kernel, dynamic_shared):
