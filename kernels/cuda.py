@@ -36,7 +36,8 @@ THREADS_PER_BLOCK = 256
 MAX_REGISTERS: dict[str, int | None] = {"apply_ops_kernel": None, "apply_ops_kernel_global": None,
                                         "apply_ops_kernel_tiled": None, "weak_augment_kernel": None}
 # For measuring other choices on a GPU (rmm-bench gpu-check's kernel-tuning section), without an edit:
-# the apply kernels' threads per block, and apply_ops_kernel's register cap.
+# the apply kernels' threads per block, and their register cap (each view size runs one of them: at
+# 32x32 it caps apply_ops_kernel, at 96x96 the kernel of the large-view design).
 THREADS_ENV, MAX_REGISTERS_ENV = "REMIXMATCH_CUDA_THREADS", "REMIXMATCH_CUDA_MAX_REGISTERS"
 # Views larger than the default 48 KiB of dynamic shared memory (96x96): their buffers in global
 # memory, global with tiles staged in shared memory for the neighbourhood filters, or the whole view
@@ -63,7 +64,8 @@ def _tuning_from_env() -> None:
     if cap is not None:
         if not (cap.isdigit() and 16 <= int(cap) <= 255):
             raise ValueError(f"{MAX_REGISTERS_ENV}={cap!r}: a register cap must be in 16..255")
-        MAX_REGISTERS["apply_ops_kernel"] = int(cap)
+        for name in ("apply_ops_kernel", "apply_ops_kernel_global", "apply_ops_kernel_tiled"):
+            MAX_REGISTERS[name] = int(cap)
 
 
 _tuning_from_env()

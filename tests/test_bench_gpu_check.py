@@ -182,7 +182,8 @@ def test_the_kernel_tuning_variables_reach_the_launch_and_the_jit(variables, thr
     import os
 
     probe = ("from remixmatch.kernels.cuda import MAX_REGISTERS; from remixmatch.kernels.cuda_launch import apply_launch; "
-             "print(apply_launch(32, 32).threads_per_block, MAX_REGISTERS['apply_ops_kernel'])")
+             "caps = {MAX_REGISTERS[k] for k in ('apply_ops_kernel', 'apply_ops_kernel_global', 'apply_ops_kernel_tiled')}; "
+             "print(apply_launch(32, 32).threads_per_block, *caps)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMIXMATCH_CUDA_")}
     done = subprocess.run([sys.executable, "-c", probe], env={**env, **variables}, capture_output=True, text=True,
                           timeout=300)
