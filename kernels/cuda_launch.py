@@ -14,8 +14,7 @@ from .cuda import (
     LARGE_VIEW_DESIGNS, LARGE_VIEWS, LARGE_VIEWS_ENV, THREADS_PER_BLOCK, TILE_BYTES, apply_ops_kernel,
     apply_ops_kernel_global, apply_ops_kernel_tiled, shared_bytes, tiled_shared_bytes, weak_augment_kernel,
 )
-from .scalar import PARAMS_F, PARAMS_I
-from .scalar import LUT_SIZE
+from .scalar import LUT_SIZE, PARAMS_F, PARAMS_I
 from .tables import kernel_tables, level_form_table
 
 WEAK_THREADS_PER_BLOCK = 256
@@ -24,8 +23,9 @@ DEFAULT_SHARED_BYTES = 48 * 1024
 # Views whose buffers need more take the design LARGE_VIEWS names (kernels/cuda.py); the simulator
 # tests lower it to send small views there.
 SHARED_BYTES_LIMIT = DEFAULT_SHARED_BYTES
-# The tiled kernel's static shared memory: its tile and the per-view parameters.
-TILED_STATIC_BYTES = TILE_BYTES + 4 * PARAMS_I + 8 * PARAMS_F
+# Static shared memory of the apply kernels: the per-view parameters, and the tiled kernel's tile.
+PARAMS_BYTES = 4 * PARAMS_I + 8 * PARAMS_F
+TILED_STATIC_BYTES = TILE_BYTES + PARAMS_BYTES
 # What the shared-optin design may opt in to: the least per-block maximum of the GPUs this targets
 # (A100, sm_80: 163 KiB; H100, sm_90: 227 KiB). Larger views take the global-memory kernel.
 SHARED_OPTIN_BYTES_LIMIT = 163 * 1024
@@ -52,7 +52,7 @@ def apply_launch(height: int, width: int, design: str | None = None) -> LaunchSh
                          f"(as {LARGE_VIEWS_ENV})")
     dynamic_shared = shared_bytes(height, width)
     if dynamic_shared <= SHARED_BYTES_LIMIT or (
-            design == "shared-optin" and dynamic_shared <= SHARED_OPTIN_BYTES_LIMIT):
+            design == "shared-optin" and dynamic_shared + PARAMS_BYTES <= SHARED_OPTIN_BYTES_LIMIT):
         return LaunchShape("apply_ops_kernel", THREADS_PER_BLOCK, dynamic_shared)
     words = tiled_shared_bytes(height, width)
     if design == "tiled" and words + TILED_STATIC_BYTES <= DEFAULT_SHARED_BYTES:
@@ -137,7 +137,7 @@ def _allow_dynamic_shared(kernel, args, nbytes: int) -> None:
     and argument types). numba-cuda has no public call for it (NVIDIA/numba-cuda#94): this sets it
     on the driver function of the kernel's compiled overload, the way numba-cuda sets the shared
     memory carveout. The simulator has no such limit."""
-    if nbytes <= SHARED_BYTES_LIMIT or cuda_simulated():
+    if nbytes <= DEFAULT_SHARED_BYTES or cuda_simulated():
         return
     from numba.cuda.cudadrv.driver import binding, driver
 
@@ -147,7 +147,7 @@ def _allow_dynamic_shared(kernel, args, nbytes: int) -> None:
         return
     device = cuda.get_current_device()
     most = device.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
-    if nbytes > most:
+    if nbytes + PARAMS_BYTES > most:
         raise ValueError(f"{LARGE_VIEWS_ENV}=shared-optin: a view needs {nbytes} B of shared memory, "
                          f"this GPU allows a block {most} B")
     function = kernel.compile(argtypes)._codelibrary.get_cufunc()
