@@ -30,8 +30,10 @@ Sections, in order (``SECTIONS``):
 9. ``training-compile``: the ready-tensor step with ``torch.compile``, if the budget has room left;
 10. ``bn-mode``: the ready-tensor step under the reference's interleaved batch norm (``--bn-mode
     reference``: K + 2 chunks of B), against ``training``'s one forward, if there is room;
-11. ``kernel-tuning``: the CUDA rows again with apply_ops_kernel capped at 80 registers, then with 128
-    threads per block (``REMIXMATCH_CUDA_MAX_REGISTERS`` / ``REMIXMATCH_CUDA_THREADS``), if there is room.
+11. ``kernel-tuning``: the CUDA rows at 96x96 (synthetic images) under each design for views larger
+    than 48 KiB of shared memory (``REMIXMATCH_CUDA_LARGE_VIEWS``: global, tiled, shared-optin), then
+    at 32x32 with apply_ops_kernel capped at 80 registers and with 128 threads per block
+    (``REMIXMATCH_CUDA_MAX_REGISTERS`` / ``REMIXMATCH_CUDA_THREADS``), as far as there is room.
 
 ``DIR/report.json`` (``"command": "gpu-check"``, the common header of :mod:`remixmatch.bench.report`)::
 
@@ -87,10 +89,16 @@ TEST_TIMEOUT_S = 240  # per test, where pytest-timeout is installed
 BUNDLE_LIMIT = 8  # files a lent machine sends back
 LEARN_EVAL_EVERY = 250
 AUG_PARTS = (("cuda", "cuda"), ("cpu", "cpu"))  # (sub-folder, rmm-bench aug --device)
-# The kernel-tuning section's variants of the CUDA kernel: (sub-folder, environment). ptxas predicts
-# 25% occupancy at 256 threads and 104 registers; a cap of 80 would allow 3 blocks per SM but spills.
-TUNING = (("max-registers-80", {"REMIXMATCH_CUDA_MAX_REGISTERS": "80"}),
-          ("threads-128", {"REMIXMATCH_CUDA_THREADS": "128"}))
+# The kernel-tuning section's variants of the CUDA kernel: (sub-folder, environment, image side; None:
+# the CIFAR-10 archive's 32x32). First the three designs for 96x96 views, which no GPU has compared
+# yet (README, "CUDA kernel resources"): global memory (the default), filter tiles staged in shared
+# memory, the whole view in opted-in shared memory. Then 32x32: ptxas predicts 25% occupancy at 256
+# threads and 104 registers; a cap of 80 would allow 3 blocks per SM but spills.
+TUNING = (("size96-global", {"REMIXMATCH_CUDA_LARGE_VIEWS": "global"}, 96),
+          ("size96-tiled", {"REMIXMATCH_CUDA_LARGE_VIEWS": "tiled"}, 96),
+          ("size96-shared-optin", {"REMIXMATCH_CUDA_LARGE_VIEWS": "shared-optin"}, 96),
+          ("max-registers-80", {"REMIXMATCH_CUDA_MAX_REGISTERS": "80"}, None),
+          ("threads-128", {"REMIXMATCH_CUDA_THREADS": "128"}, None))
 
 
 @dataclass(frozen=True)
@@ -204,9 +212,11 @@ def section_commands(name: str, config: CheckConfig, folder: Path) -> list[list[
     if name == "bn-mode":
         return [_bench("train", "--device", "cuda", "--quick", "--bn-mode", "reference", "--out", str(folder))]
     if name == "kernel-tuning":
+        # A size other than the archive's: synthetic images of that size.
         return [["env", *(f"{k}={v}" for k, v in env.items()),
-                 *_bench("aug", "--device", "cuda", "--quick", "--images", str(config.archive), "--out", str(folder / part))]
-                for part, env in TUNING]
+                 *_bench("aug", "--device", "cuda", "--quick",
+                         *(("--size", str(size)) if size else ("--images", str(config.archive))), "--out", str(folder / part))]
+                for part, env, size in TUNING]
     if name == "launcher":
         run = folder / "run"
         common = ["--gpus", "1", "--sync-bn", "--data", shards, "--labels", "250", "--out", str(run), "--quiet",
@@ -267,7 +277,7 @@ def metrics_evaluations(run_dir: Path) -> list[dict]:
 
 def section_details(name: str, folder: Path) -> dict:
     if name in ("augmentation", "kernel-tuning"):
-        parts = [part for part, _ in (AUG_PARTS if name == "augmentation" else TUNING)]
+        parts = [entry[0] for entry in (AUG_PARTS if name == "augmentation" else TUNING)]
         reports = {part: _read_json(folder / part / "report.json") for part in parts}
         return {"reports": {part: report for part, report in reports.items() if report is not None}}
     if name in ("environment", "pipeline", "training", "training-compile", "bn-mode"):
@@ -386,7 +396,7 @@ def figures(sections: dict) -> list[dict]:
         for r in report.get("results", []):
             if r.get("backend") == "numba-cuda" and r.get("op") is None and "skipped" not in r:
                 add("kernel-tuning", "cuda_views_per_s", r["views_per_s"], "views/s", variant=part, views=r["views"],
-                    inputs=r["inputs"])
+                    inputs=r["inputs"], size=r.get("size", [32, 32]))
     pipeline = _report_of(sections, "pipeline")
     for r in (pipeline or {}).get("results", []):
         if r.get("device") == "cuda" and "skipped" not in r:

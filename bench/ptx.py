@@ -11,7 +11,9 @@ thread, spill stores/loads, stack and static shared memory per entry point. Two 
 - ``"section": "kernel"``: each kernel as it is declared (its ``max_registers`` cap from
   :data:`remixmatch.kernels.cuda.MAX_REGISTERS`, its threads per block and dynamic shared memory as
   the launcher picks them), with the occupancy at each view size of :data:`SIZES` where the launcher
-  uses it (the shared-memory kernel up to its 48 KiB, the global-memory one above);
+  uses it under one of the designs for views over 48 KiB (``designs``, of
+  :data:`remixmatch.kernels.cuda.LARGE_VIEW_DESIGNS`): the shared-memory kernel up to 48 KiB and,
+  opted in, above; the global-memory and the tiled kernels above;
 - ``"section": "sweep"``: the per-view kernels under each register cap of :data:`CAPS` (``ptxas
   -maxrregcount``, what ``cuda.jit(max_registers=...)`` passes to the linker) and each block size of
   :data:`BLOCK_SIZES`, at the size the kernel serves: the evidence for the declared choice (not
@@ -27,12 +29,14 @@ occupancy = resident warps / 64. ``report.json`` (:mod:`remixmatch.bench.report`
      "gpu": "H100", "max_registers": 72 | null,   # the cap ptxas got (null: none)
      "registers": 72, "spill_store_bytes": 0, "spill_load_bytes": 0, "stack_bytes": 0,
      "static_shared_bytes": 64, "barriers": 1,
-     "launches": [{"size": "32x32", "threads_per_block": 256, "dynamic_shared_bytes": 15616,
+     "launches": [{"size": "32x32", "designs": ["global", "tiled", "shared-optin"],
+                   "threads_per_block": 256, "dynamic_shared_bytes": 15616,
                    "blocks_per_sm": 3, "warps_per_sm": 24, "occupancy": 0.375,
                    "limited_by": "registers" | "shared memory" | "threads" | "blocks"}, ...]}
 
 ``summary``: ``{"ptxas": version line, "spills": [kernel@arch with spill bytes, as declared],
-"declared": {"<kernel>@<arch>": {"registers", "occupancy": {size: occupancy}}}}``. Without ptxas
+"declared": {"<kernel>@<arch>": {"registers", "occupancy": {size: occupancy}}}}`` (the size named
+"96x96 (shared-optin)" where only some designs launch the kernel there). Without ptxas
 or NVVM the report holds one skipped row with the reason.
 """
 
@@ -78,7 +82,7 @@ SIZES = ((32, 32), (96, 96))  # CIFAR-10 / SVHN and STL-10
 CAPS = (None, 128, 96, 80, 72, 64)
 # The per-view kernels: their register pressure decides how many views an SM holds at once (the
 # weak-augmentation kernel uses ~30 registers and is never register-bound).
-SWEPT_KERNELS = ("apply_ops_kernel", "apply_ops_kernel_global")
+SWEPT_KERNELS = ("apply_ops_kernel", "apply_ops_kernel_global", "apply_ops_kernel_tiled")
 BLOCK_SIZES = (128, 256, 512)
 REGISTER_UNIT = 256  # registers are allocated per warp in units of this many
 SHARED_UNIT = 128  # shared memory is allocated per block in units of this many bytes
@@ -157,20 +161,33 @@ def _size_name(height: int, width: int) -> str:
 
 
 def launches(name: str, resources: dict, arch: Arch, threads: int | None = None) -> list[dict]:
-    """The kernel's launches at each of SIZES where the launcher uses it, with their occupancy."""
+    """The kernel's launches at each of SIZES where the launcher uses it under some design for large
+    views, with the designs that launch it so and its occupancy."""
+    from remixmatch.kernels.cuda import LARGE_VIEW_DESIGNS
     from remixmatch.kernels.cuda_launch import launch_shape
 
     found = []
     for height, width in SIZES:
-        shape = launch_shape(name, height, width)
-        if shape is None:
-            continue
-        block = threads or shape.threads_per_block
-        found.append({"size": _size_name(height, width), "threads_per_block": block,
-                      "dynamic_shared_bytes": shape.dynamic_shared_bytes,
-                      **occupancy(arch, resources["registers"], block,
-                                  resources["static_shared_bytes"] + shape.dynamic_shared_bytes)})
+        designs: dict = {}
+        for design in LARGE_VIEW_DESIGNS:
+            shape = launch_shape(name, height, width, design)
+            if shape is not None:
+                designs.setdefault(shape, []).append(design)
+        for shape, names in designs.items():
+            block = threads or shape.threads_per_block
+            found.append({"size": _size_name(height, width), "designs": names, "threads_per_block": block,
+                          "dynamic_shared_bytes": shape.dynamic_shared_bytes,
+                          **occupancy(arch, resources["registers"], block,
+                                      resources["static_shared_bytes"] + shape.dynamic_shared_bytes)})
     return found
+
+
+def _launch_name(launch: dict) -> str:
+    """The launch's size, with its designs where not every design launches the kernel so."""
+    from remixmatch.kernels.cuda import LARGE_VIEW_DESIGNS
+
+    designs = launch.get("designs", list(LARGE_VIEW_DESIGNS))
+    return launch["size"] if len(designs) == len(LARGE_VIEW_DESIGNS) else f"{launch['size']} ({', '.join(designs)})"
 
 
 def kernel_rows(ptxas: Path, ptx_files: dict, sweep: bool, log: Callable) -> list[dict]:
@@ -232,7 +249,7 @@ def summarize(rows: list[dict], version: str | None) -> dict:
                    if r["spill_store_bytes"] or r["spill_load_bytes"]],
         "declared": {f"{r['kernel']}@{r['arch']}": {
             "registers": r["registers"], "max_registers": r["max_registers"],
-            "occupancy": {launch["size"]: launch["occupancy"] for launch in r["launches"]}} for r in declared},
+            "occupancy": {_launch_name(launch): launch["occupancy"] for launch in r["launches"]}} for r in declared},
     }
 
 
@@ -266,7 +283,7 @@ def run(config: PtxConfig, log: Callable[[object], None]) -> dict:
 # ---- markdown -------------------------------------------------------------------------------------
 
 def _launch_cells(row: dict) -> str:
-    return "; ".join(f"{x['size']}: {x['threads_per_block']} thr, {x['dynamic_shared_bytes']:,} B dyn, "
+    return "; ".join(f"{_launch_name(x)}: {x['threads_per_block']} thr, {x['dynamic_shared_bytes']:,} B dyn, "
                      f"{x['blocks_per_sm']} blocks = {100 * x['occupancy']:.1f}% ({x['limited_by']})"
                      for x in row["launches"]) or "-"
 

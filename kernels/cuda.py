@@ -7,7 +7,11 @@ tables finished by one thread per channel, and writes the result once. The pixel
 
 Dynamic shared memory holds, in order: coords (H + W int32), hist (768 int32), lut (768 int32), then
 the three image buffers (H * W * 3 bytes each: input, output, row pass). Views too large for a
-block's shared memory run the same per-view code with those buffers in global memory instead.
+block's default 48 KiB of shared memory take one of three designs (``LARGE_VIEW_DESIGNS``): the same
+per-view code with those buffers in global memory (``apply_ops_kernel_global``); the same with the
+neighbourhood filters reading tiles of the view staged in shared memory
+(``apply_ops_kernel_tiled``); or the shared-memory kernel with more than 48 KiB opted in
+(``cuda_launch``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 from numba import cuda, float64, int32, uint8
 
 from .compile import cuda_functions, cuda_simulated
-from .scalar import CUTOUT, LUT_SIZE, PARAMS_F, PARAMS_I
+from .scalar import BLUR, CUTOUT, LUT_SIZE, PARAMS_F, PARAMS_I
 
 fns = cuda_functions()  # the scalar.py functions compiled for this target
 
@@ -30,15 +34,29 @@ fns = cuda_functions()  # the scalar.py functions compiled for this target
 THREADS_PER_BLOCK = 256
 # cuda.jit(max_registers=...) per kernel; None: the compiler's choice. A CI test fails on any spill.
 MAX_REGISTERS: dict[str, int | None] = {"apply_ops_kernel": None, "apply_ops_kernel_global": None,
-                                        "weak_augment_kernel": None}
+                                        "apply_ops_kernel_tiled": None, "weak_augment_kernel": None}
 # For measuring other choices on a GPU (rmm-bench gpu-check's kernel-tuning section), without an edit:
-# the apply kernels' threads per block, and apply_ops_kernel's register cap.
+# the apply kernels' threads per block, and their register cap (each view size runs one of them: at
+# 32x32 it caps apply_ops_kernel, at 96x96 the kernel of the large-view design).
 THREADS_ENV, MAX_REGISTERS_ENV = "REMIXMATCH_CUDA_THREADS", "REMIXMATCH_CUDA_MAX_REGISTERS"
+# Views larger than the default 48 KiB of dynamic shared memory (96x96): their buffers in global
+# memory, global with tiles staged in shared memory for the neighbourhood filters, or the whole view
+# in shared memory with the larger limit opted in. No GPU has measured them yet: the default is the
+# design that has run on one.
+LARGE_VIEWS_ENV = "REMIXMATCH_CUDA_LARGE_VIEWS"
+LARGE_VIEW_DESIGNS = ("global", "tiled", "shared-optin")
+LARGE_VIEWS = "global"
 
 
 def _tuning_from_env() -> None:
-    global THREADS_PER_BLOCK
+    global THREADS_PER_BLOCK, LARGE_VIEWS
     threads, cap = os.environ.get(THREADS_ENV), os.environ.get(MAX_REGISTERS_ENV)
+    design = os.environ.get(LARGE_VIEWS_ENV)
+    if design is not None:
+        if design not in LARGE_VIEW_DESIGNS:
+            raise ValueError(f"{LARGE_VIEWS_ENV}={design!r}: the design for large views must be one of "
+                             f"{', '.join(LARGE_VIEW_DESIGNS)}")
+        LARGE_VIEWS = design
     if threads is not None:
         if not (threads.isdigit() and 32 <= int(threads) <= 1024 and int(threads) % 32 == 0):
             raise ValueError(f"{THREADS_ENV}={threads!r}: threads per block must be a multiple of 32 in 32..1024")
@@ -46,7 +64,8 @@ def _tuning_from_env() -> None:
     if cap is not None:
         if not (cap.isdigit() and 16 <= int(cap) <= 255):
             raise ValueError(f"{MAX_REGISTERS_ENV}={cap!r}: a register cap must be in 16..255")
-        MAX_REGISTERS["apply_ops_kernel"] = int(cap)
+        for name in ("apply_ops_kernel", "apply_ops_kernel_global", "apply_ops_kernel_tiled"):
+            MAX_REGISTERS[name] = int(cap)
 
 
 _tuning_from_env()
@@ -60,7 +79,12 @@ def _kernel(name: str):
 
 def shared_bytes(height: int, width: int) -> int:
     """Dynamic shared memory one block needs for a height x width view."""
-    return 4 * (height + width + 2 * LUT_SIZE) + 3 * height * width * 3
+    return tiled_shared_bytes(height, width) + 3 * height * width * 3
+
+
+def tiled_shared_bytes(height: int, width: int) -> int:
+    """Dynamic shared memory of the tiled kernel: the view's words (coords, hist, lut) alone."""
+    return 4 * (height + width + 2 * LUT_SIZE)
 
 
 @cuda.jit(device=True, inline="always")
@@ -75,78 +99,140 @@ def _load_view(images, source, buf, height, width, weak, flip, off_y, off_x, pad
         buf[p * 3 + 2] = images[source, s * 3 + 2]
 
 
+# The tiled kernel's tiles: 16 x 16 output pixels, one per thread of a 256-thread block (96x96 is
+# 6 x 6 whole tiles, no thread idles), staged with a halo of 1 pixel (smooth, sharpness) or 2 (blur):
+# 18 x 18 or 20 x 20 pixels read for 256 written, where a larger tile would read fewer halo pixels
+# but leave threads idle at 32x32 and hold more shared memory for no extra threads.
+TILE = 16
+MAX_HALO = 2
+TILE_SPAN = TILE + 2 * MAX_HALO
+TILE_BYTES = TILE_SPAN * TILE_SPAN * 3
+
+
 @cuda.jit(device=True, inline="always")
-def _apply_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms, cutout,
-                cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x, a, b,
-                rows, coords, hist, lut, params_i, params_f):
-    # View n end to end by one block: load into a, chain the ops between a and b, write out.
-    # The thread's index and count are read here, not passed: CPython compiles a call of more than
-    # 30 arguments as a call with *args, which Numba's CUDA inliner refuses.
-    tid = cuda.threadIdx.x
-    nthreads = cuda.blockDim.x
-    size = height * width * 3
-    pixels = height * width
-    flip = 0
-    off_y = 0
-    off_x = 0
-    if weak:
-        flip = flips[n]
-        off_y = offsets[n, 0]
-        off_x = offsets[n, 1]
-    source = fns.clamp_index(sources[n], images.shape[0])
-    _load_view(images, source, a, height, width, weak, flip, off_y, off_x, pad, tid, nthreads)
-
-    depth = op_ids.shape[1]
-    steps = depth
-    if cutout:
-        steps = depth + 1
-    for step in range(steps):
-        if step < depth:
-            op = op_ids[n, step]
-            v0 = float(levels[n, step, 0])
-            v1 = float(levels[n, step, 1])
-        else:
-            op = CUTOUT
-            v0 = cutout_level
-            v1 = 0.0
-        if tid == 0:
-            fns.prepare_op(op, v0, v1, float(rand[n, step, 0]), float(rand[n, step, 1]), height,
-                           width, params_i, params_f, coords, rotations, forms)
-        if fns.needs_histogram(op):
-            for i in range(tid, LUT_SIZE, nthreads):
-                hist[i] = 0
-            cuda.syncthreads()
-            for i in range(tid, size, nthreads):
-                p = i // 3
-                slot = fns.histogram_slot(op, a, p, i - p * 3)
-                if slot >= 0:
-                    cuda.atomic.add(hist, slot, 1)
-            cuda.syncthreads()
-            if tid < 3:
-                fns.finish_statistics(op, hist, lut, params_i, tid, pixels)
+def _filter_tiles(op, a, b, tile, height, width, params_f, tid, nthreads):
+    # A neighbourhood filter (smooth, sharpness, blur) from a into b, a tile at a time: the block
+    # copies the tile and its halo from a into shared memory, then each thread writes output pixels
+    # whose neighbours it reads from the tile. Halo pixels outside the view are clamped copies that
+    # no pixel reads (pixels within the filter's reach of the border are copies of themselves).
+    halo = 1
+    if op == BLUR:
+        halo = 2
+    span = TILE + 2 * halo
+    tiles_x = (width + TILE - 1) // TILE
+    tiles = tiles_x * ((height + TILE - 1) // TILE)
+    alpha = np.float32(params_f[0])
+    for t in range(tiles):
+        tile_y = t // tiles_x
+        y0 = tile_y * TILE - halo
+        x0 = (t - tile_y * tiles_x) * TILE - halo
+        for q in range(tid, span * span, nthreads):
+            r = q // span
+            sy = min(max(y0 + r, 0), height - 1)
+            sx = min(max(x0 + q - r * span, 0), width - 1)
+            s = (sy * width + sx) * 3
+            tile[q * 3] = a[s]
+            tile[q * 3 + 1] = a[s + 1]
+            tile[q * 3 + 2] = a[s + 2]
         cuda.syncthreads()
-        if fns.is_point_op(op):
-            for j in range(tid, LUT_SIZE, nthreads):
-                lut[j] = fns.point_value(op, j & 255, lut[j], params_i, params_f)
-            cuda.syncthreads()
-            for i in range(tid, size, nthreads):
-                b[i] = lut[(i - (i // 3) * 3) * 256 + np.int32(a[i])]
-        else:
-            if fns.has_row_pass(op):
-                for p in range(tid, fns.row_pass_rows(op, params_i) * width, nthreads):
-                    r = p // width
-                    fns.row_pass_pixel(op, a, rows, r, p - r * width, width, params_i, bounds_x,
-                                       coef_x)
+        for q in range(tid, TILE * TILE, nthreads):
+            r = q // TILE
+            c = q - r * TILE
+            y = y0 + halo + r
+            x = x0 + halo + c
+            if y < height and x < width:
+                fns.staged_filter_pixel(op, tile, r + halo, c + halo, span, b, (y * width + x) * 3, y, x,
+                                        height, width, alpha)
+        # The next tile overwrites what this one's pixels read.
+        cuda.syncthreads()
+
+
+def _view_function(staged: bool):
+    """The per-view device function; ``staged``: the neighbourhood filters read tiles of the view
+    staged in the shared-memory ``tile`` (the other kernels pass any uint8 array there). A constant
+    of the closure, so each kernel compiles only its own branch."""
+
+    @cuda.jit(device=True, inline="always")
+    def apply_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms, cutout,
+                   cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x, a, b,
+                   rows, coords, hist, lut, params_i, params_f, tile):
+        # View n end to end by one block: load into a, chain the ops between a and b, write out.
+        # The thread's index and count are read here, not passed: CPython compiles a call of more
+        # than 30 arguments as a call with *args, which Numba's CUDA inliner refuses.
+        tid = cuda.threadIdx.x
+        nthreads = cuda.blockDim.x
+        size = height * width * 3
+        pixels = height * width
+        flip = 0
+        off_y = 0
+        off_x = 0
+        if weak:
+            flip = flips[n]
+            off_y = offsets[n, 0]
+            off_x = offsets[n, 1]
+        source = fns.clamp_index(sources[n], images.shape[0])
+        _load_view(images, source, a, height, width, weak, flip, off_y, off_x, pad, tid, nthreads)
+
+        depth = op_ids.shape[1]
+        steps = depth
+        if cutout:
+            steps = depth + 1
+        for step in range(steps):
+            if step < depth:
+                op = op_ids[n, step]
+                v0 = float(levels[n, step, 0])
+                v1 = float(levels[n, step, 1])
+            else:
+                op = CUTOUT
+                v0 = cutout_level
+                v1 = 0.0
+            if tid == 0:
+                fns.prepare_op(op, v0, v1, float(rand[n, step, 0]), float(rand[n, step, 1]), height,
+                               width, params_i, params_f, coords, rotations, forms)
+            if fns.needs_histogram(op):
+                for i in range(tid, LUT_SIZE, nthreads):
+                    hist[i] = 0
                 cuda.syncthreads()
-            for p in range(tid, pixels, nthreads):
-                y = p // width
-                fns.op_pixel(op, a, rows, b, y, p - y * width, height, width, params_i, params_f,
-                             coords, bounds_y, coef_y)
-        cuda.syncthreads()
-        a, b = b, a
+                for i in range(tid, size, nthreads):
+                    p = i // 3
+                    slot = fns.histogram_slot(op, a, p, i - p * 3)
+                    if slot >= 0:
+                        cuda.atomic.add(hist, slot, 1)
+                cuda.syncthreads()
+                if tid < 3:
+                    fns.finish_statistics(op, hist, lut, params_i, tid, pixels)
+            cuda.syncthreads()
+            if fns.is_point_op(op):
+                for j in range(tid, LUT_SIZE, nthreads):
+                    lut[j] = fns.point_value(op, j & 255, lut[j], params_i, params_f)
+                cuda.syncthreads()
+                for i in range(tid, size, nthreads):
+                    b[i] = lut[(i - (i // 3) * 3) * 256 + np.int32(a[i])]
+            else:
+                if fns.has_row_pass(op):
+                    for p in range(tid, fns.row_pass_rows(op, params_i) * width, nthreads):
+                        r = p // width
+                        fns.row_pass_pixel(op, a, rows, r, p - r * width, width, params_i, bounds_x,
+                                           coef_x)
+                    cuda.syncthreads()
+                if staged and fns.is_neighbourhood_op(op):
+                    _filter_tiles(op, a, b, tile, height, width, params_f, tid, nthreads)
+                else:
+                    for p in range(tid, pixels, nthreads):
+                        y = p // width
+                        fns.op_pixel(op, a, rows, b, y, p - y * width, height, width, params_i,
+                                     params_f, coords, bounds_y, coef_y)
+            cuda.syncthreads()
+            a, b = b, a
 
-    for i in range(tid, size, nthreads):
-        out[n, i] = a[i]
+        for i in range(tid, size, nthreads):
+            out[n, i] = a[i]
+
+    return apply_view
+
+
+_apply_view = _view_function(False)
+_apply_view_staged = _view_function(True)
 
 
 # The kernels' parameters are the fields of args.ApplyArgs / args.WeakArgs, in order.
@@ -168,7 +254,7 @@ def apply_ops_kernel(images, sources, weak, flips, offsets, pad, op_ids, levels,
     params_f = cuda.shared.array(PARAMS_F, float64)
     _apply_view(cuda.blockIdx.x, images, sources, weak, flips, offsets, pad, op_ids, levels, rand,
                 forms, cutout, cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x,
-                coef_x, a, b, rows, coords, hist, lut, params_i, params_f)
+                coef_x, a, b, rows, coords, hist, lut, params_i, params_f, rows)
 
 
 @_kernel("apply_ops_kernel_global")
@@ -191,8 +277,36 @@ def apply_ops_kernel_global(images, sources, weak, flips, offsets, pad, op_ids, 
     for n in range(block, out.shape[0], cuda.gridDim.x):
         _apply_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms, cutout,
                     cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x,
-                    a, b, rows, coords, hist, lut, params_i, params_f)
+                    a, b, rows, coords, hist, lut, params_i, params_f, rows)
         # The next view's load overwrites the buffers this view's last pass read.
+        cuda.syncthreads()
+
+
+@_kernel("apply_ops_kernel_tiled")
+def apply_ops_kernel_tiled(images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms,
+                           cutout, cutout_level, height, width, out, rotations, bounds_y, coef_y,
+                           bounds_x, coef_x, scratch):
+    """The view's three image buffers in global memory, block k's in scratch[k], the blocks striding
+    over the views, as apply_ops_kernel_global: geometric ops and histograms read the whole view
+    between ops. Everything else in shared memory: the words (coords, hist, lut: dynamic, as in
+    apply_ops_kernel, so histograms are built by shared-memory atomics) and a tile (TILE_BYTES)
+    that the neighbourhood filters (smooth, sharpness, blur) stage the view in, a tile at a time."""
+    block = cuda.blockIdx.x
+    size = height * width * 3
+    a = scratch[block, :size]
+    b = scratch[block, size: 2 * size]
+    rows = scratch[block, 2 * size: 3 * size]
+    words = cuda.shared.array(0, int32)
+    coords = words[: height + width]
+    hist = words[height + width: height + width + LUT_SIZE]
+    lut = words[height + width + LUT_SIZE: height + width + 2 * LUT_SIZE]
+    params_i = cuda.shared.array(PARAMS_I, int32)
+    params_f = cuda.shared.array(PARAMS_F, float64)
+    tile = cuda.shared.array(TILE_BYTES, uint8)
+    for n in range(block, out.shape[0], cuda.gridDim.x):
+        _apply_view_staged(n, images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms,
+                           cutout, cutout_level, height, width, out, rotations, bounds_y, coef_y,
+                           bounds_x, coef_x, a, b, rows, coords, hist, lut, params_i, params_f, tile)
         cuda.syncthreads()
 
 
@@ -229,6 +343,7 @@ def kernel_signatures():
     return {
         "apply_ops_kernel": (apply_ops_kernel, apply_sig),
         "apply_ops_kernel_global": (apply_ops_kernel_global, apply_sig + (u8_2d, i32_2d)),
+        "apply_ops_kernel_tiled": (apply_ops_kernel_tiled, apply_sig + (u8_2d,)),
         "weak_augment_kernel": (weak_augment_kernel, weak_sig),
     }
 

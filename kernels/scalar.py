@@ -781,3 +781,35 @@ def weak_source(y, x, height, width, flip, off_y, off_x, pad):
     if flip != 0:
         sx = width - 1 - sx
     return sy * width + sx
+
+
+# ---------------------------------------------------------------------------------------------
+# The neighbourhood filters over a staged copy of the pixels they read (the CUDA tiled kernel).
+
+
+def is_neighbourhood_op(op):
+    # The ops whose output pixel reads its neighbours: a tile plus a halo of their reach holds all.
+    return filter_margin(op) > 0
+
+
+def staged_filter_pixel(op, tile, ty, tx, span, out, i, y, x, height, width, alpha):
+    """op_pixel's SHARPNESS, SMOOTH or BLUR for pixel (y, x) of a height x width image, written at
+    out[i:i + 3], with the pixel and its neighbours read from ``tile``: a copy of the image around
+    it, ``span`` pixels wide (HWC), holding (y, x) at (ty, tx). Pixels within the filter's reach of
+    the image border are copies of themselves (as in smooth_at and blur_at); for the others the
+    tile, at least that reach from its own border there, is what the filter reads."""
+    reach = filter_margin(op)
+    edge = y < reach or x < reach or y >= height - reach or x >= width - reach
+    j = (ty * span + tx) * 3
+    for c in range(3):
+        v = px(tile, j + c)
+        filtered = v
+        if not edge:
+            if op == BLUR:
+                filtered = blur_inside(tile, j + c, span * 3)
+            else:
+                filtered = smooth_inside(tile, j + c, span * 3)
+        if op == SHARPNESS:
+            out[i + c] = blend_u8(filtered, v, alpha)
+        else:
+            out[i + c] = blend_u8(v, filtered, alpha)

@@ -200,7 +200,8 @@ def test_the_kernel_tuning_variables_reach_the_launch_and_the_jit(variables, thr
     import os
 
     probe = ("from remixmatch.kernels.cuda import MAX_REGISTERS; from remixmatch.kernels.cuda_launch import apply_launch; "
-             "print(apply_launch(32, 32).threads_per_block, MAX_REGISTERS['apply_ops_kernel'])")
+             "caps = {MAX_REGISTERS[k] for k in ('apply_ops_kernel', 'apply_ops_kernel_global', 'apply_ops_kernel_tiled')}; "
+             "print(apply_launch(32, 32).threads_per_block, *caps)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMIXMATCH_CUDA_")}
     done = subprocess.run([sys.executable, "-c", probe], env={**env, **variables}, capture_output=True, text=True,
                           timeout=300)
@@ -208,9 +209,33 @@ def test_the_kernel_tuning_variables_reach_the_launch_and_the_jit(variables, thr
     assert done.stdout.split() == [str(threads), str(cap)]
 
 
-def test_a_bad_tuning_variable_names_itself():
+@pytest.mark.parametrize("design, kernel, dynamic_shared", [
+    (None, "apply_ops_kernel_global", 0),
+    ("tiled", "apply_ops_kernel_tiled", 4 * (96 + 96 + 2 * 768)),
+    ("shared-optin", "apply_ops_kernel", 3 * 96 * 96 * 3 + 4 * (96 + 96 + 2 * 768)),
+])
+def test_the_large_view_design_variable_picks_the_96x96_kernel(design, kernel, dynamic_shared):
+    """REMIXMATCH_CUDA_LARGE_VIEWS picks the kernel of views over 48 KiB; 32x32 keeps the shared one."""
+    import os
+
+    probe = ("from remixmatch.kernels.cuda_launch import apply_launch; "
+             "print(apply_launch(96, 96).kernel, apply_launch(96, 96).dynamic_shared_bytes, apply_launch(32, 32).kernel)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMIXMATCH_CUDA_")}
+    variables = {"REMIXMATCH_CUDA_LARGE_VIEWS": design} if design else {}
+    done = subprocess.run([sys.executable, "-c", probe], env={**env, **variables}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [kernel, str(dynamic_shared), "apply_ops_kernel"]
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("REMIXMATCH_CUDA_THREADS", "100", "REMIXMATCH_CUDA_THREADS='100': threads per block must be a multiple of 32"),
+    ("REMIXMATCH_CUDA_LARGE_VIEWS", "shared", "REMIXMATCH_CUDA_LARGE_VIEWS='shared': the design for large views must "
+                                              "be one of global, tiled, shared-optin"),
+])
+def test_a_bad_tuning_variable_names_itself(variable, value, message):
     import os
 
     done = subprocess.run([sys.executable, "-c", "import remixmatch.kernels.cuda"], capture_output=True, text=True,
-                          env={**os.environ, "REMIXMATCH_CUDA_THREADS": "100"}, timeout=300)
-    assert done.returncode != 0 and "REMIXMATCH_CUDA_THREADS='100': threads per block must be a multiple of 32" in done.stderr
+                          env={**os.environ, variable: value}, timeout=300)
+    assert done.returncode != 0 and message in done.stderr

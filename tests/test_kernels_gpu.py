@@ -79,14 +79,18 @@ def test_cuda_weak_augment_equals_cpu(batch):
     assert np.array_equal(got, expected)
 
 
-def test_cuda_global_memory_variant_equals_cpu_at_96x96(batch):
-    """96x96 views do not fit a block's shared memory: the global-memory kernel renders them."""
+@pytest.mark.parametrize("design, kernel", [("global", "apply_ops_kernel_global"), ("tiled", "apply_ops_kernel_tiled"),
+                                            ("shared-optin", "apply_ops_kernel")])
+def test_cuda_large_view_designs_equal_cpu_at_96x96(batch, monkeypatch, design, kernel):
+    """96x96 views do not fit a block's default 48 KiB of shared memory: each design for them (global
+    memory, filter tiles staged in shared memory, the view in opted-in shared memory) renders them."""
     from numba import cuda
 
-    from remixmatch.kernels.cuda_launch import apply_launch
+    from remixmatch.kernels import cuda_launch
 
+    monkeypatch.setattr(cuda_launch, "LARGE_VIEWS", design)
     images = np.ascontiguousarray(batch["images"][:16].repeat(3, axis=1).repeat(3, axis=2))  # real, 96x96
-    assert apply_launch(96, 96).kernel == "apply_ops_kernel_global"
+    assert cuda_launch.apply_launch(96, 96).kernel == kernel
     n = 16 * 4
     per_view = {"op_ids": batch["op_ids"][:n], "levels": batch["levels"][:n], "rand": batch["rand"][:n],
                 "sources": np.repeat(np.arange(16, dtype=np.int32), 4),
@@ -98,6 +102,8 @@ def test_cuda_global_memory_variant_equals_cpu_at_96x96(batch):
     assert np.array_equal(got, apply_ops(images, *args, **extra))
 
 
+# Not the tiled kernel: its PTX is checked like every kernel's (tests/test_kernels_ptx.py), and one
+# more compile would cost the GPU run's correctness section what the 96x96 designs' own test needs.
 @pytest.mark.parametrize("name", ["apply_ops_kernel", "apply_ops_kernel_global", "weak_augment_kernel"])
 def test_the_machine_code_has_no_fused_multiply_add(name):
     """The PTX test shows every float product and sum goes through the round-to-nearest intrinsics;

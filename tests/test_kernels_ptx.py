@@ -100,3 +100,31 @@ def test_ptxas_is_found_on_path_or_under_cuda_home_without_the_wheel(tmp_path, m
     on_path = _fake_ptxas(tmp_path / "path")
     monkeypatch.setenv("PATH", str(tmp_path / "path"))
     assert ptx.find_ptxas() == on_path
+
+
+def test_every_large_view_design_has_its_launch_and_occupancy():
+    """At 96x96 each design of REMIXMATCH_CUDA_LARGE_VIEWS launches its own kernel, whatever the
+    default: the report predicts the occupancy of all three (no compile needed for the arithmetic)."""
+    from remixmatch.kernels.cuda import LARGE_VIEW_DESIGNS
+
+    sm_80, sm_90 = ptx.ARCHS
+    found = {}
+    for name, registers, static in (("apply_ops_kernel", 116, 64), ("apply_ops_kernel_global", 192, 64),
+                                    ("apply_ops_kernel_tiled", 176, 1264)):
+        for arch in (sm_80, sm_90):
+            for launch in ptx.launches(name, {"registers": registers, "static_shared_bytes": static}, arch):
+                if launch["size"] == "96x96":
+                    (design,) = launch["designs"]
+                    found[design, arch.name] = (name, launch["dynamic_shared_bytes"], launch["occupancy"],
+                                                launch["limited_by"])
+    assert sorted({design for design, _ in found}) == sorted(LARGE_VIEW_DESIGNS)
+    assert found["global", "sm_90"] == ("apply_ops_kernel_global", 0, 0.125, "registers")
+    assert found["tiled", "sm_90"] == ("apply_ops_kernel_tiled", 4 * (96 + 96 + 2 * 768), 0.125, "registers")
+    # 89,856 B of opted-in shared memory: two blocks in an H100's 228 KiB, one in an A100's 164 KiB.
+    assert found["shared-optin", "sm_90"] == ("apply_ops_kernel", 89856, 0.25, "shared memory")
+    assert found["shared-optin", "sm_80"] == ("apply_ops_kernel", 89856, 0.125, "shared memory")
+    summary = ptx.summarize([{"section": "kernel", "kernel": "apply_ops_kernel", "arch": "sm_90", "registers": 116,
+                              "max_registers": None, "spill_store_bytes": 0, "spill_load_bytes": 0,
+                              "launches": ptx.launches("apply_ops_kernel", {"registers": 116,
+                                                                            "static_shared_bytes": 64}, sm_90)}], None)
+    assert summary["declared"]["apply_ops_kernel@sm_90"]["occupancy"] == {"32x32": 0.25, "96x96 (shared-optin)": 0.25}
