@@ -211,21 +211,38 @@ def kernel_rows(ptxas: Path, ptx_files: dict, sweep: bool, log: Callable) -> lis
     return rows
 
 
-def compile_all_ptx(directory: Path, log: Callable) -> dict:
-    """One PTX file per (kernel, arch), written under ``directory``."""
+def _compile_ptx(job: tuple[str, str, str]) -> tuple[str, str, float]:
+    """One (kernel, arch) to PTX under a directory, in a worker process: (kernel, arch, seconds)."""
     from numba import cuda
 
     from remixmatch.kernels.cuda import kernel_signatures
 
+    name, arch_name, directory = job
+    arch = next(a for a in ARCHS if a.name == arch_name)
+    kernel, signature = kernel_signatures()[name]
+    start = time.perf_counter()
+    ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=arch.cc)
+    (Path(directory) / f"{name}.{arch.name}.ptx").write_text(ptx, encoding="utf-8")
+    return name, arch_name, time.perf_counter() - start
+
+
+def compile_all_ptx(directory: Path, log: Callable) -> dict:
+    """One PTX file per (kernel, arch), written under ``directory``. NVVM takes most of a minute per
+    apply kernel and arch on one core: the compiles run in a pool of one process per core."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from remixmatch.kernels.cuda import kernel_signatures
+
+    jobs = [(name, arch.name, str(directory)) for name in kernel_signatures() for arch in ARCHS]
+    workers = max(1, min(len(jobs), os.cpu_count() or 1))
     files = {}
-    for name, (kernel, signature) in kernel_signatures().items():
-        for arch in ARCHS:
-            start = time.perf_counter()
-            ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=arch.cc)
-            path = directory / f"{name}.{arch.name}.ptx"
-            path.write_text(ptx, encoding="utf-8")
-            log(f"{name} {arch.name}: PTX in {time.perf_counter() - start:.1f} s")
-            files[name, arch] = path
+    # spawn: a forked child would inherit this process's CUDA driver state and threads.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for name, arch_name, seconds in pool.map(_compile_ptx, jobs):
+            arch = next(a for a in ARCHS if a.name == arch_name)
+            log(f"{name} {arch.name}: PTX in {seconds:.1f} s")
+            files[name, arch] = Path(directory) / f"{name}.{arch.name}.ptx"
     return files
 
 
