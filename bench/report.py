@@ -86,27 +86,18 @@ A ``results`` row is one of three kinds, told apart by its keys:
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import json
 import os
 import platform
 import statistics
 from pathlib import Path
 
+from remixmatch.common.versions import package_versions  # noqa: F401  (the bench commands import it from here)
+
 SCHEMA_VERSION = 1
 
 # Distribution names whose versions a report records (importlib.metadata: nothing gets imported).
 PACKAGES = ("numpy", "numba", "numba-cuda", "pillow", "torch", "remixmatch")
-
-
-def package_versions(names: tuple[str, ...] = PACKAGES) -> dict:
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def _processor_name() -> str:

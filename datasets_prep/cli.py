@@ -21,6 +21,7 @@ from .format import DEFAULT_SHARD_ROWS
 
 # Ctrl-C during a prep: the output is built under a temporary name and renamed only when whole.
 NOTHING_WRITTEN = "interrupted; nothing was written"
+ARCHIVE_SOURCE_HELP = "archive, folder or URL (default: download the official archive; an archive's MD5 is checked)"
 
 
 def _common_prep_options(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +39,14 @@ def _common_prep_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no progress bars (they are off anyway when stderr is not a terminal)",
     )
+
+
+def _official_source_options(parser: argparse.ArgumentParser, source_help: str, checked: str) -> None:
+    """--source, and --md5 for a copy of the official archive whose digest is not the official one."""
+    parser.add_argument("--source", metavar="PATH|URL", help=source_help)
+    parser.add_argument("--md5", metavar="HEX",
+                        help=f"the MD5 {checked} must have, instead of the official one: for a mirror or a "
+                             "re-packed copy whose digest is published elsewhere")
 
 
 def _summary(manifest: dict, out: Path, seconds: float, sizes: bool = False) -> str:
@@ -83,15 +92,11 @@ def prep_cifar10_main(argv: Sequence[str] | None = None) -> int:
         description="Shard CIFAR-10 (the official python archive, downloaded by default; its extracted "
         "cifar-10-batches-py/ folder; or a train/<class>/*, test/<class>/* image tree, as a folder or a tar).",
     )
-    parser.add_argument(
-        "--source",
-        metavar="PATH|URL",
-        help="archive, folder or URL (default: download the official archive and check its MD5)",
-    )
+    _official_source_options(parser, "archive, folder or URL (default: download the official archive and check "
+                                     "its MD5)", "a downloaded archive")
     parser.add_argument(
         "--workers", type=positive_int, metavar="N", help="decoding processes for image trees (default: CPU count)"
     )
-    parser.add_argument("--md5", help=argparse.SUPPRESS)  # replaces the official MD5 of a download (tests)
     _common_prep_options(parser)
     args = parser.parse_args(argv)
 
@@ -105,13 +110,8 @@ def prep_cifar100_main(argv: Sequence[str] | None = None) -> int:
         description="Shard CIFAR-100 (the official python archive, downloaded by default, MD5 checked; or its "
         "extracted cifar-100-python/ folder). Fine labels (100 classes) unless --coarse; names from meta.",
     )
-    parser.add_argument(
-        "--source",
-        metavar="PATH|URL",
-        help="archive, folder or URL (default: download the official archive; an archive's MD5 is checked)",
-    )
+    _official_source_options(parser, ARCHIVE_SOURCE_HELP, "the archive")
     parser.add_argument("--coarse", action="store_true", help="store the 20 superclasses instead of the 100 classes")
-    parser.add_argument("--md5", help=argparse.SUPPRESS)  # replaces the official MD5 (tests)
     _common_prep_options(parser)
     args = parser.parse_args(argv)
 
@@ -126,13 +126,8 @@ def prep_stl10_main(argv: Sequence[str] | None = None) -> int:
         "extracted stl10_binary/ folder): splits train (5,000), test (8,000), unlabeled (100,000, label -1), "
         "96x96, and the 10 official folds in the manifest. Streamed in blocks.",
     )
-    parser.add_argument(
-        "--source",
-        metavar="PATH|URL",
-        help="archive, folder or URL (default: download the official archive; an archive's MD5 is checked)",
-    )
+    _official_source_options(parser, ARCHIVE_SOURCE_HELP, "the archive")
     parser.add_argument("--encoded", action="store_true", help="store PNG bytes instead of raw pixels")
-    parser.add_argument("--md5", help=argparse.SUPPRESS)  # replaces the official MD5 (tests)
     _common_prep_options(parser)
     args = parser.parse_args(argv)
 
@@ -152,7 +147,9 @@ def prep_svhn_main(argv: Sequence[str] | None = None) -> int:
         help="folder holding the .mat files, or a base URL (default: download the official files and check their MD5s)",
     )
     parser.add_argument("--extra", action="store_true", help="also prepare the extra split (531,131 images)")
-    parser.add_argument("--md5", action="append", default=[], help=argparse.SUPPRESS)  # FILE=HEX (tests)
+    parser.add_argument("--md5", action="append", default=[], metavar="FILE=HEX",
+                        help="the MD5 a downloaded .mat file must have, instead of the official one (repeatable, "
+                             "e.g. train_32x32.mat=HEX): for a mirror whose digests are published elsewhere")
     _common_prep_options(parser)
     args = parser.parse_args(argv)
 

@@ -31,6 +31,8 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from remixmatch.common.atomic import atomic_write_json
+
 from .errors import PrepError
 
 FORMAT_NAME = "remixmatch-shards"
@@ -362,9 +364,7 @@ class DatasetBuilder:
         if not self._entries:
             raise PrepError("no splits were written")
         manifest = self.manifest()
-        with open(self.tmp / MANIFEST_NAME, "w") as f:
-            json.dump(manifest, f, indent=2)
-            f.write("\n")
+        atomic_write_json(self.tmp / MANIFEST_NAME, manifest, indent=2)
         self._move_into_place()
         self._committed = True
         return manifest

@@ -55,7 +55,7 @@ def prep_cifar10(
 ) -> dict:
     """Shard CIFAR-10 into `out`; returns the manifest. `source` None downloads the official archive.
 
-    `expected_md5` replaces the official MD5 for a download (tests serve synthetic archives).
+    `expected_md5` replaces the official MD5 for a download (`--md5`: a mirror or a re-packed copy).
     """
     check_output_dir(out, overwrite)
     source = source or CIFAR10_URL

@@ -42,7 +42,7 @@ def prep_cifar100(
 ) -> dict:
     """Shard CIFAR-100 into `out`; returns the manifest. `source` None downloads the official archive.
 
-    `expected_md5` replaces the official MD5 (tests serve synthetic archives); a local archive is
+    `expected_md5` replaces the official MD5 (`--md5`: a mirror or a re-packed copy); a local archive is
     checked too, an extracted folder is not (it has no MD5 to check).
     """
     check_output_dir(out, overwrite)

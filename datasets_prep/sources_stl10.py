@@ -74,7 +74,7 @@ def prep_stl10(
     """Shard STL-10 into `out` (splits train, test, unlabeled); returns the manifest.
 
     `source` None downloads the official archive. `encoded` stores PNG bytes instead of raw
-    pixels. `expected_md5` replaces the official MD5 (tests serve synthetic archives); a local
+    pixels. `expected_md5` replaces the official MD5 (`--md5`: a mirror or a re-packed copy); a local
     archive is checked too, an extracted folder is not.
     """
     check_output_dir(out, overwrite)

@@ -41,7 +41,7 @@ def prep_svhn(
     """Shard SVHN into `out`. `source`: a folder holding the .mat files, or a base URL (default: the official one).
 
     `extra` adds the extra split (train and test are always prepared). `expected_md5` maps file
-    names to MD5s that replace the official ones for a download (tests serve synthetic files).
+    names to MD5s that replace the official ones for a download (`--md5 FILE=HEX`: a mirror).
     """
     check_output_dir(out, overwrite)
     splits = ["train", "test"] + (["extra"] if extra else [])

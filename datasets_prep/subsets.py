@@ -14,12 +14,13 @@ with the smallest class keys (also from splitmix64 of the seed), so no class is 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from remixmatch.common.atomic import atomic_write_json
 
 from .errors import PrepError
 
@@ -226,10 +227,7 @@ def save_subset(subset: LabeledSubset, path: str | Path, labels: np.ndarray | No
     """Write the subset as JSON (atomically: a reader never sees half a file). `labels` adds per-class counts."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(subset.to_json(None if labels is None else np.asarray(labels)), indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, subset.to_json(None if labels is None else np.asarray(labels)))
 
 
 def load_subset(path: str | Path, *, expect_fingerprint: str | None = None) -> LabeledSubset:

@@ -82,7 +82,7 @@ def _apply_view(image, op_ids, levels, rand, forms, cutout, cutout_level, height
                 fns.row_pass_by_columns(op, a, rows, b, width, params_i, bounds_x, coef_x, acc)
             if fns.has_row_output(op):
                 # Whole rows: the filters' interiors and rescale's vertical pass are flat loops the
-                # compiler vectorises (4-12x a pixel at a time, README "The ops' speed").
+                # compiler vectorises (the speed-up: docs/results.md, "CTAugment views, CPU").
                 for y in range(height):
                     fns.op_row(op, a, rows, b, y, height, width, params_i, params_f, bounds_y, coef_y, acc)
             else:

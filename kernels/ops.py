@@ -1,5 +1,5 @@
 """The CTAugment operations: one record per op, the declaration every backend, the PIL reference, the
-policy and the README's op table read.
+policy and the op table in docs/kernels.md read.
 
 An op's id is its position in ``OPS``; the order is the reference code's registry order and is part
 of the public interface (policies, checkpoints and benchmark reports store ids). A record holds
@@ -177,7 +177,7 @@ def id_mask(ids) -> int:
 
 
 def op_table() -> str:
-    """The README's op table (Markdown), generated from the records."""
+    """The op table of docs/kernels.md (Markdown), generated from the records."""
     lines = ["| id | op | kind | levels: bins, parameter | what it does |", "|---|---|---|---|---|"]
     for i, op in enumerate(OPS):
         levels = "; ".join(f"{level.bins}: {level.formula()}" for level in op.args) or "-"

@@ -24,8 +24,8 @@ split's IndexError before DALI sees them; a DALI error becomes a one-line Pipeli
 original chained), and since DALI declares a pipeline invalid after one, the next call builds a
 new pipeline.
 
-:class:`DaliGraphFetcher` (``loader="dali-graph"``, CPU and raw shards only) is the other design the
-issue asked to measure: the CTAugment kernel *inside* the graph. Its ``render(rows, call, pad)`` feeds
+:class:`DaliGraphFetcher` (``loader="dali-graph"``, CPU and raw shards only) is the other design, kept
+as a benchmark row: the CTAugment kernel *inside* the graph. Its ``render(rows, call, pad)`` feeds
 the step's images and the kernel call's arrays as one sample each and runs ``apply_ops`` once for the
 step in ``fn.python_function`` (or our njit kernel in ``numba_function``, single-threaded: the parallel
 build writes nothing from DALI's compiled callback); the StepLoader uses ``render`` when a fetcher has

@@ -12,12 +12,12 @@ global state.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from remixmatch.common.atomic import atomic_target
 from remixmatch.kernels.ops import LEVELS_PER_OP, NUM_OPS, OP_ID, OP_NAMES, OPS, SEMANTICS
 
 from .errors import PipelineError
@@ -300,8 +300,9 @@ class CTAugment:
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fig.savefig(tmp, format="png", dpi=110)
-        plt.close(fig)
-        os.replace(tmp, path)
+        try:
+            with atomic_target(path) as tmp:
+                fig.savefig(tmp, format="png", dpi=110)
+        finally:
+            plt.close(fig)
         return path

@@ -1,4 +1,4 @@
-"""The op registry (kernels/ops.py) against everything that dispatches on an op, the README's op table,
+"""The op registry (kernels/ops.py) against everything that dispatches on an op, the op table in docs/kernels.md,
 the kernel-argument bundles against every kernel's parameters, and the on-disk cache's Numba hook.
 
 These are the checks that make adding an op safe: an op the registry declares but a dispatcher does
@@ -19,7 +19,7 @@ from remixmatch.kernels.args import ApplyArgs, WeakArgs
 from remixmatch.kernels.ops import NUM_OPS, OP_NAMES, OPS, Kind, op_table
 from remixmatch.kernels.tables import kernel_tables, level_form_table
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+OPS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "kernels.md"
 IDS = range(NUM_OPS)
 
 
@@ -172,11 +172,11 @@ def _run_op(op, image, height, width, tables, fill, levels=(0.8, 0.3), by_rows=F
     return out
 
 
-def test_readme_op_table_is_generated_from_the_registry():
-    text = README.read_text()
-    section = text[text.index("### The ops"): text.index("### How to add an op")]
+def test_docs_op_table_is_generated_from_the_registry():
+    text = OPS_PAGE.read_text()
+    section = text[text.index("## The ops"): text.index("## How to add an op")]
     assert op_table() in section, (
-        "README.md's op table differs from the registry: replace it with the output of "
+        "docs/kernels.md's op table differs from the registry: replace it with the output of "
         "python -c 'from remixmatch.kernels.ops import op_table; print(op_table())'")
 
 

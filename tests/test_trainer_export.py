@@ -171,23 +171,23 @@ def test_bad_inputs_are_one_line_and_exit_2(smoke_run, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
 
 
-def _readme_example() -> str:
+def _docs_example() -> str:
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "after-training.md").read_text()
     block = text.split("<!-- torchscript-example", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
-    assert len([line for line in block.splitlines() if line.strip()]) <= 10, "the README promises 10 lines"
+    assert len([line for line in block.splitlines() if line.strip()]) <= 10, "docs/after-training.md promises 10 lines"
     return block
 
 
-def test_readme_torchscript_example_runs_without_the_project(smoke_run, tmp_path, capsys):
+def test_docs_torchscript_example_runs_without_the_project(smoke_run, tmp_path, capsys):
     from PIL import Image
 
     assert run_main(main, [smoke_run, "--format", "torchscript", "--out", tmp_path / "model.pt"], capsys)[0] == 0
     image = _images(n=1, seed=3)[0]
     Image.fromarray(image).resize((40, 40)).save(tmp_path / "cat.png")  # another size: the example resizes
     script = tmp_path / "example.py"
-    script.write_text('import sys\nsys.modules["remixmatch"] = None\n' + _readme_example())
+    script.write_text('import sys\nsys.modules["remixmatch"] = None\n' + _docs_example())
     done = subprocess.run([sys.executable, "-I", str(script)], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from remixmatch.common.atomic import atomic_target
+
 from .errors import TrainerError
 
 CHECKPOINT_FORMAT = "remixmatch-checkpoint"
@@ -37,16 +39,12 @@ def save_checkpoint(run_dir: Path, state: dict, keep: int) -> Path:
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"ckpt-{state['step']:08d}.pt"
-    tmp = folder / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed write leaves the checkpoints as they were, no stray file
-        raise
-    os.replace(tmp, path)  # a reader sees the old set or the new file whole, never half of it
+    # A reader sees the old set or the new file whole, never half of it; a failed write leaves the
+    # checkpoints as they were and no stray file.
+    with atomic_target(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     for stale in folder.glob(".ckpt-*.pt.tmp-*"):
         stale.unlink(missing_ok=True)  # left by a write that was killed
     for old in checkpoint_paths(run_dir)[:-keep]:

@@ -90,7 +90,7 @@ class TrainConfig:
     log_every: int = 64  # steps between metric lines (losses read back only then)
     median_of: int = 20  # the reported figure: median of the last N evaluations
     tensorboard: bool = False  # also write metrics.jsonl's records and the CTA heatmap as TensorBoard event files in the run directory (the tensorboard extra)
-    # fidelity to the reference code (README, "Departures from the reference code")
+    # fidelity to the reference code (docs/training.md, "Reference fidelity")
     fidelity: str = "corrected"  # corrected | reference: sets the choices below and --valid to the reference code's (an explicit flag still wins)
     cta_semantics: str = "corrected"  # CTAugment level mappings: corrected | reference (translate and rescale in pixels, cutout 2 (side // 2) wide)
     input_scaling: str = "standardize"  # standardize (per-channel mean / std of the unlabeled images) | reference (x 2/255 - 1)

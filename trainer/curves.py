@@ -11,8 +11,9 @@ Both return None when the picture was written, else why not (no matplotlib, noth
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from remixmatch.common.atomic import atomic_target
 
 LOSS_TERMS = ("loss", "loss_x", "loss_u", "loss_kl", "loss_rot")  # the step records' loss fields
 NO_MATPLOTLIB = "matplotlib is not installed (pip install 'remixmatch[plots]')"
@@ -63,13 +64,10 @@ def _plot_run(acc_ax, loss_ax, steps: list[dict], evaluations: list[dict]) -> No
 
 
 def _save(fig, plt, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)  # a viewer never sees half a picture
+        with atomic_target(path) as tmp:  # a viewer never sees half a picture
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
 
 

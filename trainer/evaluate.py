@@ -18,12 +18,12 @@ the JSON says why the picture is missing).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from remixmatch.common.atomic import atomic_target, atomic_write_json
 from remixmatch.common.cli import OneLineParser, positive_int, run_cli
 
 from .inference import MODELS, TrainedModel, UseError, load_trained
@@ -156,26 +156,14 @@ def confusion_png(path: Path, confusion: list, class_names: list, title: str) ->
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    with atomic_target(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return None
 
 
-def write_atomic(path: Path, write) -> None:
-    """``write(tmp)`` then rename onto ``path``: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def evaluate(run_dir: Path, *, checkpoint: Path | None = None, data: Path | None = None, split: str | None = None,
              which: str = "ema", out: Path | None = None, device: str = "cpu", batch: int | None = None) -> dict:
-    import json
-
     from remixmatch.datasets_prep import open_shards
 
     trained = load_trained(run_dir, checkpoint=checkpoint, which=which, device=device)
@@ -200,7 +188,7 @@ def evaluate(run_dir: Path, *, checkpoint: Path | None = None, data: Path | None
     report["confusion_png"] = None if missing else "confusion.png"
     if missing:
         report["confusion_png_skipped"] = missing
-    write_atomic(out / "eval.json", lambda tmp: tmp.write_text(json.dumps(report, indent=1) + "\n"))
+    atomic_write_json(out / "eval.json", report)
     report["out"] = str(out)
     return report
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import struct
 from pathlib import Path
 
 import torch
 
+from remixmatch.common.atomic import atomic_target
 from remixmatch.common.cli import OneLineParser, run_cli
 
 from .inference import MODELS, TrainedModel, UseError, load_trained
@@ -136,13 +136,9 @@ def export(run_dir: Path, fmt: str, out: Path, *, which: str = "ema", checkpoint
     check_out(out, overwrite)
     trained = load_trained(run_dir, checkpoint=checkpoint, which=which, device="cpu")
     metadata = export_metadata(trained, fmt)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_target(out) as tmp:
         WRITERS[fmt](trained, tmp, metadata)
         check_out(out, overwrite)  # something may have appeared there meanwhile
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return metadata
 
 

@@ -34,6 +34,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from remixmatch.common.atomic import atomic_target
 from remixmatch.common.cli import OneLineParser, positive_int, run_cli
 
 from .inference import MODELS, UseError
@@ -317,13 +318,8 @@ def predict(args: argparse.Namespace) -> tuple[int, int, Predictor]:
     if args.out is None:
         return (*write_records(records, sys.stdout, fmt), predictor)
     out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as handle:
-            counts = write_records(records, handle, fmt)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_target(out) as tmp, open(tmp, "w", newline="") as handle:
+        counts = write_records(records, handle, fmt)
     return (*counts, predictor)
 
 

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from remixmatch.common.atomic import atomic_write_text
+
 
 def _fmt(value, digits=4):
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
@@ -78,9 +80,7 @@ class MetricsLog:
                 continue  # a line cut short by a kill
             if record.get("step", 0) <= step:
                 kept.append(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        tmp.replace(self.path)
+        atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def write(self, record: dict) -> None:
         if not self.enabled:

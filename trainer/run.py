@@ -14,9 +14,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -25,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from remixmatch.common.atomic import atomic_write_json
+from remixmatch.common.versions import package_versions
 from remixmatch.common.errors import EXIT_DIVERGED
 from remixmatch.pipeline import EvalLoader, PipelineError, StepLoader
 from remixmatch.pipeline.loader import make_fetcher, split_image_shape
@@ -90,8 +90,6 @@ def check_run_dir(out: Path, resume: bool) -> bool:
 
 
 def versions() -> dict:
-    from remixmatch.bench.report import package_versions
-
     found = package_versions(("torch", "numpy", "numba", "numba-cuda", "nvidia-dali-cuda120", "pyarrow", "remixmatch"))
     # torch's own string names its build ("2.11.0+cu130"), which the package metadata may not.
     return {**found, "torch": torch.__version__}
@@ -105,12 +103,6 @@ def _remove_new_files(out: Path, existed: set[str] | None) -> None:
     if existed is None:
         with contextlib.suppress(OSError):  # something else put files there meanwhile: leave it
             out.rmdir()
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 class Run:
@@ -205,7 +197,7 @@ class Run:
         if checkpoint is not None:
             self._restore(checkpoint)
         elif self.lead:
-            _write_json(self.out / "config.json", config.to_dict())
+            atomic_write_json(self.out / "config.json", config.to_dict())
         self.step_fn = STEPS[config.algorithm]
         self.metric_names = METRICS[config.algorithm]
         if self.lead:
@@ -466,7 +458,7 @@ class Run:
             "config": config.to_dict(),
         }
         if self.lead:
-            _write_json(self.out / "summary.json", summary)
+            atomic_write_json(self.out / "summary.json", summary)
             acc = summary["accuracy"]
             if acc["ema_median_last"] is not None:
                 self.progress.message(
