@@ -22,13 +22,8 @@ time is a separate ``aug-compile`` entry. The report schema is documented in
 
 from __future__ import annotations
 
-import math
-import multiprocessing
-import os
-import statistics
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,12 +32,12 @@ import numpy as np
 
 from remixmatch.pipeline.policy import Policies, uniform_policies
 
+from .core import Timing, check_out, checked_reps, checked_threads, no_sync, process_pool, time_calls
 from .errors import BenchError
 from .images import ImageSet, load_images
-from .report import (
-    RunConditions, conditions_line, finish_report, format_rate, format_ratio, machine_info, machine_line,
-    markdown_table, new_report, spread,
-)
+from .render import frame, skipped_block
+from .report import RunConditions, finish_report, format_rate, format_ratio, machine_info, markdown_table, new_report
+from .rows import CompileRow, ViewsRow
 
 BATCH = 64  # images per batch: the reference code's unlabeled batch
 HEADLINE_K = 8  # strong views per image (ReMixMatch's default K)
@@ -90,17 +85,11 @@ def validate(config: AugConfig) -> None:
     """Rejects what would fail late (after minutes of compiling) before any work starts."""
     if config.device not in DEVICES:
         raise AugInputError(f"--device must be one of {', '.join(DEVICES)}, got {config.device!r}")
-    if config.reps < MIN_REPS:
-        raise AugInputError(f"--reps must be at least {MIN_REPS} (every figure is a median of >= {MIN_REPS} repetitions), got {config.reps}")
-    import numba
-
-    max_threads = numba.config.NUMBA_NUM_THREADS
-    if not 1 <= config.threads <= max_threads:
-        raise AugInputError(f"--threads must be in 1..{max_threads} (NUMBA_NUM_THREADS), got {config.threads}")
+    checked_reps(config.reps, config.quick, MIN_REPS, DEFAULT_REPS, MIN_REPS)
+    checked_threads(config.threads)
     if config.images is not None and config.shards is not None:
         raise AugInputError("--images and --shards name two sources of images; give one")
-    if config.out.exists() and not config.out.is_dir():
-        raise AugInputError(f"--out {config.out} exists and is not a directory")
+    check_out(config.out)
     if config.device == "cuda":
         reason = cuda_unavailable_reason()
         if reason:
@@ -109,61 +98,20 @@ def validate(config: AugConfig) -> None:
 
 # ---- timing ---------------------------------------------------------------------------------------
 
-def _no_sync() -> None:
-    return None
-
-
-@dataclass(frozen=True)
-class Timing:
-    per_call: list[float]  # seconds per call, one entry per repetition
-    calls_per_rep: int
-
-    @property
-    def median_seconds(self) -> float:
-        return statistics.median(self.per_call)
-
-    def fields(self, views: int) -> dict:
-        rates = [views / seconds for seconds in self.per_call]
-        return {
-            "views_per_s": statistics.median(rates),
-            "seconds": self.median_seconds,
-            "spread": spread(rates),
-            "reps": len(self.per_call),
-            "calls_per_rep": self.calls_per_rep,
-        }
-
-
-def measure(call: Callable[[], object], reps: int, rep_seconds: float, sync: Callable[[], None] = _no_sync) -> Timing:
+def measure(call: Callable[[], object], reps: int, rep_seconds: float, sync: Callable[[], None] = no_sync) -> Timing:
     """One warm-up call (its duration sizes the repetitions), then ``reps`` timed repetitions."""
-    start = time.perf_counter()
-    call()
-    sync()
-    warm = time.perf_counter() - start
-    calls = max(1, min(1000, math.ceil(rep_seconds / max(warm, 1e-6))))
-    per_call = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        for _ in range(calls):
-            call()
-        sync()
-        per_call.append((time.perf_counter() - start) / calls)
-    return Timing(per_call, calls)
+    return time_calls(call, reps, rep_seconds, max_calls=1000, sync=sync)
 
 
-def time_first_call(call: Callable[[], object], sync: Callable[[], None] = _no_sync) -> float:
-    start = time.perf_counter()
-    call()
-    sync()
-    return time.perf_counter() - start
+def time_first_call(call: Callable[[], object], sync: Callable[[], None] = no_sync) -> float:
+    return time_calls(call, 0, 0.0, sync=sync).first_seconds
 
 
 def row(backend: str, k: int, batch: int, view_set: ViewSet, op: str | None, timing: Timing,
         threads: int, device: str, inputs: str = "host", **extra) -> dict:
-    return {
-        "bench": "aug", "backend": backend, "k": k, "batch": batch, "views": view_set.views,
-        "depth": view_set.depth, "op": op, "inputs": inputs, **timing.fields(view_set.views),
-        "ratio_vs_pil": None, "threads": threads, "device": device, **extra,
-    }
+    return asdict(ViewsRow(backend=backend, k=k, batch=batch, views=view_set.views, depth=view_set.depth, op=op,
+                           inputs=inputs, **timing.rate_fields(view_set.views, "views"), seconds=timing.median_seconds,
+                           calls_per_rep=timing.calls_per_rep, threads=threads, device=device, **extra))
 
 
 def skipped(backend: str, reason: str) -> dict:
@@ -266,18 +214,6 @@ def _pil_worker_init() -> None:
     _pil_apply()
 
 
-@contextmanager
-def pil_pool(processes: int):
-    # spawn, not fork: the parent may already run Numba or OpenMP threads, which fork does not copy.
-    context = multiprocessing.get_context("spawn")
-    pool = context.Pool(processes, initializer=_pil_worker_init)
-    try:
-        yield pool
-    finally:
-        pool.terminate()
-        pool.join()
-
-
 def _pool_call(pool, pixels: np.ndarray, view_set: ViewSet, k: int, processes: int):
     # One chunk of whole images per process, like the reference code's one-batch-per-task workers.
     bounds = np.linspace(0, len(pixels), processes + 1).astype(int)
@@ -295,10 +231,7 @@ def run_pil_pool(work: Workload, config: AugConfig, log) -> list[dict]:
     except Exception as error:
         return [skipped("pil-pool", _import_error_reason("remixmatch.kernels.pil_reference", error))]
     processes = config.threads
-    start = time.perf_counter()
-    with pil_pool(processes) as pool:
-        _wait_for_workers(pool, processes)
-        startup = time.perf_counter() - start
+    with process_pool(processes, _pil_worker_init) as (pool, startup):
         view_set = work.mixed()
         timing = measure(_pool_call(pool, work.images.pixels, view_set, HEADLINE_K, processes),
                          config.reps, REP_SECONDS[config.quick])
@@ -306,19 +239,6 @@ def run_pil_pool(work: Workload, config: AugConfig, log) -> list[dict]:
                  startup_seconds=startup)
     log(result)
     return [result]
-
-
-def _worker_pid(_: int) -> int:
-    # The pause keeps one ready worker from taking every probe while the others are still starting.
-    time.sleep(0.01)
-    return os.getpid()
-
-
-def _wait_for_workers(pool, processes: int) -> None:
-    """Returns once every worker has started and run its initializer (spawn start-up is seconds)."""
-    seen: set[int] = set()
-    while len(seen) < processes:
-        seen.update(pool.map(_worker_pid, range(processes), chunksize=1))
 
 
 # ---- Numba CPU ----------------------------------------------------------------------------------------
@@ -338,13 +258,10 @@ def numba_cache_outcome(module_name: str) -> str:
 
 
 def compile_entry(backend: str, compile_all_seconds: float | None, first: float, steady: float, cache: str) -> dict:
-    return {
-        "bench": "aug-compile", "backend": backend,
-        "seconds": (compile_all_seconds or 0.0) + max(0.0, first - steady),
-        "method": "compile_all + first call" if compile_all_seconds is not None else "first call",
-        "compile_all_seconds": compile_all_seconds, "first_call_seconds": first,
-        "steady_call_seconds": steady, "cache": cache,
-    }
+    return asdict(CompileRow(backend=backend, seconds=(compile_all_seconds or 0.0) + max(0.0, first - steady),
+                             method="compile_all + first call" if compile_all_seconds is not None else "first call",
+                             compile_all_seconds=compile_all_seconds, first_call_seconds=first,
+                             steady_call_seconds=steady, cache=cache))
 
 
 def run_numba_cpu(work: Workload, config: AugConfig, log) -> tuple[list[dict], dict]:
@@ -502,22 +419,16 @@ def _spread_text(r: dict) -> str:
     return f"{format_rate(s['min'])}-{format_rate(s['max'])}"
 
 
-def render_markdown(report: dict) -> str:
+def body(report: dict, h: str = "##") -> list[str]:
     rows = report["results"]
     summary = report["summary"]
     inputs = report["inputs"]
     lines = [
-        "# rmm-bench aug",
-        "",
-        machine_line(report),
-        "",
-        conditions_line(report),
-        "",
         f"Inputs: {inputs['count']} {inputs['images']} images ({inputs['source']}), "
         f"{inputs['height']}x{inputs['width']}; {inputs['policy']}; seed {inputs['seed']}. "
         f"Each figure: median of {report['config']['reps']} repetitions after warm-up (spread: min-max).",
         "",
-        "## Headline: K = 8 strong views of 64 images (512 views)",
+        f"{h} Headline: K = 8 strong views of 64 images (512 views)",
         "",
         f"- numba-cpu vs pil (one process): **{format_ratio(summary['numba_cpu_vs_pil'])}** (goal >= 10x)",
         f"- numba-cpu vs pil-pool: **{format_ratio(summary['numba_cpu_vs_pil_pool'])}**",
@@ -533,18 +444,18 @@ def render_markdown(report: dict) -> str:
          for r in mixed])]
     compiles = [r for r in rows if r["bench"] == "aug-compile"]
     if compiles:
-        lines += ["", "## JIT compile", "", markdown_table(
+        lines += ["", f"{h} JIT compile", "", markdown_table(
             ["backend", "seconds", "method", "Numba cache"],
             [[r["backend"], f"{r['seconds']:.1f}", r["method"], r["cache"]] for r in compiles])]
-    lines += _per_op_section(rows)
-    skips = [r for r in rows if "skipped" in r]
-    if skips:
-        lines += ["", "## Skipped", ""] + [f"- {r['backend']}: {r['skipped']}" for r in skips]
-    lines += ["", f"Run took {report['wall_seconds']:.0f} s.", ""]
-    return "\n".join(lines)
+    lines += _per_op_section(rows, h)
+    return lines + skipped_block([f"- {r['backend']}: {r['skipped']}" for r in rows if "skipped" in r], h)
 
 
-def _per_op_section(rows: list[dict]) -> list[str]:
+def render_markdown(report: dict) -> str:
+    return frame(report, "rmm-bench aug", body(report))
+
+
+def _per_op_section(rows: list[dict], h: str = "##") -> list[str]:
     per_op = [r for r in measured(rows) if r["op"] is not None]
     if not per_op:
         return []
@@ -560,7 +471,7 @@ def _per_op_section(rows: list[dict]) -> list[str]:
             cells.append(format_ratio(found["numba-cpu"]["ratio_vs_pil"] if found["numba-cpu"] else None))
         table.append(cells)
     sizes = ", ".join(f"{b}: {next(r['views'] for r in per_op if r['backend'] == b)} views" for b in backends)
-    return ["", "## Per op (every view applies one op, depth 1, levels uniform)", "", f"Batch: {sizes}.", "",
+    return ["", f"{h} Per op (every view applies one op, depth 1, levels uniform)", "", f"Batch: {sizes}.", "",
             markdown_table(header, table)]
 
 

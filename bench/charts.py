@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .full_report import aug_row, measured_rows
+from .section_rows import aug_row, measured_rows
 
 CHARTS = ("views_per_s", "per_op", "step_split", "scaling")
 AUG_BACKENDS = ("pil", "pil-pool", "numba-cpu", "numba-cuda")

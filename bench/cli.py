@@ -7,18 +7,18 @@
 - ``aug``: CTAugment strong views/s, Numba CPU/CUDA kernels vs the PIL reference (parsed here);
 - ``prep``: data preparation throughput (:mod:`remixmatch.bench.prep`);
 - ``views``: a PNG contact sheet of weak and strong views (:mod:`remixmatch.bench.views`);
-- ``pipeline``: step batches/s, the torch and DALI loaders vs the PIL pool (:mod:`remixmatch.bench.pipeline`);
+- ``pipeline``: step batches/s, the torch and DALI loaders vs the PIL pool (:mod:`remixmatch.bench.loaders`);
 - ``train``: training steps/s of any --algorithm, the step fed by ready tensors vs by the loader,
-  and the paper's 2^20-step run projected (:mod:`remixmatch.bench.train`);
+  and the paper's 2^20-step run projected (:mod:`remixmatch.bench.train_steps`);
 - ``efficacy``: ReMixMatch, FixMatch, MixMatch, the supervised baseline and ablations, same data
   and steps (:mod:`remixmatch.bench.efficacy`);
 - ``ptx``: registers, spills, shared memory and theoretical occupancy of every CUDA kernel, from
   ``ptxas -v`` with no GPU (:mod:`remixmatch.bench.ptx`);
 - ``all``: one report of aug, ptx, pipeline, train (with the step split into its phases) and
-  scaling, with PNG charts and the paper's run projected (:mod:`remixmatch.bench.full_report`);
+  scaling, with PNG charts and the paper's run projected (:mod:`remixmatch.bench.all_sections`);
 - ``compare``: two report.json side by side with the ratio of every figure (:mod:`remixmatch.bench.compare`);
 - ``semantics``: how many views the reference code's translate and rescale change
-  (:mod:`remixmatch.bench.semantics`);
+  (:mod:`remixmatch.bench.reference_changes`);
 - ``gpu-env``: what a GPU machine's stack is, probed (:mod:`remixmatch.bench.gpu_env`);
 - ``gpu-check``: the gpu tests and every GPU figure in one run within a time budget, for a GPU machine
   lent for minutes (:mod:`remixmatch.bench.gpu_check`).
@@ -45,19 +45,19 @@ PROG = "rmm-bench"
 DELEGATED = {
     "prep": ("remixmatch.bench.prep", "data preparation benchmark (see: rmm-bench prep --help)"),
     "views": ("remixmatch.bench.views", "a PNG of weak and strong views (see: rmm-bench views --help)"),
-    "pipeline": ("remixmatch.bench.pipeline",
+    "pipeline": ("remixmatch.bench.loaders",
                  "step batches/s: torch and DALI loaders vs the PIL pool (see: rmm-bench pipeline --help)"),
-    "train": ("remixmatch.bench.train",
+    "train": ("remixmatch.bench.train_steps",
               "training steps/s, synthetic vs loader-fed (see: rmm-bench train --help)"),
     "efficacy": ("remixmatch.bench.efficacy",
                  "ReMixMatch, FixMatch, MixMatch vs supervised and ablations, same data and steps "
                  "(see: rmm-bench efficacy --help)"),
     "ptx": ("remixmatch.bench.ptx",
             "CUDA kernel registers, spills, shared memory, occupancy, no GPU needed (see: rmm-bench ptx --help)"),
-    "all": ("remixmatch.bench.full_report",
+    "all": ("remixmatch.bench.all_sections",
             "one report: aug, ptx, pipeline, train with the step split, scaling, charts (see: rmm-bench all --help)"),
     "compare": ("remixmatch.bench.compare", "two report.json side by side with ratios (see: rmm-bench compare --help)"),
-    "semantics": ("remixmatch.bench.semantics",
+    "semantics": ("remixmatch.bench.reference_changes",
                   "views that reference-semantics translate and rescale change (see: rmm-bench semantics --help)"),
     "gpu-env": ("remixmatch.bench.gpu_env",
                 "the GPU stack: GPU, driver, torch, numba-cuda, NVVM, ptxas, kernel JIT time (see: rmm-bench gpu-env --help)"),

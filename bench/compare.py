@@ -16,21 +16,16 @@ import math
 import sys
 from pathlib import Path
 
-from remixmatch.common.cli import OneLineParser, run_cli
+from remixmatch.common.cli import OneLineParser
 
 from .errors import BenchError
-from .report import markdown_table
+from .report import command_main, markdown_table
+from .rows import keys, metrics
 
 PROG = "rmm-bench compare"
-# What a row measured; any other number in a row is part of its identity (K, batch, ranks...) or detail.
-METRICS = (
-    "views_per_s", "steps_per_s", "strong_views_per_s", "images_per_s", "seconds_per_step", "ratio_vs_pil",
-    "ratio_vs_reference", "ratio_vs_pil_pool", "data_wait_share", "wait_share_measured", "projected_hours",
-    "speedup", "efficiency", "registers", "spill_store_bytes", "spill_load_bytes", "seconds", "shards_per_s",
-    "rows_per_s", "mb_per_s", "accuracy", "ema_accuracy",
-)
-IDENTITY = ("command", "bench", "section", "backend", "device", "feed", "prefetch", "algorithm", "model", "op", "inputs",
-            "k", "batch", "ranks", "kernel", "arch", "max_registers", "dataset", "stage", "variant", "seed", "labels")
+# What a row measured, and the fields that name it: from the typed rows' metadata (remixmatch.bench.rows).
+METRICS = metrics()
+IDENTITY = keys()
 SKIP_SUMMARY = ("paper_steps", "goal_torch_vs_reference", "goal_met", "views_bit_exact")
 
 
@@ -141,14 +136,14 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    def body() -> int:
-        args = build_parser().parse_args(argv)
-        a, b = load_report(args.a), load_report(args.b)
-        print(render(compare(a, b), args.a, args.b, a, b))
-        return 0
+def _run(args) -> int:
+    a, b = load_report(args.a), load_report(args.b)
+    print(render(compare(a, b), args.a, args.b, a, b))
+    return 0
 
-    return run_cli(PROG, body)
+
+def main(argv: list[str] | None = None) -> int:
+    return command_main(argv, prog=PROG, build_parser=build_parser, run=_run)
 
 
 if __name__ == "__main__":

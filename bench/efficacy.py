@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         args = build_parser().parse_args(argv)
         args.variants = None if args.variants is None else variant_names(args.variants)
-        from .pipeline import shard_directory
+        from .core import shard_directory
 
         args.shards = shard_directory(args.shards, required=True)
         settings = common_settings(args)

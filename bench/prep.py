@@ -32,12 +32,13 @@ from typing import Callable
 
 import numpy as np
 
-from remixmatch.common.cli import OneLineParser, positive_int, run_cli
+from remixmatch.common.cli import OneLineParser, positive_int
 from remixmatch.common.paths import CIFAR10_JPG_ENV, DataPath, resolve_path
 
+from .core import add_out, check_out, time_calls
+from .render import frame, table
 from .report import (
-    RunConditions, conditions_line, finish_report, machine_info, markdown_table, new_report,
-    package_versions, spread, write_report,
+    RunConditions, finish_report, machine_info, new_report, package_versions, report_main, spread,
 )
 
 PROG = "rmm-bench prep"
@@ -47,7 +48,7 @@ VERSION_PACKAGES = ("numpy", "pyarrow", "pillow", "rich", "remixmatch")
 
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Prep and shard-read benchmark (CIFAR-10 sources).")
-    parser.add_argument("--out", required=True, type=Path, help="directory for prep_report.json and prep_report.md")
+    add_out(parser, "prep_report.json and prep_report.md")
     parser.add_argument(
         "--quick", action="store_true", help="6,000 synthetic images, no JPEG tree, fewer reads (well under a minute)"
     )
@@ -114,13 +115,8 @@ def _read_rows(shards: Path, reps: int, seed: int) -> list[dict]:
         "contiguous": lambda: part.images(slice(s := int(rng.integers(0, n - BATCH)), s + BATCH)),
     }
     for pattern, read in patterns.items():
-        for _ in range(min(50, reps)):  # warm-up
-            read()
-        timings = []
-        for _ in range(reps):
-            start = time.perf_counter_ns()
-            read()
-            timings.append((time.perf_counter_ns() - start) / 1000)
+        # min(50, reps) calls of warm-up, then one call per repetition
+        timings = [seconds * 1e6 for seconds in time_calls(read, reps, 0.0, warm_calls=min(50, reps) - 1).per_call]
         median = statistics.median(timings)
         rows.append(
             {
@@ -151,13 +147,14 @@ def jpeg_tree_to_time(args: argparse.Namespace) -> tuple[DataPath | None, str | 
     return tree, None
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, log: Callable[[object], None]) -> dict:
     from remixmatch.datasets_prep.decode import default_workers
     from remixmatch.datasets_prep.sources_cifar import prep_cifar10
     from remixmatch.datasets_prep.synthetic import synthetic_batches, write_cifar10_archive
 
     import pyarrow as pa
 
+    start, conditions = time.perf_counter(), RunConditions()
     per_batch = 1000 if args.quick else 10000
     prep_reps = args.prep_reps or (1 if args.quick else 3)
     read_reps = args.read_reps or (300 if args.quick else 2000)
@@ -210,81 +207,54 @@ def run(args: argparse.Namespace) -> dict:
         "random_read_64_us": by_key[("read", "random")]["us_per_batch"],
         "contiguous_read_64_us": by_key[("read", "contiguous")]["us_per_batch"],
     }
+    finish_report(report, time.perf_counter() - start, conditions)
     return report
 
 
-def markdown(report: dict) -> str:
-    m, v, t = report["machine"], report["versions"], report["threads"]
-    lines = [
-        "# Data preparation benchmark",
-        "",
-        f"Machine: {m['processor']}, {m['cpus_usable']} of {m['cpu_count']} CPUs usable, {m['memory_gib']} GiB; "
-        f"{m['platform']}.  ",
-        conditions_line(report) + "  ",
-        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val is not None) + ".  ",
-        "Threads: " + ", ".join(f"{k} {val}" for k, val in t.items()) + ".",
-        "",
-        "## Prep",
-        "",
-    ]
-    prep_rows = []
-    for r in report["results"]:
-        if r["bench"] != "prep":
-            continue
-        if "skipped" in r:
-            prep_rows.append([r["source"], "-", "-", "-", "-", f"skipped: {r['skipped']}"])
-            continue
-        spread_text = "-" if not r["spread"] else f"{r['spread']['min']:.2f}-{r['spread']['max']:.2f} s"
-        prep_rows.append(
-            [
-                r["source"],
-                f"{r['images']:,}",
-                f"{r['seconds']:.2f}",
-                f"{r['images_per_s']:,.0f}",
-                spread_text,
-                f"<= {r['goal_seconds']:g} s" + (" (met)" if r["seconds"] <= r["goal_seconds"] else " (missed)"),
-            ]
-        )
-    lines.append(markdown_table(["source", "images", "seconds (median)", "images/s", "range", "goal"], prep_rows))
-    lines += ["", "## Reads from the shards (64 images, memory-mapped, warm page cache)", ""]
-    read_rows = [
-        [
-            r["pattern"],
-            f"{r['us_per_batch']:.1f}",
-            f"{r['spread']['q1']:.1f}-{r['spread']['q3']:.1f}",
-            f"{r['spread']['min']:.1f}-{r['spread']['max']:.1f}",
-            f"{r['images_per_s']:,.0f}",
-            str(r["reps"]),
-        ]
-        for r in report["results"]
-        if r["bench"] == "read"
-    ]
-    lines.append(markdown_table(["indices", "µs per batch (median)", "IQR", "min-max", "images/s", "reps"], read_rows))
-    lines += [
-        "",
+def _prep_goal(r: dict) -> str:
+    return f"<= {r['goal_seconds']:g} s" + (" (met)" if r["seconds"] <= r["goal_seconds"] else " (missed)")
+
+
+PREP_COLUMNS = (
+    ("source", lambda r: r["source"]), ("images", lambda r: "-" if "skipped" in r else f"{r['images']:,}"),
+    ("seconds (median)", lambda r: "-" if "skipped" in r else f"{r['seconds']:.2f}"),
+    ("images/s", lambda r: "-" if "skipped" in r else f"{r['images_per_s']:,.0f}"),
+    ("range", lambda r: "-" if not r.get("spread") else f"{r['spread']['min']:.2f}-{r['spread']['max']:.2f} s"),
+    ("goal", lambda r: f"skipped: {r['skipped']}" if "skipped" in r else _prep_goal(r)),
+)
+READ_COLUMNS = (
+    ("indices", lambda r: r["pattern"]), ("µs per batch (median)", lambda r: f"{r['us_per_batch']:.1f}"),
+    ("IQR", lambda r: f"{r['spread']['q1']:.1f}-{r['spread']['q3']:.1f}"),
+    ("min-max", lambda r: f"{r['spread']['min']:.1f}-{r['spread']['max']:.1f}"),
+    ("images/s", lambda r: f"{r['images_per_s']:,.0f}"), ("reps", lambda r: str(r["reps"])),
+)
+
+
+def body(report: dict, h: str = "##") -> list[str]:
+    rows = report["results"]
+    return [
+        f"{h} Prep", "", table(PREP_COLUMNS, [r for r in rows if r["bench"] == "prep"]),
+        "", f"{h} Reads from the shards (64 images, memory-mapped, warm page cache)", "",
+        table(READ_COLUMNS, [r for r in rows if r["bench"] == "read"]), "",
         "random: `Split.images(random indices, out=buffer)`, a gather across the train shards; "
         "contiguous: `Split.images(slice)`, a zero-copy view of the mapped file.",
-        "",
     ]
-    return "\n".join(lines)
+
+
+def render_markdown(report: dict) -> str:
+    return frame(report, "Data preparation benchmark", body(report))
+
+
+def config_from_args(args: argparse.Namespace) -> argparse.Namespace:
+    check_out(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    return run_cli(PROG, lambda: _bench(parser.parse_args(argv)), interrupted="interrupted; no report was written")
-
-
-def _bench(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    conditions = RunConditions()
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = run(args)
-    finish_report(report, time.perf_counter() - start, conditions)
-    text = markdown(report)
-    json_path, md_path = write_report(args.out, report, text, stem="prep_report")
-    print(text)
-    print(f"wrote {json_path} and {md_path}")
-    return 0
+    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
+                       render_markdown=render_markdown, progress_line=str, stem="prep_report",
+                       interrupted="interrupted; no report was written")
 
 
 if __name__ == "__main__":

@@ -23,16 +23,7 @@ Occupancy is the CUDA occupancy calculator's: resident blocks per SM are the lea
 limit (registers rounded up to 256 per warp), the shared-memory limit (static + dynamic + 1 KiB the
 runtime reserves per block, rounded up to 128 B), the thread limit (2,048) and the block limit (32);
 occupancy = resident warps / 64. ``report.json`` (:mod:`remixmatch.bench.report`, ``"command":
-"ptx"``) rows::
-
-    {"bench": "ptx", "section": "kernel" | "sweep", "kernel": "apply_ops_kernel", "arch": "sm_90",
-     "gpu": "H100", "max_registers": 72 | null,   # the cap ptxas got (null: none)
-     "registers": 72, "spill_store_bytes": 0, "spill_load_bytes": 0, "stack_bytes": 0,
-     "static_shared_bytes": 64, "barriers": 1,
-     "launches": [{"size": "32x32", "designs": ["global", "tiled", "shared-optin"],
-                   "threads_per_block": 256, "dynamic_shared_bytes": 15616,
-                   "blocks_per_sm": 3, "warps_per_sm": 24, "occupancy": 0.375,
-                   "limited_by": "registers" | "shared memory" | "threads" | "blocks"}, ...]}
+"ptx"``) rows: :class:`remixmatch.bench.rows.PtxRow`.
 
 ``summary``: ``{"ptxas": version line, "spills": [kernel@arch with spill bytes, as declared],
 "declared": {"<kernel>@<arch>": {"registers", "occupancy": {size: occupancy}}}}`` (the size named
@@ -50,13 +41,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from remixmatch.common.cli import OneLineParser
 
+from .core import add_out
+from .render import frame
 from .report import RunConditions, finish_report, machine_info, markdown_table, new_report, report_main
+from .rows import PtxRow
 
 PROG = "rmm-bench ptx"
 
@@ -197,8 +191,8 @@ def kernel_rows(ptxas: Path, ptx_files: dict, sweep: bool, log: Callable) -> lis
     for (name, arch), ptx_file in ptx_files.items():
         declared = MAX_REGISTERS.get(name)
         resources = assemble(ptxas, ptx_file, arch, declared)
-        row = {"bench": "ptx", "section": "kernel", "kernel": name, "arch": arch.name, "gpu": arch.gpu,
-               "max_registers": declared, **resources, "launches": launches(name, resources, arch)}
+        row = asdict(PtxRow(section="kernel", kernel=name, arch=arch.name, gpu=arch.gpu, max_registers=declared,
+                            **resources, launches=launches(name, resources, arch)))
         log(row)
         rows.append(row)
         if not sweep or name not in SWEPT_KERNELS:
@@ -206,8 +200,8 @@ def kernel_rows(ptxas: Path, ptx_files: dict, sweep: bool, log: Callable) -> lis
         for cap in CAPS:
             swept = resources if cap == declared else assemble(ptxas, ptx_file, arch, cap)
             for threads in BLOCK_SIZES:
-                rows.append({"bench": "ptx", "section": "sweep", "kernel": name, "arch": arch.name, "gpu": arch.gpu,
-                             "max_registers": cap, **swept, "launches": launches(name, swept, arch, threads)})
+                rows.append(asdict(PtxRow(section="sweep", kernel=name, arch=arch.name, gpu=arch.gpu, max_registers=cap,
+                                          **swept, launches=launches(name, swept, arch, threads))))
     return rows
 
 
@@ -309,7 +303,7 @@ def _cap(value) -> str:
     return "none" if value is None else str(value)
 
 
-def resource_markdown(report: dict, heading: str = "##") -> list[str]:
+def body(report: dict, heading: str = "##") -> list[str]:
     rows = report["results"]
     if rows and "skipped" in rows[0]:
         return [f"{heading} CUDA kernel resources", "", f"Skipped: {rows[0]['skipped']}."]
@@ -343,9 +337,7 @@ def resource_markdown(report: dict, heading: str = "##") -> list[str]:
 
 
 def render_markdown(report: dict) -> str:
-    lines = ["# rmm-bench ptx", "", *resource_markdown(report), "",
-             f"Run took {report['wall_seconds']:.0f} s.", ""]
-    return "\n".join(lines)
+    return frame(report, PROG, body(report))
 
 
 # ---- command line ---------------------------------------------------------------------------------
@@ -353,7 +345,7 @@ def render_markdown(report: dict) -> str:
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="CUDA kernel registers, spills, shared memory and theoretical "
                                                   "occupancy for sm_80 and sm_90, from ptxas -v (no GPU needed).")
-    parser.add_argument("--out", required=True, type=Path, help="directory for report.json and report.md")
+    add_out(parser)
     parser.add_argument("--quick", action="store_true", help="the kernels as declared only, no register-cap and "
                                                              "block-size sweep")
     return parser

@@ -42,45 +42,9 @@
       "results": [ <row>, ... ]
     }
 
-A ``results`` row is one of three kinds, told apart by its keys:
-
-- a measurement (``"bench": "aug"``)::
-
-    {"bench": "aug",
-     "backend": "pil" | "pil-pool" | "numba-cpu" | "numba-cuda",
-     "k": 8,               # views per image
-     "batch": 64,          # images
-     "views": 512,         # k * batch: views made per call
-     "depth": 2,           # ops per view
-     "op": null | "rotate",  # null: mixed policies; a name: every view applies that op once (depth 1)
-     "inputs": "host" | "device",  # where the per-view arrays live; numba-cuda images are always on
-                                   # the device, "host" rows time the per-view arrays' value checks
-                                   # and copy too; "device" rows skip the checks (kernel alone)
-     "views_per_s": 41000.0,       # median over the repetitions
-     "seconds": 0.0125,            # median seconds per call (one call makes "views" views)
-     "spread": {"min": ..., "max": ..., "q1": ..., "q3": ..., "iqr": ..., "stdev": ...},  # views/s
-     "reps": 7,                    # timed repetitions (>= 5), after warm-up
-     "calls_per_rep": 4,           # back-to-back calls per repetition (short calls are batched)
-     "ratio_vs_pil": 30.1 | null,  # views_per_s / the pil row's views_per_s for the same op
-                                   # (the mixed-policy pil row when "op" is null)
-     "threads": 2,                 # numba threads, pool processes, or 1
-     "device": "cpu" | "<GPU name>",
-     "startup_seconds": 1.9}       # pil-pool only: starting the workers (not in the timed region)
-
-- a compile-time entry (``"bench": "aug-compile"``)::
-
-    {"bench": "aug-compile", "backend": "numba-cpu" | "numba-cuda",
-     "seconds": 61.2,              # JIT cost before the first steady call: explicit compile (if any)
-                                   # + first call - steady per-call time
-     "method": "compile_all + first call" | "first call",
-     "compile_all_seconds": 60.9 | null,   # remixmatch.kernels.compile_all(): every CPU kernel
-     "first_call_seconds": ..., "steady_call_seconds": ...,
-     "cache": "miss" | "hit" | "partial" | "unknown"}   # Numba's on-disk cache: "hit" means every
-                                                        # kernel was loaded, not compiled
-
-- a skipped backend (``"skipped"`` holds the reason)::
-
-    {"bench": "aug", "backend": "numba-cuda", "skipped": "no CUDA device (numba.cuda.is_available() is False)"}
+A ``results`` row is one of the dataclasses of :mod:`remixmatch.bench.rows` (``rmm-bench aug``: a
+:class:`~remixmatch.bench.rows.ViewsRow` per measurement, a :class:`~remixmatch.bench.rows.CompileRow`
+per JIT-compiled backend), or a skipped row: the kind's key fields and ``"skipped": "<reason>"``.
 """
 
 from __future__ import annotations
@@ -292,29 +256,35 @@ def conditions_line(report: dict) -> str:
     return line
 
 
-# ---- the report commands' main --------------------------------------------------------------------
+# ---- the commands' main ----------------------------------------------------------------------------
+
+def command_main(argv, *, prog, build_parser, run, interrupted: str = "interrupted") -> int:
+    """The main() of every rmm-bench command: ``run(parsed arguments)``, its exit status. Bad input:
+    one line and the error's exit status (:func:`remixmatch.common.cli.run_cli`)."""
+    from remixmatch.common.cli import run_cli
+
+    return run_cli(prog, lambda: run(build_parser().parse_args(argv)), interrupted=interrupted)
+
 
 def report_main(argv, *, prog, build_parser, config_from_args, run, render_markdown, progress_line,
-                after=None) -> int:
-    """The body of a report command's main(): parse, check, run (progress on stderr), write
-    report.json and report.md, print the markdown, then ``after(config, report, log)`` if given. Bad
+                after=None, stem: str = "report", interrupted: str = "interrupted") -> int:
+    """The main() of every report command: parse, check, run (progress on stderr), write
+    ``STEM.json`` and ``STEM.md``, print the markdown, then ``after(config, report, log)`` if given. Bad
     input: one line and the error's exit status (:func:`remixmatch.common.cli.run_cli`)."""
     import sys
-
-    from remixmatch.common.cli import run_cli
 
     def log(item) -> None:
         print(item if isinstance(item, str) else progress_line(item), file=sys.stderr, flush=True)
 
-    def body() -> int:
-        config = config_from_args(build_parser().parse_args(argv))
+    def body(args) -> int:
+        config = config_from_args(args)
         report = run(config, log)
         text = render_markdown(report)
-        json_path, md_path = write_report(config.out, report, text)
+        json_path, md_path = write_report(config.out, report, text, stem)
         print(text)
         print(f"wrote {json_path} and {md_path}", file=sys.stderr)
         if after is not None:
             after(config, report, log)
         return 0
 
-    return run_cli(prog, body)
+    return command_main(argv, prog=prog, build_parser=build_parser, run=body, interrupted=interrupted)

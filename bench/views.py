@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from remixmatch.common.cli import OneLineParser, positive_int, run_cli
+from remixmatch.common.cli import OneLineParser, positive_int
 from remixmatch.common.paths import SHARDS_ENV, resolve_path
 
 from .errors import BenchError
+from .report import command_main
 
 PROG = "rmm-bench views"
 SCALE = 3  # 32x32 views are unreadable at 1:1
@@ -99,8 +100,7 @@ def _draw(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    return run_cli(PROG, lambda: _draw(parser.parse_args(argv)))
+    return command_main(argv, prog=PROG, build_parser=build_parser, run=_draw)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,16 @@ tensors of a ReMixMatch step.
 from .batch import StepBatch
 from .errors import PipelineError
 from .distributed import gather_scores, update_policy
-from .loader import EvalBatch, EvalLoader, HostFetcher, StepLoader, TrainData, make_fetcher, train_data
+from .loader import (
+    EvalBatch, EvalLoader, HostFetcher, PlanStream, StepLoader, TrainData, make_fetcher, train_data,
+)
 from .plan import StepPlan, ViewConfig, WeakParams, draw_plan, kernel_call
 from .policy import CTAugment, Policies, uniform_policies
 from .samplers import TrainSampler, eval_rows, rank_slice
 
 __all__ = [
     "CTAugment", "EvalBatch", "EvalLoader", "HostFetcher", "PipelineError", "Policies", "StepBatch",
-    "StepLoader", "StepPlan", "TrainData", "TrainSampler", "ViewConfig", "WeakParams", "draw_plan",
+    "PlanStream", "StepLoader", "StepPlan", "TrainData", "TrainSampler", "ViewConfig", "WeakParams", "draw_plan",
     "eval_rows", "gather_scores", "kernel_call", "make_fetcher", "rank_slice", "train_data", "uniform_policies",
     "update_policy",
 ]

@@ -131,6 +131,31 @@ def make_fetcher(kind: str, split, device: str = "cpu", max_batch: int = 1024):
     raise PipelineError(f"unknown loader {kind!r}: choose one of {', '.join(repr(k) for k in FETCHER_KINDS)}")
 
 
+class PlanStream:
+    """The plans a StepLoader over the same data, policy and config draws, in order, without
+    rendering anything (``rmm-bench pipeline`` hands them to the PIL reference design)."""
+
+    def __init__(self, data: TrainData, policy: CTAugment | None, config: ViewConfig, rank: int = 0,
+                 world_size: int = 1):
+        self.policy, self.config, self.step = policy, config, 0
+        self.labeled = TrainSampler(data.labeled, config.batch, config.seed, LABELED_STREAM, rank, world_size,
+                                    name="labeled")
+        self.unlabeled = None
+        if config.unlabeled_batch > 0:
+            self.unlabeled = TrainSampler(data.unlabeled, config.unlabeled_batch, config.seed, UNLABELED_STREAM,
+                                          rank, world_size, name="unlabeled")
+
+    def draw(self, step: int) -> StepPlan:
+        x_rows = self.labeled.next_global()
+        u_rows = self.unlabeled.next_global() if self.unlabeled is not None else np.zeros(0, np.int64)
+        return draw_plan(step, x_rows, u_rows, self.policy, self.config)
+
+    def next(self) -> StepPlan:
+        """The next step's plan."""
+        self.step += 1
+        return self.draw(self.step - 1)
+
+
 class StepLoader:
     """An endless iterator of StepBatch for one rank; ``state_dict`` resumes it exactly."""
 
@@ -141,12 +166,8 @@ class StepLoader:
         self.data, self.policy, self.config = data, policy, config
         self.device, self.rank, self.world_size = device, rank, world_size
         self.prefetch = prefetch
-        self.labeled = TrainSampler(data.labeled, config.batch, config.seed, LABELED_STREAM, rank, world_size,
-                                    name="labeled")
-        self.unlabeled = None
-        if config.unlabeled_batch > 0:
-            self.unlabeled = TrainSampler(data.unlabeled, config.unlabeled_batch, config.seed, UNLABELED_STREAM,
-                                          rank, world_size, name="unlabeled")
+        self.plans = PlanStream(data, policy, config, rank, world_size)
+        self.labeled, self.unlabeled = self.plans.labeled, self.plans.unlabeled
         self.fetch = fetcher if fetcher is not None else HostFetcher(data.split, device)
         self.step = 0  # the step of the next batch handed out
         self._pending: tuple[StepPlan, Future] | None = None
@@ -160,9 +181,7 @@ class StepLoader:
     # -- plans and rendering ------------------------------------------------------------------------
 
     def _draw(self, step: int) -> StepPlan:
-        x_rows = self.labeled.next_global()
-        u_rows = self.unlabeled.next_global() if self.unlabeled is not None else np.zeros(0, np.int64)
-        return draw_plan(step, x_rows, u_rows, self.policy, self.config)
+        return self.plans.draw(step)
 
     def _render(self, plan: StepPlan):
         local = plan.local(self.rank, self.world_size)

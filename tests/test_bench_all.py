@@ -16,7 +16,7 @@ import pytest
 from datasets_helpers import REPO, assert_cli_error
 from pipeline_helpers import N_LABELED, N_VALID, pipeline_shards  # noqa: F401 (a fixture)
 from remixmatch.bench import compare as bench_compare
-from remixmatch.bench import full_report, ptx
+from remixmatch.bench import all_sections as full_report, ptx
 from remixmatch.bench.cli import main
 
 B, K = 4, 2
@@ -184,7 +184,7 @@ def test_gpu_namespace_links_every_package_of_pyproject(tmp_path):
     assert done.returncode == 0, done.stderr
     linked = sorted(p.name for p in (ns / "remixmatch").iterdir())
     assert linked == ["bench", "common", "datasets_prep", "kernels", "pipeline", "trainer"]
-    probe = "import remixmatch.bench.full_report as m, remixmatch.common.cli; print(m.__file__)"
+    probe = "import remixmatch.bench.all_sections as m, remixmatch.common.cli; print(m.__file__)"
     shown = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(ns)},
                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert shown.returncode == 0 and shown.stdout.strip().startswith(str(ns)), shown.stderr
@@ -192,7 +192,7 @@ def test_gpu_namespace_links_every_package_of_pyproject(tmp_path):
 
 def test_the_shard_directory_comes_from_the_environment_when_no_flag_names_one(pipeline_shards, tmp_path,  # noqa: F811
                                                                                 monkeypatch, capsys):
-    from remixmatch.bench.pipeline import BenchInputError, shard_directory
+    from remixmatch.bench.core import BenchInputError, shard_directory
 
     monkeypatch.setenv("REMIXMATCH_SHARDS", str(pipeline_shards.path))
     assert shard_directory(None, required=True) == pipeline_shards.path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from remixmatch.bench.bounded import run_bounded
+from remixmatch.bench.section_runner import run_bounded
 
 # Prints, then hangs holding its output open, with a grandchild that holds it open too.
 HANGS = ("import subprocess, sys, time; "

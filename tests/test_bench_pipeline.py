@@ -17,7 +17,7 @@ import pytest
 
 from datasets_helpers import assert_cli_error
 from pipeline_helpers import N_LABELED, N_VALID, pipeline_shards  # noqa: F401 (a fixture)
-from remixmatch.bench import pipeline as bench_pipeline
+from remixmatch.bench import loaders as bench_pipeline
 from remixmatch.bench.cli import main
 
 TOP_KEYS = {"schema_version", "command", "created", "wall_seconds", "machine", "conditions", "versions", "threads",

@@ -8,7 +8,7 @@ from datasets_helpers import run_main
 from remixmatch.bench.cli import main as bench_main
 from remixmatch.bench.images import ImageInputError
 from remixmatch.bench.images import load_images
-from remixmatch.bench.pipeline import PipelineConfig, open_data, view_config
+from remixmatch.bench.loaders import PipelineConfig, open_data, view_config
 from remixmatch.datasets_prep.sources_stl10 import prep_stl10
 from remixmatch.datasets_prep.synthetic import synthetic_stl10, write_stl10_folder
 
@@ -41,7 +41,7 @@ def test_pipeline_views_pad_by_the_image_side(stl10_shards, tmp_path):
 
 
 def test_projection_names_the_shards_paper_run(stl10_shards, tmp_path):
-    from remixmatch.bench.full_report import paper_run
+    from remixmatch.bench.all_sections import paper_run
 
     assert paper_run(stl10_shards) == "STL-10 (96x96)"
     assert paper_run(None) == "CIFAR-10" and paper_run(tmp_path) == "CIFAR-10"

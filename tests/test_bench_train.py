@@ -20,7 +20,7 @@ import torch
 
 from datasets_helpers import assert_cli_error
 from pipeline_helpers import N_LABELED, N_VALID, pipeline_shards  # noqa: F401 (a fixture)
-from remixmatch.bench import train as bench_train
+from remixmatch.bench import train_steps as bench_train
 from remixmatch.bench.cli import main
 from remixmatch.trainer.build import build_policy_and_views, build_train_state
 from remixmatch.trainer.phases import PHASES
@@ -470,4 +470,4 @@ def test_help_exits_zero_and_is_registered(capsys):
     assert "--shards" in capsys.readouterr().out
     from remixmatch.bench.cli import DELEGATED
 
-    assert DELEGATED["train"][0] == "remixmatch.bench.train"
+    assert DELEGATED["train"][0] == "remixmatch.bench.train_steps"

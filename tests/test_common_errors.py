@@ -10,7 +10,7 @@ import pytest
 from remixmatch.bench.aug import AugInputError
 from remixmatch.bench.errors import BenchError
 from remixmatch.bench.images import ImageInputError
-from remixmatch.bench.pipeline import BenchInputError
+from remixmatch.bench.errors import BenchInputError
 from remixmatch.common.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FAILED, RemixMatchError
 from remixmatch.datasets_prep import PrepError, ShardError, VerifyError
 from remixmatch.kernels import AugmentInputError

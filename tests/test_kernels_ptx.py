@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from remixmatch.bench import full_report, ptx
+from remixmatch.bench import all_sections as full_report, ptx
 from remixmatch.bench.cli import main
 from remixmatch.kernels.cuda import kernel_signatures
 

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from remixmatch.bench import semantics as bench_semantics
+from remixmatch.bench import reference_changes as bench_semantics
 from remixmatch.kernels import apply_ops
 from remixmatch.kernels.ops import OP_ID
 from remixmatch.pipeline import CTAugment, PipelineError

@@ -205,6 +205,12 @@ class WideResNet(nn.Module):
         return self.rotation_head(embeds)
 
 
+def model_name(width: int, blocks_per_stage: int, stages: int) -> str:
+    """WRN-depth-k: two 3x3 convs a block, plus 4 (6 n + 4 for the usual three stages)."""
+    depth = 2 * stages * blocks_per_stage + 4
+    return f"WRN-{depth}-{width // 16}" if width % 16 == 0 else f"WRN-{depth} width {width}"
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable scalars (BN running statistics excluded).
 

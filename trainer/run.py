@@ -38,7 +38,7 @@ from .data import load_run_data
 from .errors import TrainerError
 from .interrupt import Interrupted, stop_on_sigint
 from .loop import apply_pending, train_step
-from .model import count_parameters
+from .model import count_parameters, model_name
 from .progress import Progress
 from .tensorboard import metrics_log
 
@@ -450,7 +450,8 @@ class Run:
                         "class_names": list(self.data.shards.class_names),
                         "image_shape": list(split_image_shape(self.data.train.split))},
             "model": {"parameters": count_parameters(self.state.raw_model), "stages": self.state.raw_model.stages,
-                      "name": _model_name(config, self.state.raw_model.stages)},
+                      "name": model_name(config.width, config.blocks_per_stage,
+                                                                    self.state.raw_model.stages)},
             "device": str(self.device), "loader": self.loader_kind, "world_size": self.world_size,
             "wall_seconds": elapsed,
             "versions": versions(),
@@ -472,9 +473,3 @@ def check_finite_config(config: TrainConfig) -> None:
     for name, value in config.to_dict().items():
         if isinstance(value, float) and not math.isfinite(value):
             raise RunError(f"--{name.replace('_', '-')} must be finite, got {value}")
-
-
-def _model_name(config: TrainConfig, stages: int) -> str:
-    """WRN-depth-k: two 3x3 convs a block, plus 4 (6 n + 4 for the usual three stages)."""
-    depth = 2 * stages * config.blocks_per_stage + 4
-    return f"WRN-{depth}-{config.width // 16}" if config.width % 16 == 0 else f"WRN-{depth} width {config.width}"

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from remixmatch.common.cli import OneLineParser, positive_int, run_cli
+from remixmatch.common.cli import OneLineParser, positive_int
 from remixmatch.common.paths import SHARDS_ENV
+
+from .report import command_main
 
 PROG = "rmm-bench semantics"
 OPS_MEASURED = ("translate_x", "translate_y", "rescale")
@@ -84,8 +86,7 @@ def _run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    return run_cli(PROG, lambda: _run(parser.parse_args(argv)))
+    return command_main(argv, prog=PROG, build_parser=build_parser, run=_run)
 
 
 if __name__ == "__main__":

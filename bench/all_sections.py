@@ -22,13 +22,8 @@ touch the next, and a section that fails leaves the others standing), writing it
 
 ``DIR/report.json`` (schema of :mod:`remixmatch.bench.report`, ``"command": "all"``) adds::
 
-    "sections": {"aug" | "ptx" | "pipeline" | "train":
-        {"status": "measured", "seconds": 61.2, "report": {...the section's own report.json...}}
-        | {"status": "skipped", "reason": "..."}      # not run: no --shards, --quick, --skip, no device
-        | {"status": "failed", "reason": "...", "seconds": 3.1}    # ran and exited non-zero: its last line
-        | {"status": "timed_out", "reason": "...", "seconds": 3600.0},  # stopped at its bound (SECTION_TIMEOUT_S)
-        "scaling": {"status": "measured", "reason": ..., "rows": [...train's scaling rows...],
-                    "summary": {...train's summary["scaling"]...}} | skipped | failed},
+    "sections": {"aug" | "ptx" | "pipeline" | "train" | "scaling": a SectionRow (remixmatch.bench.rows)
+        without its null fields; scaling's holds the train section's scaling "rows" and "summary"},
     "charts": {"views_per_s" | "per_op" | "step_split" | "scaling": "views_per_s.png" | {"skipped": "..."}},
     "projection": {
         "paper_steps": 1048576, "device": "cpu", "model": "WRN-10-1", "batch": 64, "k": 8,
@@ -53,25 +48,32 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from remixmatch.common.cli import OneLineParser, positive_int
 from remixmatch.trainer.config import ALGORITHMS
 
-from .bounded import run_bounded
+from . import aug, loaders, ptx, train_steps
+from .charts import draw_charts
+from .core import add_out, add_shards, add_subset, add_threads, check_out, check_valid, gpu_count, shard_directory
 from .errors import BenchError
+from .render import frame
 from .report import (
-    RunConditions, conditions_line, finish_report, format_hours, format_rate, format_ratio, format_share, machine_info,
-    machine_line, new_report, report_main, usable_cpus,
+    RunConditions, finish_report, format_hours, format_rate, format_ratio, format_share, machine_info, new_report,
+    report_main, usable_cpus,
 )
+from .rows import SectionRow
+from .section_rows import aug_row, measured_rows, section_report
+from .section_runner import run_bounded
 
 PROG = "rmm-bench all"
 SECTIONS = ("aug", "ptx", "pipeline", "train", "scaling")
 PAPER_STEPS = 1 << 20
 PAPER_K = 8  # ReMixMatch's strong views per unlabeled image
 SECTION_TIMEOUT_S = 3600
+BODIES = {"aug": aug.body, "ptx": ptx.body, "pipeline": loaders.body, "train": train_steps.body}  # their markdown
 
 
 @dataclass(frozen=True)
@@ -93,14 +95,6 @@ class AllConfig:
 
 # ---- sections -------------------------------------------------------------------------------------
 
-def _gpu_count() -> int:
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def scaling_reason(config: AllConfig) -> str | None:
     """Why the scaling section does not run, or None."""
     if config.quick:
@@ -108,7 +102,7 @@ def scaling_reason(config: AllConfig) -> str | None:
     if config.shards is None:
         return "no --shards (scaling runs real rmm-train jobs on shards)"
     if config.device == "cuda":
-        gpus = _gpu_count()
+        gpus = gpu_count()
         return None if gpus > 1 else f"one device: {gpus} GPU visible"
     cores = usable_cpus()
     return None if cores > 1 else f"one device: {cores} usable CPU core"
@@ -145,11 +139,17 @@ def scaling_section(config: AllConfig, train: dict) -> dict:
     """The scaling rows come from the train section's own run (``rmm-bench train --scaling``)."""
     reason = scaling_reason(config)
     if reason is not None:
-        return {"status": "skipped", "reason": reason}
+        return section("skipped", reason)
     if train["status"] != "measured":
-        return {"status": train["status"], "reason": f"in the train section: {train['reason']}"}
+        return section(train["status"], f"in the train section: {train['reason']}")
     return {"status": "measured", "reason": "measured by the train section (rmm-bench train --scaling)",
             "rows": train["report"]["scaling"], "summary": train["report"]["summary"].get("scaling")}
+
+
+def section(status: str, reason: str | None = None, seconds: float | None = None, report: dict | None = None) -> dict:
+    """A ``sections`` entry: a :class:`~remixmatch.bench.rows.SectionRow` without its empty fields."""
+    row = SectionRow(status=status, reason=reason, seconds=seconds, report=report)
+    return {name: value for name, value in asdict(row).items() if value is not None}
 
 
 def run_section(name: str, argv: list[str], log: Callable[[str], None],
@@ -161,33 +161,11 @@ def run_section(name: str, argv: list[str], log: Callable[[str], None],
                           log=lambda line: log(f"   {line}"), merge_stdout=False)
     out = Path(argv[argv.index("--out") + 1]) / "report.json"
     if outcome.timed_out:
-        return {"status": "timed_out", "reason": f"stopped at its bound of {timeout_s:.0f} s: {outcome.last_line()}",
-                "seconds": outcome.seconds}
+        return section("timed_out", f"stopped at its bound of {timeout_s:.0f} s: {outcome.last_line()}",
+                       outcome.seconds)
     if outcome.code != 0 or not out.is_file():
-        return {"status": "failed", "reason": f"exit status {outcome.code}: {outcome.last_line()}",
-                "seconds": outcome.seconds}
-    return {"status": "measured", "seconds": outcome.seconds, "report": json.loads(out.read_text(encoding="utf-8"))}
-
-
-def measured_rows(sections: dict, name: str) -> list[dict]:
-    """The rows a section measured (none when it was skipped or failed)."""
-    section = sections.get(name)
-    if not section or section["status"] != "measured":
-        return []
-    return [r for r in section["report"]["results"] if "skipped" not in r]
-
-
-def aug_row(sections: dict, backend: str, k: int) -> dict | None:
-    """The aug section's mixed-policy row of ``backend`` at K = k, else at the nearest K measured
-    (views/s barely moves with K at one batch); device-resident inputs preferred."""
-    rows = [r for r in measured_rows(sections, "aug")
-            if r.get("bench") == "aug" and r["backend"] == backend and r["op"] is None]
-    return min(rows, key=lambda r: (abs(r["k"] - k), r.get("inputs") != "device")) if rows else None
-
-
-def _report(sections: dict, name: str) -> dict | None:
-    section = sections.get(name)
-    return section["report"] if section and section["status"] == "measured" else None
+        return section("failed", f"exit status {outcome.code}: {outcome.last_line()}", outcome.seconds)
+    return section("measured", seconds=outcome.seconds, report=json.loads(out.read_text(encoding="utf-8")))
 
 
 # ---- what the figures mean for a full run ------------------------------------------------------------
@@ -245,8 +223,8 @@ def projection(sections: dict, config: AllConfig) -> dict | None:
 
 
 def summarize(sections: dict, proj: dict | None) -> dict:
-    aug, pipeline, ptx = (_report(sections, name) for name in ("aug", "pipeline", "ptx"))
-    train = _report(sections, "train")
+    aug, pipeline, ptx = (section_report(sections, name) for name in ("aug", "pipeline", "ptx"))
+    train = section_report(sections, "train")
     scaling = sections.get("scaling", {}).get("summary")
     ptx_rows = [r for r in (ptx or {}).get("results", []) if r.get("section") == "kernel" and "skipped" not in r]
 
@@ -276,22 +254,6 @@ def summarize(sections: dict, proj: dict | None) -> dict:
 
 
 # ---- markdown -------------------------------------------------------------------------------------
-
-def _demoted(markdown: str) -> list[str]:
-    """A section report's markdown below this report's headings (its title and machine lines dropped:
-    the machine is this report's)."""
-    lines = markdown.splitlines()
-    body = lines[1:] if lines and lines[0].startswith("# ") else lines
-    kept: list[str] = []
-    for line in body:
-        if line.startswith(("Machine:", "Versions:", "Threads:", "Conditions:")):
-            continue
-        if line.strip() or (kept and kept[-1].strip()):  # no run of blank lines where those were
-            kept.append(("#" + line) if line.startswith("#") else line)
-    while kept and not kept[0].strip():
-        kept.pop(0)
-    return kept
-
 
 def projection_markdown(proj: dict | None, config: AllConfig) -> list[str]:
     lines = ["## What this means for a full run", ""]
@@ -328,9 +290,11 @@ def projection_markdown(proj: dict | None, config: AllConfig) -> list[str]:
 
 def render_markdown(report: dict) -> str:
     config, sections = report["config"], report["sections"]
-    lines = ["# rmm-bench all", "", machine_line(report), "", conditions_line(report), ""]
     s = report["summary"]
-    lines += [
+    train = section_report(sections, "train")
+    wait = (train_steps.wait_share_text(train["results"], report["projection"]["device"], True)
+            if train and report["projection"] else format_share(s["data_wait_share"]))
+    lines = [
         "## Headline",
         "",
         f"- Kernel vs PIL, strong views/s: numba-cpu **{format_ratio(s['numba_cpu_vs_pil'])}** of one PIL process, "
@@ -338,7 +302,7 @@ def render_markdown(report: dict) -> str:
         + (f"; numba-cuda best {format_rate(s['numba_cuda_best_views_per_s'])} views/s" if s["numba_cuda_best_views_per_s"] else ""),
         f"- Step batches: torch loader {format_ratio(s['torch_vs_reference'])} the reference design's rate",
         f"- Training: {'-' if s['train_steps_per_s'] is None else format(s['train_steps_per_s'], '.2f')} steps/s "
-        f"loader-fed, data-wait share {format_share(s['data_wait_share'])}; 2^20 steps: {format_hours(s['projected_hours'])}",
+        f"loader-fed, data-wait share {wait}; 2^20 steps: {format_hours(s['projected_hours'])}",
         f"- CUDA kernels: {'not compiled' if s['max_spill_bytes'] is None else ('no spills' if s['max_spill_bytes'] == 0 else str(s['max_spill_bytes']) + ' spill bytes')}",
         "",
         "| section | status | seconds | note |",
@@ -355,22 +319,14 @@ def render_markdown(report: dict) -> str:
     if skipped_charts:
         lines += ["", "Charts not drawn:", "", *skipped_charts]
     for name in SECTIONS[:-1]:  # scaling's table is in the train section's
-        sec = sections[name]
-        if sec["status"] != "measured":
-            continue
-        md_path = Path(report["config"]["out"]) / name / "report.md"
-        if md_path.is_file():
-            lines += ["", f"## {name}", "", *_demoted(md_path.read_text(encoding="utf-8"))]
-    lines += ["", *projection_markdown(report["projection"], config), "",
-              f"Run took {report['wall_seconds']:.0f} s.", ""]
-    return "\n".join(lines)
+        if (section := section_report(sections, name)) is not None:
+            lines += ["", f"## {name}", "", *BODIES[name](section, "###")]
+    return frame(report, PROG, [*lines, "", *projection_markdown(report["projection"], config)])
 
 
 # ---- the run --------------------------------------------------------------------------------------
 
 def run(config: AllConfig, log: Callable[[object], None]) -> dict:
-    from .charts import draw_charts
-
     report = new_report("all", {**{k: (str(v) if isinstance(v, Path) else v) for k, v in config.__dict__.items()},
                                 "skip": list(config.skip)})
     conditions, start = RunConditions(), time.perf_counter()
@@ -378,14 +334,14 @@ def run(config: AllConfig, log: Callable[[object], None]) -> dict:
     for name in SECTIONS[:-1]:
         argv = section_argv(name, config)
         if isinstance(argv, str):
-            sections[name] = {"status": "skipped", "reason": argv}
+            sections[name] = section("skipped", argv)
             log(f"== {name}: skipped ({argv})")
         else:
             sections[name] = run_section(name, argv, log)
             if sections[name]["status"] in ("failed", "timed_out"):
                 log(f"== {name}: FAILED ({sections[name]['reason']})")
     sections["scaling"] = scaling_section(config, sections["train"])
-    train = _report(sections, "train")
+    train = section_report(sections, "train")
     gpu = next((r["device_name"] for r in measured_rows(sections, "train") if r["device"] == "cuda"), None)
     report["machine"] = machine_info(gpu)
     report["threads"] = dict(train["threads"]) if train else {}
@@ -405,22 +361,20 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="One report: views/s per backend against PIL, CUDA kernel "
                                                   "resources, step batches/s, training steps/s with the step split "
                                                   "into its phases, scaling, and the paper's run projected.")
-    parser.add_argument("--out", type=Path, required=True, help="directory for report.json, report.md and the charts")
+    add_out(parser, "report.json, report.md and the charts")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="the kernels and training device (cuda: an error without one)")
     parser.add_argument("--quick", action="store_true", help="every section's --quick; no scaling section")
-    parser.add_argument("--shards", type=Path, default=None,
-                        help="a shard directory (prep-cifar10 --out; default: $REMIXMATCH_SHARDS); without one "
-                             "pipeline and scaling are skipped and the train section measures ready tensors only")
+    add_shards(parser, "; without one pipeline and scaling are skipped and the train section measures ready "
+                       "tensors only")
     parser.add_argument("--batch", type=positive_int, default=64, help="labeled = unlabeled images per step (64)")
     parser.add_argument("--k", type=positive_int, default=None,
                         help="views per unlabeled image beyond the weak one (default: 8 for aug and pipeline, the "
                              "algorithm's for train)")
     parser.add_argument("--algorithm", default="remixmatch", choices=ALGORITHMS,
                         help="the method the train section measures, with its paper's settings (remixmatch)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="threads per section (default: all cores)")
-    parser.add_argument("--labels", type=positive_int, default=250, help="labeled images of the subset (250)")
-    parser.add_argument("--valid", type=int, default=5000, help="training rows held out as validation (5000)")
+    add_threads(parser, "threads per section")
+    add_subset(parser)
     parser.add_argument("--width", type=positive_int, default=None, help="the trained model's first-stage channels")
     parser.add_argument("--blocks-per-stage", type=positive_int, default=None, help="residual blocks per stage")
     parser.add_argument("--skip", action="append", default=[], choices=SECTIONS, metavar="SECTION",
@@ -429,17 +383,14 @@ def build_parser() -> OneLineParser:
 
 
 def config_from_args(args) -> AllConfig:
-    from .pipeline import check_out, shard_directory
-
     check_out(args.out)
     shards = shard_directory(args.shards, required=False)
-    if args.valid < 0:
-        raise BenchError(f"--valid must be at least 0, got {args.valid}")
-    if args.device == "cuda" and _gpu_count() == 0:
+    check_valid(args.valid)
+    if args.device == "cuda" and gpu_count() == 0:
         raise BenchError("--device cuda: no CUDA device (torch.cuda.is_available() is False); use --device cpu")
     return AllConfig(out=args.out, device=args.device, quick=args.quick, shards=shards, batch=args.batch,
-                     k=args.k, algorithm=args.algorithm, threads=args.threads, labels=args.labels, valid=args.valid, width=args.width,
-                     blocks_per_stage=args.blocks_per_stage, skip=tuple(args.skip))
+                     k=args.k, algorithm=args.algorithm, threads=args.threads, labels=args.labels, valid=args.valid,
+                     width=args.width, blocks_per_stage=args.blocks_per_stage, skip=tuple(args.skip))
 
 
 def progress_line(item) -> str:

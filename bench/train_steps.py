@@ -39,56 +39,11 @@ CPU model, a dozen or more on a GPU), device work synchronised at the end of eac
 ``report.json`` (the common schema of :mod:`remixmatch.bench.report`, ``"command": "train"``) has
 ``inputs`` (shards or null, the labeled subset, the policy), ``threads`` (``torch``, ``torch_interop``,
 ``numba`` of the loader's render, ``numba_threading_layer``, ``numba_threading_layer_config``,
-``omp_wait_policy``: the OMP_WAIT_POLICY environment variable or null) and ``results`` rows::
-
-    {"bench": "train", "device": "cpu" | "cuda", "device_name": "cpu" | "<GPU name>",
-     "feed": "synthetic" | "loader",
-     "prefetch": true | false,             # synthetic: true (Run.train's default order; no loader)
-     "algorithm": "remixmatch" | "fixmatch" | "mixmatch" | "supervised",
-     "model": "WRN-10-1", "width": 16, "blocks_per_stage": 1, "parameters": 78110,
-     "batch": 64, "unlabeled_batch": 64, "k": 8,   # k: the algorithm's K (0: supervised)
-     "images_per_step": 128,               # labeled + unlabeled images
-     "views_per_step": 704,                # every view the step reads (B + probes B + B_u + K B_u;
-                                           # MixMatch: B + K B_u, its K views all weak)
-     "train_views_per_labeled_image": 10,  # the views that train, per labeled image: (views - probes) / B
-                                           # (FixMatch at mu = 7: 1 + 2 mu = 15)
-     "steps_per_s": 0.9,                   # median over the repetitions
-     "seconds_per_step": 1.1,
-     "images_per_s": ..., "views_per_s": ...,   # steps_per_s * the per-step counts
-     "kimg_per_s": ...,                    # labeled kimg/s (x 1024 images), as rmm-train logs it
-     "spread": {"min", "max", "q1", "q3", "iqr", "stdev"},   # of steps_per_s
-     "reps": 5, "steps_per_rep": 1, "warmup_steps": 1,
-     "wait_seconds_per_step": 0.002,       # median over reps of the host time in next(loader) per step
-                                           # (on CUDA the step's stream waiting for the loader's render
-                                           # stream shows only in data_wait_share)
-     "wait_share_measured": 0.01,          # median over reps of that time / the repetition's time
-     "data_wait_share": 0.05 | null,       # 1 - steps_per_s / the synthetic row's (same device);
-                                           # null for the synthetic row. Can be slightly negative
-                                           # (noise); on the CPU it also holds the render competing
-                                           # with the step for the cores
-     "projected_hours": 291.3,             # seconds_per_step * 2**20 / 3600: the paper's run
-     "threads": 2,                         # torch threads (torch.set_num_threads)
-     "numba_threads": 2 | null,            # the loader's CPU render (null: synthetic or CUDA)
-     "bf16": false, "channels_last": false,   # autocast / memory format in effect (CUDA only)
-     "losses_finite": true,                # the last step's losses, read after the timing
-     "compile": false,                     # torch.compile on the trained model (--compile)
-     "peak_memory_gib": 2.1 | null,        # CUDA: torch.cuda.max_memory_allocated over the row (null on CPU)
-     "startup_seconds": 3.2,               # building model + loader and the first step (Numba
-                                           # cache load, CUDA context, cuDNN autotuning)
-     "phase_steps": 2,                     # further steps, after the timed ones, split into phases
-     "phase_seconds_per_step": {           # (remixmatch.trainer.phases; the device synchronised at
-       "data_wait": ..., "forward": ...,   # every boundary, so these steps are not the timed ones)
-       "backward": ..., "optimiser": ..., "cta_update": ...,
-       "other": ...},                      # the rest of the step's wall time
-     "phase_shares": {...}}                # the same, / the phase steps' wall seconds per step
-
-or a skipped row ``{"bench": "train", "device": ..., "feed": ..., "prefetch": ..., "batch": ...,
-"skipped": reason}`` (no --shards; no CUDA device; a device not requested; a CUDA row that failed,
-with its error). ``summary``: ``{"paper_steps": 1048576, "cpu": {...} | null, "cuda": {...} | null}``,
-per device ``synthetic_steps_per_s``, ``loader_steps_per_s``, ``loader_no_prefetch_steps_per_s``,
-``synthetic_images_per_s``, ``loader_images_per_s``, ``data_wait_share``,
-``data_wait_share_no_prefetch``, ``wait_share_measured``, ``wait_share_measured_no_prefetch``,
-``projected_hours_synthetic``, ``projected_hours_loader`` (null where the row is missing), ``model``.
+``omp_wait_policy``: the OMP_WAIT_POLICY environment variable or null) and ``results`` rows, each a
+:class:`remixmatch.bench.rows.TrainRow` (its fields' comments say what each figure is), or a
+skipped row ``{"bench": "train", "device", "feed", "prefetch", "batch", "skipped": reason}`` (no
+--shards; no CUDA device; a device not requested; a CUDA row that failed, with its error). ``summary``: ``{"paper_steps": 1048576, "cpu": {...} | null, "cuda": {...} | null}``,
+per device the figures :func:`summarize` names (null where the row is missing).
 
 With --scaling, ``scaling`` (null without) holds steps/s against the number of processes, per device,
 for 1..--procs-max processes (default: 2 on the CPU; on CUDA every visible GPU): each a short real
@@ -100,26 +55,8 @@ labeled subset and seed as the rows above, the global batch fixed (each of N pro
 ``step_seconds`` in metrics.jsonl over the logged windows after the first (the warm-up: Numba cache
 load, allocations, DDP set-up). Each of N processes gets ``max(1, cores // N)`` torch threads
 (``--threads``; cores: the usable CPUs) and, on the CPU, as many Numba threads for its loader
-(NUMBA_NUM_THREADS); the bench's --threads does not apply. Rows::
-
-    {"bench": "train", "section": "scaling", "device": "cpu" | "cuda", "device_name": ...,
-     "ranks": 2,                           # processes (= GPUs on CUDA)
-     "launch": "one process" | "--procs 2" | "--gpus 2", "backend": null | "gloo" | "nccl",
-     "algorithm", "model", "width", "blocks_per_stage", "batch", "unlabeled_batch", "k",   # global
-     "batch_per_rank": 32,                 # labeled images per process per step
-     "images_per_step": 128,               # global labeled + unlabeled images
-     "steps": 8, "log_every": 2,           # the run; its metrics windows
-     "window_step_seconds": [...],         # every logged window's step_seconds, the warm-up first
-     "timed_windows": 3,                   # the windows after the first
-     "seconds_per_step": 0.98,             # their median
-     "steps_per_s": 1.02, "images_per_s": ..., "kimg_per_s": ...,
-     "speedup": 1.24 | null,               # steps_per_s / the same device's 1-process row's (null without it)
-     "efficiency": 0.62 | null,            # speedup / ranks
-     "threads": 1,                         # torch threads per process
-     "numba_threads": 1 | null,            # the loader's Numba threads per process (CPU)
-     "wall_seconds": 31.0}                 # the whole subprocess: start-up, training, evaluation, checkpoint
-
-or a skipped row ``{"bench": "train", "section": "scaling", "device": ..., "ranks": N, "batch": ...,
+(NUMBA_NUM_THREADS); the bench's --threads does not apply. Rows:
+:class:`remixmatch.bench.rows.ScalingRow`, or a skipped row ``{"bench": "train", "section": "scaling", "device": ..., "ranks": N, "batch": ...,
 "skipped": reason}`` (no --shards; a device not requested or absent: one row, ranks 1; more processes
 than usable cores on the CPU or than GPUs on CUDA; a batch that does not split over N; a run that
 failed, with its last line). ``summary["scaling"]``: null without --scaling, else per device null
@@ -131,9 +68,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -144,24 +79,29 @@ from typing import Callable
 from remixmatch.common.cli import OneLineParser, positive_int
 from remixmatch.trainer.config import ALGORITHMS
 
-from .pipeline import (
-    BenchInputError, NumbaThreadsFetcher, _no_sync, _numba_threads_info, _reason, check_out,
-    cuda_unavailable_reason, open_data, shard_directory, time_steps,
+from .core import (
+    NumbaThreadsFetcher, add_out, add_reps, add_shards, add_subset, add_threads, check_device, check_out, check_valid,
+    checked_reps, checked_threads, cuda_unavailable_reason, device_name, error_reason, no_sync, numba_threads_info,
+    shard_directory, time_calls,
 )
+from .errors import BenchInputError
+from .loaders import open_data
+from .render import frame, ratio_range, share_range, skipped_block, table
+from .rows import ScalingRow, TrainRow
 from .report import (
-    PACKAGES, RunConditions, conditions_line, finish_report, format_hours, format_rate, format_share, machine_info,
-    machine_line, markdown_table, new_report, package_versions, report_main, usable_cpus,
+    PACKAGES, RunConditions, finish_report, format_hours, format_rate, format_share, machine_info, markdown_table,
+    new_report, package_versions, report_main, usable_cpus,
 )
+from .section_runner import run_bounded
 
 PROG = "rmm-bench train"
 MIN_REPS = 3
 DEFAULT_REPS = 7
 QUICK_REPS = 3
 PAPER_STEPS = 1 << 20
-# Seconds of back-to-back steps per repetition (at least MIN_STEPS steps), after WARM_STEPS steps.
-REP_SECONDS = {False: 3.0, True: 0.3}
-MIN_STEPS = {False: 2, True: 1}
-WARM_STEPS = {False: 2, True: 1}
+# Per --quick: seconds of back-to-back steps per repetition (at least min_calls steps), after warm_calls steps.
+REP_SIZES = {False: {"rep_seconds": 3.0, "min_calls": 2, "warm_calls": 2},
+             True: {"rep_seconds": 0.3, "min_calls": 1, "warm_calls": 1}}
 # Steps split into phases after the timed repetitions (synchronised at every phase boundary).
 PHASE_STEPS = {False: 5, True: 2}
 # Models per device unless --width / --blocks-per-stage: a small one for the CPU, the paper's on CUDA.
@@ -220,11 +160,6 @@ class TrainBenchConfig:
                                       k=self.k, uratio=self.uratio, width=width, blocks_per_stage=blocks,
                                       device=device, loader="torch", threads=self.threads, run_seed=self.seed,
                                       compile=self.compile, bn_mode=self.bn_mode))
-
-
-def model_name(width: int, blocks: int) -> str:
-    # As trainer/run.py's summary names it.
-    return f"WRN-{6 * blocks + 4}-{width // 16}" if width % 16 == 0 else f"WRN-{6 * blocks + 4} width {width}"
 
 
 # ---- the trainer's objects, built by the functions Run builds them with ---------------------------------------
@@ -304,7 +239,7 @@ def run_row(config: TrainBenchConfig, device: str, feed: str, prefetch: bool, da
     import torch
 
     from remixmatch.trainer.build import build_policy_and_views, build_train_state
-    from remixmatch.trainer.model import count_parameters
+    from remixmatch.trainer.model import count_parameters, model_name
     from remixmatch.trainer.algorithms import STEPS
 
     tc = config.train_config(device)
@@ -324,48 +259,40 @@ def run_row(config: TrainBenchConfig, device: str, feed: str, prefetch: bool, da
         source = SyntheticBatches(policy, views, num_classes, torch_device, config.seed, shape)
     else:
         source = build_loader(tc, data.train, policy, views, device, numba_threads)
-    sync = torch.cuda.synchronize if device == "cuda" else _no_sync
+    sync = torch.cuda.synchronize if device == "cuda" else no_sync
     loop = TrainLoop(state, STEPS[tc.algorithm], source, policy, prefetch)
     try:
         first_start = time.perf_counter()
-        timing = time_steps(loop, config.reps, REP_SECONDS[config.quick], MIN_STEPS[config.quick],
-                            WARM_STEPS[config.quick], sync)
+        timing = time_calls(loop, config.reps, **REP_SIZES[config.quick], sync=sync)
         startup = (first_start - start) + timing.first_seconds
         finite = bool(torch.isfinite(loop.last_losses).all())
         phases = split_phases(loop, PHASE_STEPS[config.quick], sync)
     finally:
         source.close()
     # Per repetition: the calls after the first step and the warm-up, steps_per_rep at a time.
-    timed = loop.waits[1 + timing.warmup_steps:]
-    n = timing.steps_per_rep
-    waits = [sum(timed[i * n:(i + 1) * n]) for i in range(len(timing.per_step))]
+    timed = loop.waits[1 + timing.warmup_calls:]
+    n = timing.calls_per_rep
+    waits = [sum(timed[i * n:(i + 1) * n]) for i in range(len(timing.per_call))]
     fields = timing.fields()
     rate = fields["steps_per_s"]
     images = views.batch + views.unlabeled_batch
     n_views = _views_per_step(views)
     autocast = device == "cuda" and tc.bf16
-    row = {
-        "bench": "train", "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "feed": feed, "prefetch": prefetch, "algorithm": tc.algorithm,
-        "model": model_name(tc.width, tc.blocks_per_stage), "width": tc.width,
-        "blocks_per_stage": tc.blocks_per_stage, "parameters": count_parameters(state.raw_model),
-        "batch": views.batch, "unlabeled_batch": views.unlabeled_batch,
-        "k": 0 if tc.algorithm == "supervised" else tc.k,
-        "images_per_step": images, "views_per_step": n_views,
-        "train_views_per_labeled_image": (n_views - (views.batch if views.probes else 0)) / views.batch,
-        **fields,
-        "images_per_s": rate * images, "views_per_s": rate * n_views, "kimg_per_s": rate * views.batch / 1024,
-        "wait_seconds_per_step": statistics.median(w / n for w in waits),
-        "wait_share_measured": statistics.median(w / (n * s) for w, s in zip(waits, timing.per_step)),
-        "data_wait_share": None,
-        "projected_hours": fields["seconds_per_step"] * PAPER_STEPS / 3600,
-        "threads": torch.get_num_threads(), "numba_threads": numba_threads,
-        "bf16": autocast, "channels_last": device == "cuda" and tc.channels_last,
-        "losses_finite": finite, "startup_seconds": startup, "compile": tc.compile,
-        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
-        **phases,
-    }
+    row = asdict(TrainRow(
+        device=device, device_name=device_name(device), feed=feed, prefetch=prefetch, algorithm=tc.algorithm,
+        model=model_name(tc.width, tc.blocks_per_stage, state.raw_model.stages), width=tc.width,
+        blocks_per_stage=tc.blocks_per_stage, parameters=count_parameters(state.raw_model),
+        batch=views.batch, unlabeled_batch=views.unlabeled_batch, k=0 if tc.algorithm == "supervised" else tc.k,
+        images_per_step=images, views_per_step=n_views,
+        train_views_per_labeled_image=(n_views - (views.batch if views.probes else 0)) / views.batch, **fields,
+        images_per_s=rate * images, views_per_s=rate * n_views, kimg_per_s=rate * views.batch / 1024,
+        wait_seconds_per_step=statistics.median(w / n for w in waits),
+        wait_share_measured=statistics.median(w / (n * s) for w, s in zip(waits, timing.per_call)),
+        projected_hours=fields["seconds_per_step"] * PAPER_STEPS / 3600,
+        threads=torch.get_num_threads(), numba_threads=numba_threads, bf16=autocast,
+        channels_last=device == "cuda" and tc.channels_last, losses_finite=finite, startup_seconds=startup,
+        compile=tc.compile, peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
+        **phases))
     log(row)
     return row
 
@@ -414,7 +341,7 @@ def device_rows(config: TrainBenchConfig, device: str, data, log) -> list[dict]:
             try:  # a CUDA failure (driver, memory, numba-cuda) must not cost the other rows
                 row = run_row(config, device, feed, prefetch, data, log)
             except Exception as error:
-                row = skipped_row(device, feed, prefetch, config.batch, f"failed: {_reason(error)}")
+                row = skipped_row(device, feed, prefetch, config.batch, f"failed: {error_reason(error)}")
         else:
             row = run_row(config, device, feed, prefetch, data, log)
         if "skipped" in row:
@@ -517,7 +444,7 @@ def run(config: TrainBenchConfig, log: Callable[[object], None]) -> dict:
     summary["scaling"] = None if scaling is None else summarize_scaling(scaling)
     report.update(machine=machine_info(gpu), results=rows, summary=summary, scaling=scaling,
                   threads={"torch": config.threads, "torch_interop": torch.get_num_interop_threads(),
-                           "numba": numba_threads, **_numba_threads_info(),
+                           "numba": numba_threads, **numba_threads_info(),
                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")})
     finish_report(report, time.perf_counter() - started, conditions)
     return report
@@ -579,9 +506,12 @@ def steady_step_seconds(metrics_path: Path) -> tuple[float, list[float]]:
     return statistics.median(windows[1:]), windows
 
 
-def run_scaling_row(config: TrainBenchConfig, device: str, ranks: int) -> dict:
+def run_scaling_row(config: TrainBenchConfig, device: str, ranks: int, side: int) -> dict:
     """One short real run of ``ranks`` processes (rmm-train in a subprocess, into a temporary
-    directory removed after) and its steady-state rates."""
+    directory removed after) and its steady-state rates; ``side``: the shards' image side."""
+    from remixmatch.trainer.build import model_stages
+    from remixmatch.trainer.model import model_name
+
     tc = config.train_config(device)
     steps, log_every = SCALING_STEPS[(device, config.quick)]
     with tempfile.TemporaryDirectory(prefix="rmm-bench-scaling-") as tmp:
@@ -589,44 +519,27 @@ def run_scaling_row(config: TrainBenchConfig, device: str, ranks: int) -> dict:
         argv, env = scaling_command(config, device, ranks, out)
         started = time.perf_counter()
         # Its own process group: a run over time goes down with its workers.
-        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                   start_new_session=True)
-        try:
-            _, err = process.communicate(timeout=SCALING_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            return scaling_skipped_row(device, ranks, tc.batch, f"failed: rmm-train ran over {SCALING_TIMEOUT_S} s")
+        outcome = run_bounded(argv, timeout_s=SCALING_TIMEOUT_S, env=env, merge_stdout=False)
         wall = time.perf_counter() - started
-        if process.returncode != 0:
-            last = (err.strip().splitlines() or ["no output"])[-1]
-            return scaling_skipped_row(device, ranks, tc.batch, f"failed: rmm-train exited {process.returncode}: {last}")
+        if outcome.timed_out:
+            return scaling_skipped_row(device, ranks, tc.batch, f"failed: rmm-train ran over {SCALING_TIMEOUT_S} s")
+        if outcome.code != 0:
+            return scaling_skipped_row(device, ranks, tc.batch,
+                                       f"failed: rmm-train exited {outcome.code}: {outcome.last_line()}")
         seconds, windows = steady_step_seconds(out / "metrics.jsonl")
     images = tc.batch + tc.unlabeled_batch
     rate = 1.0 / seconds
     threads = scaling_threads(ranks)
-    row = {
-        "bench": "train", "section": "scaling", "device": device,
-        "device_name": _device_name(device), "ranks": ranks,
-        "launch": "one process" if ranks == 1 else f"--{'gpus' if device == 'cuda' else 'procs'} {ranks}",
-        "backend": None if ranks == 1 else ("nccl" if device == "cuda" else "gloo"),
-        "algorithm": tc.algorithm, "model": model_name(tc.width, tc.blocks_per_stage), "width": tc.width,
-        "blocks_per_stage": tc.blocks_per_stage, "batch": tc.batch, "unlabeled_batch": tc.unlabeled_batch,
-        "k": 0 if tc.algorithm == "supervised" else tc.k, "batch_per_rank": tc.batch // ranks,
-        "images_per_step": images, "steps": steps, "log_every": log_every,
-        "window_step_seconds": windows, "timed_windows": len(windows) - 1,
-        "seconds_per_step": seconds, "steps_per_s": rate, "images_per_s": rate * images,
-        "kimg_per_s": rate * tc.batch / 1024, "speedup": None, "efficiency": None,
-        "threads": threads, "numba_threads": threads if device == "cpu" else None,
-        "wall_seconds": wall,
-    }
-    return row
-
-
-def _device_name(device: str) -> str:
-    import torch
-
-    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    return asdict(ScalingRow(
+        device=device, device_name=device_name(device), ranks=ranks,
+        launch="one process" if ranks == 1 else f"--{'gpus' if device == 'cuda' else 'procs'} {ranks}",
+        backend=None if ranks == 1 else ("nccl" if device == "cuda" else "gloo"), algorithm=tc.algorithm,
+        model=model_name(tc.width, tc.blocks_per_stage, model_stages(tc, side)), width=tc.width,
+        blocks_per_stage=tc.blocks_per_stage, batch=tc.batch, unlabeled_batch=tc.unlabeled_batch,
+        k=0 if tc.algorithm == "supervised" else tc.k, batch_per_rank=tc.batch // ranks, images_per_step=images,
+        steps=steps, log_every=log_every, window_step_seconds=windows, timed_windows=len(windows) - 1,
+        seconds_per_step=seconds, steps_per_s=rate, images_per_s=rate * images, kimg_per_s=rate * tc.batch / 1024,
+        threads=threads, numba_threads=threads if device == "cpu" else None, wall_seconds=wall))
 
 
 def scaling_rows(config: TrainBenchConfig, data, log) -> list[dict]:
@@ -661,9 +574,9 @@ def scaling_rows(config: TrainBenchConfig, data, log) -> list[dict]:
                 row = scaling_skipped_row(device, ranks, tc_batch, row_reason)
             else:
                 try:
-                    row = run_scaling_row(config, device, ranks)
+                    row = run_scaling_row(config, device, ranks, data.train.image_shape[0])
                 except Exception as error:  # one failed run must not cost the other rows
-                    row = scaling_skipped_row(device, ranks, tc_batch, f"failed: {_reason(error)}")
+                    row = scaling_skipped_row(device, ranks, tc_batch, f"failed: {error_reason(error)}")
             log(scaling_row_line(row))
             rows.append(row)
     add_speedups(rows)
@@ -712,9 +625,9 @@ def _row_name(r: dict) -> str:
     return "loader, prefetch" if r["prefetch"] else "loader, no prefetch"
 
 
-def scaling_markdown(scaling: list[dict], config: dict) -> list[str]:
+def scaling_markdown(scaling: list[dict], h: str = "##") -> list[str]:
     done = [r for r in scaling if "skipped" not in r]
-    lines = ["## Scaling: steps/s against processes", ""]
+    lines = [f"{h} Scaling: steps/s against processes", ""]
     if not done:
         return lines + ["No scaling run was measured (see Skipped)."]
     first = done[0]
@@ -725,25 +638,51 @@ def scaling_markdown(scaling: list[dict], config: dict) -> list[str]:
         "threads (`--threads`) and as many Numba threads (NUMBA_NUM_THREADS) for its loader. Speed-up: steps/s "
         "over the one-process run's; efficiency: speed-up / N.",
         "",
-        markdown_table(
-            ["device", "model", "processes", "launch", "threads/process", "batch/process", "steps/s", "images/s",
-             "speed-up", "efficiency", "steps (windows)", "run s"],
-            [[r["device"], r["model"], str(r["ranks"]), r["launch"],
-              str(r["threads"]) + ("" if r["numba_threads"] is None else f" + {r['numba_threads']} numba"),
-              str(r["batch_per_rank"]), f"{r['steps_per_s']:.2f}", format_rate(r["images_per_s"]),
-              "-" if r["speedup"] is None else f"{r['speedup']:.2f}x",
-              format_share(r["efficiency"]), f"{r['steps']} ({r['timed_windows']} x {r['log_every']})",
-              f"{r['wall_seconds']:.0f}"] for r in done]),
+        table(SCALING_COLUMNS, done),
     ]
     return lines
 
 
-def phase_markdown(rows: list[dict]) -> list[str]:
+def _threads(r: dict) -> str:
+    return str(r["threads"]) + ("" if r["numba_threads"] is None else f" + {r['numba_threads']} numba")
+
+
+COLUMNS = (
+    ("device", lambda r: r["device"]), ("model", lambda r: r["model"]), ("feed", _row_name),
+    ("steps/s", lambda r: f"{r['steps_per_s']:.2f}"),
+    ("spread", lambda r: f"{r['spread']['min']:.2f}-{r['spread']['max']:.2f}"),
+    ("images/s", lambda r: format_rate(r["images_per_s"])), ("views/s", lambda r: format_rate(r["views_per_s"])),
+    ("wait ms/step", lambda r: f"{1000 * r['wait_seconds_per_step']:.1f}"),
+    ("measured wait", lambda r: format_share(r["wait_share_measured"])),
+    ("data-wait share", lambda r: format_share(r["data_wait_share"])),
+    ("2^20 steps", lambda r: format_hours(r["projected_hours"])), ("threads", _threads),
+    ("start-up s", lambda r: f"{r['startup_seconds']:.1f}"),
+)
+SCALING_COLUMNS = (
+    ("device", lambda r: r["device"]), ("model", lambda r: r["model"]), ("processes", lambda r: str(r["ranks"])),
+    ("launch", lambda r: r["launch"]), ("threads/process", _threads), ("batch/process", lambda r: str(r["batch_per_rank"])),
+    ("steps/s", lambda r: f"{r['steps_per_s']:.2f}"), ("images/s", lambda r: format_rate(r["images_per_s"])),
+    ("speed-up", lambda r: "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"),
+    ("efficiency", lambda r: format_share(r["efficiency"])),
+    ("steps (windows)", lambda r: f"{r['steps']} ({r['timed_windows']} x {r['log_every']})"),
+    ("run s", lambda r: f"{r['wall_seconds']:.0f}"),
+)
+
+
+def wait_share_text(rows: list[dict], device: str, prefetch: bool) -> str:
+    """A loader row's data-wait share, with its range where the two rows' spreads make it noise."""
+    loader, ceiling = find(rows, device, "loader", prefetch), find(rows, device, "synthetic", True)
+    if loader is None or ceiling is None or loader.get("data_wait_share") is None:
+        return format_share(None if loader is None else loader.get("data_wait_share"))
+    return share_range(loader["data_wait_share"], *ratio_range(loader, ceiling))
+
+
+def phase_markdown(rows: list[dict], h: str = "##") -> list[str]:
     from remixmatch.trainer.phases import PHASES
 
     names = [*PHASES, "other"]
     return [
-        "## Where a step's time goes",
+        f"{h} Where a step's time goes",
         "",
         markdown_table(["device", "feed", *[f"{name} ms" for name in names]],
                        [[r["device"], _row_name(r)] + [f"{1000 * r['phase_seconds_per_step'][name]:.1f} "
@@ -758,7 +697,7 @@ def phase_markdown(rows: list[dict]) -> list[str]:
     ]
 
 
-def render_markdown(report: dict) -> str:
+def body(report: dict, h: str = "##") -> list[str]:
     rows, summary, inputs, config = report["results"], report["summary"], report["inputs"], report["config"]
     b, k = config["batch"], config["k"]
     if inputs["shards"] is None:
@@ -767,39 +706,25 @@ def render_markdown(report: dict) -> str:
         data_line = (f"Inputs: shards `{inputs['shards']}` ({inputs['dataset']}, {inputs['rows']} train rows, "
                      f"{inputs['encoding']}); {inputs['labeled_subset']}.")
     lines = [
-        "# rmm-bench train",
-        "",
-        machine_line(report),
-        "",
-        conditions_line(report),
-        "",
         f"{data_line} {config['algorithm']}, B = {b}, mu = {config.get('uratio', 1)}, K = {k}, BN mode "
         f"{config.get('bn_mode', 'joint')}; policy: {inputs['policy']}. Each figure: median of "
         f"{config['reps']} repetitions of back-to-back steps after warm-up (spread: min-max steps/s). "
         "Data-wait share = 1 - loader steps/s / synthetic steps/s; measured wait = time in next(loader) / time.",
         "",
-        f"## Headline: B = {b}, K = {k}",
+        f"{h} Headline: B = {b}, K = {k}",
         "",
     ]
     for device in DEVICES:
         s = summary.get(device)
         if s is None:
             continue
-        lines.append(f"- {device} ({s['model']}): data-wait share **{format_share(s['data_wait_share'])}** with prefetch "
-                     f"({format_share(s['data_wait_share_no_prefetch'])} without); the paper's 2^20 steps: "
+        lines.append(f"- {device} ({s['model']}): data-wait share **{wait_share_text(rows, device, True)}** with "
+                     f"prefetch ({wait_share_text(rows, device, False)} without); the paper's 2^20 steps: "
                      f"**{format_hours(s['projected_hours_loader'])}** loader-fed, "
                      f"{format_hours(s['projected_hours_synthetic'])} at the synthetic ceiling")
     lines += [
         "",
-        markdown_table(
-            ["device", "model", "feed", "steps/s", "spread", "images/s", "views/s", "wait ms/step",
-             "measured wait", "data-wait share", "2^20 steps", "threads", "start-up s"],
-            [[r["device"], r["model"], _row_name(r), f"{r['steps_per_s']:.2f}",
-              f"{r['spread']['min']:.2f}-{r['spread']['max']:.2f}", format_rate(r["images_per_s"]),
-              format_rate(r["views_per_s"]), f"{1000 * r['wait_seconds_per_step']:.1f}",
-              format_share(r["wait_share_measured"]), format_share(r["data_wait_share"]), format_hours(r["projected_hours"]),
-              str(r["threads"]) + ("" if r["numba_threads"] is None else f" + {r['numba_threads']} numba"),
-              f"{r['startup_seconds']:.1f}"] for r in measured(rows)]),
+        table(COLUMNS, measured(rows)),
         "",
         "images/s: labeled + unlabeled images (B + B_u) per second; views/s: every view a step reads. "
         "On the CPU the loader's render and the step share the cores: the data-wait share holds that "
@@ -813,17 +738,18 @@ def render_markdown(report: dict) -> str:
                   "machine shared with other work: while the loader's Numba OpenMP threads run, torch's OpenMP "
                   "threads spin less when the cores are oversubscribed (OMP_WAIT_POLICY=PASSIVE closed most of the "
                   "gap). Rerun on an idle machine, or with --threads 1."]
-    lines += ["", *phase_markdown(measured(rows))]
+    lines += ["", *phase_markdown(measured(rows), h)]
     scaling = report.get("scaling")
     if scaling is not None:
-        lines += ["", *scaling_markdown(scaling, config)]
+        lines += ["", *scaling_markdown(scaling, h)]
     skips = [f"- {r['device']} {_row_name(r)}: {r['skipped']}" for r in rows if "skipped" in r]
     skips += [f"- scaling {r['device']}, {r['ranks']} process{'es' if r['ranks'] > 1 else ''}: {r['skipped']}"
               for r in scaling or [] if "skipped" in r]
-    if skips:
-        lines += ["", "## Skipped", ""] + skips
-    lines += ["", f"Run took {report['wall_seconds']:.0f} s.", ""]
-    return "\n".join(lines)
+    return lines + skipped_block(skips, h)
+
+
+def render_markdown(report: dict) -> str:
+    return frame(report, PROG, body(report))
 
 
 # ---- command line ---------------------------------------------------------------------------------
@@ -832,16 +758,12 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Training steps/s: the step fed by ready synthetic tensors "
                                                   "against the step fed by the real loader, and the paper's "
                                                   "2^20-step run projected.")
-    parser.add_argument("--shards", type=Path, default=None,
-                        help="a shard directory (prep-cifar10 --out; default: $REMIXMATCH_SHARDS); without one "
-                             "the loader rows are skipped")
-    parser.add_argument("--out", type=Path, required=True, help="directory for report.json and report.md")
+    add_shards(parser, "; without one the loader rows are skipped")
+    add_out(parser)
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_REPS} short repetitions (under a minute on 2 cores at B = 64, K = 8; about 90 s "
                              "with --scaling), and shorter scaling runs")
-    parser.add_argument("--reps", type=int, default=None,
-                        help=f"timed repetitions per row, at least {MIN_REPS} (default {DEFAULT_REPS}; "
-                             f"{QUICK_REPS} with --quick)")
+    add_reps(parser, MIN_REPS, DEFAULT_REPS, QUICK_REPS)
     parser.add_argument("--batch", type=positive_int, default=64,
                         help="labeled images per step (64); unlabeled: --uratio times as many")
     parser.add_argument("--k", type=positive_int, default=None,
@@ -855,14 +777,12 @@ def build_parser() -> OneLineParser:
                         help="first stage's channels (default: 16 on the CPU, 32 on CUDA)")
     parser.add_argument("--blocks-per-stage", type=positive_int, default=None,
                         help="residual blocks per stage (default: 1 on the CPU, 4 on CUDA: WRN-28-2)")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="torch threads and the loader's Numba threads (default: all usable cores)")
+    add_threads(parser, "torch threads and the loader's Numba threads")
     parser.add_argument("--algorithm", default="remixmatch", choices=ALGORITHMS)
     parser.add_argument("--bn-mode", default="joint", choices=("joint", "reference"),
                         help="the training forward: one concatenated call (joint, default) or the reference "
                              "code's K + 2 interleaved chunks (reference): what the concatenation buys")
-    parser.add_argument("--labels", type=positive_int, default=250, help="labeled images of the subset (250)")
-    parser.add_argument("--valid", type=int, default=5000, help="training rows held out as validation (5000)")
+    add_subset(parser)
     parser.add_argument("--seed", type=int, default=0, help="run seed: model init, views, MixUp")
     parser.add_argument("--scaling", action="store_true",
                         help="also steps/s against the number of processes: short real rmm-train runs on "
@@ -875,27 +795,16 @@ def build_parser() -> OneLineParser:
 
 
 def config_from_args(args) -> TrainBenchConfig:
-    reps = args.reps if args.reps is not None else (QUICK_REPS if args.quick else DEFAULT_REPS)
-    if reps < MIN_REPS:
-        raise BenchInputError(f"--reps must be at least {MIN_REPS} (every figure is a median of >= {MIN_REPS} "
-                              f"repetitions), got {reps}")
-    if args.valid < 0:
-        raise BenchInputError(f"--valid must be at least 0, got {args.valid}")
+    from remixmatch.trainer.config import ConfigError, TrainConfig, preset_values
+
+    reps = checked_reps(args.reps, args.quick, MIN_REPS, DEFAULT_REPS, QUICK_REPS)
+    check_valid(args.valid)
     if args.procs_max is not None and not args.scaling:
         raise BenchInputError("--procs-max goes with --scaling")
-    threads = args.threads if args.threads is not None else usable_cpus()
-    import numba
-
-    if threads > numba.config.NUMBA_NUM_THREADS:
-        raise BenchInputError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), got {threads}")
+    threads = checked_threads(args.threads)
     check_out(args.out)
     shards = shard_directory(args.shards, required=False)
-    if args.device == "cuda":
-        reason = cuda_unavailable_reason()
-        if reason:
-            raise BenchInputError(f"--device cuda: {reason}; use --device cpu or auto")
-    from remixmatch.trainer.config import TrainConfig, preset_values
-
+    check_device(args.device, "; use --device cpu or auto")
     paper = {**TrainConfig().to_dict(), **preset_values(None, args.algorithm)}  # the algorithm's K and mu
     config = TrainBenchConfig(out=args.out, shards=shards, quick=args.quick, reps=reps, batch=args.batch,
                               k=paper["k"] if args.k is None else args.k,
@@ -903,8 +812,6 @@ def config_from_args(args) -> TrainBenchConfig:
                               width=args.width, blocks_per_stage=args.blocks_per_stage, threads=threads,
                               algorithm=args.algorithm, bn_mode=args.bn_mode, labels=args.labels, valid=args.valid,
                               seed=args.seed, scaling=args.scaling, procs_max=args.procs_max, compile=args.compile)
-    from remixmatch.trainer.config import ConfigError
-
     try:
         for device in DEVICES:
             config.train_config(device)

@@ -39,45 +39,17 @@ Each figure is the median of ``--reps`` (>= 5) repetitions after a warm-up, each
 back-to-back steps (at least 3; 2 with --quick). An untimed check renders one step's plan with the
 loader and with both PIL styles and counts the views that differ (``equivalence``).
 
-``report.json`` follows :mod:`remixmatch.bench.report` (``command`` "pipeline"). A measured row::
-
-    {"bench": "pipeline", "backend": "torch" | "dali" | "dali-graph" | "dali-numba" | "pil-pool" | "pil-pool-float",
-     "device": "cpu" | "cuda", "device_name": "cpu" | "<GPU name>",
-     "prefetch": true | false | null,      # null: the PIL pool (no loader)
-     "batch": 64, "unlabeled_batch": 64, "k": 8,
-     "views_per_step": 704, "strong_views_per_step": 512,   # K * B_u
-     "output": "uint8 NHWC torch tensor" | "uint8 NumPy" | "float32 [-1, 1] NumPy",
-     "steps_per_s": 81.2,                  # median over the repetitions
-     "seconds_per_step": 0.0123,
-     "strong_views_per_s": ..., "views_per_s": ...,        # steps_per_s * the per-step counts
-     "spread": {"min", "max", "q1", "q3", "iqr", "stdev"}, # of steps_per_s
-     "reps": 7, "steps_per_rep": 12, "warmup_steps": 5,
-     "ratio_vs_reference": 19.3 | null,    # strong_views_per_s / the pil-pool-float row's
-     "ratio_vs_pil_pool": 12.1 | null,     # (= the step-rate ratio at the same B and K)
-     "threads": 2,                         # Numba threads of the loader's render thread, or processes
-     "startup_seconds": 1.6}               # loader: construction + first step (Numba cache load,
-                                           # DALI build); pool: starting the workers
-
-or a skipped row ``{"bench": "pipeline", "backend": ..., "device": ..., "batch": ..., "skipped": reason}``.
-``summary``: ``torch_cpu_steps_per_s`` (prefetch on, the loader's default), ``torch_cpu_no_prefetch_steps_per_s``,
-``dali_cpu_steps_per_s``, ``reference_steps_per_s`` (pil-pool-float), ``pil_pool_steps_per_s``,
-``torch_vs_reference``, ``torch_vs_pil_pool``, ``dali_vs_reference``, ``dali_vs_pil_pool``, the strong views/s
-of each, ``dali_graph_cpu_steps_per_s`` / ``dali_graph_cpu_no_prefetch_steps_per_s`` / ``dali_numba_cpu_steps_per_s``
-(kernel in the graph), ``dali_graph_vs_reference``, ``dali_graph_vs_dali`` and ``dali_numba_vs_dali`` (in the graph
-over on DALI's output, prefetch on; > 1: the graph is faster), ``goal_torch_vs_reference`` (10) and ``goal_met``, ``torch_cuda_steps_per_s`` /
-``torch_cuda_b256_steps_per_s`` (null without CUDA), ``views_bit_exact``. ``equivalence``: the untimed
-check's counts.
+``report.json`` follows :mod:`remixmatch.bench.report` (``command`` "pipeline"). A measured row is a
+:class:`remixmatch.bench.rows.LoaderRow`, or a skipped row ``{"bench", "backend", "device", "batch",
+"skipped": reason}``. ``summary``: the headline rates and ratios :func:`summarize` names (null where a
+row is missing; ``dali_graph_vs_dali`` > 1: the kernel in the graph is faster). ``equivalence``: the
+untimed check's counts.
 """
 
 from __future__ import annotations
 
-import math
-import multiprocessing
-import os
-import statistics
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -85,21 +57,26 @@ from typing import Callable
 import numpy as np
 
 from remixmatch.common.cli import OneLineParser, positive_int
-from remixmatch.common.paths import SHARDS_ENV, resolve_path
 
-from .errors import BenchError
+from .core import (
+    NumbaThreadsFetcher, Timing, add_out, add_reps, add_shards, add_subset, add_threads, check_device, check_out,
+    check_valid, checked_reps, checked_threads, cuda_unavailable_reason, device_name, error_reason, no_sync,
+    numba_threads_info, process_pool, shard_directory, time_calls,
+)
+from .errors import BenchInputError
+from .render import frame, skipped_block, table
+from .rows import LoaderRow
 from .report import (
-    PACKAGES, RunConditions, conditions_line, finish_report, format_rate, format_ratio, machine_info,
-    machine_line, markdown_table, new_report, package_versions, report_main, spread, usable_cpus,
+    PACKAGES, RunConditions, finish_report, format_rate, format_ratio, machine_info, new_report, package_versions,
+    report_main,
 )
 
 PROG = "rmm-bench pipeline"
 MIN_REPS = 5
 DEFAULT_REPS = 7
-# Seconds of back-to-back steps per repetition (at least MIN_STEPS steps), after WARM_STEPS steps.
-REP_SECONDS = {False: 2.0, True: 0.3}
-MIN_STEPS = {False: 3, True: 2}
-WARM_STEPS = {False: 5, True: 2}
+# Per --quick: seconds of back-to-back steps per repetition (at least min_calls steps), after warm_calls steps.
+REP_SIZES = {False: {"rep_seconds": 2.0, "min_calls": 3, "warm_calls": 5},
+             True: {"rep_seconds": 0.3, "min_calls": 2, "warm_calls": 2}}
 CUDA_BIG_BATCH = 256
 GOAL_VS_REFERENCE = 10.0
 SUBSET_SEED = 1  # the trainer's default labeled-split seed
@@ -108,10 +85,6 @@ VERSION_PACKAGES = PACKAGES + ("nvidia-dali-cuda120",)
 GRAPH_KERNELS = {"dali-graph": "python", "dali-numba": "numba"}
 GRAPH_NAMES = {"dali-graph": "dali cpu, kernel in graph (python_function)",
                "dali-numba": "dali cpu, kernel in graph (numba_function, 1 thread)"}
-
-
-class BenchInputError(BenchError):
-    """A command-line value or input the benchmark cannot run with; shown as one line."""
 
 
 @dataclass(frozen=True)
@@ -136,85 +109,6 @@ class PipelineConfig:
     @property
     def views_per_step(self) -> int:
         return 3 * self.batch + self.k * self.batch
-
-
-# ---- timing (shared with rmm-bench train) ----------------------------------------------------------
-
-def _no_sync() -> None:
-    return None
-
-
-@dataclass(frozen=True)
-class StepTiming:
-    per_step: list[float]  # seconds per step, one entry per repetition
-    steps_per_rep: int
-    warmup_steps: int
-    first_seconds: float  # the very first step (JIT loads, pipeline builds, lazy allocations)
-
-    @property
-    def rates(self) -> list[float]:
-        return [1.0 / s for s in self.per_step]
-
-    def fields(self) -> dict:
-        rates = self.rates
-        return {
-            "steps_per_s": statistics.median(rates),
-            "seconds_per_step": statistics.median(self.per_step),
-            "spread": spread(rates),
-            "reps": len(self.per_step),
-            "steps_per_rep": self.steps_per_rep,
-            "warmup_steps": self.warmup_steps,
-        }
-
-
-def time_steps(step: Callable[[], object], reps: int, rep_seconds: float, min_steps: int, warm_steps: int,
-               sync: Callable[[], None] = _no_sync, after_rep: Callable[[int, int], None] | None = None) -> StepTiming:
-    """One first step, ``warm_steps`` more (their median sizes the repetitions), then ``reps``
-    repetitions of back-to-back steps. ``sync`` waits for queued device work at the end of each
-    timed block; ``after_rep(rep, steps)`` runs outside the timed region."""
-    start = time.perf_counter()
-    step()
-    sync()
-    first = time.perf_counter() - start
-    warm = []
-    for _ in range(warm_steps):
-        start = time.perf_counter()
-        step()
-        sync()
-        warm.append(time.perf_counter() - start)
-    typical = statistics.median(warm) if warm else first
-    steps = max(min_steps, min(10_000, math.ceil(rep_seconds / max(typical, 1e-6))))
-    per_step = []
-    for rep in range(reps):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        per_step.append((time.perf_counter() - start) / steps)
-        if after_rep is not None:
-            after_rep(rep, steps)
-    return StepTiming(per_step, steps, warm_steps, first)
-
-
-class NumbaThreadsFetcher:
-    """A fetcher that sets the Numba thread count of the thread it runs in, then fetches.
-
-    ``numba.set_num_threads`` is thread-local: a count set in the caller's thread does not reach the
-    StepLoader's render thread, which would run the kernel on every core (NUMBA_NUM_THREADS). The
-    fetcher runs in that thread right before the kernel, so setting it here pins the render."""
-
-    def __init__(self, inner, threads: int):
-        self.inner, self.threads = inner, threads
-
-    def __call__(self, rows):
-        import numba
-
-        if numba.get_num_threads() != self.threads:
-            numba.set_num_threads(self.threads)
-        return self.inner(rows)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 # ---- the data and the plans -------------------------------------------------------------------------
@@ -257,28 +151,6 @@ def view_config(config: PipelineConfig, data: BenchData, batch: int | None = Non
     b = config.batch if batch is None else batch
     return ViewConfig(batch=b, unlabeled_batch=b, k=config.k, seed=config.seed,
                       pad=weak_pad(data.train.image_shape[0]))
-
-
-class PlanStream:
-    """The plans a StepLoader over the same data, policy and config draws, in order: the same
-    samplers and :func:`draw_plan` the loader's ``_draw`` uses, without rendering anything."""
-
-    def __init__(self, data, policy, views):
-        from remixmatch.pipeline import TrainSampler
-        from remixmatch.pipeline.samplers import LABELED_STREAM, UNLABELED_STREAM
-
-        self.policy, self.views = policy, views
-        self.labeled = TrainSampler(data.labeled, views.batch, views.seed, LABELED_STREAM, name="labeled")
-        self.unlabeled = TrainSampler(data.unlabeled, views.unlabeled_batch, views.seed, UNLABELED_STREAM,
-                                      name="unlabeled")
-        self.step = 0
-
-    def next(self):
-        from remixmatch.pipeline import draw_plan
-
-        plan = draw_plan(self.step, self.labeled.next_global(), self.unlabeled.next_global(), self.policy, self.views)
-        self.step += 1
-        return plan
 
 
 # ---- the reference design: PIL in a process pool ----------------------------------------------------
@@ -342,28 +214,6 @@ def _pool_init() -> None:
     import remixmatch.kernels.pil_reference  # noqa: F401
 
 
-def _worker_pid(_: int) -> int:
-    time.sleep(0.01)  # keeps one ready worker from taking every probe while the others start
-    return os.getpid()
-
-
-@contextmanager
-def pil_pool(processes: int):
-    """A started pool of ``processes`` PIL workers and its start-up seconds (every worker running)."""
-    # spawn, not fork: the parent runs Numba, DALI and torch threads, which fork does not copy.
-    context = multiprocessing.get_context("spawn")
-    start = time.perf_counter()
-    pool = context.Pool(processes, initializer=_pool_init)
-    try:
-        seen: set[int] = set()
-        while len(seen) < processes:
-            seen.update(pool.map(_worker_pid, range(processes), chunksize=1))
-        yield pool, time.perf_counter() - start
-    finally:
-        pool.terminate()
-        pool.join()
-
-
 def pil_step(pool, split, plan, pad: int, processes: int, style: str) -> np.ndarray:
     """One step's views by the reference design: gather the plan's rows, split the views into one
     contiguous chunk per process, render in the pool. ``style`` "uint8" or "float"."""
@@ -390,29 +240,20 @@ POOL_BACKENDS = {"pil-pool": ("uint8", "uint8 NumPy"), "pil-pool-float": ("float
 # ---- rows -------------------------------------------------------------------------------------------
 
 def measured_row(config: PipelineConfig, backend: str, device: str, device_name: str, prefetch, batch: int,
-                 output: str, timing: StepTiming, threads: int, startup: float, **extra) -> dict:
+                 output: str, timing: Timing, threads: int, startup: float, **extra) -> dict:
     views = 3 * batch + config.k * batch
     strong = config.k * batch
     fields = timing.fields()
     rate = fields["steps_per_s"]
-    return {
-        "bench": "pipeline", "backend": backend, "device": device, "device_name": device_name,
-        "prefetch": prefetch, "batch": batch, "unlabeled_batch": batch, "k": config.k,
-        "views_per_step": views, "strong_views_per_step": strong, "output": output,
-        **fields, "strong_views_per_s": rate * strong, "views_per_s": rate * views,
-        "ratio_vs_reference": None, "ratio_vs_pil_pool": None, "threads": threads,
-        "startup_seconds": startup, **extra,
-    }
+    return asdict(LoaderRow(backend=backend, device=device, device_name=device_name, prefetch=prefetch, batch=batch,
+                            unlabeled_batch=batch, k=config.k, views_per_step=views, strong_views_per_step=strong,
+                            output=output, **fields, strong_views_per_s=rate * strong, views_per_s=rate * views,
+                            threads=threads, startup_seconds=startup, **extra))
 
 
 def skipped_row(backend: str, device: str, batch: int, reason: str, prefetch=None) -> dict:
     return {"bench": "pipeline", "backend": backend, "device": device, "prefetch": prefetch, "batch": batch,
             "skipped": reason}
-
-
-def _reason(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return f"{type(error).__name__}: {text}" if not isinstance(error, ValueError) else text
 
 
 def run_loader(config: PipelineConfig, data: BenchData, backend: str, device: str, prefetch: bool, log,
@@ -438,16 +279,14 @@ def run_loader(config: PipelineConfig, data: BenchData, backend: str, device: st
         else:
             fetch = HostFetcher(data.train.split, device)
     except Exception as error:  # DALI missing or failing to build must not cost the other rows
-        return skipped_row(backend, device, batch, _reason(error), prefetch)
+        return skipped_row(backend, device, batch, error_reason(error), prefetch)
     if device == "cpu" and backend not in GRAPH_KERNELS:
         fetch = NumbaThreadsFetcher(fetch, config.threads)
-    sync = torch.cuda.synchronize if device != "cpu" else _no_sync
-    device_name = torch.cuda.get_device_name() if device != "cpu" else "cpu"
+    sync = torch.cuda.synchronize if device != "cpu" else no_sync
     loader = StepLoader(data.train, CTAugment(), views, device=device, prefetch=prefetch, fetcher=fetch)
     try:
         first_start = time.perf_counter()
-        timing = time_steps(lambda: next(loader), config.reps, REP_SECONDS[config.quick], MIN_STEPS[config.quick],
-                            WARM_STEPS[config.quick], sync)
+        timing = time_calls(lambda: next(loader), config.reps, **REP_SIZES[config.quick], sync=sync)
         startup = (first_start - start) + timing.first_seconds
     finally:
         loader.close()
@@ -455,7 +294,7 @@ def run_loader(config: PipelineConfig, data: BenchData, backend: str, device: st
     extra = ({"dali_threads": getattr(getattr(fetch, "inner", fetch), "num_threads", None)}
              if backend.startswith("dali") else {})
     threads = 1 if backend == "dali-numba" or device != "cpu" else config.threads  # dali-numba: serial kernel
-    row = measured_row(config, backend, device, device_name, prefetch, batch, output, timing, threads, startup,
+    row = measured_row(config, backend, device, device_name(device), prefetch, batch, output, timing, threads, startup,
                        **extra)
     log(row)
     return row
@@ -463,20 +302,19 @@ def run_loader(config: PipelineConfig, data: BenchData, backend: str, device: st
 
 def run_pool_rows(config: PipelineConfig, data: BenchData, log) -> tuple[list[dict], dict]:
     """The pil-pool and pil-pool-float rows (one pool for both) and the untimed equivalence check."""
-    from remixmatch.pipeline import CTAugment
+    from remixmatch.pipeline import CTAugment, PlanStream
 
     processes = config.threads
     views = view_config(config, data)
     rows: list[dict] = []
-    with pil_pool(processes) as (pool, startup):
+    with process_pool(processes, _pool_init) as (pool, startup):
         log(f"PIL pool: {processes} processes started in {startup:.1f} s")
         equivalence = check_equivalence(config, data, pool, processes)
         log(f"equivalence: {equivalence['summary']}")
         for backend, (style, output) in POOL_BACKENDS.items():
             plans = PlanStream(data.train, CTAugment(), views)
-            timing = time_steps(lambda: pil_step(pool, data.train.split, plans.next(), views.pad, processes, style),
-                                config.reps, REP_SECONDS[config.quick], MIN_STEPS[config.quick],
-                                WARM_STEPS[config.quick])
+            timing = time_calls(lambda: pil_step(pool, data.train.split, plans.next(), views.pad, processes, style),
+                                config.reps, **REP_SIZES[config.quick])
             rows.append(measured_row(config, backend, "cpu", "cpu", None, config.batch, output, timing, processes,
                                      startup))
             log(rows[-1])
@@ -485,7 +323,7 @@ def run_pool_rows(config: PipelineConfig, data: BenchData, log) -> tuple[list[di
 
 def check_equivalence(config: PipelineConfig, data: BenchData, pool, processes: int) -> dict:
     """Untimed: step 0 of the torch loader against the same plan rendered by both PIL styles."""
-    from remixmatch.pipeline import CTAugment, HostFetcher, StepLoader
+    from remixmatch.pipeline import CTAugment, HostFetcher, PlanStream, StepLoader
 
     views = view_config(config, data)
     loader = StepLoader(data.train, CTAugment(), views, device="cpu", prefetch=False,
@@ -540,16 +378,6 @@ def _plans_equal(a, b) -> bool:
         elif not np.array_equal(x, y):
             return False
     return True
-
-
-def cuda_unavailable_reason() -> str | None:
-    try:
-        import torch
-    except Exception as error:
-        return f"torch is not importable ({type(error).__name__}: {error})"
-    if not torch.cuda.is_available():
-        return f"no CUDA device (torch.cuda.is_available() is False; torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'})"
-    return None
 
 
 # ---- assembling the report --------------------------------------------------------------------------
@@ -623,16 +451,6 @@ def summarize(rows: list[dict], config: PipelineConfig, equivalence: dict | None
     }
 
 
-def _numba_threads_info() -> dict:
-    import numba
-
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel kernel ran in this process
-        layer = None
-    return {"numba_threading_layer": layer, "numba_threading_layer_config": numba.config.THREADING_LAYER}
-
-
 def run(config: PipelineConfig, log: Callable[[object], None]) -> dict:
     """Every row this machine can run; returns the report (not yet written)."""
     started = time.perf_counter()
@@ -669,7 +487,7 @@ def run(config: PipelineConfig, log: Callable[[object], None]) -> dict:
             gpu = rows[-1].get("device_name", gpu)
 
     add_ratios(rows)
-    threads = {"numba": config.threads, **_numba_threads_info(),
+    threads = {"numba": config.threads, **numba_threads_info(),
                "dali": next((r.get("dali_threads") for r in measured(rows) if r["backend"] == "dali"), None),
                "pil_pool_processes": config.threads}
     report.update(machine=machine_info(gpu), threads=threads, results=rows,
@@ -696,23 +514,27 @@ def _row_name(r: dict) -> str:
     return name + ("" if r.get("prefetch") is None else (", prefetch" if r["prefetch"] else ", no prefetch"))
 
 
-def render_markdown(report: dict) -> str:
+COLUMNS = (
+    ("loader", lambda r: _row_name(r)), ("B", lambda r: str(r["batch"])), ("K", lambda r: str(r["k"])),
+    ("views/step", lambda r: str(r["views_per_step"])), ("steps/s", lambda r: f"{r['steps_per_s']:.1f}"),
+    ("spread", _spread_text), ("strong views/s", lambda r: format_rate(r["strong_views_per_s"])),
+    ("views/s", lambda r: format_rate(r["views_per_s"])), ("vs reference", lambda r: format_ratio(r["ratio_vs_reference"])),
+    ("vs pil-pool", lambda r: format_ratio(r["ratio_vs_pil_pool"])), ("threads", lambda r: str(r["threads"])),
+    ("start-up s", lambda r: f"{r['startup_seconds']:.1f}"), ("output", lambda r: r["output"]),
+)
+
+
+def body(report: dict, h: str = "##") -> list[str]:
     rows, summary, inputs, config = report["results"], report["summary"], report["inputs"], report["config"]
     b, k = config["batch"], config["k"]
     lines = [
-        "# rmm-bench pipeline",
-        "",
-        machine_line(report),
-        "",
-        conditions_line(report),
-        "",
         f"Inputs: shards `{inputs['shards']}` ({inputs['dataset']}, {inputs['rows']} train rows, {inputs['encoding']}, "
         f"{'x'.join(map(str, inputs['image_shape']))}); {inputs['labeled_subset']}; {inputs['policy']}; "
         f"view seed {inputs['view_seed']}. A step: B = {b} labeled strong + {b} probe + {b} unlabeled weak + "
         f"K x B_u = {k} x {b} unlabeled strong = {3 * b + k * b} views. Each figure: median of {config['reps']} "
         "repetitions of back-to-back steps after warm-up (spread: min-max steps/s).",
         "",
-        f"## Headline: B = {b}, K = {k}",
+        f"{h} Headline: B = {b}, K = {k}",
         "",
         f"- torch loader on CPU (prefetch) vs the reference design (pil-pool-float): "
         f"**{format_ratio(summary['torch_vs_reference'])}** steps/s (goal >= {GOAL_VS_REFERENCE:.0f}x: "
@@ -725,13 +547,7 @@ def render_markdown(report: dict) -> str:
         f"**{_fine_ratio(summary['dali_graph_vs_dali'])}**; numba_function in the graph vs on DALI's output: "
         f"**{_fine_ratio(summary['dali_numba_vs_dali'])}**",
         "",
-        markdown_table(
-            ["loader", "B", "K", "views/step", "steps/s", "spread", "strong views/s", "views/s", "vs reference",
-             "vs pil-pool", "threads", "start-up s", "output"],
-            [[_row_name(r), str(r["batch"]), str(r["k"]), str(r["views_per_step"]), f"{r['steps_per_s']:.1f}",
-              _spread_text(r), format_rate(r["strong_views_per_s"]), format_rate(r["views_per_s"]),
-              format_ratio(r["ratio_vs_reference"]), format_ratio(r["ratio_vs_pil_pool"]), str(r["threads"]),
-              f"{r['startup_seconds']:.1f}", r["output"]] for r in measured(rows)]),
+        table(COLUMNS, measured(rows)),
         "",
         "Ratios are of strong views/s (at equal B and K, the step-rate ratio). Loader rows time `next(loader)` "
         "back to back: with nothing else to do, prefetch changes where the render waits, not how fast it is. "
@@ -739,19 +555,19 @@ def render_markdown(report: dict) -> str:
     ]
     eq = report.get("equivalence")
     if eq:
-        lines += ["", "## Like for like (untimed)", "",
+        lines += ["", f"{h} Like for like (untimed)", "",
                   f"Step {eq['step']}'s plan (drawn by the loader and by the pool's parent: "
                   f"{'identical' if eq['plan_matches_loader'] else 'DIFFERENT'}), {eq['views']} views: "
                   f"pil-pool differs from the torch loader in **{eq['pil_pool_differing_views']}** views; "
                   f"pil-pool-float, rounded back to uint8, in **{eq['pil_pool_float_differing_views']}** "
                   f"(max |diff| {eq['pil_pool_float_max_abs_diff']}). The reference's uint8 -> float -> uint8 "
                   f"conversion is exact for all 256 levels: {'yes' if eq['float_round_trip_exact'] else 'no'}."]
-    skips = [r for r in rows if "skipped" in r]
-    if skips:
-        lines += ["", "## Skipped", ""] + [f"- {_row_name({**r, 'prefetch': r.get('prefetch')})} B = {r['batch']}: "
-                                           f"{r['skipped']}" for r in skips]
-    lines += ["", f"Run took {report['wall_seconds']:.0f} s.", ""]
-    return "\n".join(lines)
+    return lines + skipped_block([f"- {_row_name({**r, 'prefetch': r.get('prefetch')})} B = {r['batch']}: "
+                                  f"{r['skipped']}" for r in rows if "skipped" in r], h)
+
+
+def render_markdown(report: dict) -> str:
+    return frame(report, PROG, body(report))
 
 
 # ---- command line ---------------------------------------------------------------------------------
@@ -759,18 +575,14 @@ def render_markdown(report: dict) -> str:
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Complete ReMixMatch step batches per second: the torch and "
                                                   "DALI loaders against the PIL process-pool reference design.")
-    parser.add_argument("--shards", type=Path, default=None,
-                        help=f"a shard directory (prep-cifar10 --out; default: ${SHARDS_ENV})")
-    parser.add_argument("--out", type=Path, required=True, help="directory for report.json and report.md")
+    add_shards(parser)
+    add_out(parser)
     parser.add_argument("--quick", action="store_true", help="5 short repetitions per row (about a minute on 2 cores)")
-    parser.add_argument("--reps", type=int, default=None,
-                        help=f"timed repetitions per row, at least {MIN_REPS} (default {DEFAULT_REPS}; {MIN_REPS} with --quick)")
+    add_reps(parser, MIN_REPS, DEFAULT_REPS, MIN_REPS)
     parser.add_argument("--batch", type=positive_int, default=64, help="labeled = unlabeled images per step (64)")
     parser.add_argument("--k", type=positive_int, default=8, help="strong views per unlabeled image (8)")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="Numba threads of the loaders and PIL pool processes (default: all usable cores)")
-    parser.add_argument("--labels", type=positive_int, default=250, help="labeled images of the subset (250)")
-    parser.add_argument("--valid", type=int, default=5000, help="training rows held out as validation (5000)")
+    add_threads(parser, "Numba threads of the loaders and PIL pool processes")
+    add_subset(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the views (ViewConfig.seed)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: the CPU rows, plus the CUDA rows where a device answers; cpu: the CPU rows; "
@@ -779,42 +591,14 @@ def build_parser() -> OneLineParser:
 
 
 def config_from_args(args) -> PipelineConfig:
-    reps = args.reps if args.reps is not None else (MIN_REPS if args.quick else DEFAULT_REPS)
-    if reps < MIN_REPS:
-        raise BenchInputError(f"--reps must be at least {MIN_REPS} (every figure is a median of >= {MIN_REPS} "
-                              f"repetitions), got {reps}")
-    if args.valid < 0:
-        raise BenchInputError(f"--valid must be at least 0, got {args.valid}")
-    threads = args.threads if args.threads is not None else usable_cpus()
-    import numba
-
-    if threads > numba.config.NUMBA_NUM_THREADS:
-        raise BenchInputError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), got {threads}")
+    reps = checked_reps(args.reps, args.quick, MIN_REPS, DEFAULT_REPS, MIN_REPS)
+    check_valid(args.valid)
+    threads = checked_threads(args.threads)
     check_out(args.out)
-    if args.device == "cuda" and (reason := cuda_unavailable_reason()):
-        raise BenchInputError(f"--device cuda: {reason}")
+    check_device(args.device)
     shards = shard_directory(args.shards, required=True)
     return PipelineConfig(shards=shards, out=args.out, quick=args.quick, reps=reps, batch=args.batch, k=args.k,
                           threads=threads, labels=args.labels, valid=args.valid, seed=args.seed, device=args.device)
-
-
-def shard_directory(value: Path | None, required: bool) -> Path | None:
-    """The benchmark's shard directory: --shards, else $REMIXMATCH_SHARDS; checked to be one."""
-    source = resolve_path(value, "--shards", SHARDS_ENV)
-    if source is None:
-        if required:
-            raise BenchInputError(f"no shard directory: pass --shards DIR (prep-cifar10 --out) or set {SHARDS_ENV}")
-        return None
-    if not source.path.is_dir():
-        raise BenchInputError(f"{source}: no such directory")
-    if not (source.path / "manifest.json").is_file():
-        raise BenchInputError(f"{source}: not a shard directory (no manifest.json)")
-    return source.path
-
-
-def check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise BenchInputError(f"--out {out} exists and is not a directory")
 
 
 def main(argv: list[str] | None = None) -> int:
