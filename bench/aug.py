@@ -72,6 +72,7 @@ class AugConfig:
     shards: str | None = None  # a shard directory (else $REMIXMATCH_SHARDS, else synthetic images)
     seed: int = 0
     size: int | None = None  # image side: of the synthetic images, or the one --shards/--images must have
+    busy: int = 0  # also measure the numba-cpu headline under 0..busy busy processes (bench/busy.py)
 
     def as_dict(self) -> dict:
         config = asdict(self)
@@ -97,6 +98,8 @@ def validate(config: AugConfig) -> None:
     max_threads = numba.config.NUMBA_NUM_THREADS
     if not 1 <= config.threads <= max_threads:
         raise AugInputError(f"--threads must be in 1..{max_threads} (NUMBA_NUM_THREADS), got {config.threads}")
+    if config.busy < 0:
+        raise AugInputError(f"--busy must be at least 0 (busy processes), got {config.busy}")
     if config.images is not None and config.shards is not None:
         raise AugInputError("--images and --shards name two sources of images; give one")
     if config.out.exists() and not config.out.is_dir():
@@ -537,6 +540,10 @@ def render_markdown(report: dict) -> str:
             ["backend", "seconds", "method", "Numba cache"],
             [[r["backend"], f"{r['seconds']:.1f}", r["method"], r["cache"]] for r in compiles])]
     lines += _per_op_section(rows)
+    if "oversubscription" in report:
+        from .busy import render_oversubscription
+
+        lines += render_oversubscription(report["oversubscription"])
     skips = [r for r in rows if "skipped" in r]
     if skips:
         lines += ["", "## Skipped", ""] + [f"- {r['backend']}: {r['skipped']}" for r in skips]
@@ -586,6 +593,10 @@ def run(config: AugConfig, log: Callable[[object], None]) -> dict:
         cpu_rows, numba_threads = run_numba_cpu(work, config, log)
         rows += cpu_rows
         threads.update(numba_threads)
+        if config.busy:
+            from .busy import measure_oversubscription
+
+            report["oversubscription"] = measure_oversubscription(work, config.threads, config.busy, log)
     gpu = None
     cuda_reason = "not requested (--device cpu)" if config.device == "cpu" else cuda_unavailable_reason()
     if cuda_reason:
