@@ -67,6 +67,7 @@ class AugConfig:
     shards: str | None = None  # a shard directory (else $REMIXMATCH_SHARDS, else synthetic images)
     seed: int = 0
     size: int | None = None  # image side: of the synthetic images, or the one --shards/--images must have
+    busy: int = 0  # also measure the numba-cpu headline under 0..busy busy processes (bench/busy.py)
 
     def as_dict(self) -> dict:
         config = asdict(self)
@@ -87,6 +88,8 @@ def validate(config: AugConfig) -> None:
         raise AugInputError(f"--device must be one of {', '.join(DEVICES)}, got {config.device!r}")
     checked_reps(config.reps, config.quick, MIN_REPS, DEFAULT_REPS, MIN_REPS)
     checked_threads(config.threads)
+    if config.busy < 0:
+        raise AugInputError(f"--busy must be at least 0 (busy processes), got {config.busy}")
     if config.images is not None and config.shards is not None:
         raise AugInputError("--images and --shards name two sources of images; give one")
     check_out(config.out)
@@ -448,6 +451,10 @@ def body(report: dict, h: str = "##") -> list[str]:
             ["backend", "seconds", "method", "Numba cache"],
             [[r["backend"], f"{r['seconds']:.1f}", r["method"], r["cache"]] for r in compiles])]
     lines += _per_op_section(rows, h)
+    if "oversubscription" in report:
+        from .busy import render_oversubscription
+
+        lines += render_oversubscription(report["oversubscription"], h)
     return lines + skipped_block([f"- {r['backend']}: {r['skipped']}" for r in rows if "skipped" in r], h)
 
 
@@ -497,6 +504,10 @@ def run(config: AugConfig, log: Callable[[object], None]) -> dict:
         cpu_rows, numba_threads = run_numba_cpu(work, config, log)
         rows += cpu_rows
         threads.update(numba_threads)
+        if config.busy:
+            from .busy import measure_oversubscription
+
+            report["oversubscription"] = measure_oversubscription(work, config.threads, config.busy, log)
     gpu = None
     cuda_reason = "not requested (--device cpu)" if config.device == "cpu" else cuda_unavailable_reason()
     if cuda_reason:

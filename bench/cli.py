@@ -87,6 +87,9 @@ def build_parser() -> OneLineParser:
     aug.add_argument("--images", default=None, metavar="PATH",
                      help="instead of --shards: a tar archive or a directory of PNG/JPEG files (its train/ part)")
     aug.add_argument("--seed", type=int, default=0, help="seed of the policies (and of synthetic images)")
+    aug.add_argument("--busy", type=int, default=0, metavar="N",
+                     help="also measure the numba-cpu headline with 1 and --threads threads under 0..N busy "
+                          "processes (5 alternating runs each: the kernel on oversubscribed cores)")
     aug.add_argument("--size", type=positive_int, default=None, metavar="S",
                      help="image side: synthetic images of S x S (default 32); with --shards or --images, "
                           "their images must be S x S (e.g. 96 for STL-10)")
@@ -113,6 +116,7 @@ def run_aug(args: argparse.Namespace) -> int:
         shards=args.shards,
         seed=args.seed,
         size=args.size,
+        busy=args.busy,
     )
     aug.validate(config)
     console = Console(stderr=True, highlight=False)

@@ -263,6 +263,18 @@ def validate(config: TrainConfig) -> None:
                                  ("--input-scaling", config.input_scaling, INPUT_SCALINGS),
                                  ("--p-data", config.p_data, P_DATA_MODES)):
         need(value in allowed, f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+    # Ranges the losses, the optimiser and CTAugment need. A NaN fails every comparison, so these
+    # refuse it too (rmm-train refuses an infinite value first: run.check_finite_config).
+    for flag, value in (("--w-match", config.w_match), ("--w-kl", config.w_kl), ("--w-rot", config.w_rot),
+                        ("--warmup-kimg", config.warmup_kimg), ("--weight-decay", config.weight_decay)):
+        need(value >= 0, f"{flag} must be at least 0, got {value}")
+    need(config.lr > 0, f"--lr must be positive, got {config.lr}")
+    need(0 <= config.momentum < 1, f"--momentum must be in [0, 1), got {config.momentum}")
+    need(config.threads >= 0, f"--threads must be at least 0 (0: torch's default), got {config.threads}")
+    need(1 <= config.cta_depth <= 4, f"--cta-depth must be in 1..4, got {config.cta_depth}")
+    need(0 < config.cta_decay < 1, f"--cta-decay must be in (0, 1), got {config.cta_decay}")
+    need(0 <= config.cta_threshold <= 1, f"--cta-threshold must be in [0, 1], got {config.cta_threshold}")
+    need(config.cta_rule in ("segment", "bin"), f"--cta-rule must be segment or bin, got {config.cta_rule!r}")
     need(config.bn_mode != "reference" or config.uratio == 1,
          "--bn-mode reference interleaves blocks of equal size: it needs --uratio 1")
     need(config.bn_mode != "reference" or config.algorithm == "remixmatch",

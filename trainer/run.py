@@ -40,6 +40,7 @@ from .interrupt import Interrupted, stop_on_sigint
 from .loop import apply_pending, train_step
 from .model import count_parameters, model_name
 from .progress import Progress
+from .step import as_float_images
 from .tensorboard import metrics_log
 
 SUMMARY_VERSION = 1
@@ -275,7 +276,7 @@ class Run:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         total = torch.zeros((), dtype=torch.int64, device=self.device)
         for batch in self.eval_loader:
-            images = batch.images.permute(0, 3, 1, 2).float().div_(255.0)
+            images = as_float_images(batch.images)
             with self.state.autocast():
                 logits = model(images)
             correct += (logits.argmax(dim=1) == batch.labels).sum()

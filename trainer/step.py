@@ -71,9 +71,15 @@ class StepResult:
 
 
 def as_float_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [0, 1]. The permuted view of NHWC memory is channels_last, which
-    the convolutions keep on the GPU."""
-    return images.permute(0, 3, 1, 2).float().div_(255.0)
+    """uint8 NHWC -> float NCHW in [0, 1]. On the GPU the permuted view of NHWC memory stays
+    channels_last, the layout the convolutions keep there (build.py converts the model to match).
+    Elsewhere the result is contiguous NCHW, the CPU model's layout: torch 2.13's oneDNN convolution
+    backward corrupts the heap on channels-last inputs to an NCHW model at 96x96 (a segfault or bus
+    error in loss.backward), and plain NCHW is also the faster CPU path."""
+    nchw = images.permute(0, 3, 1, 2)
+    if images.device.type == "cuda":
+        return nchw.float().div_(255.0)
+    return nchw.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
 
 
 @contextlib.contextmanager
