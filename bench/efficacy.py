@@ -79,6 +79,24 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                            {"cta_semantics": "reference"}),
     "reference-bn-only": ("the reference's interleaved batch norm (--bn-mode reference), the rest corrected",
                           {"bn_mode": "reference"}),
+    # The short-run choices of the cpu preset, each undone alone (docs/training.md), and the
+    # early-training candidates, each alone.
+    "labeled-strong": ("ReMixMatch with the paper's strong labeled views (--labeled-aug strong)",
+                       {"labeled_aug": "strong"}),
+    "labeled-weak-then-strong": ("ReMixMatch with weak labeled views, strong from half the run",
+                                 {"labeled_aug": "weak-then-strong"}),
+    "ramp-128": ("ReMixMatch with the old cpu ramp (4 kimg: 128 steps of 32) instead of the whole run",
+                 {"warmup_kimg": 4.0}),
+    "cta-decay-0.99": ("ReMixMatch with the paper's CTAugment decay 0.99 instead of the rule's",
+                       {"cta_decay": 0.99}),
+    "ema-bn-old": ("ReMixMatch with the old cpu EMA 0.99 and BN momentum 0.1 instead of the rule's",
+                   {"ema": 0.99, "bn_momentum": 0.1}),
+    "cta-gentle": ("ReMixMatch, CTAugment's harsh settings start below the threshold (--cta-start gentle)",
+                   {"cta_start": "gentle"}),
+    "mixup-per-batch": ("ReMixMatch with one MixUp lambda per batch (--mixup-lambda batch)",
+                        {"mixup_lambda": "batch"}),
+    "da-first-batch": ("ReMixMatch, p_model starts from the first batch's mean (--da-start first-batch)",
+                       {"da_start": "first-batch"}),
 }
 DEFAULT_VARIANTS = ("remixmatch", "supervised", "no-da", "k1")
 # The row the others are compared with: the first of these a report holds (the same configuration).
@@ -117,13 +135,9 @@ def common_settings(args) -> dict:
 def variant_config(name: str, seed: int, settings: dict):
     from remixmatch.trainer.config import resolve
 
-    config = resolve("cpu", [], {**settings, **VARIANTS[name][1], "seed": seed, "run_seed": seed})
-    if config.algorithm == "mixmatch":
-        # As the cpu preset's: lambda_u = 75 ramps over the whole run, whatever --steps is (at full
-        # weight on a model still far from accurate the L2 loss collapses it to chance: measured at
-        # 1000 steps with the ramp ending at step 128 and at step 400).
-        config = config.replace(warmup_kimg=config.steps * config.batch / 1024)
-    return config
+    # The cpu preset's short-run rule sizes every method's ramp, EMA, BN momentum and CTAugment
+    # decay to --steps (trainer/schedules.py); a variant's overrides win over it.
+    return resolve("cpu", [], {**settings, **VARIANTS[name][1], "seed": seed, "run_seed": seed})
 
 
 def chosen_variants(args) -> list[str]:
@@ -136,6 +150,7 @@ def chosen_variants(args) -> list[str]:
 
 def run_variant(name: str, seed: int, settings: dict, out: Path, log) -> dict:
     from remixmatch.trainer.run import Run
+    from remixmatch.trainer.schedules import schedule_choices
 
     config = variant_config(name, seed, settings)
     run_dir = out / "runs" / f"{name}-seed{seed}"
@@ -151,7 +166,8 @@ def run_variant(name: str, seed: int, settings: dict, out: Path, log) -> dict:
             "acc_raw_median": accuracy["raw_median_last"], "median_of": accuracy["median_of"],
             "wall_seconds": summary["wall_seconds"], "steps": summary["steps"],
             "algorithm": config.algorithm, "k": 0 if config.algorithm == "supervised" else config.k,
-            "uratio": 0 if config.algorithm == "supervised" else config.uratio}
+            "uratio": 0 if config.algorithm == "supervised" else config.uratio,
+            "schedules": schedule_choices(config)}
 
 
 def summarize(results: list[dict]) -> dict:
@@ -197,9 +213,28 @@ def render_markdown(report: dict) -> str:
         f"{settings['eval_every']} steps.", "",
         markdown_table(["variant", "what", "EMA acc. % (median of last evals)", "best %", "vs ReMixMatch",
                         "seeds", "minutes", "steps", "K", "mu", "s / step"], rows), "",
+        *schedule_lines(by_variant),
         machine_line(report), "", conditions_line(report),
     ]
     return "\n".join(lines) + "\n"
+
+
+def schedule_lines(by_variant: dict[str, list[dict]]) -> list[str]:
+    """The table of what each variant's schedules were (the short-run rule's values, or a variant's
+    own), from the rows' ``schedules``; nothing for rows written before they were recorded."""
+    from .report import markdown_table
+
+    rows = []
+    for name, runs in by_variant.items():
+        s = runs[0].get("schedules")
+        if s is not None:
+            rows.append([name, s["schedules"], s["labeled_aug"], f"{s['ramp_steps']:.0f}", f"{s['ema']:.4g}",
+                         f"{s['bn_momentum']:.4g}", f"{s['cta_decay']:.4g}"])
+    if not rows:
+        return []
+    return ["Schedules (`--schedules run-length`: the short-run rule of docs/training.md, sized to --steps):", "",
+            markdown_table(["variant", "schedules", "labeled views", "ramp steps", "EMA decay", "BN momentum",
+                            "CTAugment decay"], rows), ""]
 
 
 def draw_variant_curves(results: list[dict], out: Path) -> str | dict:

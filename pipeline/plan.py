@@ -9,7 +9,7 @@ step is the same on any number of ranks, and any view can be re-made from its pl
 Unlabeled strong views are K-major: view k of unlabeled image b is entry ``k * B_u + b``.
 
 Views no algorithm reads are not in the plan: the labeled views are weak only unless
-``labeled_strong`` (ReMixMatch), there are probe views only where CTAugment learns, and an algorithm
+``labeled_strong`` (ReMixMatch's paper views; from step ``labeled_strong_from`` on), there are probe views only where CTAugment learns, and an algorithm
 without unlabeled strong views (MixMatch: weak views only) gets identity policies there.
 """
 
@@ -51,6 +51,7 @@ class ViewConfig:
     weak: bool = True  # off: no flip and no translation (the 'no weak augmentation' ablation)
     strong: bool = True  # off: CTAugment views are weak views (the 'no strong augmentation' ablation)
     labeled_strong: bool = True  # labeled views get CTAugment on top of the weak augmentation
+    labeled_strong_from: int = 0  # ... from this step on (weak before: ReMixMatch's --labeled-aug weak-then-strong)
     probes: bool = True  # labeled probe views for the CTAugment update
     cutout_level: float | None = None  # a Cutout at this level after every unlabeled strong view's ops (FixMatch)
 
@@ -174,7 +175,8 @@ def draw_plan(step: int, x_rows: np.ndarray, u_rows: np.ndarray, policy: CTAugme
             return Policies.identity(n, depth)
         return policy.sample(n, step_rng(seed, step, component))
 
-    x_policies = strong(b, _X_POLICY) if config.labeled_strong else Policies.identity(b, depth)
+    labeled_strong = config.labeled_strong and step >= config.labeled_strong_from
+    x_policies = strong(b, _X_POLICY) if labeled_strong else Policies.identity(b, depth)
     probes = None
     if config.probes:
         if policy is None:

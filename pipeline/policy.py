@@ -28,6 +28,29 @@ OP_BINS = np.array([[op.bins[a] if a < len(op.bins) else 0 for a in range(LEVELS
                    dtype=np.int64)
 IDENTITY = OP_ID["identity"]
 SAMPLING_RULES = ("segment", "bin")
+STARTS = ("uniform", "gentle")
+# The gentle start's harsh settings, as level ranges [low, high) of an op's first argument: invert
+# past alpha 0.25 (a half-inverted image is flat grey, a full one a negative), solarize below
+# threshold 128 (most pixels inverted) and posterize to 1 or 2 bits. A uniform start samples them
+# as often as any other setting while the model is still near chance; a gentle one starts their
+# bins at 0, below the threshold, so they are drawn only once their probe scores come within the
+# threshold of the best bins'. The probes, uniform as always, score them from the first step.
+HARSH_START_LEVELS = {"invert": (0.25, 1.0), "solarize": (0.0, 0.5), "posterize": (0.0, 0.25)}
+
+
+def initial_rates(start: str = "uniform") -> np.ndarray:
+    """CTAugment's weights before any probe: 1 everywhere (uniform), or 0 on the harsh settings
+    of ``HARSH_START_LEVELS`` (gentle). A bin [i / bins, (i + 1) / bins) is harsh when its centre
+    lies in the range."""
+    if start not in STARTS:
+        raise PipelineError(f"CTAugment start must be one of {', '.join(STARTS)}, got {start!r}")
+    rates = np.ones((NUM_OPS, LEVELS_PER_OP, MAX_BINS), np.float64)
+    if start == "gentle":
+        for name, (low, high) in HARSH_START_LEVELS.items():
+            op, bins = OP_ID[name], OP_BINS[OP_ID[name], 0]
+            centres = (np.arange(bins) + 0.5) / bins
+            rates[op, 0, :bins][(centres >= low) & (centres < high)] = 0.0
+    return rates
 
 
 @dataclass(frozen=True)
@@ -108,10 +131,12 @@ class CTAugment:
     semantics: how the kernels map the sampled levels of translate, rescale and cutout ("corrected",
     or "reference": the published code's mappings, kernels.ops.OpSpec.reference_args). The weights
     learnt under one mean something else under the other, so a state of the other is refused.
+    start: the weights before any probe ("uniform", the paper's; "gentle": the harsh settings of
+    ``HARSH_START_LEVELS`` start below the threshold). Only the start differs: the update is the same.
     """
 
     def __init__(self, depth: int = 2, decay: float = 0.99, threshold: float = 0.8, rule: str = "segment",
-                 semantics: str = "corrected"):
+                 semantics: str = "corrected", start: str = "uniform"):
         if semantics not in SEMANTICS:
             raise PipelineError(f"CTAugment semantics must be one of {', '.join(SEMANTICS)}, got {semantics!r}")
         if rule not in SAMPLING_RULES:
@@ -129,7 +154,8 @@ class CTAugment:
         self.semantics = semantics
         # Replaced (never written in place) by update(), so a sampler that took a reference keeps
         # a consistent snapshot.
-        self.rates = np.ones((NUM_OPS, LEVELS_PER_OP, MAX_BINS), np.float64)
+        self.start = start
+        self.rates = initial_rates(start)
         # (a copy of the weights it was computed from, the CDF): compared by value, so that weights
         # written in place are seen too.
         self._cdf_cache: tuple[np.ndarray, np.ndarray] | None = None
@@ -240,15 +266,16 @@ class CTAugment:
 
     def state_dict(self) -> dict:
         return {"rates": self.rates.copy(), "op_names": list(OP_NAMES), "depth": self.depth,
-                "decay": self.decay, "threshold": self.threshold, "rule": self.rule, "semantics": self.semantics}
+                "decay": self.decay, "threshold": self.threshold, "rule": self.rule, "semantics": self.semantics,
+                "start": self.start}
 
     def load_state_dict(self, state: dict) -> None:
         if list(state["op_names"]) != list(OP_NAMES):
             raise PipelineError("CTAugment state was saved with a different op registry "
                                 f"({len(state['op_names'])} ops: {', '.join(state['op_names'][:4])}, ...)")
         # States saved before the semantics existed were all corrected.
-        state = {"semantics": "corrected", **state}
-        for field in ("depth", "decay", "threshold", "rule", "semantics"):
+        state = {"semantics": "corrected", "start": "uniform", **state}
+        for field in ("depth", "decay", "threshold", "rule", "semantics", "start"):
             if state[field] != getattr(self, field):
                 raise PipelineError(f"CTAugment state has {field}={state[field]!r}, this policy {getattr(self, field)!r}")
         rates = np.asarray(state["rates"], np.float64)

@@ -123,12 +123,16 @@ def test_algorithms_each_run_with_their_own_settings(pipeline_shards, tmp_path):
         "fixmatch": ("fixmatch", 1, 3, STEPS), "mixmatch": ("mixmatch", 2, 1, STEPS), "supervised": ("supervised", 0, 0, STEPS)}
     config = json.loads((Path(rows["fixmatch"]["run_dir"]) / "config.json").read_text())
     assert (config["optimizer"], config["lr_schedule"], config["cutout"], config["steps"]) == ("sgd", "cosine", True, STEPS)
-    assert (config["bn_momentum"], config["ema"]) == (0.1, 0.99)  # the cpu preset's short-run values
+    # the cpu preset's short-run rule at 4 steps: its 10-step floor of memory
+    assert (config["schedules"], config["bn_momentum"], config["ema"]) == ("run-length", 0.1, 0.9)
+    assert rows["fixmatch"]["schedules"]["ramp_steps"] == STEPS
     mixmatch = json.loads((Path(rows["mixmatch"]["run_dir"]) / "config.json").read_text())
     assert mixmatch["unlabeled_loss"] == "l2" and mixmatch["warmup_kimg"] == STEPS * 4 / 1024  # ramp = the run
     assert rep["summary"].keys() == {"fixmatch", "mixmatch", "supervised"}
     text = (out / "report.md").read_text()
     assert "| minutes | steps | K | mu |" in text
+    assert "| variant | schedules | labeled views | ramp steps | EMA decay | BN momentum | CTAugment decay |" in text
+    assert "| mixmatch | run-length | weak | 4 | 0.9 | 0.1 | 0.5 |" in text
     assert f"| fixmatch | {rows['fixmatch']['what']} | {100 * rows['fixmatch']['acc_ema_median']:.2f} |" in text
 
 
@@ -149,9 +153,11 @@ def test_fidelity_variants_run_their_choices(pipeline_shards, tmp_path):  # noqa
         choices[r["variant"]] = summary["fidelity"]
         assert summary["steps"] == STEPS and summary["labeled"]["n_valid"] == 0  # the same images for all
     assert choices["corrected"] == {"fidelity": "corrected", "cta_semantics": "corrected", "bn_mode": "joint",
-                                    "input_scaling": "standardize", "p_data": "labeled", "valid": 0}
+                                    "input_scaling": "standardize", "p_data": "labeled", "valid": 0,
+                                    "labeled_aug": "weak"}
     assert choices["reference"] == {"fidelity": "reference", "cta_semantics": "reference", "bn_mode": "reference",
-                                    "input_scaling": "reference", "p_data": "reference", "valid": 0}
+                                    "input_scaling": "reference", "p_data": "reference", "valid": 0,
+                                    "labeled_aug": "strong"}
     assert choices["reference-ops-only"] == {**choices["corrected"], "cta_semantics": "reference"}
     assert choices["reference-bn-only"] == {**choices["corrected"], "bn_mode": "reference"}
     # The corrected defaults are the baseline of the others.

@@ -555,3 +555,43 @@ def test_describe():
     levels[0, 1] = [0.125, 0.5]
     pol = Policies(np.array([[ROTATE, RESCALE]], np.int32), levels, np.zeros((1, 3, 2), np.float32))
     assert pol.describe(0) == "rotate(0.81) rescale(0.12, 0.50)"
+
+
+def test_gentle_start_draws_no_harsh_setting_until_the_probes_earn_it():
+    from remixmatch.pipeline.policy import HARSH_START_LEVELS
+
+    gentle, uniform = CTAugment(start="gentle"), CTAugment()
+    rng = np.random.default_rng(0)
+    draws = gentle.sample(20000, rng)
+    p = gentle.probabilities()
+    for name in HARSH_START_LEVELS:
+        op = OP_ID[name]
+        bins = OPS[op].bins[0]
+        levels = draws.levels[..., 0][draws.op_ids == op]
+        # the segment rule draws a level between two adjacent bins: only segments touching a
+        # weighted bin are drawn, so no level falls between two harsh bins
+        segment = np.minimum((levels * (bins - 1)).astype(int), bins - 2)
+        assert len(levels) > 500 and np.all(p[op, 0, segment] + p[op, 0, segment + 1] > 0), name
+        harsh_segments = (p[op, 0, :bins - 1] + p[op, 0, 1:bins]) == 0
+        flat = uniform.sample(20000, np.random.default_rng(0))
+        flat_levels = flat.levels[..., 0][flat.op_ids == op]
+        flat_segment = np.minimum((flat_levels * (bins - 1)).astype(int), bins - 2)
+        assert harsh_segments.any() and harsh_segments[flat_segment].any(), name  # the uniform start draws them
+    # every other op starts as the uniform one; the harsh bins start at 0, below the threshold
+    others = [op for op in range(NUM_OPS) if OP_NAMES[op] not in HARSH_START_LEVELS]
+    assert np.array_equal(gentle.rates[others], uniform.rates[others])
+    assert p[OP_ID["posterize"], 0, :2].tolist() == [0.0, 0.0] and p[OP_ID["posterize"], 0, 2] == 1.0
+    assert p[OP_ID["solarize"], 0, :8].max() == 0.0 and p[OP_ID["invert"], 0, 4:17].max() == 0.0
+    # probes scoring 1 on the harsh bins lift them above the threshold
+    probes = Policies(np.full((400, 2), OP_ID["solarize"], np.int32),
+                      np.tile(np.array([[[0.05, 0.0]]], np.float32), (400, 2, 1)),
+                      np.zeros((400, 3, 2), np.float32))
+    gentle.update(probes, np.ones(400))
+    assert gentle.probabilities()[OP_ID["solarize"], 0, 0] > gentle.threshold
+    # the start is part of the state: a gentle state is refused by a uniform policy
+    state = gentle.state_dict()
+    assert state["start"] == "gentle"
+    with pytest.raises(PipelineError, match="start='gentle'"):
+        CTAugment().load_state_dict(state)
+    with pytest.raises(PipelineError, match="CTAugment start must be one of uniform, gentle"):
+        CTAugment(start="harsh")

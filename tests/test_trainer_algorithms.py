@@ -181,11 +181,77 @@ def test_short_presets_fit_every_algorithm(preset, algorithm):
     if algorithm in ("remixmatch", "mixmatch"):
         assert config.ramp_steps <= config.steps  # the ramp ends within the run
         assert config.k == 2
-    if (preset, algorithm) == ("cpu", "mixmatch"):
-        assert config.ramp_steps == config.steps  # lambda_u = 75 ramps over the whole run
+    if preset == "cpu":  # the short-run rule: every method's ramp spans the whole run
+        assert config.schedules == "run-length" and config.ramp_steps == config.steps
+        assert config.labeled_aug == "weak"
     if algorithm == "fixmatch":
         assert config.lr_schedule == "cosine" and config.k == 1 and config.uratio < 7
         assert learning_rate(config, config.steps) == pytest.approx(config.lr * math.cos(7 * math.pi / 16))
+
+
+def test_short_run_rule_hand_checked_values():
+    # H = max(steps / 20, 10) steps of memory; a bin of 17 gets batch * depth / (19 ops * 17) probe
+    # hits a step; none slower than the paper's values.
+    hits_32 = 32 * 2 / (19 * 17)  # 0.19814 at the cpu preset's batch
+    cases = {
+        2000: (2000 * 32 / 1024, 0.99, 0.01, 1 - 1 / (100 * hits_32)),  # H = 100: cta 0.94953
+        400: (400 * 32 / 1024, 0.95, 0.05, 1 - 1 / (20 * hits_32)),  # H = 20: cta 0.74766
+        100: (100 * 32 / 1024, 0.9, 0.1, 0.5),  # H = 10 (the floor): 1.98 hits, at least 2
+        1 << 20: (1024.0, 0.999, 0.001, 0.99),  # the paper's values
+    }
+    for algorithm in ALGORITHMS:
+        for steps, (warmup, ema, bn, cta) in cases.items():
+            config = resolve("cpu", [], {"algorithm": algorithm, "steps": steps})
+            got = (config.warmup_kimg, config.ema, config.bn_momentum, config.cta_decay)
+            assert got == pytest.approx((warmup, ema, bn, cta), abs=1e-12), (algorithm, steps)
+    assert resolve("cpu", [], {"steps": 2000}).cta_decay == pytest.approx(0.9495312, abs=1e-7)
+    # an explicit flag wins over the rule, the rest still follows it
+    config = resolve("cpu", [], {"steps": 2000, "ema": 0.999})
+    assert (config.ema, config.bn_momentum) == (0.999, pytest.approx(0.01))
+    # fixed schedules, the paper presets and --fidelity reference keep the paper's views and values
+    fixed = resolve("cpu", ["fixed-schedules"], {"steps": 2000})
+    assert (fixed.ema, fixed.bn_momentum, fixed.cta_decay, fixed.warmup_kimg) == (0.999, 0.001, 0.99, 1024.0)
+    for preset in ("cifar10-250", "paper-reference", "stl10-1000"):
+        config = resolve(preset, [], {})
+        assert (config.labeled_aug, config.schedules, config.ema, config.cta_decay) == ("strong", "fixed", 0.999, 0.99)
+    assert resolve("cpu", [], {"fidelity": "reference"}).labeled_aug == "strong"
+    assert resolve("cpu", [], {"fidelity": "reference", "algorithm": "mixmatch", "bn_mode": "joint"}).labeled_aug == "weak"
+    # the rule spans --steps: a resume with another length is another run
+    saved = resolve("cpu", [], {"steps": 1000}).to_dict()
+    assert contradictions(saved, resolve("cpu", [], {"steps": 2000}))[0] == "steps"
+    assert contradictions(saved, resolve("cpu", [], {"steps": 1000, "eval_every": 7})) == []
+    assert contradictions(resolve("smoke", [], {}).to_dict(), resolve("smoke", [], {"steps": 40})) == []
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"labeled_aug": "mixed"}, "--labeled-aug must be one of strong, weak, weak-then-strong, got 'mixed'"),
+    ({"labeled_aug": "strong", "algorithm": "fixmatch"}, "--labeled-aug strong: fixmatch's labeled views are weak"),
+    ({"labeled_aug_switch": 1.0}, "--labeled-aug-switch must be in (0, 1)"),
+    ({"schedules": "short"}, "--schedules must be one of fixed, run-length"),
+    ({"cta_start": "soft"}, "--cta-start must be one of uniform, gentle"),
+    ({"mixup_lambda": "row"}, "--mixup-lambda must be one of example, batch"),
+    ({"da_start": "zero"}, "--da-start must be one of uniform, first-batch"),
+])
+def test_new_choices_refuse_bad_values(bad, message):
+    with pytest.raises(ConfigError) as error:
+        resolve("smoke", [], bad)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("labeled_aug, strong_steps", [
+    ("strong", {0, 9, 10, 19}), ("weak", set()), ("weak-then-strong", {10, 19})])
+def test_labeled_views_are_weak_or_strong_in_the_plan(labeled_aug, strong_steps):
+    from remixmatch.pipeline.plan import draw_plan
+    from remixmatch.pipeline.policy import IDENTITY
+
+    config = resolve("smoke", [], {"labeled_aug": labeled_aug, "steps": 20, "data": "unused"})
+    policy, views = build_policy_and_views(config)
+    for step in (0, 9, 10, 19):
+        plan = draw_plan(step, np.arange(8), np.arange(8), policy, views)
+        labeled_ops = int((plan.x_policies.op_ids != IDENTITY).sum())  # ops the labeled views render
+        assert (labeled_ops > 0) == (step in strong_steps), (labeled_aug, step)
+        assert (plan.u_policies.op_ids != IDENTITY).sum() > 0  # the unlabeled strong views stay strong
+        assert int((plan.probe_policies.op_ids != IDENTITY).sum()) > 0
 
 
 # -- the views of each algorithm -----------------------------------------------------------------------

@@ -60,6 +60,36 @@ def test_eval_report_is_consistent(smoke_run, tmp_path, capsys):
     assert sum(b["count"] for b in report["calibration"]) == report["images"]
 
 
+def test_recalibrated_bn_statistics_change_and_the_evaluation_is_deterministic(smoke_run, tmp_path, capsys):
+    from remixmatch.trainer.evaluate import recalibrate
+    from remixmatch.trainer.inference import load_trained
+
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    reports = []
+    for name in ("a", "b"):
+        rc, out, err = run_main(main, [smoke_run, "--recalibrate-bn", "64", "--out", tmp_path / name], capsys)
+        assert rc == 0, err
+        reports.append(json.loads((tmp_path / name / "eval.json").read_text()))
+    assert "BN statistics re-estimated on 64 training images" in out
+    first, second = reports
+    assert first["bn_recalibration"] == second["bn_recalibration"] and first["confusion"] == second["confusion"]
+    recalibration = first["bn_recalibration"]
+    assert (recalibration["images"], recalibration["batch"], recalibration["split"]) == (64, 200, "train")
+    # the accuracy with the trained statistics is the run's own; the recalibrated one is computed
+    assert recalibration["accuracy_trained_statistics"] == summary["accuracy"]["ema_last"]
+    assert first["correct"] == np.trace(np.array(first["confusion"])) and first["images"] == summary["eval_rows"]
+    # the statistics move, and the same images give the same statistics
+    trained = load_trained(smoke_run, which="raw")
+    before = {k: v.clone() for k, v in trained.model.state_dict().items() if "running" in k}
+    layers = recalibrate(trained, 64, 200)["layers"]
+    after = {k: v.clone() for k, v in trained.model.state_dict().items() if "running" in k}
+    assert layers > 0 and all(not torch.equal(before[k], after[k]) for k in before)
+    recalibrate(trained, 64, 200)
+    assert all(torch.equal(after[k], v) for k, v in trained.model.state_dict().items() if "running" in k)
+    assert not trained.model.training and all(m.momentum == 0.1 for m in trained.model.modules()
+                                              if isinstance(m, torch.nn.BatchNorm2d))
+
+
 def test_summarise_on_known_logits():
     # 4 images, 3 classes: two right (confidence ~1), one wrong at ~1, one wrong at 1/3.
     logits = np.array([[20.0, 0, 0], [0, 20.0, 0], [0, 20.0, 0], [0, 0, 0.0]], np.float32)

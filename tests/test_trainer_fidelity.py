@@ -21,13 +21,14 @@ except ImportError:  # tests imported as a package
     from tests.test_trainer_run import assert_same_final_state
 
 REFERENCE_CHOICES = {"fidelity": "reference", "cta_semantics": "reference", "bn_mode": "reference",
-                     "input_scaling": "reference", "p_data": "reference", "valid": 1}
+                     "input_scaling": "reference", "p_data": "reference", "valid": 1, "labeled_aug": "strong"}
 
 
 def test_fidelity_reference_sets_every_choice_and_explicit_flags_win():
     corrected = resolve(None, [], {})
     assert fidelity_choices(corrected) == {"fidelity": "corrected", "cta_semantics": "corrected", "bn_mode": "joint",
-                                           "input_scaling": "standardize", "p_data": "labeled", "valid": 5000}
+                                           "input_scaling": "standardize", "p_data": "labeled", "valid": 5000,
+                                           "labeled_aug": "strong"}
     assert fidelity_choices(resolve(None, [], {"fidelity": "reference"})) == REFERENCE_CHOICES
     assert fidelity_choices(resolve("paper-reference", [], {})) == REFERENCE_CHOICES
     # The switch overrides a preset's value (the cpu preset holds none out) ...

@@ -141,6 +141,50 @@ def test_alignment_state_dict_round_trip():
         DistributionAlignment([0.5, 0.5], size=4).load_state_dict(state)
 
 
+def test_alignment_started_from_the_first_batch_hand_values():
+    first, second = torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0.2, 0.2, 0.6])
+    da = DistributionAlignment([1 / 3] * 3, size=4, start_from_first_batch=True)
+    da.start(first)  # every slot holds the first batch's mean before it is aligned
+    assert torch.equal(da.buffer, first.expand(4, 3)) and bool(da.started)
+    q = torch.tensor([[0.5, 0.3, 0.2]])
+    expected = torch.tensor([1 / 3, 1 / 3, 1 / 3])  # (q / p_model) p_data, renormalised: uniform here
+    torch.testing.assert_close(da.align(q)[0], expected, atol=1e-5, rtol=0)
+    da.push(first)
+    da.start(second)  # later steps leave the buffer to push
+    assert torch.equal(da.buffer, first.expand(4, 3))
+    # the uniform start aligns the same prediction to itself
+    uniform = DistributionAlignment([1 / 3] * 3, size=4)
+    uniform.start(first)
+    torch.testing.assert_close(uniform.align(q), q)
+    assert not bool(uniform.started)
+    # 'started' is part of the state: a resumed run does not refill its buffer
+    other = DistributionAlignment([1 / 3] * 3, size=4, start_from_first_batch=True)
+    other.load_state_dict(da.state_dict())
+    other.start(second)
+    assert torch.equal(other.buffer, da.buffer)
+
+
+def test_mixup_lambda_per_batch_is_one_draw_shared_by_every_example():
+    from types import SimpleNamespace
+
+    from remixmatch.trainer.step import mix_global_batch
+
+    n = 12
+    x, eye = torch.rand(n // 2, 3, 4, 4), torch.eye(n)
+    u = torch.rand(n // 2, 3, 4, 4)
+    lams = {}
+    for mode in ("example", "batch"):
+        config = SimpleNamespace(run_seed=1, mixup_alpha=0.75, mixup_lambda=mode)
+        state = SimpleNamespace(config=config, rank=0, world_size=1)
+        _, targets = mix_global_batch(state, None, x, [u], eye[:n // 2], eye[n // 2:], step=3)
+        # each row mixes its own one-hot with a partner's: its largest entry is its lambda (>= 0.5),
+        # 1 where the partner is itself
+        top = targets.max(dim=1).values
+        lams[mode] = top[top < 1]
+    assert len(lams["batch"]) >= 2 and torch.allclose(lams["batch"], lams["batch"][0].expand_as(lams["batch"]))
+    assert len(set(lams["example"].tolist())) > 1
+
+
 def test_alignment_to_device_moves_everything():
     da = DistributionAlignment([0.5, 0.5], size=3).to("cpu")
     assert da.buffer.device.type == da.position.device.type == da.p_data.device.type == "cpu"

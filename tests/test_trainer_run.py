@@ -35,9 +35,20 @@ VARIANTS = {
 }
 
 
+# The labeled views, the short-run rule and the early-training choices, two runs covering every
+# flag (each flag's own effect is tested where it lives: the plan, the policy, the losses).
+NEW_FLAG_VARIANTS = {
+    "views-and-schedules": {"labeled_aug": "weak-then-strong", "schedules": "run-length", "cta_start": "gentle"},
+    "early-training": {"mixup_lambda": "batch", "da_start": "first-batch", "labeled_aug": "weak"},
+}
+
+
 def variant_args(variant: str) -> list[str]:
     flags = {"remixmatch-prefetch-off": ["--no-prefetch"], "remixmatch-prefetch-on": ["--prefetch"],
              "supervised": ["--algorithm", "supervised"]}
+    if variant in NEW_FLAG_VARIANTS:
+        return [item for name, value in NEW_FLAG_VARIANTS[variant].items()
+                for item in ("--" + name.replace("_", "-"), value)]
     return flags[variant]
 
 
@@ -49,7 +60,7 @@ def straight(pipeline_shards, tmp_path_factory):
     def get(variant: str):
         if variant not in done:
             out = tmp_path_factory.mktemp(f"straight-{variant}") / "run"
-            train(smoke_config(pipeline_shards.path, **VARIANTS[variant]), out)
+            train(smoke_config(pipeline_shards.path, **{**VARIANTS, **NEW_FLAG_VARIANTS}[variant]), out)
             done[variant] = out
         return done[variant]
 
@@ -124,6 +135,34 @@ def test_a_time_limit_ends_the_run_at_a_log_step_with_a_checkpoint_and_resume_co
     a, b = latest_state(out), latest_state(straight("supervised"))
     for key in ("model", "ema", "optimizer", "loader", "rng", "step"):
         assert_identical(a[key], b[key], key)
+
+
+@pytest.mark.parametrize("variant", list(NEW_FLAG_VARIANTS))
+def test_each_new_flag_resumes_exactly_after_a_stop(variant, pipeline_shards, straight, tmp_path, capsys):
+    """Stopped by --time-limit at step 5 of 20 (these flags span --steps, so the length stays), then
+    resumed: the same final state as the straight run, which the flags changed."""
+    out = tmp_path / "run"
+    args = [*smoke_args(pipeline_shards.path, out, *variant_args(variant)), "--steps", "20"]
+    rc, _, err = cli([*args, "--time-limit", "1e-9"], capsys)
+    assert rc == 0, err
+    assert [p.name for p in checkpoint_paths(out)] == ["ckpt-00000005.pt"]
+    rc, _, err = cli([*args, "--resume"], capsys)
+    assert rc == 0, err
+    reference = straight(variant)
+    a, b = latest_state(out), latest_state(reference)  # (the stop added an evaluation at step 5)
+    for key in ("model", "ema", "optimizer", "policy", "distribution_alignment", "loader", "rng", "step"):
+        assert_identical(a[key], b[key], key)
+    summary = json.loads((reference / "summary.json").read_text())
+    for name, value in NEW_FLAG_VARIANTS[variant].items():
+        assert summary["config"][name] == value and json.loads((out / "config.json").read_text())[name] == value
+    assert summary["schedules"]["labeled_aug"] == NEW_FLAG_VARIANTS[variant]["labeled_aug"]
+    if variant == "views-and-schedules":
+        assert summary["schedules"]["ramp_steps"] == 20 and summary["schedules"]["ema"] == pytest.approx(0.9)
+    plain = latest_state(straight("remixmatch-prefetch-on"))["model"]
+    assert any(not torch.equal(a, b) for a, b in zip(latest_state(reference)["model"].values(), plain.values()))
+    if variant == "views-and-schedules":  # another length is another schedule: refused
+        rc, _, err = cli([*args, "--resume", "--steps", "30"], capsys)
+        assert rc == 2 and "--resume: steps = 30 contradicts the checkpoint's 20" in err, err
 
 
 # -- the step ------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import torch
 from remixmatch.pipeline import CTAugment, ViewConfig
 from remixmatch.pipeline.plan import weak_pad
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, labeled_strong_from
 from .losses import REFERENCE_P_DATA_DECAY, DistributionAlignment
 from .model import WideResNet, decay_parameters, stages_for_size, sync_batch_norm
 from .step import TrainState
@@ -49,11 +49,14 @@ def build_train_state(config: TrainConfig, num_classes: int, p_data, device: tor
         trained = torch.compile(trained)
     distribution = None
     if config.algorithm == "remixmatch":
+        first_batch = config.da_start == "first-batch"
         if config.p_data == "reference":  # the reference's moving average, from uniform
             distribution = DistributionAlignment(np.full(num_classes, 1.0 / num_classes), size=config.da_size,
-                                                 device=device, p_data_decay=REFERENCE_P_DATA_DECAY)
+                                                 device=device, p_data_decay=REFERENCE_P_DATA_DECAY,
+                                                 start_from_first_batch=first_batch)
         else:
-            distribution = DistributionAlignment(p_data, size=config.da_size, device=device)
+            distribution = DistributionAlignment(p_data, size=config.da_size, device=device,
+                                                 start_from_first_batch=first_batch)
     return TrainState(trained, model, ema_model, optimizer, decay_parameters(model), distribution,
                       config, device, rank, world_size, all_reduce_mean)
 
@@ -83,16 +86,18 @@ def model_stages(config: TrainConfig, image_side: int | None) -> int:
 
 def build_policy_and_views(config: TrainConfig, image_side: int = 32) -> tuple[CTAugment | None, ViewConfig]:
     """CTAugment (ReMixMatch and FixMatch with strong augmentation; else None) and the views each
-    step draws: ReMixMatch's labeled views are strong, the others' weak; probes only where CTAugment
+    step draws: ReMixMatch's labeled views as --labeled-aug says (strong from the step
+    ``labeled_strong_from`` gives, weak before), the others' weak; probes only where CTAugment
     learns; FixMatch's strong views end with Cutout; MixMatch's unlabeled views are all weak. The weak
     augmentation pads by ``weak_pad(image_side)`` (4 px at 32, 12 at 96)."""
     cta = config.uses_cta
     policy = CTAugment(config.cta_depth, config.cta_decay, config.cta_threshold, config.cta_rule,
-                       semantics=config.cta_semantics) if cta else None
+                       semantics=config.cta_semantics, start=config.cta_start) if cta else None
+    strong_from = labeled_strong_from(config)
     views = ViewConfig(batch=config.batch, unlabeled_batch=config.unlabeled_batch, k=_unlabeled_views(config),
                        seed=config.run_seed, pad=weak_pad(image_side), flip=config.flip, weak=config.weak_aug,
                        strong=config.strong_aug and config.algorithm != "mixmatch",
-                       labeled_strong=config.algorithm == "remixmatch", probes=cta,
+                       labeled_strong=strong_from is not None, labeled_strong_from=strong_from or 0, probes=cta,
                        cutout_level=config.cutout_level if config.cutout and cta else None)
     return policy, views
 

@@ -1,6 +1,7 @@
 """``rmm-eval``: a trained model on a split, with what its errors look like.
 
     rmm-eval RUN_DIR [--checkpoint PATH] [--data DIR] [--split test] [--model ema|raw] [--out DIR]
+             [--recalibrate-bn N]
 
 By default the run's own shards and evaluation split (``--eval-split``: a shard split, or ``valid``,
 the hold-out recorded in labeled.json) at the run's evaluation batch, the EMA model of the newest
@@ -13,11 +14,17 @@ per-class accuracy, the confusion matrix (rows: true class, columns: predicted),
 calibration error over equal-width confidence bins, the most frequent confusions and the model's
 identity; and ``OUT/confusion.png`` with the class names (matplotlib, the ``plots`` extra; without it
 the JSON says why the picture is missing).
+
+``--recalibrate-bn N`` first re-estimates the evaluated model's batch-norm statistics on N clean
+training images of the run's own shards (trainer/recalibrate.py), and records the accuracy with the
+trained statistics beside the recalibrated one (``bn_recalibration`` in eval.json; default ``OUT``
+ends in ``-bnN``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -162,8 +169,33 @@ def confusion_png(path: Path, confusion: list, class_names: list, title: str) ->
     return None
 
 
+def recalibrate(trained: TrainedModel, images: int, batch: int) -> dict:
+    """Re-estimates ``trained.model``'s BN statistics on ``images`` clean training images of the
+    run's shards (the hold-out excluded); what was read."""
+    from remixmatch.datasets_prep import open_shards
+    from remixmatch.datasets_prep.subsets import load_subset
+    from remixmatch.pipeline import EvalLoader
+    from remixmatch.pipeline.loader import make_fetcher
+
+    from .inference import model_input
+    from .recalibrate import recalibrate_bn, recalibration_rows
+
+    shards = open_shards(trained.config.data)
+    train = shards["train"]
+    subset = load_subset(trained.run_dir / "labeled.json", expect_fingerprint=shards.fingerprint)
+    rows = recalibration_rows(len(train), subset.valid, images, trained.config.run_seed)
+    device = str(trained.device)
+    loader = EvalLoader(train, rows, batch, device=device, fetcher=make_fetcher("torch", train, device, max_batch=batch))
+    layers = recalibrate_bn(trained.model, loader, lambda model, item: model(model_input(item.images)))
+    return {"images": int(len(rows)), "batch": batch, "layers": layers, "split": "train",
+            "rows_sha256": hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()}
+
+
 def evaluate(run_dir: Path, *, checkpoint: Path | None = None, data: Path | None = None, split: str | None = None,
-             which: str = "ema", out: Path | None = None, device: str = "cpu", batch: int | None = None) -> dict:
+             which: str = "ema", out: Path | None = None, device: str = "cpu", batch: int | None = None,
+             recalibrate_bn: int = 0) -> dict:
+    import json
+
     from remixmatch.datasets_prep import open_shards
 
     trained = load_trained(run_dir, checkpoint=checkpoint, which=which, device=device)
@@ -176,11 +208,20 @@ def evaluate(run_dir: Path, *, checkpoint: Path | None = None, data: Path | None
     if not labeled.any():
         raise UseError(f"--split {split_name} of {shards.path} has no labeled images to evaluate")
     rows = rows[labeled]
-    logits, labels = predict_split(trained, split_obj, rows, batch or trained.config.eval_batch)
+    batch = batch or trained.config.eval_batch
+    recalibration = None
+    if recalibrate_bn:
+        before, _ = predict_split(trained, split_obj, rows, batch)
+        recalibration = recalibrate(trained, recalibrate_bn, batch)
+    logits, labels = predict_split(trained, split_obj, rows, batch)
     report = {"eval_version": EVAL_VERSION, "split": split_name, "shards": str(shards.path),
               "shards_fingerprint": shards.fingerprint, "unlabeled_rows_skipped": int((~labeled).sum()),
               "identity": trained.identity(), **summarise(logits, labels, trained.class_names)}
-    out = Path(out) if out is not None else trained.run_dir / "eval" / f"step-{trained.step}-{split_name}-{which}"
+    if recalibration is not None:
+        recalibration["accuracy_trained_statistics"] = float((before.argmax(axis=1) == labels).mean())
+        report["bn_recalibration"] = recalibration
+    suffix = f"-bn{recalibrate_bn}" if recalibrate_bn else ""
+    out = Path(out) if out is not None else trained.run_dir / "eval" / f"step-{trained.step}-{split_name}-{which}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     missing = confusion_png(out / "confusion.png", report["confusion"], report["class_names"],
                             f"{trained.run_dir.name} step {trained.step} ({which}) on {split_name}: "
@@ -206,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     parser.add_argument("--batch", type=positive_int, help="images per forward (default: the run's --eval-batch, "
                                                            "which reproduces its recorded accuracy exactly)")
+    parser.add_argument("--recalibrate-bn", type=positive_int, metavar="N",
+                        help="re-estimate the model's batch-norm statistics on N clean training images of the run's "
+                             "shards before evaluating (eval.json keeps the accuracy with the trained ones too)")
     return parser
 
 
@@ -215,12 +259,16 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         args = parser.parse_args(argv)
         report = evaluate(args.run_dir, checkpoint=args.checkpoint, data=args.data, split=args.split,
-                          which=args.model, out=args.out, device=args.device, batch=args.batch)
+                          which=args.model, out=args.out, device=args.device, batch=args.batch,
+                          recalibrate_bn=args.recalibrate_bn or 0)
         worst = min((c for c in report["per_class"] if c["accuracy"] is not None), key=lambda c: c["accuracy"])
         print(f"{report['identity']['run']} step {report['identity']['step']} ({args.model}) on {report['split']}: "
               f"accuracy {100 * report['accuracy']:.2f}% ({report['correct']}/{report['images']}), "
-              f"ECE {report['ece']:.4f}, worst class {worst['class']} {100 * worst['accuracy']:.1f}%; "
-              f"{report['out']}/eval.json")
+              f"ECE {report['ece']:.4f}, worst class {worst['class']} {100 * worst['accuracy']:.1f}%"
+              + (f" (BN statistics re-estimated on {report['bn_recalibration']['images']} training images; "
+                 f"{100 * report['bn_recalibration']['accuracy_trained_statistics']:.2f}% with the trained ones)"
+                 if "bn_recalibration" in report else "")
+              + f"; {report['out']}/eval.json")
         return 0
 
     return run_cli(parser.prog, body)

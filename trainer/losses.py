@@ -56,9 +56,15 @@ class DistributionAlignment:
     ``p_data_decay``: None keeps ``p_data`` constant; a decay makes it the reference's moving average
     (``observe_labels`` after each step, as the reference's post-training ops update it). It is part
     of the state either way, so a resumed run continues it exactly.
+
+    ``start_from_first_batch``: the buffer starts from the first step's mean prediction instead of
+    uniform (``start`` fills every slot with it before that step is aligned), as implementations
+    that keep p_model as a moving average seeded by the first batch do. Early predictions are far
+    from uniform, so a uniform start over-corrects the first ``size`` steps.
     """
 
-    def __init__(self, p_data, size: int = 128, eps: float = 1e-6, device=None, p_data_decay: float | None = None):
+    def __init__(self, p_data, size: int = 128, eps: float = 1e-6, device=None, p_data_decay: float | None = None,
+                 start_from_first_batch: bool = False):
         p_data = torch.as_tensor(p_data, dtype=torch.float32, device=device)
         if p_data.dim() != 1 or p_data.numel() < 1:
             raise ValueError(f"p_data must be a non-empty vector, got shape {tuple(p_data.shape)}")
@@ -72,6 +78,8 @@ class DistributionAlignment:
             (size, num_classes), 1.0 / num_classes, dtype=torch.float32, device=p_data.device
         )
         self.position = torch.zeros((), dtype=torch.int64, device=p_data.device)
+        self.start_from_first_batch = start_from_first_batch
+        self.started = torch.zeros((), dtype=torch.bool, device=p_data.device)
 
     @property
     def size(self) -> int:
@@ -97,6 +105,15 @@ class DistributionAlignment:
         ratio = (self.eps + self.p_data_normalized()) / (self.eps + self.p_model())
         weighted = q * ratio
         return weighted / weighted.sum(dim=1, keepdim=True)
+
+    def start(self, batch_mean: torch.Tensor) -> None:
+        """With ``start_from_first_batch``: before the first step is aligned, every slot holds its
+        mean prediction; later calls change nothing. Stays on the device (no host read)."""
+        if not self.start_from_first_batch:
+            return
+        row = batch_mean.detach().to(device=self.device, dtype=self.buffer.dtype).view(1, -1)
+        self.buffer.copy_(torch.where(self.started, self.buffer, row.expand_as(self.buffer)))
+        self.started.fill_(True)
 
     def push(self, batch_mean: torch.Tensor) -> None:
         """Write one batch's mean prediction (a C-vector) at the next ring position."""
@@ -124,6 +141,7 @@ class DistributionAlignment:
             "buffer": self.buffer.clone(),
             "position": self.position.clone(),
             "p_data": self.p_data.clone(),
+            "started": self.started.clone(),
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -140,8 +158,11 @@ class DistributionAlignment:
         self.buffer.copy_(buffer)
         self.p_data.copy_(p_data)
         self.position.copy_(position)
+        if "started" in state:  # states saved before the first-batch start have none (uniform start)
+            self.started.copy_(torch.as_tensor(state["started"]))
 
     def to(self, device) -> "DistributionAlignment":
+        self.started = self.started.to(device)
         self.buffer = self.buffer.to(device)
         self.position = self.position.to(device)
         self.p_data = self.p_data.to(device)

@@ -33,6 +33,7 @@ from .algorithms import METRICS, STEPS
 from .build import build_policy_and_views, build_train_state
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, checkpoint_paths, latest_checkpoint, save_checkpoint
 from .config import TrainConfig, contradictions, fidelity_choices
+from .schedules import schedule_choices
 from .curves import draw_run_curves
 from .data import load_run_data
 from .errors import TrainerError
@@ -204,6 +205,9 @@ class Run:
         if self.lead:
             self.progress.message("fidelity: " + ", ".join(
                 f"{name.replace('_', '-')} {value}" for name, value in fidelity_choices(config).items()))
+            self.progress.message("schedules: " + ", ".join(
+                f"{name.replace('_', '-')} {value:.4g}" if isinstance(value, float) else f"{name.replace('_', '-')} {value}"
+                for name, value in schedule_choices(config).items()))
 
     # -- checkpoints --------------------------------------------------------------------------------
 
@@ -457,6 +461,7 @@ class Run:
             "wall_seconds": elapsed,
             "versions": versions(),
             "fidelity": fidelity_choices(config),
+            "schedules": schedule_choices(config),
             "config": config.to_dict(),
         }
         if self.lead:

@@ -157,7 +157,9 @@ def mix_global_batch(state: TrainState, batch, x: torch.Tensor, unlabeled: list,
         rows = global_rows(blocks, rank, world, device=inputs.device)
     rng = step_generator(config, step)
     n_global = inputs.shape[0]
-    lambdas = mixup_lambdas(n_global, config.mixup_alpha, rng)
+    # --mixup-lambda batch: one draw shared by every example (the MixMatch paper's code).
+    lambdas = mixup_lambdas(1 if config.mixup_lambda == "batch" else n_global, config.mixup_alpha, rng)
+    lambdas = np.broadcast_to(lambdas, (n_global,)).copy()
     permutation = mixup_permutation(n_global, rng)
     return mixup(inputs, targets, lambdas, permutation, rows)
 

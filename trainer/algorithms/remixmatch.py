@@ -37,7 +37,7 @@ def remixmatch_step(state: TrainState, batch, step: int) -> StepResult:
     num_classes = state.raw_model.num_classes
     b, k = batch.x.shape[0], batch.k
     rank, world = state.rank, state.world_size
-    x = as_float_images(batch.x)  # 1. labeled: weak + CTAugment (made by the pipeline)
+    x = as_float_images(batch.x)  # 1. labeled: weak + CTAugment (--labeled-aug weak: weak only; made by the pipeline)
     u_weak = as_float_images(batch.u_weak)  # 2. unlabeled: one weak view ...
     u_strong = as_float_images(batch.u_strong.flatten(0, 1))  # ... and K strong views, K-major
     bu = u_weak.shape[0]
@@ -45,6 +45,12 @@ def remixmatch_step(state: TrainState, batch, step: int) -> StepResult:
     # 3. Label guess from the weak view.
     with torch.no_grad(), frozen_bn_statistics(state.raw_model), state.autocast():
         p_weak = torch.softmax(state.raw_model(u_weak).float(), dim=1)
+    # p_model learns this step's (global) mean weak-view prediction, before alignment (pushed after
+    # the step; --da-start first-batch also fills the buffer with the first step's before aligning).
+    batch_mean = p_weak.mean(dim=0)
+    if state.all_reduce_mean is not None:
+        batch_mean = state.all_reduce_mean(batch_mean)
+    state.distribution.start(batch_mean)
     # 4. Distribution alignment against the labeled class distribution.
     q = state.distribution.align(p_weak) if config.distribution_alignment else p_weak
     # 5. Sharpening; q is a constant target from here on.
@@ -88,10 +94,6 @@ def remixmatch_step(state: TrainState, batch, step: int) -> StepResult:
     total = loss_x + config.w_match * ramp * loss_u + config.w_kl * ramp * loss_kl + config.w_rot * loss_rot
     # 11. Adam, decoupled weight decay, EMA.
     optimise(state, total, step)
-    # p_model learns this step's (global) mean weak-view prediction, before alignment.
-    batch_mean = p_weak.mean(dim=0)
-    if state.all_reduce_mean is not None:
-        batch_mean = state.all_reduce_mean(batch_mean)
     state.distribution.push(batch_mean)
     # --p-data reference: the moving p_data learns this step's (global) labeled batch, after the step.
     state.distribution.observe_labels(onehot, state.all_reduce_mean)
