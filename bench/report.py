@@ -56,7 +56,7 @@ import platform
 import statistics
 from pathlib import Path
 
-from remixmatch.common.versions import package_versions  # noqa: F401  (the bench commands import it from here)
+from remixmatch.common.versions import package_versions  # the bench commands import it from here too
 
 SCHEMA_VERSION = 1
 
@@ -162,7 +162,7 @@ def new_report(command: str, config: dict) -> dict:
         "wall_seconds": None,
         "machine": None,
         "conditions": None,
-        "versions": package_versions(),
+        "versions": package_versions(PACKAGES),
         "threads": {},
         "config": config,
         "inputs": {},

@@ -23,11 +23,11 @@ import torch
 from remixmatch.trainer.checkpoint import checkpoint_paths
 from remixmatch.trainer.config import TrainConfig
 from remixmatch.trainer.distributed import (
-    DUMP_ENV, EXIT_WORKER_FAILED, World, _Recorder, check_divisible, make_launch_config, plan_world, root_cause,
-    uses_rotation_head,
+    EXIT_WORKER_FAILED, World, check_divisible, make_launch_config, plan_world, root_cause, uses_rotation_head,
 )
 from remixmatch.trainer.model import WideResNet
 from remixmatch.trainer.run import Run
+from distributed_helpers import Recorder
 from trainer_helpers import (  # noqa: F401  (pipeline_shards is a fixture)
     assert_identical, cli, latest_state, metrics, pipeline_shards, smoke_args, smoke_config,
 )
@@ -38,14 +38,26 @@ STEPS = 10  # the smoke preset checkpoints every 10 steps
 BATCH, UNLABELED = 8, 8  # the smoke preset's global batches
 
 
-def launch(data: Path, out: Path, *extra, dump: Path | None = None) -> subprocess.Popen:
+def _env() -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         env.pop(name, None)  # never join an outer group
-    if dump is not None:
-        env[DUMP_ENV] = str(dump)
+    return env
+
+
+def launch(data: Path, out: Path, *extra) -> subprocess.Popen:
     argv = [RMM_TRAIN, *map(str, smoke_args(data, out, quiet=False)), *map(str, extra)]
-    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def launch_recorded(data: Path, out: Path, procs: int, steps: int, dump: Path) -> subprocess.Popen:
+    """The smoke run on ``procs`` processes through the launcher, each rank recording its batches and
+    writing its final state to ``dump/rank<R>.pt`` (distributed_helpers.train_and_dump)."""
+    env = _env()
+    tests = str(Path(__file__).resolve().parent)  # the workers import distributed_helpers from here
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (tests, env.get("PYTHONPATH")) if p)
+    argv = [sys.executable, "-c", "from distributed_helpers import main; main()", data, out, procs, steps, dump]
+    return subprocess.Popen(list(map(str, argv)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(process: subprocess.Popen, timeout: float = RUN_TIMEOUT_S) -> tuple[int, str]:
@@ -116,7 +128,7 @@ def two_procs(pipeline_shards, tmp_path_factory):
     """A 10-step smoke run on 2 CPU processes, each rank dumping its final state and batches."""
     root = tmp_path_factory.mktemp("two_procs")
     out, dump = root / "run", root / "dump"
-    rc, err = finish(launch(pipeline_shards.path, out, "--procs", 2, "--steps", STEPS, dump=dump))
+    rc, err = finish(launch_recorded(pipeline_shards.path, out, 2, STEPS, dump))
     assert rc == 0, err[-3000:]
     return out, [torch.load(dump / f"rank{r}.pt", weights_only=False) for r in range(2)], err
 
@@ -126,7 +138,7 @@ def one_proc(pipeline_shards, tmp_path_factory):
     """The same run in one process (in-process Run, batches recorded)."""
     out = tmp_path_factory.mktemp("one_proc") / "run"
     run = Run(smoke_config(pipeline_shards.path, steps=STEPS), out, quiet=True)
-    recorder = run.loader = _Recorder(run.loader)
+    recorder = run.loader = Recorder(run.loader)
     run.train()
     return out, recorder.batches
 
@@ -212,10 +224,9 @@ def test_with_sync_bn_two_processes_train_like_one_to_float_tolerance(pipeline_s
     steps = 4
     runs = {}
     for procs in (1, 2):
-        out, dump = tmp_path / f"run{procs}", tmp_path / f"dump{procs}"
+        out = tmp_path / f"run{procs}"
         extra = ("--procs", procs) if procs > 1 else ()
-        rc, err = finish(launch(pipeline_shards.path, out, *extra, "--steps", steps, "--sync-bn", "--threads", 1,
-                                dump=dump))
+        rc, err = finish(launch(pipeline_shards.path, out, *extra, "--steps", steps, "--sync-bn", "--threads", 1))
         assert rc == 0, err[-3000:]
         runs[procs] = latest_state(out)
     single, double = runs[1], runs[2]

@@ -33,10 +33,11 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Callable
 
-import numpy as np
 import torch
 
+from remixmatch.common.atomic import atomic_write_text
 from remixmatch.common.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, RemixMatchError
 from remixmatch.common.errors import EXIT_FAILED as EXIT_WORKER_FAILED
 
@@ -45,7 +46,6 @@ from .config import ConfigError, TrainConfig
 MONITOR_INTERVAL_S = 0.2  # how often the agent looks at its workers
 SHUTDOWN_TIMEOUT_S = 10  # SIGTERM, then SIGKILL after this long
 PEER_GRACE_S = 3.0  # an unexpected error waits this long before it ends its process (see worker_entry)
-DUMP_ENV = "REMIXMATCH_TRAIN_DUMP"  # tests: each rank writes its final state and batches here
 _FATAL = "fatal.txt"  # a non-retryable error of an earlier attempt (message dir)
 
 
@@ -213,39 +213,16 @@ def ddp_wrapper(config: TrainConfig, device: torch.device):
     return wrap
 
 
-class _Recorder:
-    """Tests: the loader as the run sees it, keeping each batch's rows and views."""
-
-    def __init__(self, loader):
-        self._loader = loader
-        self.batches: list[dict] = []
-
-    def __getattr__(self, name):
-        return getattr(self._loader, name)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        batch = next(self._loader)
-        self.batches.append({"x_rows": np.asarray(batch.plan.x_rows).copy(), "u_rows": np.asarray(batch.plan.u_rows).copy(),
-                             "x": batch.x.cpu().numpy().copy(), "u_weak": batch.u_weak.cpu().numpy().copy(),
-                             "u_strong": batch.u_strong.cpu().numpy().copy()})
-        return batch
+def train_run(run) -> None:
+    """What a worker does with its ``Run`` unless told otherwise: train it."""
+    run.train()
 
 
-def _dump(run, recorder, folder: str, rank: int) -> None:
-    state = {"model": run.state.raw_model.state_dict(), "ema": run.state.ema_model.state_dict(),
-             "rates": None if run.policy is None else run.policy.rates.copy(),
-             "batches": recorder.batches if recorder is not None else [], "world_size": run.world_size,
-             "step": run.step}
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    torch.save(state, Path(folder) / f"rank{rank}.pt")
-
-
-def run_worker(config: TrainConfig, out: str, resume: bool, quiet: bool, cuda: bool) -> tuple[int, str, str]:
+def run_worker(config: TrainConfig, out: str, resume: bool, quiet: bool, cuda: bool,
+               work: Callable = train_run) -> tuple[int, str, str]:
     """One rank's run: (exit code, one-line message, traceback or ""). The group is set up from the
-    environment and torn down after a clean finish."""
+    environment and torn down after a clean finish; ``work(run)`` is what the rank does with its
+    ``Run`` (train it; a caller may wrap that, to record what the rank saw, say)."""
     from .run import Run
 
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -265,13 +242,7 @@ def run_worker(config: TrainConfig, out: str, resume: bool, quiet: bool, cuda: b
         run = Run(config, Path(out), resume=resume, rank=rank, world_size=world_size,
                   all_reduce_mean=all_reduce_mean if world_size > 1 else None,
                   wrap_model=ddp_wrapper(config, device) if world_size > 1 else None, quiet=quiet)
-        dump = os.environ.get(DUMP_ENV)
-        recorder = None
-        if dump:
-            recorder = run.loader = _Recorder(run.loader)
-        run.train()
-        if dump:
-            _dump(run, recorder, dump, rank)
+        work(run)
     except RemixMatchError as error:  # bad input from any layer, or a diverged run (exit 3)
         return error.exit_code, str(error), ""
     except KeyboardInterrupt:
@@ -284,9 +255,7 @@ def run_worker(config: TrainConfig, out: str, resume: bool, quiet: bool, cuda: b
 
 
 def _write_message(path: Path, code: int, message: str, trace: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(f"{code}\n{' '.join(message.split())}\n{trace}")  # the message stays one line
-    os.replace(tmp, path)
+    atomic_write_text(path, f"{code}\n{' '.join(message.split())}\n{trace}")  # the message stays one line
 
 
 def _read_message(path: Path) -> tuple[int, str, str] | None:
@@ -297,7 +266,8 @@ def _read_message(path: Path) -> tuple[int, str, str] | None:
         return None
 
 
-def worker_entry(config: TrainConfig, out: str, resume: bool, quiet: bool, cuda: bool, messages: str) -> None:
+def worker_entry(config: TrainConfig, out: str, resume: bool, quiet: bool, cuda: bool, messages: str,
+                 work: Callable = train_run) -> None:
     """The launcher's worker (a spawned process). A failure leaves ``messages/rank<R>-<pid>.txt``
     (exit code, message, traceback) and ends the process with that code at once: no teardown that
     could wait on a dead peer."""
@@ -307,7 +277,7 @@ def worker_entry(config: TrainConfig, out: str, resume: bool, quiet: bool, cuda:
     if fatal is not None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
         code, message, trace = fatal  # bad input or divergence: a restart would fail the same way
     else:
-        code, message, trace = run_worker(config, out, resume, quiet, cuda)
+        code, message, trace = run_worker(config, out, resume, quiet, cuda, work)
     if code == 0:
         return
     if code == EXIT_WORKER_FAILED and int(os.environ["WORLD_SIZE"]) > 1:
@@ -361,8 +331,11 @@ def make_launch_config(launch_config_class, world: World):
 
 
 def launch(config: TrainConfig, out: Path, world: World, *, resume: bool, quiet: bool,
-           prog: str = "rmm-train") -> int:
-    """Spawns the workers under torch's elastic agent and waits for them: the exit code of the run."""
+           prog: str = "rmm-train", work: Callable = train_run) -> int:
+    """Spawns the workers under torch's elastic agent and waits for them: the exit code of the run.
+    ``work(run)`` is what each worker does with its ``Run`` (``run_worker``); the spawned processes
+    unpickle it, so it must be a module-level callable (or a ``functools.partial`` of one) that they
+    can import."""
     import logging
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -374,7 +347,7 @@ def launch(config: TrainConfig, out: Path, world: World, *, resume: bool, quiet:
     messages = Path(tempfile.mkdtemp(prefix="rmm-train-"))
     launch_config = make_launch_config(LaunchConfig, world)
     try:
-        elastic_launch(launch_config, worker_entry)(config, str(out), resume, quiet, world.cuda, str(messages))
+        elastic_launch(launch_config, worker_entry)(config, str(out), resume, quiet, world.cuda, str(messages), work)
     except ChildFailedError as error:
         rank, code, message, trace = root_cause(error.failures, messages)
         if trace:
@@ -390,9 +363,10 @@ def launch(config: TrainConfig, out: Path, world: World, *, resume: bool, quiet:
     return 0
 
 
-def join(config: TrainConfig, out: Path, world: World, *, resume: bool, quiet: bool, prog: str = "rmm-train") -> int:
+def join(config: TrainConfig, out: Path, world: World, *, resume: bool, quiet: bool, prog: str = "rmm-train",
+         work: Callable = train_run) -> int:
     """Under torchrun: this process is one rank of torchrun's group."""
-    code, message, trace = run_worker(config, str(out), resume, quiet, world.cuda)
+    code, message, trace = run_worker(config, str(out), resume, quiet, world.cuda, work)
     if code:
         if trace:
             print(trace.rstrip(), file=sys.stderr)
@@ -403,5 +377,5 @@ def join(config: TrainConfig, out: Path, world: World, *, resume: bool, quiet: b
 
 
 __all__ = ["World", "all_reduce_mean", "check_divisible", "ddp_wrapper", "join", "launch", "make_launch_config", "plan_world",
-           "root_cause", "run_worker", "torchrun_env", "uses_rotation_head", "worker_entry"]
+           "root_cause", "run_worker", "torchrun_env", "train_run", "uses_rotation_head", "worker_entry"]
 
