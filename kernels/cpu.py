@@ -29,6 +29,10 @@ fns = cpu_functions()  # the scalar.py functions compiled for this target
 # Views per claim: small enough that a thread descheduled mid-chunk delays the call by a few views
 # (about 15 us at 32x32), large enough that the claims cost nothing beside the views.
 CHUNK = 4
+# prange iterations of the claim loop: more than any thread count. Each thread's first iteration
+# claims chunks until the views run out; its later ones find none. (A literal, not
+# numba.get_num_threads(): that call is a ctypes pointer, which would stop cache=True.)
+_CLAIMERS = 64
 
 
 @intrinsic
@@ -135,7 +139,7 @@ def apply_ops_cpu(images, sources, weak, flips, offsets, pad, op_ids, levels, ra
     """images (B, H*W*3) -> out (N, H*W*3); shapes and dtypes already checked by the API."""
     views = out.shape[0]
     counter = np.zeros(1, np.int64)
-    for _ in prange(numba.get_num_threads()):  # one claimer a thread
+    for _ in prange(_CLAIMERS):
         while True:
             first = _claim(counter, CHUNK)
             if first >= views:
@@ -155,7 +159,7 @@ def apply_ops_cpu(images, sources, weak, flips, offsets, pad, op_ids, levels, ra
 def weak_augment_cpu(images, sources, flips, offsets, pad, height, width, out):
     views = out.shape[0]
     counter = np.zeros(1, np.int64)
-    for _ in prange(numba.get_num_threads()):
+    for _ in prange(_CLAIMERS):
         while True:
             first = _claim(counter, CHUNK)
             if first >= views:

@@ -215,7 +215,7 @@ def _flag_value(value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-@settings(max_examples=80, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_out_of_range_numeric_flags_are_refused_in_one_line(data, shards, tmp_path_factory, capsys):
     flag = data.draw(st.sampled_from(sorted(NUMERIC_FLAGS)), label="flag")
