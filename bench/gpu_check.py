@@ -712,7 +712,7 @@ def bundle(out: Path, dest: Path, charts: dict) -> list[str]:
     logs = dest / "logs.tar.gz"
     tmp = dest / ".logs.tar.gz.tmp"
     with tarfile.open(tmp, "w:gz") as archive:
-        for path in sorted(out.glob("*/log*.txt")) + sorted(out.glob("*/report.md")) + sorted(out.glob("*/junit.xml")):
+        for path in sorted(out.glob("*/log*.txt")) + sorted(out.glob("*/report.md")) + sorted(out.glob("*/junit*.xml")):
             archive.add(path, arcname=str(path.relative_to(out)))
     os.replace(tmp, logs)
     names.append(logs.name)
