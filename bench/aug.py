@@ -248,13 +248,14 @@ def run_pil_pool(work: Workload, config: AugConfig, log) -> list[dict]:
 
 def numba_cache_outcome(module_name: str) -> str:
     """Whether the module's Numba dispatchers were loaded from the on-disk cache or compiled."""
+    from remixmatch.kernels.numba_internals import cache_counts
+
     module = sys.modules.get(module_name)
     hits = misses = 0
     for value in vars(module).values() if module else ():
-        stats = getattr(value, "stats", None)
-        if stats is not None and hasattr(stats, "cache_hits"):
-            hits += sum(stats.cache_hits.values())
-            misses += sum(stats.cache_misses.values())
+        counts = cache_counts(value)
+        if counts is not None:
+            hits, misses = hits + counts[0], misses + counts[1]
     if hits and misses:
         return "partial"
     return "hit" if hits else "miss" if misses else "unknown"
@@ -494,6 +495,13 @@ def run(config: AugConfig, log: Callable[[object], None]) -> dict:
     report["inputs"] = {**images.describe(), "policy": policy, "seed": config.seed}
     log(f"images: {images.kind} ({images.source}), {len(images.pixels)} x {images.pixels.shape[1:]}")
 
+    gpu, cuda_rows = None, []
+    cuda_reason = "not requested (--device cpu)" if config.device == "cpu" else cuda_unavailable_reason()
+    if cuda_reason:
+        cuda_rows.append(skipped("numba-cuda", cuda_reason))
+    elif config.device == "cuda":  # the point of the run: its rows first, before the PIL pool's
+        gpu = cuda_device_name()
+        cuda_rows += run_numba_cuda(work, config, log)
     rows = run_pil(work, config, log)
     rows += run_pil_pool(work, config, log)
     threads = {"numba": None, "numba_threading_layer": None, "numba_threading_layer_config": None,
@@ -508,13 +516,10 @@ def run(config: AugConfig, log: Callable[[object], None]) -> dict:
             from .busy import measure_oversubscription
 
             report["oversubscription"] = measure_oversubscription(work, config.threads, config.busy, log)
-    gpu = None
-    cuda_reason = "not requested (--device cpu)" if config.device == "cpu" else cuda_unavailable_reason()
-    if cuda_reason:
-        rows.append(skipped("numba-cuda", cuda_reason))
-    else:
+    if not cuda_reason and config.device != "cuda":
         gpu = cuda_device_name()
-        rows += run_numba_cuda(work, config, log)
+        cuda_rows += run_numba_cuda(work, config, log)
+    rows = cuda_rows + rows if config.device == "cuda" else rows + cuda_rows
 
     add_ratios(rows)
     report.update(machine=machine_info(gpu), threads=threads, results=rows, summary=summarize(rows))

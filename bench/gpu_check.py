@@ -1,39 +1,50 @@
 """``rmm-bench gpu-check``: every CUDA path proven and the GPU figures measured, in one bounded run.
 
-    rmm-bench gpu-check --archive PATH --out DIR [--shards DIR] [--budget 420] [--learn-seconds 100]
-                        [--bundle DIR] [--skip SECTION ...]
+    rmm-bench gpu-check --archive PATH --out DIR [--shards DIR] [--budget 480] [--learn-seconds 100]
+                        [--bundle DIR] [--skip SECTION ...] [--numba-cache DIR] [--rehearse]
 
 Made for a GPU machine lent for minutes: the run ends within ``--budget`` seconds, whatever hangs.
 Each section is a child process with a wall-clock bound (:mod:`remixmatch.bench.bounded`): the
 smaller of its own cap and what is left of the budget. A section that fails or runs out of time is
 recorded as such and the sections after it still run; one that needs a GPU is skipped, with the
-reason, where CUDA does not answer (so the same command rehearses on a CPU machine and ends 0).
-Sections, in order (``SECTIONS``):
+reason, where CUDA does not answer. Each section starts from an empty folder, so a second run on a
+warm machine works. Every section shares one ``NUMBA_CACHE_DIR`` (``--numba-cache``): the CUDA kernels
+compile once, in the environment section's warm-up, and every later process loads them.
+
+``--rehearse``: on a machine without a GPU, every section runs its own command in its CPU form at
+tiny sizes (the correctness section runs the real pytest command, whose gpu tests collect and skip);
+the run exits 1 if a section fails or times out. Only the GPU work itself is then left untried.
+
+Sections, in order (``SECTIONS``): the figures the first slot needs first.
 
 1. ``data``: the CIFAR-10 shards from ``--archive`` (prep-cifar10), unless ``--shards`` has them;
-2. ``environment``: GPU, driver, torch, numba, numba-cuda, NVVM, ptxas, the CUDA kernel's JIT
-   compile time (``rmm-bench gpu-env``);
-3. ``correctness``: the ``gpu``-marked tests (kernels shared- and global-memory vs the CPU kernel on
-   real images, the CUDA loader vs the CPU loader, a float32 CUDA step vs the CPU step), with the
-   archive passed to them, counted from pytest's JUnit XML;
-4. ``augmentation``: ``rmm-bench aug --device cuda --quick``: CUDA views/s at N = 512, 8,192, 65,536
-   with per-view arrays on the device and on the host, per-op rows; then ``--device cpu``: the same
-   images through the CPU kernel and PIL;
-5. ``pipeline``: the torch loader on CUDA at B = 64 and 256, K = 8, prefetch (``rmm-bench pipeline
-   --device cuda``);
-6. ``training``: WRN-28-2, B = 64, K = 8, bf16 and channels_last: steps/s from ready tensors and from
+2. ``environment``: the warm-up (``WARM_JOBS``: the 32x32 apply kernel, the 96x96 global and tiled
+   ones, the weak one, the two 32x32 tunings, and the CPU kernels, one process each, at once), then
+   GPU, driver, torch, numba, numba-cuda, NVVM, ptxas, the CUDA kernel's first-call time
+   (``rmm-bench gpu-env``);
+3. ``augmentation``: ``rmm-bench aug --device cuda --quick``: CUDA views/s at N = 512, 8,192, 65,536
+   with per-view arrays on the device and on the host, per-op rows, then the PIL rows;
+4. ``training``: WRN-28-2, B = 64, K = 8, bf16 and channels_last: steps/s from ready tensors and from
    the loader, the step split, peak memory, the 2^20-step projection (``rmm-bench train --device cuda``);
-7. ``launcher``: ``rmm-train --gpus 1 --sync-bn`` through the elastic agent on NCCL, then a
-   ``--resume`` that adds steps; both must exit 0 and leave summary.json and checkpoints;
-8. ``learning``: ``rmm-train --preset cifar10-250`` for ``--learn-seconds`` of training
+5. ``learning``: ``rmm-train --preset cifar10-250`` for ``--learn-seconds`` of training
    (``--time-limit``), evaluating every 250 steps: the learning curve;
+6. ``pipeline``: the torch loader on CUDA at B = 64 and 256, K = 8, prefetch (``rmm-bench pipeline
+   --device cuda``);
+7. ``correctness``: the ``gpu``-marked tests, one pytest command per file (``GPU_TESTS``: kernels
+   vs the CPU kernel on real images, the CUDA loader and step vs the CPU ones, DALI), with the
+   archive passed to them, counted from each file's JUnit XML (a file that runs out of time loses
+   only its own counts);
+8. ``launcher``: ``rmm-train --gpus 1 --sync-bn`` through the elastic agent on NCCL, then a
+   ``--resume`` that adds steps; both must exit 0 and leave summary.json and checkpoints;
 9. ``training-compile``: the ready-tensor step with ``torch.compile``, if the budget has room left;
 10. ``bn-mode``: the ready-tensor step under the reference's interleaved batch norm (``--bn-mode
     reference``: K + 2 chunks of B), against ``training``'s one forward, if there is room;
 11. ``kernel-tuning``: the CUDA rows at 96x96 (synthetic images) under each design for views larger
     than 48 KiB of shared memory (``REMIXMATCH_CUDA_LARGE_VIEWS``: global, tiled, shared-optin), then
-    at 32x32 with apply_ops_kernel capped at 80 registers and with 128 threads per block
-    (``REMIXMATCH_CUDA_MAX_REGISTERS`` / ``REMIXMATCH_CUDA_THREADS``), as far as there is room.
+    at 32x32 with the apply kernels capped at 80 registers and with 128 threads per block
+    (``REMIXMATCH_CUDA_MAX_REGISTERS`` / ``REMIXMATCH_CUDA_THREADS``), as far as there is room. These
+    variables are read in one place, :func:`tuning_from_env`, by the section's children
+    (:func:`tuned_main`), into the kernels' :class:`remixmatch.kernels.cuda.LaunchTuning`.
 
 ``DIR/report.json`` (``"command": "gpu-check"``, the common header of :mod:`remixmatch.bench.report`)::
 
@@ -49,8 +60,9 @@ Sections, in order (``SECTIONS``):
                 "projected_hours", "final_ema_accuracy"}
 
 Details: ``environment``, ``pipeline``, ``training``, ``training-compile`` and ``bn-mode`` embed their section's
-report.json (``report``), ``augmentation`` its two (``reports``: ``cuda``, then ``cpu``, the same run's CPU
-kernel and PIL, in a command of its own so that a slow CPU compile cannot cost the CUDA rows); ``correctness`` the test counts and the failed tests' names;
+report.json (``report``; ``environment`` also ``warm``: each warm-up job's seconds, cache folder and
+whether it loaded from the cache), ``augmentation`` its one (``reports``: ``cuda``); ``correctness`` the
+test counts summed over the files and the failed tests' names;
 ``kernel-tuning`` its variants' reports (``reports``); ``launcher`` each command's exit status, seconds and the steps summary.json recorded;
 ``learning`` the evaluations (step, EMA and raw accuracy) and summary.json's accuracy.
 
@@ -84,21 +96,26 @@ from .report import (
 PROG = "rmm-bench gpu-check"
 GOAL_VIEWS_PER_S = 2e7  # strong views/s at 32x32 on one H100-class GPU
 MIN_SECTION_S = 15  # a section offered less than this is skipped: the budget is spent
+# The gpu-marked tests, one pytest command each: a file that runs out of time loses only its own counts.
 GPU_TESTS = ("tests/test_kernels_gpu.py", "tests/test_gpu_training.py", "tests/test_pipeline_dali.py")
 TEST_TIMEOUT_S = 240  # per test, where pytest-timeout is installed
 BUNDLE_LIMIT = 8  # files a lent machine sends back
 LEARN_EVAL_EVERY = 250
-AUG_PARTS = (("cuda", "cuda"), ("cpu", "cpu"))  # (sub-folder, rmm-bench aug --device)
+AUG_PARTS = (("cuda", "cuda"),)  # (sub-folder, rmm-bench aug --device): the CUDA rows only
 # The kernel-tuning section's variants of the CUDA kernel: (sub-folder, environment, image side; None:
-# the CIFAR-10 archive's 32x32). First the three designs for 96x96 views, which no GPU has compared
-# yet (README, "CUDA kernel resources"): global memory (the default), filter tiles staged in shared
-# memory, the whole view in opted-in shared memory. Then 32x32: ptxas predicts 25% occupancy at 256
-# threads and 104 registers; a cap of 80 would allow 3 blocks per SM but spills.
+# the CIFAR-10 archive's 32x32). First the three designs for 96x96 views (docs/kernels.md, "CUDA
+# kernel resources"): global memory (the default), filter tiles staged in shared memory, the whole
+# view in opted-in shared memory. Then 32x32: ptxas predicts 25% occupancy at 256 threads and 104
+# registers; a cap of 80 would allow 3 blocks per SM but spills.
 TUNING = (("size96-global", {"REMIXMATCH_CUDA_LARGE_VIEWS": "global"}, 96),
           ("size96-tiled", {"REMIXMATCH_CUDA_LARGE_VIEWS": "tiled"}, 96),
           ("size96-shared-optin", {"REMIXMATCH_CUDA_LARGE_VIEWS": "shared-optin"}, 96),
           ("max-registers-80", {"REMIXMATCH_CUDA_MAX_REGISTERS": "80"}, None),
           ("threads-128", {"REMIXMATCH_CUDA_THREADS": "128"}, None))
+# The one place where environment variables choose the CUDA kernels' launch tuning
+# (kernels.cuda.LaunchTuning): the kernel-tuning section's children, through tuned_main.
+THREADS_ENV, MAX_REGISTERS_ENV, LARGE_VIEWS_ENV = (
+    "REMIXMATCH_CUDA_THREADS", "REMIXMATCH_CUDA_MAX_REGISTERS", "REMIXMATCH_CUDA_LARGE_VIEWS")
 
 
 @dataclass(frozen=True)
@@ -106,22 +123,26 @@ class Section:
     name: str
     cap_s: int  # its own wall-clock bound (the budget left may be smaller)
     needs_cuda: bool
+    keep_going: bool = False  # run its later commands after one fails
 
 
+# In the order the first lent slot needs the figures: the views/s, the step time and the learning
+# curve first; the tests, split per file, after them; what the budget may not reach last.
 SECTIONS = (
     Section("data", 90, False),
-    Section("environment", 90, False),
-    Section("correctness", 150, True),
-    Section("augmentation", 150, True),
-    Section("pipeline", 60, True),
+    Section("environment", 150, False),
+    Section("augmentation", 90, True),
     Section("training", 120, True),
+    Section("learning", 200, True),
+    Section("pipeline", 60, True),
+    Section("correctness", 180, True, keep_going=True),
     Section("launcher", 120, True),
-    Section("learning", 240, True),
     Section("training-compile", 150, True),
     Section("bn-mode", 90, True),
-    Section("kernel-tuning", 150, True),
+    Section("kernel-tuning", 150, True, keep_going=True),
 )
 SECTION_NAMES = tuple(s.name for s in SECTIONS)
+DEFAULT_BUDGET_S = 480
 
 
 @dataclass(frozen=True)
@@ -129,15 +150,22 @@ class CheckConfig:
     out: Path
     archive: Path
     shards: Path  # where the data section writes (or found) the shards
-    budget_s: int = 420
+    budget_s: int = DEFAULT_BUDGET_S
     learn_seconds: int = 100
     bundle: Path | None = None
     skip: tuple[str, ...] = field(default_factory=tuple)
+    rehearse: bool = False  # every section runs its CPU form at tiny sizes (no GPU needed)
+    numba_cache: Path | None = None  # NUMBA_CACHE_DIR of every section (default OUT/numba-cache)
 
     def as_dict(self) -> dict:
         return {"out": str(self.out), "archive": self.archive.name, "shards": str(self.shards),
                 "budget_s": self.budget_s, "learn_seconds": self.learn_seconds,
-                "bundle": None if self.bundle is None else str(self.bundle), "skip": list(self.skip)}
+                "bundle": None if self.bundle is None else str(self.bundle), "skip": list(self.skip),
+                "rehearse": self.rehearse, "numba_cache": str(self.cache_dir)}
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.numba_cache or self.out / "numba-cache"
 
 
 # ---- where the run is ---------------------------------------------------------------------------------
@@ -160,12 +188,20 @@ def cuda_reason() -> str | None:
     return None
 
 
+def default_cuda_home(environ=os.environ) -> None:
+    """numba-cuda finds NVVM through cuda-pathfinder or $CUDA_HOME: a system toolkit there is named
+    for this process (whose cuda_reason() probes first) and every section (the Makefile sets it too)."""
+    if "CUDA_HOME" not in environ and Path("/usr/local/cuda").is_dir():
+        environ["CUDA_HOME"] = "/usr/local/cuda"
+
+
 def child_env(config: CheckConfig) -> dict:
-    """The sections' environment: the archive for the real-image tests and prep; numba-cuda pointed
-    at a system toolkit when no NVVM wheel is there (it looks in $CUDA_HOME)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", REMIXMATCH_CIFAR10_JPG=str(config.archive.resolve()))
-    if "CUDA_HOME" not in env and Path("/usr/local/cuda").is_dir():
-        env["CUDA_HOME"] = "/usr/local/cuda"
+    """The sections' environment: the archive for the real-image tests and prep, the CUDA toolkit,
+    and one Numba cache folder for every section (the CUDA kernels compile once per machine, in the
+    environment section's warm-up, and load from there)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", REMIXMATCH_CIFAR10_JPG=str(config.archive.resolve()),
+               NUMBA_CACHE_DIR=str(config.cache_dir.resolve()))
+    default_cuda_home(env)
     return env
 
 
@@ -181,51 +217,84 @@ def _train(*args: str) -> list[str]:
     return _python("-m", "remixmatch.trainer.cli", *args)
 
 
+def _here(function: str, *args: str) -> list[str]:
+    """A command that runs ``function(argv)`` of this module in a child process."""
+    code = f"import sys; from remixmatch.bench.gpu_check import {function} as f; sys.exit(f(sys.argv[1:]))"
+    return _python("-c", code, *args)
+
+
 # ---- the sections' commands ---------------------------------------------------------------------------
+
+# What the rehearsal (--rehearse) shrinks every section to: a model of 8 channels and one block per
+# stage, 4 labeled images a step with K = 2, 10 labels and 10 held out, 8x8 synthetic images in the
+# augmentation rows. Small enough that the whole run ends within about 3 minutes on 2 cores.
+REHEARSAL_MODEL = ("--width", "8", "--blocks-per-stage", "1")
+REHEARSAL_STEP = ("--batch", "4", "--k", "2")
+REHEARSAL_DATA = ("--labels", "10", "--valid", "10")
+REHEARSAL_AUG = ("--device", "cpu", "--size", "8", "--threads", "1", "--reps", "5")
+REHEARSAL_TUNING = (0, 3)  # the variants the rehearsal runs: one large-view design, one register cap
+LAUNCH_STEPS = {False: (200, 300), True: (4, 6)}  # the launcher's run, then its --resume (rehearsal: True)
+
 
 def section_commands(name: str, config: CheckConfig, folder: Path) -> list[list[str]] | str:
     """The commands of a section (run in order, each within what is left of its bound), or the
-    reason it is skipped."""
-    shards = str(config.shards)
+    reason it is skipped. Under ``config.rehearse`` each section's CPU form at tiny sizes."""
+    shards, tiny = str(config.shards), config.rehearse
     if name == "data":
         if (config.shards / "manifest.json").is_file():
             return f"shards already prepared in {config.shards}"
         prep = "import sys; from remixmatch.datasets_prep.cli import prep_cifar10_main as m; sys.exit(m(sys.argv[1:]))"
         return [_python("-c", prep, "--source", str(config.archive), "--out", shards, "--overwrite")]
     if name == "environment":
-        return [_bench("gpu-env", "--out", str(folder))]
+        return [_here("warm_main", "--out", str(folder / "warm.json"), *(("--rehearse",) if tiny else ())),
+                _bench("gpu-env", "--out", str(folder))]
     if name == "correctness":
-        timeout = ["-p", "pytest_timeout", f"--timeout={TEST_TIMEOUT_S}"] if _has_module("pytest_timeout") else []
+        # pytest-timeout, where installed, is already loaded by pytest as the plugin "timeout": naming
+        # it again with -p registers it twice and pytest stops before any test (exit 3).
+        timeout = [f"--timeout={TEST_TIMEOUT_S}"] if _has_module("pytest_timeout") else []
         return [_python("-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *timeout,
-                        f"--junitxml={folder / 'junit.xml'}", *GPU_TESTS)]
+                        f"--junitxml={folder / f'junit-{i + 1}.xml'}", test)
+                for i, test in enumerate(GPU_TESTS)]
     if name == "augmentation":
-        # CUDA first: the CPU kernel's compile on a fresh machine is the slow part, and its rows are
-        # the comparison, not the point.
+        if tiny:
+            return [_bench("aug", *REHEARSAL_AUG, "--quick", "--out", str(folder / part)) for part, _ in AUG_PARTS]
         return [_bench("aug", "--device", device, "--quick", "--images", str(config.archive), "--out", str(folder / part))
                 for part, device in AUG_PARTS]
-    if name == "pipeline":
-        return [_bench("pipeline", "--device", "cuda", "--quick", "--shards", shards, "--out", str(folder))]
-    if name == "training":
-        return [_bench("train", "--device", "cuda", "--quick", "--shards", shards, "--out", str(folder))]
-    if name == "training-compile":
-        return [_bench("train", "--device", "cuda", "--quick", "--compile", "--out", str(folder))]
-    if name == "bn-mode":
-        return [_bench("train", "--device", "cuda", "--quick", "--bn-mode", "reference", "--out", str(folder))]
+    if name in ("pipeline", "training", "training-compile", "bn-mode"):
+        extra = {"pipeline": ("--shards", shards), "training": ("--shards", shards), "training-compile": ("--compile",),
+                 "bn-mode": ("--bn-mode", "reference")}[name]
+        command = "pipeline" if name == "pipeline" else "train"
+        if not tiny:
+            return [_bench(command, "--device", "cuda", "--quick", *extra, "--out", str(folder))]
+        if name == "training-compile":
+            return "rehearsal: torch.compile's CPU build alone takes minutes on 2 cores"
+        sizes = REHEARSAL_STEP + REHEARSAL_DATA + (() if command == "pipeline" else REHEARSAL_MODEL)
+        return [_bench(command, "--device", "cpu", "--quick", "--threads", "1", *sizes, *extra, "--out", str(folder))]
     if name == "kernel-tuning":
-        # A size other than the archive's: synthetic images of that size.
+        def images(size):  # a size other than the archive's: synthetic images of that size
+            return ("--size", str(size)) if size else ("--images", str(config.archive))
+
+        variants = [TUNING[i] for i in REHEARSAL_TUNING] if tiny else TUNING
         return [["env", *(f"{k}={v}" for k, v in env.items()),
-                 *_bench("aug", "--device", "cuda", "--quick",
-                         *(("--size", str(size)) if size else ("--images", str(config.archive))), "--out", str(folder / part))]
-                for part, env, size in TUNING]
+                 *_here("tuned_main", "aug", *(REHEARSAL_AUG if tiny else ("--device", "cuda", *images(size))),
+                        "--quick", "--out", str(folder / part))]
+                for part, env, size in variants]
     if name == "launcher":
         run = folder / "run"
-        common = ["--gpus", "1", "--sync-bn", "--data", shards, "--labels", "250", "--out", str(run), "--quiet",
-                  "--eval-every", "100", "--ckpt-every", "100", "--log-every", "50"]
-        return [_train(*common, "--steps", "200"), _train(*common, "--steps", "300", "--resume")]
+        first, resumed = LAUNCH_STEPS[tiny]
+        where = (("--device", "cpu", "--procs", "1", *REHEARSAL_MODEL, *REHEARSAL_STEP, *REHEARSAL_DATA) if tiny
+                 else ("--gpus", "1", "--sync-bn", "--labels", "250"))
+        every = "2" if tiny else "100"
+        common = [*where, "--data", shards, "--out", str(run), "--quiet", "--eval-every", every, "--ckpt-every", every,
+                  "--log-every", every, *(("--eval-split", "valid") if tiny else ())]
+        return [_train(*common, "--steps", str(first)), _train(*common, "--steps", str(resumed), "--resume")]
     if name == "learning":
-        return [_train("--preset", "cifar10-250", "--data", shards, "--out", str(folder / "run"), "--quiet",
-                       "--time-limit", str(config.learn_seconds), "--eval-every", str(LEARN_EVAL_EVERY),
-                       "--log-every", "50", "--ckpt-every", "100000")]
+        where = (("--device", "cpu", *REHEARSAL_MODEL, *REHEARSAL_STEP, *REHEARSAL_DATA, "--eval-split", "valid")
+                 if tiny else ())
+        every = "2" if tiny else str(LEARN_EVAL_EVERY)
+        return [_train("--preset", "cifar10-250", *where, "--data", shards, "--out", str(folder / "run"), "--quiet",
+                       "--time-limit", str(config.learn_seconds), "--eval-every", every,
+                       "--log-every", every, "--ckpt-every", "100000")]
     raise BenchError(f"unknown section {name!r}")
 
 
@@ -267,6 +336,21 @@ def junit_counts(path: Path) -> dict | None:
     return counts
 
 
+def merged_junit_counts(paths: list[Path]) -> dict | None:
+    """The counts of several pytest runs' JUnit XML files added up (None: none could be read)."""
+    merged = None
+    for path in paths:
+        counts = junit_counts(path)
+        if counts is None:
+            continue
+        if merged is None:
+            merged = counts
+        else:
+            for key, value in counts.items():
+                merged[key] += value
+    return merged
+
+
 def metrics_evaluations(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
@@ -280,12 +364,15 @@ def section_details(name: str, folder: Path) -> dict:
         parts = [entry[0] for entry in (AUG_PARTS if name == "augmentation" else TUNING)]
         reports = {part: _read_json(folder / part / "report.json") for part in parts}
         return {"reports": {part: report for part, report in reports.items() if report is not None}}
-    if name in ("environment", "pipeline", "training", "training-compile", "bn-mode"):
+    if name in ("pipeline", "training", "training-compile", "bn-mode"):
         report = _read_json(folder / "report.json")
         return {"report": report} if report is not None else {}
+    if name == "environment":
+        report, warm = _read_json(folder / "report.json"), _read_json(folder / "warm.json")
+        return {**({"report": report} if report is not None else {}), **({"warm": warm} if warm is not None else {})}
     if name == "correctness":
-        counts = junit_counts(folder / "junit.xml")
-        return {"tests": counts} if counts is not None else {}
+        counts = merged_junit_counts(sorted(folder.glob("junit-*.xml")))
+        return {"tests": counts, "files": len(list(folder.glob("junit-*.xml")))} if counts is not None else {}
     if name == "launcher":
         summary = _read_json(folder / "run" / "summary.json") or {}
         checkpoints = sorted(p.name for p in (folder / "run" / "checkpoints").glob("ckpt-*.pt"))
@@ -300,10 +387,10 @@ def section_details(name: str, folder: Path) -> dict:
     return {}
 
 
-def launcher_problem(details: dict) -> str | None:
+def launcher_problem(details: dict, steps: int = LAUNCH_STEPS[False][1]) -> str | None:
     """The launcher section's own check: the resumed run reached its steps and wrote a checkpoint."""
-    if details.get("summary_steps") != 300:
-        return f"summary.json records {details.get('summary_steps')} steps, not the 300 the resume asked for"
+    if details.get("summary_steps") != steps:
+        return f"summary.json records {details.get('summary_steps')} steps, not the {steps} the resume asked for"
     if not details.get("checkpoints"):
         return "no checkpoint written"
     return None
@@ -315,7 +402,7 @@ def run_section(section: Section, config: CheckConfig, left_s: float, reason: st
     folder = config.out / section.name
     if section.name in config.skip:
         return {"status": "skipped", "reason": "--skip"}
-    if section.needs_cuda and reason is not None:
+    if section.needs_cuda and reason is not None and not config.rehearse:
         return {"status": "skipped", "reason": reason}
     bound = min(section.cap_s, left_s)
     if bound < MIN_SECTION_S:
@@ -323,11 +410,18 @@ def run_section(section: Section, config: CheckConfig, left_s: float, reason: st
     commands = section_commands(section.name, config, folder)
     if isinstance(commands, str):
         return {"status": "skipped", "reason": commands}
-    folder.mkdir(parents=True, exist_ok=True)
+    # A second run on a warm machine starts clean: the launcher and learning runs refuse a folder
+    # that holds a run already, and stale files would be read as this run's.
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
     env = child_env(config)
     start, status, why, exits = time.perf_counter(), "measured", None, []
     for i, argv in enumerate(commands):
         left = bound - (time.perf_counter() - start)
+        if left <= 0:
+            status, why = "timed_out", f"no time left for command {i + 1} within the section's bound ({bound:.0f} s)"
+            break
         log(f"== {section.name} [{i + 1}/{len(commands)}] (bound {left:.0f} s): {' '.join(argv[1:])[:200]}")
         outcome = run_bounded(argv, timeout_s=left, log=lambda line: log(f"   {line}"),
                               log_file=folder / f"log{i + 1}.txt", env=env)
@@ -335,22 +429,36 @@ def run_section(section: Section, config: CheckConfig, left_s: float, reason: st
         if outcome.timed_out:
             status, why = "timed_out", f"command {i + 1} stopped at the section's bound ({bound:.0f} s): {outcome.last_line()}"
             break
-        if outcome.code != 0:
+        if outcome.code != 0 and status == "measured":
             status, why = "failed", f"command {i + 1} exit status {outcome.code}: {outcome.last_line()}"
-            break
+            if not section.keep_going:
+                break
     result = {"status": status, "seconds": round(time.perf_counter() - start, 1), "bound_seconds": round(bound),
               "commands": exits, "details": section_details(section.name, folder)}
+    problem = None
     if status == "measured" and section.name == "launcher":
-        problem = launcher_problem(result["details"])
-        if problem:
-            status, why = "failed", problem
-            result["status"] = status
-    if section.name == "correctness" and status == "measured" and (result["details"].get("tests") or {}).get("passed", 0) == 0:
-        status, why = "failed", "no gpu test passed"
-        result["status"] = status
+        problem = launcher_problem(result["details"], LAUNCH_STEPS[config.rehearse][1])
+    if section.name == "correctness":
+        problem = correctness_problem(result["details"].get("tests"), len(commands), result["details"].get("files", 0),
+                                      config.rehearse) or (why if status != "measured" else None)
+    if problem and status == "measured":
+        status, why = "failed", problem
+    result["status"] = status
     if why:
         result["reason"] = why
     return result
+
+
+def correctness_problem(tests: dict | None, files_run: int, files_read: int, rehearse: bool) -> str | None:
+    """Why the test section failed though pytest exited 0, or None. On a GPU some test must pass;
+    in a rehearsal every file must have been collected (the gpu tests then skip)."""
+    if tests is None:
+        return "no JUnit XML: pytest stopped before collecting"
+    if tests["failed"] or tests["errors"]:
+        return f"{tests['failed']} failed, {tests['errors']} errors: {', '.join(tests['failed_tests'][:5])}"
+    if rehearse:
+        return None if files_read == files_run else f"JUnit XML of {files_read} of {files_run} test files"
+    return None if tests["passed"] else "no gpu test passed"
 
 
 # ---- figures ----------------------------------------------------------------------------------------------
@@ -604,7 +712,7 @@ def bundle(out: Path, dest: Path, charts: dict) -> list[str]:
     logs = dest / "logs.tar.gz"
     tmp = dest / ".logs.tar.gz.tmp"
     with tarfile.open(tmp, "w:gz") as archive:
-        for path in sorted(out.glob("*/log*.txt")) + sorted(out.glob("*/report.md")) + sorted(out.glob("*/junit.xml")):
+        for path in sorted(out.glob("*/log*.txt")) + sorted(out.glob("*/report.md")) + sorted(out.glob("*/junit*.xml")):
             archive.add(path, arcname=str(path.relative_to(out)))
     os.replace(tmp, logs)
     names.append(logs.name)
@@ -615,8 +723,10 @@ def bundle(out: Path, dest: Path, charts: dict) -> list[str]:
 def run(config: CheckConfig, log: Callable[[object], None]) -> dict:
     start, conditions = time.perf_counter(), RunConditions()
     report = new_report("gpu-check", config.as_dict())
+    default_cuda_home()
     reason = cuda_reason()
-    log(f"CUDA: {reason or 'available'}; budget {config.budget_s} s")
+    log(f"CUDA: {reason or 'available'}; budget {config.budget_s} s"
+        + ("; rehearsal: every section runs its CPU form" if config.rehearse else ""))
     sections: dict = {}
     for section in SECTIONS:
         left = config.budget_s - (time.perf_counter() - start)
@@ -643,13 +753,20 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--out", type=Path, required=True, help="directory for report.json, report.md, charts, logs")
     parser.add_argument("--shards", type=Path, default=None,
                         help="the shard directory (made from --archive when it has no manifest; default OUT/shards)")
-    parser.add_argument("--budget", type=positive_int, default=420, help="seconds the whole run may take (420)")
+    parser.add_argument("--budget", type=positive_int, default=DEFAULT_BUDGET_S,
+                        help=f"seconds the whole run may take ({DEFAULT_BUDGET_S})")
     parser.add_argument("--learn-seconds", type=positive_int, default=100,
                         help="seconds of training in the learning section (100)")
     parser.add_argument("--bundle", type=Path, default=None,
                         help="also copy report.json, report.md, the charts and logs.tar.gz here (at most 8 files)")
     parser.add_argument("--skip", action="append", default=[], choices=SECTION_NAMES, metavar="SECTION",
                         help=f"leave a section out (repeatable): {', '.join(SECTION_NAMES)}")
+    parser.add_argument("--rehearse", action="store_true",
+                        help="on a machine without a GPU: every section runs its own command in its CPU form at "
+                             "tiny sizes (the tests collect and skip); exit 1 if a section fails")
+    parser.add_argument("--numba-cache", type=Path, default=None,
+                        help="NUMBA_CACHE_DIR of every section: where the CUDA kernels are compiled once "
+                             "(default OUT/numba-cache)")
     return parser
 
 
@@ -660,7 +777,7 @@ def config_from_args(args) -> CheckConfig:
         raise BenchError(f"--out {args.out} exists and is not a directory")
     return CheckConfig(out=args.out, archive=args.archive, shards=args.shards or args.out / "shards",
                        budget_s=args.budget, learn_seconds=args.learn_seconds, bundle=args.bundle,
-                       skip=tuple(args.skip))
+                       skip=tuple(args.skip), rehearse=args.rehearse, numba_cache=args.numba_cache)
 
 
 def progress_line(item) -> str:
@@ -674,8 +791,146 @@ def bundle_after_writing(config: CheckConfig, report: dict, log) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
-                       render_markdown=render_markdown, progress_line=progress_line, after=bundle_after_writing)
+    not_passed: list[str] = []
+
+    def after(config: CheckConfig, report: dict, log) -> None:
+        bundle_after_writing(config, report, log)
+        if config.rehearse:
+            not_passed.extend(f"{name} {sec['status']}" for name, sec in report["sections"].items()
+                              if sec["status"] in ("failed", "timed_out"))
+
+    code = report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
+                       render_markdown=render_markdown, progress_line=progress_line, after=after)
+    if code == 0 and not_passed:
+        print(f"{PROG}: rehearsal: {', '.join(not_passed)}", file=sys.stderr)
+        return 1
+    return code
+
+
+# ---- the sections' own entry points (run in child processes) ----------------------------------------------
+
+def tuning_from_env(environ=os.environ):
+    """The CUDA kernels' launch tuning named by the REMIXMATCH_CUDA_* variables (the kernel-tuning
+    section's children; nothing else reads them). A bad value: ValueError naming the variable."""
+    from remixmatch.kernels.cuda import DEFAULT_TUNING, LaunchTuning
+
+    threads, cap, design = (environ.get(name) for name in (THREADS_ENV, MAX_REGISTERS_ENV, LARGE_VIEWS_ENV))
+    for name, value in ((THREADS_ENV, threads), (MAX_REGISTERS_ENV, cap)):
+        if value is not None and not value.isdigit():
+            raise ValueError(f"{name}={value!r}: not a whole number")
+    try:
+        return LaunchTuning(int(threads) if threads else DEFAULT_TUNING.threads_per_block,
+                            int(cap) if cap else DEFAULT_TUNING.max_registers,
+                            design or DEFAULT_TUNING.large_views)
+    except ValueError as error:
+        named = ", ".join(f"{n}={v!r}" for n, v in ((THREADS_ENV, threads), (MAX_REGISTERS_ENV, cap),
+                                                      (LARGE_VIEWS_ENV, design)) if v is not None)
+        raise ValueError(f"{named}: {error}") from None
+
+
+def tuned_main(argv: list[str]) -> int:
+    """``rmm-bench ARGV`` under the launch tuning the environment names."""
+    from remixmatch.kernels.cuda import use_tuning
+
+    try:
+        tuning = tuning_from_env()
+    except ValueError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    use_tuning(tuning)
+    print(f"launch tuning: {tuning}", file=sys.stderr, flush=True)
+    from .cli import main as bench_main
+
+    return bench_main(argv)
+
+
+# The kernels the environment section compiles before any other section runs, one process each, into
+# the run's NUMBA_CACHE_DIR: (name, kernel, launch tuning's fields, view side). The 32x32 apply kernel,
+# the 96x96 global and tiled ones, the weak one, then the two 32x32 tunings kernel-tuning measures
+# (each cap and block size caches in a folder of its own). "cpu": the CPU kernels (compile_all()).
+WARM_JOBS = (("apply-32", "apply_ops_kernel", {}, 32),
+             ("global-96", "apply_ops_kernel_global", {"large_views": "global"}, 96),
+             ("tiled-96", "apply_ops_kernel_tiled", {"large_views": "tiled"}, 96),
+             ("weak-32", "weak_augment_kernel", {}, 32),
+             ("apply-32-regs80", "apply_ops_kernel", {"max_registers": 80}, 32),
+             ("apply-32-threads128", "apply_ops_kernel", {"threads_per_block": 128}, 32),
+             ("cpu", None, {}, 32))
+
+
+def warm_job(job: tuple, rehearse: bool) -> dict:
+    """One WARM_JOBS entry in this process: compile it (a launch on a few views, the path every
+    section takes) and say whether it came from the cache. In a rehearsal the CUDA jobs only build
+    their dispatchers and cache folders (nothing compiles without a device)."""
+    import numpy as np
+
+    from remixmatch.kernels import cuda as kernels_cuda
+    from remixmatch.kernels.numba_internals import cache_counts, cache_path
+
+    name, kernel, fields, side = job
+    start = time.perf_counter()
+    if kernel is None:
+        from remixmatch import kernels
+
+        kernels.compile_all()
+        return {"job": name, "seconds": round(time.perf_counter() - start, 1), "compiled": True}
+    tuning = kernels_cuda.LaunchTuning(**fields)
+    dispatcher = kernels_cuda.kernels(tuning)[kernel]
+    result = {"job": name, "kernel": kernel, "tuning": tuning.cache_key(), "folder": cache_path(dispatcher)}
+    if rehearse:
+        return {**result, "compiled": False, "reason": "rehearsal: no CUDA device", "seconds": 0.0}
+    from numba import cuda
+
+    from remixmatch.kernels import NUM_OPS, apply_ops, weak_augment
+
+    kernels_cuda.use_tuning(tuning)
+    rng = np.random.default_rng(0)
+    n = 16
+    images = cuda.to_device(rng.integers(0, 256, (4, side, side, 3), dtype=np.uint8))
+    sources = np.repeat(np.arange(4, dtype=np.int32), 4)
+    if kernel == "weak_augment_kernel":
+        weak_augment(images, np.zeros(n, np.int32), np.zeros((n, 2), np.int32), sources=sources, pad=2)
+    else:
+        apply_ops(images, rng.integers(0, NUM_OPS, (n, 2)).astype(np.int32), rng.random((n, 2, 2), dtype=np.float32),
+                  rng.random((n, 3, 2), dtype=np.float32), sources=sources)
+    cuda.synchronize()
+    hits, misses = cache_counts(dispatcher) or (0, 0)
+    return {**result, "compiled": True, "cache": "hit" if hits and not misses else "miss" if misses else "unknown",
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _warm_one(args: tuple) -> dict:
+    job, rehearse = args
+    try:
+        return warm_job(job, rehearse)
+    except Exception as error:  # noqa: BLE001 - one job's failure is reported; the others still warm
+        return {"job": job[0], "error": f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"}
+
+
+def warm_main(argv: list[str]) -> int:
+    """Compiles every WARM_JOBS entry at once, one process each, and writes what each did to --out."""
+    import argparse
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    parser = argparse.ArgumentParser(prog=f"{PROG} warm-up")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--rehearse", action="store_true")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    # spawn: each job a fresh interpreter (a fork would share this one's CUDA state).
+    with ProcessPoolExecutor(len(WARM_JOBS), mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = list(pool.map(_warm_one, [(job, args.rehearse) for job in WARM_JOBS]))
+    for job in jobs:
+        print(json.dumps(job), file=sys.stderr, flush=True)
+    result = {"seconds": round(time.perf_counter() - start, 1), "jobs": jobs}
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    os.replace(tmp, args.out)
+    failed = [job["job"] for job in jobs if "error" in job]
+    if failed:
+        print(f"{PROG} warm-up: {', '.join(failed)} failed", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -93,25 +93,14 @@ def numba_facts(errors: dict) -> dict:
              "cuda_home": os.environ.get("CUDA_HOME")}
     from numba import cuda
 
-    def nvvm():
-        from numba.cuda.cudadrv import nvvm as nvvm_module
+    from remixmatch.kernels import numba_internals
 
-        return ".".join(map(str, nvvm_module.NVVM().get_version()))
-
-    facts["nvvm"] = _probe(errors, "nvvm", nvvm)
-
-    def nvvm_path():
-        from numba.cuda.cuda_paths import get_cuda_paths
-
-        found = get_cuda_paths().get("nvvm")
-        return None if found is None else f"{found.by}: {found.info}"
-
-    facts["nvvm_path"] = _probe(errors, "nvvm_path", nvvm_path)
+    facts["nvvm"] = _probe(errors, "nvvm", numba_internals.nvvm_version)
+    facts["nvvm_path"] = _probe(errors, "nvvm_path", numba_internals.nvvm_location)
     facts["available"] = bool(_probe(errors, "cuda_available", cuda.is_available))
     if facts["available"]:
         facts["runtime"] = _probe(errors, "runtime", lambda: ".".join(map(str, cuda.runtime.get_version())))
-        facts["driver_api"] = _probe(errors, "driver_api", lambda: ".".join(
-            map(str, cuda.cudadrv.driver.driver.get_version())))
+        facts["driver_api"] = _probe(errors, "driver_api", numba_internals.driver_version)
     return facts
 
 

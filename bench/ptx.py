@@ -244,9 +244,9 @@ def unavailable_reason() -> str | None:
     if find_ptxas() is None:
         return "no ptxas (install the CUDA extra: numba-cuda[cu12] brings nvidia-cuda-nvcc; or put a toolkit's on PATH or under $CUDA_HOME)"
     try:
-        from numba.cuda.cudadrv import nvvm
+        from remixmatch.kernels.numba_internals import nvvm_version
 
-        nvvm.NVVM()
+        nvvm_version()
     except Exception as error:  # noqa: BLE001 - any failure to load NVVM means: no PTX here
         return f"no NVVM to compile PTX ({' '.join(str(error).split())[:200]})"
     return None

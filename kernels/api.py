@@ -37,9 +37,9 @@ def _is_simulated_device_array(array) -> bool:
 
     if not config.ENABLE_CUDASIM:
         return False
-    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+    from .numba_internals import is_simulator_array
 
-    return isinstance(array, FakeCUDAArray)
+    return is_simulator_array(array)
 
 
 def _describe(array) -> tuple[tuple[int, ...], np.dtype, bool]:

@@ -12,69 +12,84 @@ per-view code with those buffers in global memory (``apply_ops_kernel_global``);
 neighbourhood filters reading tiles of the view staged in shared memory
 (``apply_ops_kernel_tiled``); or the shared-memory kernel with more than 48 KiB opted in
 (``cuda_launch``).
+
+Which design, how many threads per block and what register cap: a :class:`LaunchTuning`, passed to
+the launch or set once per process with :func:`use_tuning`; :func:`kernels` compiles the kernels for a
+tuning, cached on disk (``cache=True``, in a folder per tuning and per digest of the kernel sources).
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
+from types import FunctionType
 
 import numpy as np
 from numba import cuda, float64, int32, uint8
 
+from . import jit_cache
 from .compile import cuda_functions, cuda_simulated
 from .scalar import BLUR, CUTOUT, LUT_SIZE, PARAMS_F, PARAMS_I
 
 fns = cuda_functions()  # the scalar.py functions compiled for this target
 
-# Threads per block and register caps, chosen from `rmm-bench ptx` (README, "CUDA kernel
-# resources"): capping apply_ops_kernel at 80 registers would give 3 blocks per SM instead of 2, but
-# spills on sm_90, and no spill-free cap raises occupancy at 256 threads; the global-memory kernel
-# spills under any cap that would. 256 threads: 4 pixels per thread at 32x32, and at the global
-# kernel's ~197 registers a 512-thread block could not launch at all.
-THREADS_PER_BLOCK = 256
-# cuda.jit(max_registers=...) per kernel; None: the compiler's choice. A CI test fails on any spill.
+# cuda.jit(max_registers=...) per kernel as declared; None: the compiler's choice. A CI test fails on
+# any spill. Capping apply_ops_kernel at 80 registers would give 3 blocks per SM instead of 2 but
+# spills on sm_90 (`rmm-bench ptx`), and no spill-free cap raises occupancy at 256 threads.
 MAX_REGISTERS: dict[str, int | None] = {"apply_ops_kernel": None, "apply_ops_kernel_global": None,
                                         "apply_ops_kernel_tiled": None, "weak_augment_kernel": None}
-# For measuring other choices on a GPU (rmm-bench gpu-check's kernel-tuning section), without an edit:
-# the apply kernels' threads per block, and their register cap (each view size runs one of them: at
-# 32x32 it caps apply_ops_kernel, at 96x96 the kernel of the large-view design).
-THREADS_ENV, MAX_REGISTERS_ENV = "REMIXMATCH_CUDA_THREADS", "REMIXMATCH_CUDA_MAX_REGISTERS"
+APPLY_KERNELS = ("apply_ops_kernel", "apply_ops_kernel_global", "apply_ops_kernel_tiled")
 # Views larger than the default 48 KiB of dynamic shared memory (96x96): their buffers in global
 # memory, global with tiles staged in shared memory for the neighbourhood filters, or the whole view
-# in shared memory with the larger limit opted in. No GPU has measured them yet: the default is the
-# design that has run on one.
-LARGE_VIEWS_ENV = "REMIXMATCH_CUDA_LARGE_VIEWS"
+# in shared memory with the larger limit opted in (docs/kernels.md compares them).
 LARGE_VIEW_DESIGNS = ("global", "tiled", "shared-optin")
-LARGE_VIEWS = "global"
 
 
-def _tuning_from_env() -> None:
-    global THREADS_PER_BLOCK, LARGE_VIEWS
-    threads, cap = os.environ.get(THREADS_ENV), os.environ.get(MAX_REGISTERS_ENV)
-    design = os.environ.get(LARGE_VIEWS_ENV)
-    if design is not None:
-        if design not in LARGE_VIEW_DESIGNS:
-            raise ValueError(f"{LARGE_VIEWS_ENV}={design!r}: the design for large views must be one of "
-                             f"{', '.join(LARGE_VIEW_DESIGNS)}")
-        LARGE_VIEWS = design
-    if threads is not None:
-        if not (threads.isdigit() and 32 <= int(threads) <= 1024 and int(threads) % 32 == 0):
-            raise ValueError(f"{THREADS_ENV}={threads!r}: threads per block must be a multiple of 32 in 32..1024")
-        THREADS_PER_BLOCK = int(threads)
-    if cap is not None:
-        if not (cap.isdigit() and 16 <= int(cap) <= 255):
-            raise ValueError(f"{MAX_REGISTERS_ENV}={cap!r}: a register cap must be in 16..255")
-        for name in ("apply_ops_kernel", "apply_ops_kernel_global", "apply_ops_kernel_tiled"):
-            MAX_REGISTERS[name] = int(cap)
+@dataclass(frozen=True)
+class LaunchTuning:
+    """How the apply kernels are compiled and launched. The defaults are the choices `rmm-bench ptx`
+    supports: 256 threads (4 pixels per thread at 32x32; at the global kernel's ~197 registers a
+    512-thread block could not launch at all), no register cap, and the global-memory design for
+    large views (the one the parity tests cover on every GPU)."""
+
+    threads_per_block: int = 256
+    max_registers: int | None = None  # the apply kernels' cap (each view size runs one of them)
+    large_views: str = "global"
+
+    def __post_init__(self):
+        t = self.threads_per_block
+        if not (isinstance(t, int) and 32 <= t <= 1024 and t % 32 == 0):
+            raise ValueError(f"threads per block {t!r}: must be a multiple of 32 in 32..1024")
+        cap = self.max_registers
+        if cap is not None and not (isinstance(cap, int) and 16 <= cap <= 255):
+            raise ValueError(f"register cap {cap!r}: must be in 16..255")
+        if self.large_views not in LARGE_VIEW_DESIGNS:
+            raise ValueError(f"large-view design {self.large_views!r}: must be one of {', '.join(LARGE_VIEW_DESIGNS)}")
+
+    def cap(self, kernel: str) -> int | None:
+        return self.max_registers if kernel in APPLY_KERNELS and self.max_registers is not None else MAX_REGISTERS[kernel]
+
+    def cache_key(self) -> str:
+        """The part of the kernels' cache folder that the tuning decides (numba-cuda's own cache key
+        covers neither the register cap nor the block size)."""
+        return f"regs{self.max_registers or 'auto'}-threads{self.threads_per_block}"
 
 
-_tuning_from_env()
+DEFAULT_TUNING = LaunchTuning()
+_process_tuning = DEFAULT_TUNING
 
 
-def _kernel(name: str):
-    """cuda.jit with the kernel's register cap (the simulator's jit takes none)."""
-    cap = MAX_REGISTERS[name]
-    return cuda.jit if cap is None or cuda_simulated() else cuda.jit(max_registers=cap)
+def use_tuning(tuning: LaunchTuning) -> LaunchTuning:
+    """Makes ``tuning`` what this process's launches use when none is passed; returns the previous
+    one. Set once, by the process's entry point (gpu-check's tuned children), never at import."""
+    global _process_tuning
+    if not isinstance(tuning, LaunchTuning):
+        raise TypeError(f"use_tuning takes a LaunchTuning, not {type(tuning).__name__}")
+    previous, _process_tuning = _process_tuning, tuning
+    return previous
+
+
+def current_tuning() -> LaunchTuning:
+    return _process_tuning
 
 
 def shared_bytes(height: int, width: int) -> int:
@@ -235,8 +250,8 @@ _apply_view = _view_function(False)
 _apply_view_staged = _view_function(True)
 
 
-# The kernels' parameters are the fields of args.ApplyArgs / args.WeakArgs, in order.
-@_kernel("apply_ops_kernel")
+# The kernels' parameters are the fields of args.ApplyArgs / args.WeakArgs, in order. Plain Python
+# functions here: kernels() compiles them per launch tuning (below).
 def apply_ops_kernel(images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms, cutout,
                      cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
     """images (B, H*W*3) -> out (N, H*W*3); grid = N blocks, each view staged in shared memory."""
@@ -257,7 +272,6 @@ def apply_ops_kernel(images, sources, weak, flips, offsets, pad, op_ids, levels,
                 coef_x, a, b, rows, coords, hist, lut, params_i, params_f, rows)
 
 
-@_kernel("apply_ops_kernel_global")
 def apply_ops_kernel_global(images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms,
                             cutout,
                             cutout_level, height, width, out, rotations, bounds_y, coef_y,
@@ -282,7 +296,6 @@ def apply_ops_kernel_global(images, sources, weak, flips, offsets, pad, op_ids, 
         cuda.syncthreads()
 
 
-@_kernel("apply_ops_kernel_tiled")
 def apply_ops_kernel_tiled(images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms,
                            cutout, cutout_level, height, width, out, rotations, bounds_y, coef_y,
                            bounds_x, coef_x, scratch):
@@ -310,7 +323,6 @@ def apply_ops_kernel_tiled(images, sources, weak, flips, offsets, pad, op_ids, l
         cuda.syncthreads()
 
 
-@_kernel("weak_augment_kernel")
 def weak_augment_kernel(images, sources, flips, offsets, pad, height, width, out):
     """One thread per output pixel; grid covers N * H * W."""
     i = cuda.grid(1)
@@ -326,6 +338,38 @@ def weak_augment_kernel(images, sources, flips, offsets, pad, height, width, out
     out[n, p * 3] = images[source, s * 3]
     out[n, p * 3 + 1] = images[source, s * 3 + 1]
     out[n, p * 3 + 2] = images[source, s * 3 + 2]
+
+
+_KERNEL_FUNCTIONS = {"apply_ops_kernel": apply_ops_kernel, "apply_ops_kernel_global": apply_ops_kernel_global,
+                     "apply_ops_kernel_tiled": apply_ops_kernel_tiled, "weak_augment_kernel": weak_augment_kernel}
+_compiled: dict = {}  # (register cap, threads per block) -> {kernel name: dispatcher}
+
+
+def kernels(tuning: LaunchTuning = DEFAULT_TUNING) -> dict:
+    """The kernels as ``tuning`` compiles them, by name: ``cuda.jit`` with the register cap, cached
+    on disk (``cache=True``) in a folder of their own, named by a digest of the kernel sources and by
+    the tuning (kernels/jit_cache.py), so that no process on a machine compiles a kernel twice and an
+    edit of any kernel source, or another cap, never loads a stale one."""
+    key = (tuning.max_registers, tuning.threads_per_block)
+    if key not in _compiled:
+        folder = jit_cache.cuda_cache_folder(tuning.cache_key())
+        built = {}
+        for name, fn in _KERNEL_FUNCTIONS.items():
+            # A distinct function object per tuning: the cache locator finds its folder by it.
+            clone = FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+            clone.__qualname__, clone.__doc__ = fn.__qualname__, fn.__doc__
+            if cuda_simulated():  # the simulator has neither a register cap nor a cache
+                built[name] = cuda.jit(clone)
+                continue
+            jit_cache.cache_cuda_kernel_in(clone, folder)
+            cap = tuning.cap(name)
+            built[name] = cuda.jit(clone, cache=True, **({} if cap is None else {"max_registers": cap}))
+        _compiled[key] = built
+    return _compiled[key]
+
+
+apply_ops_kernel, apply_ops_kernel_global, apply_ops_kernel_tiled, weak_augment_kernel = (
+    kernels()[name] for name in _KERNEL_FUNCTIONS)
 
 
 def kernel_signatures():

@@ -84,6 +84,12 @@ SMOOTH_CENTRE = float(np.float32(5.0) / np.float32(13.0))
 RESAMPLE_BITS = 22
 RESAMPLE_HALF = 1 << (RESAMPLE_BITS - 1)
 
+# ImageOps.autocontrast's scale 255 / (hi - lo), for hi - lo = 1..255 (index 0 unused), divided here
+# on the host in double precision exactly as Pillow divides. The kernels read it as a constant table:
+# they hold no division, which the CUDA compiler would expand into a reciprocal refined with fused
+# multiply-adds (exact, but the machine-code check that no product is contracted could not be strict).
+AUTOCONTRAST_SCALE = np.array([0.0] + [255.0 / float(d) for d in range(1, 256)], np.float64)
+
 # Per-view scratch sizes the kernels allocate: params_i (int32), params_f (float64), lut (int32).
 PARAMS_I = 8
 PARAMS_F = 4
@@ -533,7 +539,7 @@ def autocontrast_lut(hist, lut, c):
         for i in range(256):
             lut[base + i] = i
         return
-    scale = 255.0 / float(hi - lo)
+    scale = AUTOCONTRAST_SCALE[hi - lo]
     offset = -float(lo) * scale
     for i in range(256):
         v = int(f64_add(f64_mul(float(i), scale), offset))

@@ -1,7 +1,8 @@
 """Runs the tiled CUDA kernel (views too large for 48 KiB of shared memory, filter tiles staged in
 shared memory) under the Numba CUDA simulator and compares it with the CPU kernel.
 
-Run by test_kernels_cudasim_tiled.py in its own process, with REMIXMATCH_CUDA_LARGE_VIEWS=tiled.
+Run by test_kernels_cudasim_tiled.py in its own process, under the launch tuning of the tiled design
+at 64 threads per block (fewer simulator threads; a tile's 256 pixels take 4 rounds of them).
 The views are small (the simulator is slow) but span several 16 x 16 tiles with partial tiles at the
 right and bottom edges, plus views smaller than one tile and than the filters' reach; the shared-
 memory limit is set to 0 so that the launcher sends them all to the tiled kernel. Prints one JSON
@@ -17,12 +18,11 @@ import sys
 import numpy as np
 
 assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run with NUMBA_ENABLE_CUDASIM=1"
-assert os.environ.get("REMIXMATCH_CUDA_LARGE_VIEWS") == "tiled", "run with REMIXMATCH_CUDA_LARGE_VIEWS=tiled"
 
 from numba import cuda  # noqa: E402
 
 from remixmatch.kernels import NUM_OPS, OP_ID, apply_ops, cuda_launch  # noqa: E402
-from remixmatch.kernels.cuda import TILE  # noqa: E402
+from remixmatch.kernels.cuda import TILE, LaunchTuning, use_tuning  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from kernel_images import cifar_images  # noqa: E402
@@ -61,6 +61,7 @@ def launches(rng: np.random.Generator, height: int, width: int):
 
 def main() -> int:
     rng = np.random.default_rng(96)
+    use_tuning(LaunchTuning(threads_per_block=64, large_views="tiled"))
     cuda_launch.SHARED_BYTES_LIMIT = 0
     cuda_launch.GLOBAL_BLOCKS = 3  # fewer blocks than views: a block renders two in turn
     compared = 0

@@ -15,8 +15,7 @@ SCRIPT = Path(__file__).with_name("cudasim_tiled_check.py")
 
 
 def test_simulated_tiled_kernel_equals_cpu():
-    # 64 threads per block: fewer simulator threads, and a tile's 256 pixels take 4 rounds of them.
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", REMIXMATCH_CUDA_LARGE_VIEWS="tiled", REMIXMATCH_CUDA_THREADS="64")
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     done = subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

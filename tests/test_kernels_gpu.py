@@ -81,16 +81,15 @@ def test_cuda_weak_augment_equals_cpu(batch):
 
 @pytest.mark.parametrize("design, kernel", [("global", "apply_ops_kernel_global"), ("tiled", "apply_ops_kernel_tiled"),
                                             ("shared-optin", "apply_ops_kernel")])
-def test_cuda_large_view_designs_equal_cpu_at_96x96(batch, monkeypatch, design, kernel):
+def test_cuda_large_view_designs_equal_cpu_at_96x96(batch, design, kernel):
     """96x96 views do not fit a block's default 48 KiB of shared memory: each design for them (global
     memory, filter tiles staged in shared memory, the view in opted-in shared memory) renders them."""
     from numba import cuda
 
     from remixmatch.kernels import cuda_launch
+    from remixmatch.kernels.cuda import LaunchTuning, use_tuning
 
-    monkeypatch.setattr(cuda_launch, "LARGE_VIEWS", design)
     images = np.ascontiguousarray(batch["images"][:16].repeat(3, axis=1).repeat(3, axis=2))  # real, 96x96
-    assert cuda_launch.apply_launch(96, 96).kernel == kernel
     n = 16 * 4
     per_view = {"op_ids": batch["op_ids"][:n], "levels": batch["levels"][:n], "rand": batch["rand"][:n],
                 "sources": np.repeat(np.arange(16, dtype=np.int32), 4),
@@ -98,7 +97,12 @@ def test_cuda_large_view_designs_equal_cpu_at_96x96(batch, monkeypatch, design, 
     args = (per_view["op_ids"], per_view["levels"], per_view["rand"])
     extra = {"sources": per_view["sources"], "flips": per_view["flips"], "offsets": per_view["offsets"],
              "pad": 12, "cutout_level": 0.5}
-    got = apply_ops(cuda.to_device(images), *args, **extra).copy_to_host()
+    previous = use_tuning(LaunchTuning(large_views=design))
+    try:
+        assert cuda_launch.apply_launch(96, 96).kernel == kernel
+        got = apply_ops(cuda.to_device(images), *args, **extra).copy_to_host()
+    finally:
+        use_tuning(previous)
     assert np.array_equal(got, apply_ops(images, *args, **extra))
 
 

@@ -320,14 +320,29 @@ def root_cause(failures: dict, messages: Path) -> tuple[int, int, str, str]:
 
 def make_launch_config(launch_config_class, world: World):
     """The elastic agent's settings for one machine. ``shutdown_timeout`` is set only where this torch
-    has it (2.13 does, 2.11 does not): elsewhere the agent's own grace before SIGKILL applies."""
+    has it (2.13 does, 2.11 does not): elsewhere the agent's own grace before SIGKILL applies.
+    Everything is on this machine, so the workers meet at 127.0.0.1: by default they would connect
+    to ``socket.getfqdn()``, which need not resolve in a VM (``local_addr``: torch 2.11 and 2.13 have
+    it; where a torch lacks it, the rendezvous endpoint alone says 127.0.0.1)."""
     settings = dict(
         min_nodes=1, max_nodes=1, nproc_per_node=world.nprocs, run_id=f"rmm-train-{uuid.uuid4().hex[:12]}",
-        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=world.max_restarts,
+        rdzv_backend="c10d", rdzv_endpoint=f"{LOCAL_ADDR}:0", max_restarts=world.max_restarts,
         monitor_interval=MONITOR_INTERVAL_S, start_method="spawn")
-    if "shutdown_timeout" in {f.name for f in dataclasses.fields(launch_config_class)}:
+    fields = {f.name for f in dataclasses.fields(launch_config_class)}
+    if "shutdown_timeout" in fields:
         settings["shutdown_timeout"] = SHUTDOWN_TIMEOUT_S
+    if "local_addr" in fields:
+        settings["local_addr"] = LOCAL_ADDR
     return launch_config_class(**settings)
+
+
+LOCAL_ADDR = "127.0.0.1"
+
+
+def single_node_network_env(environ=os.environ) -> None:
+    """NCCL's bootstrap on the loopback interface unless the user named one: one machine needs no
+    other, and a VM's first interface may not route to itself."""
+    environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
 
 
 def launch(config: TrainConfig, out: Path, world: World, *, resume: bool, quiet: bool,
@@ -345,6 +360,7 @@ def launch(config: TrainConfig, out: Path, world: World, *, resume: bool, quiet:
     # The agent's own log lines (and its multi-line failure report) would bury the one-line message.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     messages = Path(tempfile.mkdtemp(prefix="rmm-train-"))
+    single_node_network_env()
     launch_config = make_launch_config(LaunchConfig, world)
     try:
         elastic_launch(launch_config, worker_entry)(config, str(out), resume, quiet, world.cuda, str(messages), work)
