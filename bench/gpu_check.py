@@ -4,7 +4,7 @@
                         [--bundle DIR] [--skip SECTION ...] [--numba-cache DIR] [--rehearse]
 
 Made for a GPU machine lent for minutes: the run ends within ``--budget`` seconds, whatever hangs.
-Each section is a child process with a wall-clock bound (:mod:`remixmatch.bench.bounded`): the
+Each section is a child process with a wall-clock bound (:mod:`remixmatch.bench.section_runner`): the
 smaller of its own cap and what is left of the budget. A section that fails or runs out of time is
 recorded as such and the sections after it still run; one that needs a GPU is skipped, with the
 reason, where CUDA does not answer. Each section starts from an empty folder, so a second run on a
@@ -87,7 +87,7 @@ from typing import Callable
 
 from remixmatch.common.cli import OneLineParser, positive_int
 
-from .bounded import run_bounded
+from .section_runner import run_bounded
 from .errors import BenchError
 from .report import (
     RunConditions, finish_report, format_hours, format_rate, machine_info, markdown_table, new_report, report_main,
