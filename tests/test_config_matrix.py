@@ -99,7 +99,7 @@ if "dali" in LOADERS:
 
 def _sample() -> list[tuple]:
     seed = int(os.environ.get("RMM_MATRIX_SEED", random.SystemRandom().randrange(1 << 31)))
-    size = int(os.environ.get("RMM_MATRIX_SAMPLE", 6))
+    size = int(os.environ.get("RMM_MATRIX_SAMPLE", 3))
     print(f"\nconfiguration matrix: {len(MATRIX)} configurations, sampling {size} with RMM_MATRIX_SEED={seed}")
     rest = [c for c in MATRIX if c not in CORE]
     return random.Random(seed).sample(rest, min(size, len(rest)))
@@ -163,8 +163,10 @@ def _check(config: tuple, shards: dict[int, Path], tmp_path: Path, capsys) -> No
     for record in records:
         for value in record.values():
             assert not (isinstance(value, float) and not math.isfinite(value)), (config, record)
-    rc, _, err = cli(_argv(data, stopped, config, 1), capsys)
+    # Stopped by its time limit after step 1 (--steps stays 2: FixMatch's cosine schedule spans it).
+    rc, _, err = cli([*_argv(data, stopped, config, 2), "--time-limit", 1e-9], capsys)
     assert rc == 0, (config, err)
+    assert latest_state(stopped)["step"] == 1, config
     rc, _, err = cli([*_argv(data, stopped, config, 2), "--resume"], capsys)
     assert rc == 0, (config, err)
     a, b = latest_state(stopped), latest_state(straight)
@@ -215,7 +217,7 @@ def _flag_value(value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-@settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_out_of_range_numeric_flags_are_refused_in_one_line(data, shards, tmp_path_factory, capsys):
     flag = data.draw(st.sampled_from(sorted(NUMERIC_FLAGS)), label="flag")

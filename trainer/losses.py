@@ -28,7 +28,12 @@ def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     q = p.pow(1.0 / temperature)
-    return q / q.sum(dim=-1, keepdim=True)
+    total = q.sum(dim=-1, keepdim=True)
+    # A small T underflows p ** (1/T) to 0 in every class (then 0 / 0 = NaN): there the same
+    # distribution comes from log space, softmax(log p / T). Elsewhere the result is unchanged.
+    tiny = torch.finfo(q.dtype).tiny
+    in_log_space = torch.softmax(p.clamp_min(tiny).log() / temperature, dim=-1)
+    return torch.where(total >= tiny, q / total.clamp_min(tiny), in_log_space)
 
 
 # The reference code's p_data when the labeled distribution is not given (layers.PData): a moving
