@@ -9,8 +9,8 @@ printed, and RMM_MATRIX_SEED=N replays one (RMM_MATRIX_SAMPLE=N sets the sample'
 configuration runs rmm-train in this process: a process start with torch and Numba costs seconds.
 
 Batches are smaller than the smoke preset's (--batch 2): the layouts and code paths are those of
-any batch, and a sampled WRN-28-2 at 96x96 stays within seconds. The shapes whose 96x96 step would
-take minutes on 2 cores (WRN-28-8: the cifar100-2500 preset) are sampled at 32x32 and 40x40 only.
+any batch, and a sampled WRN-28-2 at 96x96 stays within seconds. WRN-28-8 (the cifar100-2500
+preset) is left out: about a minute a configuration on 2 cores even at 32x32 (MAX_COST).
 
 Then a property-based pass over the numeric flags: a value out of its range exits 2 with one line
 naming the flag (never a traceback); a value in range trains to finite losses.
@@ -74,8 +74,10 @@ def _cost(shape: tuple[int, int, int], size: int) -> float:
     return width * width * blocks * size * size / (8 * 8 * 1 * 32 * 32)
 
 
-# The 96x96 WRN-28-8 step is ~2300x the smoke step: minutes on 2 cores.
-MAX_COST = 1500
+# Sampled configurations stay within ~600x the smoke step (WRN-28-2 at 96x96: ~20 s for the three
+# runs of a check on 2 cores). WRN-28-8 (cifar100-2500) is 1024x at 32x32 (about a minute a check):
+# its code path is WRN-28-2's with wider convolutions, so it is left out of CI.
+MAX_COST = 600
 
 MATRIX = [(algorithm, shape, size, loader, fidelity, bn_mode)
           for algorithm, shape, size, loader, fidelity, bn_mode in itertools.product(
