@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 
 import pytest
 
@@ -27,6 +28,16 @@ def cuda_device_reason() -> str | None:
     except Exception as exc:  # a driver that fails to initialise says so here
         return f"CUDA unavailable: {exc}"
     return None
+
+
+def pytest_configure(config):
+    # The configuration matrix draws its sample at collection: every pytest-xdist worker inherits this
+    # process's environment, so all of them collect the same sample.
+    os.environ.setdefault("RMM_MATRIX_SEED", str(random.SystemRandom().randrange(1 << 31)))
+
+
+def pytest_report_header(config):
+    return f"configuration matrix: RMM_MATRIX_SEED={os.environ['RMM_MATRIX_SEED']} (set it to replay a sample)"
 
 
 def pytest_collection_modifyitems(config, items):
