@@ -70,7 +70,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "fixmatch": ("FixMatch: confident weak-view pseudo-labels on a strong view (CTAugment + Cutout)",
                  {"algorithm": "fixmatch"}),
     "mixmatch": ("MixMatch: K weak views' mean guess, MixUp, L2 unlabeled loss", {"algorithm": "mixmatch"}),
-    # What the departures from the reference code cost (README, "Reference fidelity"). Every one
+    # What the departures from the reference code cost (docs/results.md, "Reference fidelity: what the departures cost"). Every one
     # keeps the common hold-out, so that all train on the same images.
     "corrected": ("ReMixMatch, the corrected defaults (= remixmatch)", {}),
     "reference": ("every choice of the reference code (--fidelity reference)",

@@ -103,7 +103,7 @@ BUNDLE_LIMIT = 8  # files a lent machine sends back
 LEARN_EVAL_EVERY = 250
 AUG_PARTS = (("cuda", "cuda"),)  # (sub-folder, rmm-bench aug --device): the CUDA rows only
 # The kernel-tuning section's variants of the CUDA kernel: (sub-folder, environment, image side; None:
-# the CIFAR-10 archive's 32x32). First the three designs for 96x96 views (docs/kernels.md, "CUDA
+# the CIFAR-10 archive's 32x32). First the three designs for 96x96 views (docs/gpu.md, "CUDA
 # kernel resources"): global memory (the default), filter tiles staged in shared memory, the whole
 # view in opted-in shared memory. Then 32x32: ptxas predicts 25% occupancy at 256 threads and 104
 # registers; a cap of 80 would allow 3 blocks per SM but spills.

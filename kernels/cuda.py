@@ -40,7 +40,7 @@ MAX_REGISTERS: dict[str, int | None] = {"apply_ops_kernel": None, "apply_ops_ker
 APPLY_KERNELS = ("apply_ops_kernel", "apply_ops_kernel_global", "apply_ops_kernel_tiled")
 # Views larger than the default 48 KiB of dynamic shared memory (96x96): their buffers in global
 # memory, global with tiles staged in shared memory for the neighbourhood filters, or the whole view
-# in shared memory with the larger limit opted in (docs/kernels.md compares them).
+# in shared memory with the larger limit opted in (docs/gpu.md, "CUDA kernel resources", compares them).
 LARGE_VIEW_DESIGNS = ("global", "tiled", "shared-optin")
 
 
