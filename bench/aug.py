@@ -515,7 +515,8 @@ def run(config: AugConfig, log: Callable[[object], None]) -> dict:
         if config.busy:
             from .busy import measure_oversubscription
 
-            report["oversubscription"] = measure_oversubscription(work, config.threads, config.busy, log)
+            report["oversubscription"] = measure_oversubscription(work, config.threads, config.busy, log,
+                                                                  batch=BATCH, k=HEADLINE_K, depth=DEPTH)
     if not cuda_reason and config.device != "cuda":
         gpu = cuda_device_name()
         cuda_rows += run_numba_cuda(work, config, log)

@@ -47,25 +47,26 @@ def _loadavg() -> list[float] | None:
         return None
 
 
-def measure_oversubscription(work, threads: int, busy: int, log, rounds: int = ROUNDS, calls: int = CALLS) -> dict:
-    """views/s of ``rounds`` alternating runs per (busy processes, threads); their worst and median."""
+def measure_oversubscription(work, threads: int, busy: int, log, *, batch: int, k: int, depth: int,
+                             rounds: int = ROUNDS, calls: int = CALLS) -> dict:
+    """views/s of ``rounds`` alternating runs per (busy processes, threads); their worst and median.
+    Each call renders ``k`` views of ``depth`` ops for each of ``batch`` images (aug passes its headline
+    shape: this module does not import aug, which imports it)."""
     import numba
 
     from remixmatch import kernels
     from remixmatch.pipeline.policy import uniform_policies
 
-    from .aug import BATCH, DEPTH, HEADLINE_K
-
     pixels = work.images.pixels
-    views = BATCH * HEADLINE_K
-    sources = np.repeat(np.arange(BATCH, dtype=np.int32), HEADLINE_K)
+    views = batch * k
+    sources = np.repeat(np.arange(batch, dtype=np.int32), k)
     out = np.empty((views, *pixels.shape[1:]), np.uint8)
     rng = np.random.default_rng([work.seed, 24])
     thread_counts = sorted({1, threads})
     saved = numba.get_num_threads()
 
     def run_once(n_threads: int) -> float:
-        drawn = [uniform_policies(views, DEPTH, rng).arrays() for _ in range(calls + 1)]
+        drawn = [uniform_policies(views, depth, rng).arrays() for _ in range(calls + 1)]
         numba.set_num_threads(n_threads)
         kernels.apply_ops(pixels, *drawn[0], sources=sources, out=out)  # warm-up
         start = time.perf_counter()

@@ -14,8 +14,9 @@ A chart whose rows are missing is listed with the reason instead of a file; with
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from remixmatch.common.atomic import atomic_target
 
 from .section_rows import aug_row, measured_rows
 
@@ -32,14 +33,11 @@ def _section_reason(sections: dict, name: str) -> str:
 
 
 def _save(fig, out: Path, name: str) -> str:
-    # Written beside, then renamed: a reader never sees half a PNG.
+    # Written beside, then renamed: a reader never sees half a PNG. The temporary name does not end in
+    # .png, so the format is named.
     path = out / f"{name}.png"
-    tmp = out / f".{name}.{os.getpid()}.png"
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_target(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     return path.name
 
 

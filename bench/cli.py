@@ -120,15 +120,22 @@ def run_aug(args: argparse.Namespace) -> int:
     )
     aug.validate(config)
     console = Console(stderr=True, highlight=False)
-
-    def log(item) -> None:
-        console.print(item if isinstance(item, str) else _progress_line(item))
-
+    log = progress_log(console)
     report = aug.run(config, log)
     json_path, md_path = write_report(config.out, report, aug.render_markdown(report))
     Console(highlight=False).print(Markdown(md_path.read_text(encoding="utf-8")))
-    console.print(f"wrote {json_path} and {md_path}")
+    log(f"wrote {json_path} and {md_path}")
     return 0
+
+
+def progress_log(console):
+    """The ``log`` that ``aug.run`` calls: a line of text, or a result row made into one. Printed
+    literally (markup off): "[host]", "[device]" and paths with brackets are text, not Rich markup."""
+
+    def log(item) -> None:
+        console.print(item if isinstance(item, str) else _progress_line(item), markup=False)
+
+    return log
 
 
 def _progress_line(result: dict) -> str:

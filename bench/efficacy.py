@@ -50,12 +50,14 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from remixmatch.common.cli import OneLineParser, positive_int, run_cli
 from remixmatch.trainer.config import ALGORITHMS, FIDELITY
 
 from .errors import BenchError
+from .rows import EfficacyRow
 
 PROG = "rmm-bench efficacy"
 
@@ -161,13 +163,14 @@ def run_variant(name: str, seed: int, settings: dict, out: Path, log) -> dict:
     accuracy = summary["accuracy"]
     log(f"  EMA accuracy {100 * accuracy['ema_median_last']:.2f}% (median of last {accuracy['median_of']}), "
         f"best {100 * accuracy['ema_best']:.2f}%, {time.perf_counter() - started:.0f} s")
-    return {"variant": name, "seed": seed, "what": VARIANTS[name][0], "run_dir": str(run_dir),
-            "acc_ema_median": accuracy["ema_median_last"], "acc_ema_best": accuracy["ema_best"],
-            "acc_raw_median": accuracy["raw_median_last"], "median_of": accuracy["median_of"],
-            "wall_seconds": summary["wall_seconds"], "steps": summary["steps"],
-            "algorithm": config.algorithm, "k": 0 if config.algorithm == "supervised" else config.k,
-            "uratio": 0 if config.algorithm == "supervised" else config.uratio,
-            "schedules": schedule_choices(config)}
+    return asdict(EfficacyRow(
+        variant=name, seed=seed, what=VARIANTS[name][0], run_dir=str(run_dir),
+        acc_ema_median=accuracy["ema_median_last"], acc_ema_best=accuracy["ema_best"],
+        acc_raw_median=accuracy["raw_median_last"], median_of=accuracy["median_of"],
+        wall_seconds=summary["wall_seconds"], steps=summary["steps"],
+        algorithm=config.algorithm, k=0 if config.algorithm == "supervised" else config.k,
+        uratio=0 if config.algorithm == "supervised" else config.uratio,
+        schedules=schedule_choices(config)))
 
 
 def summarize(results: list[dict]) -> dict:

@@ -85,6 +85,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from remixmatch.common.atomic import atomic_target, atomic_write_json
 from remixmatch.common.cli import OneLineParser, positive_int
 
 from .section_runner import run_bounded
@@ -584,7 +585,8 @@ def learning_chart(sections: dict, out: Path) -> str | dict:
     ax.legend()
     path = out / "learning_curve.png"
     try:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        with atomic_target(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path.name
@@ -710,11 +712,9 @@ def bundle(out: Path, dest: Path, charts: dict) -> list[str]:
     for name in names:
         shutil.copy2(out / name, dest / name)
     logs = dest / "logs.tar.gz"
-    tmp = dest / ".logs.tar.gz.tmp"
-    with tarfile.open(tmp, "w:gz") as archive:
+    with atomic_target(logs) as tmp, tarfile.open(tmp, "w:gz") as archive:
         for path in sorted(out.glob("*/log*.txt")) + sorted(out.glob("*/report.md")) + sorted(out.glob("*/junit*.xml")):
             archive.add(path, arcname=str(path.relative_to(out)))
-    os.replace(tmp, logs)
     names.append(logs.name)
     assert len(names) <= BUNDLE_LIMIT, names
     return names
@@ -923,9 +923,7 @@ def warm_main(argv: list[str]) -> int:
     for job in jobs:
         print(json.dumps(job), file=sys.stderr, flush=True)
     result = {"seconds": round(time.perf_counter() - start, 1), "jobs": jobs}
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
-    os.replace(tmp, args.out)
+    atomic_write_json(args.out, result)
     failed = [job["job"] for job in jobs if "error" in job]
     if failed:
         print(f"{PROG} warm-up: {', '.join(failed)} failed", file=sys.stderr)

@@ -10,12 +10,12 @@ synthetic set.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from remixmatch.common.atomic import atomic_write_json
 from remixmatch.common.cli import OneLineParser, positive_int
 from remixmatch.common.paths import SHARDS_ENV
 
@@ -81,7 +81,7 @@ def _run(args) -> int:
     for row in rows:
         print(f"{row['op']:<12} {row['semantics']:<10} {row['changed']:>9} of {row['views']} views changed")
     if args.json is not None:
-        args.json.write_text(json.dumps({"images": described, "levels": len(levels), "rows": rows}, indent=1))
+        atomic_write_json(args.json, {"images": described, "levels": len(levels), "rows": rows})
     return 0
 
 

@@ -56,6 +56,7 @@ import platform
 import statistics
 from pathlib import Path
 
+from remixmatch.common.atomic import atomic_write_json, atomic_write_text
 from remixmatch.common.versions import package_versions  # the bench commands import it from here too
 
 SCHEMA_VERSION = 1
@@ -177,23 +178,12 @@ def finish_report(report: dict, wall_seconds: float, conditions: RunConditions) 
     report["conditions"] = conditions.finish(wall_seconds)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    # A reader (CI, a plotting script) never sees a half-written report: write beside it, then rename.
-    # A plain open (not mkstemp, which makes the file private) keeps the usual umask permissions.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_report(out_dir: Path, report: dict, markdown: str, stem: str = "report") -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    _write_atomically(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
-    _write_atomically(md_path, markdown)
+    # A reader (CI, a plotting script) never sees a half-written report.
+    atomic_write_json(json_path, report, indent=2, allow_nan=False)
+    atomic_write_text(md_path, markdown)
     return json_path, md_path
 
 

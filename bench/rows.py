@@ -203,6 +203,26 @@ class PtxRow:
 
 
 @dataclass(kw_only=True)
+class EfficacyRow:
+    """``rmm-bench efficacy``: one variant's training run for one seed (no ``"bench"`` field)."""
+
+    variant: str = key(19)  # a name of remixmatch.bench.efficacy.VARIANTS
+    seed: int = key(20)
+    what: str  # the variant in words
+    run_dir: str  # OUT/runs/<variant>-seed<seed>
+    acc_ema_median: float = metric()  # median EMA test accuracy of the last `median_of` evaluations (the figure)
+    acc_ema_best: float = metric()
+    acc_raw_median: float = metric()  # as acc_ema_median, of the raw (not averaged) weights
+    median_of: int
+    wall_seconds: float
+    steps: int
+    algorithm: str  # the run's method: "remixmatch" | "fixmatch" | "supervised" | ...
+    k: int  # strong views per unlabeled image (0: supervised)
+    uratio: int  # unlabeled batch / labeled batch (0: supervised)
+    schedules: dict  # remixmatch.trainer.schedules.schedule_choices of the run
+
+
+@dataclass(kw_only=True)
 class SectionRow:
     """``rmm-bench all``: one entry of ``sections``, a child command's run."""
 
@@ -212,8 +232,9 @@ class SectionRow:
     report: dict | None = None  # measured: the section's own report.json (its timeout: SECTION_TIMEOUT_S)
 
 
-ROWS = (ViewsRow, CompileRow, LoaderRow, TrainRow, ScalingRow, PtxRow)
-# Figures of rows not typed here: prep (images/s), efficacy (accuracies), prep's reads.
+ROWS = (ViewsRow, CompileRow, LoaderRow, TrainRow, ScalingRow, PtxRow, EfficacyRow)
+# Figures of rows not typed here: prep (images/s), prep's reads; accuracy and ema_accuracy stay
+# readable in reports that hold them.
 OTHER_METRICS = ("shards_per_s", "rows_per_s", "mb_per_s", "accuracy", "ema_accuracy")
 OTHER_KEYS = {0: "command", 17: "dataset", 18: "stage", 19: "variant", 20: "seed", 21: "labels"}
 

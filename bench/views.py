@@ -8,12 +8,12 @@ names say. Images come from a shard directory: ``--shards DIR``, else ``$REMIXMA
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from remixmatch.common.atomic import atomic_target
 from remixmatch.common.cli import OneLineParser, positive_int
 from remixmatch.common.paths import SHARDS_ENV, resolve_path
 
@@ -92,9 +92,8 @@ def _draw(args) -> int:
     images = _load_images(args.shards, args.images, args.split, args.seed)
     sheet = contact_sheet(images, args.k, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, args.out)
+    with atomic_target(args.out) as tmp:
+        sheet.save(tmp, format="PNG")
     print(f"wrote {args.out} ({len(images)} images x (original, weak, {args.k} strong views))")
     return 0
 

@@ -182,6 +182,22 @@ def test_help_exits_zero(capsys):
     assert "--quick" in capsys.readouterr().out
 
 
+def test_progress_lines_print_brackets_literally():
+    from rich.console import Console
+
+    from remixmatch.bench.cli import progress_log
+
+    out = io.StringIO()
+    log = progress_log(Console(file=out, highlight=False, width=300))
+    row = {"bench": "aug", "backend": "numba-cpu", "op": None, "k": 8, "batch": 64, "inputs": "host",
+           "views_per_s": 1000.0, "reps": 5, "spread": {"min": 900.0, "max": 1100.0}}
+    log(row)
+    log("wrote [a]/report.json")
+    lines = out.getvalue().splitlines()
+    assert "numba-cpu K=8 x 64 images [host]: " in lines[0]
+    assert lines[1] == "wrote [a]/report.json"
+
+
 def test_prep_is_delegated_with_its_arguments(monkeypatch):
     seen = []
     fake = types.ModuleType("remixmatch.bench.prep")

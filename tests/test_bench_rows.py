@@ -12,7 +12,7 @@ import pytest
 
 from remixmatch.bench import compare as bench_compare
 from remixmatch.bench.render import ratio_range, share_range
-from remixmatch.bench.rows import LoaderRow, TrainRow
+from remixmatch.bench.rows import EfficacyRow, LoaderRow, TrainRow
 
 # The figures and row names compare used when they were a hand-written list.
 OLD_METRICS = (
@@ -28,7 +28,8 @@ SPREAD = {"min": 9.0, "max": 11.0, "q1": 9.5, "q3": 10.5, "iqr": 1.0, "stdev": 0
 
 
 def test_compare_reads_the_same_figures_and_names_from_the_rows_metadata():
-    assert set(bench_compare.METRICS) == set(OLD_METRICS)
+    # and efficacy's accuracies, which the hand-written list named wrongly (accuracy, ema_accuracy)
+    assert set(bench_compare.METRICS) == {*OLD_METRICS, "acc_ema_median", "acc_ema_best", "acc_raw_median"}
     assert bench_compare.IDENTITY == OLD_IDENTITY
 
 
@@ -60,6 +61,30 @@ def test_an_old_report_compares_with_a_new_one(tmp_path, capsys):
     table = {name: ratio for name, _, _, ratio in bench_compare.compare(old, new)}
     name = "pipeline: bench=pipeline backend=torch device=cpu prefetch=True k=8 batch=64 steps_per_s"
     assert table[name] == pytest.approx(2.0)
+    assert name in capsys.readouterr().out
+
+
+def _efficacy_report(acc: float) -> dict:
+    rows = [asdict(EfficacyRow(variant=variant, seed=1, what=variant, run_dir=f"out/runs/{variant}-seed1",
+                               acc_ema_median=acc + shift, acc_ema_best=acc + shift + 0.02,
+                               acc_raw_median=acc + shift - 0.01, median_of=5, wall_seconds=60.0, steps=500,
+                               algorithm=variant, k=k, uratio=uratio, schedules={}))
+            for variant, shift, k, uratio in (("remixmatch", 0.0, 2, 1), ("supervised", -0.1, 0, 0))]
+    return {"schema_version": 1, "command": "efficacy", "created": "2026-01-01T00:00:00Z",
+            "summary": {"remixmatch": {"acc_ema_median_mean": acc, "seeds": 1}}, "results": rows}
+
+
+def test_efficacy_accuracies_are_compared_row_by_row(tmp_path, capsys):
+    a, b = _efficacy_report(0.40), _efficacy_report(0.50)
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert bench_compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    table = {name: (va, vb, ratio) for name, va, vb, ratio in bench_compare.compare(a, b)}
+    name = "efficacy: algorithm=supervised k=0 variant=supervised seed=1 acc_ema_median"
+    assert table[name] == pytest.approx((0.30, 0.40, 0.40 / 0.30))
+    for metric in ("acc_ema_median", "acc_ema_best", "acc_raw_median"):
+        assert f"efficacy: algorithm=remixmatch k=2 variant=remixmatch seed=1 {metric}" in table
+    assert not any(name.endswith(("wall_seconds", "steps", "median_of")) for name in table)
     assert name in capsys.readouterr().out
 
 
