@@ -73,7 +73,9 @@ class _KernelUserWideLocator(caching.UserWideCacheLocator):
         return super().from_function(py_func, py_file) if _is_kernel_file(py_file) else None
 
 
-KERNEL_LOCATORS = (_KernelUserWideLocator, _KernelInTreeLocator)
+# Tried in this order, as Numba's own: beside the sources (kernels/__pycache__, which a non-editable
+# install's tests can copy), else the user's cache folder where the sources are read-only.
+KERNEL_LOCATORS = (_KernelInTreeLocator, _KernelUserWideLocator)
 
 
 def install() -> None:

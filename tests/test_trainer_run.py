@@ -214,8 +214,10 @@ def test_summary_config_and_metrics_are_well_formed(pipeline_shards, straight):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"summary_version", "algorithm", "steps", "kimg", "accuracy", "eval_split", "eval_rows",
                             "labeled", "dataset", "model", "device", "loader", "world_size", "wall_seconds",
-                            "versions", "fidelity", "config"}
+                            "versions", "fidelity", "config", "schedules"}
     assert summary["summary_version"] == SUMMARY_VERSION
+    assert summary["schedules"]["schedules"] == config.schedules == "fixed"  # the smoke preset's
+    assert summary["schedules"]["labeled_aug"] == config.labeled_aug
     assert summary["algorithm"] == "remixmatch" and summary["steps"] == 20 and summary["kimg"] == 20 * 8 / 1024
     assert summary["config"] == config.to_dict() == json.loads((out / "config.json").read_text())
     assert summary["eval_split"] == "test" and summary["eval_rows"] == len(pipeline_shards.shards["test"])
