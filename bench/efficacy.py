@@ -128,7 +128,7 @@ def common_settings(args) -> dict:
     # out): all train on the same images.
     settings = dict(data=str(args.shards), labels=args.labels, steps=args.steps, width=args.width,
                     valid=PRESETS["cpu"]["valid"], blocks_per_stage=args.blocks_per_stage, batch=args.batch,
-                    eval_every=max(1, args.steps // args.evaluations), ckpt_every=args.steps,
+                    eval_every=max(1, args.steps // args.evaluations), ckpt_every=max(1, args.steps // 10),
                     log_every=max(1, args.steps // 50), median_of=args.median_of, threads=args.threads)
     settings.update({name: getattr(args, name) for name in ("k", "uratio") if getattr(args, name) is not None})
     return settings
@@ -156,7 +156,8 @@ def run_variant(name: str, seed: int, settings: dict, out: Path, log) -> dict:
 
     config = variant_config(name, seed, settings)
     run_dir = out / "runs" / f"{name}-seed{seed}"
-    resume = run_dir.exists()  # an interrupted report continues its runs
+    # An interrupted report continues its runs from their last checkpoint (one a tenth of the run).
+    resume = run_dir.exists()
     log(f"{name} (seed {seed}): {VARIANTS[name][0]} -> {run_dir}")
     started = time.perf_counter()
     summary = Run(config, run_dir, resume=resume, quiet=True).train()
