@@ -56,6 +56,8 @@ def test_report_is_well_formed(tiny_run):
     settings = rep["config"]["settings"]
     assert (settings["steps"], settings["width"], settings["batch"], settings["k"]) == (STEPS, 8, 4, 2)
     assert settings["eval_every"] == STEPS // 2 and settings["threads"] == 1
+    # A checkpoint every tenth of the run (at least every step), so an interrupted report resumes its runs.
+    assert settings["ckpt_every"] == max(1, STEPS // 10)
     assert rep["inputs"]["shards"] == "shards" and rep["inputs"]["dataset"] == "cifar10"
     assert rep["threads"] == {"torch": 1} and rep["machine"]["cpu_count"] >= 1
     assert rep["wall_seconds"] > 0 and rep["created"]
