@@ -2,12 +2,11 @@
 
 **Wait policy.** Numba's ``omp`` threading layer runs on libgomp, whose threads, once out of work,
 spin (GOMP_SPINCOUNT, 300000 turns by default) before they sleep; the caller spins the same way at
-the call's closing barrier. When more threads are runnable than there are cores (a CPU step: the
-loader's kernel beside torch's threads, or anything else the machine runs), the spinning threads
-take the cores from the thread that still holds views, and 2 threads ran at 0.4-0.6x of one
-(docs/results.md, "The CPU kernel under oversubscription"). With ``OMP_WAIT_POLICY=passive`` a
-waiting thread sleeps at once: the same runs gave 2 threads 1.1-1.7x of one, worst run 0.95x or
-better. So :func:`start_numba_threads` starts Numba's threading layer with that policy, unless the
+the call's closing barrier. When more threads are runnable than there are cores (other processes,
+or torch's threads beside a loader that prefetches), the spinning threads take the cores from the
+thread that still holds views, and 2 threads ran at 0.4-0.6x of one (docs/results.md, "The OpenMP
+wait policy under load"). With ``OMP_WAIT_POLICY=passive`` a waiting thread sleeps at once: the same
+runs gave 2 threads 1.0-1.7x of one (median), their worst run with busy processes 1.04x or better. So :func:`start_numba_threads` starts Numba's threading layer with that policy, unless the
 user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` (then theirs holds, untouched).
 
 libgomp reads its environment once, when it is loaded; Numba loads it when its threading layer
@@ -16,10 +15,13 @@ alone: torch loads its own libgomp copy (torch/lib) and child processes inherit 
 environment as it was. Every CPU kernel entry point calls :func:`start_numba_threads` when
 :mod:`remixmatch.kernels` is imported, which is before the loader or a CLI sets a thread count.
 
-**Loader threads.** On a CPU run the loader renders step t + 1's views while torch's intra-op threads
-compute step t. :func:`loader_threads` gives the kernel the cores torch leaves free, at least one:
-``max(1, cores - torch_threads)``; the step's data wait with this rule against the old one (every
-core) is in docs/results.md, "The loader's kernel threads beside torch".
+**Loader threads.** :func:`loader_threads` gives the loader's kernel as many threads as torch's
+intra-op pool has (the process's share of the cores: all of them alone, ``cores // N`` for each of N
+CPU processes), at most NUMBA_NUM_THREADS. On the CPU the run's render does not overlap torch's step:
+the step is synchronous and ``loader.prepare()`` follows it (trainer/loop.py), so the render runs while
+torch's threads are idle, and it is the step's data wait. Measured against the rule "the cores torch
+leaves free" (1 thread on 2 cores): 2.5x the data wait, no step faster (docs/results.md, "The loader's
+kernel threads beside torch").
 """
 
 from __future__ import annotations
@@ -66,18 +68,10 @@ def wait_policy() -> dict:
     return start_numba_threads()
 
 
-def usable_cores() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def loader_threads(cores: int, torch_threads: int, numba_max: int | None = None) -> int:
-    """The loader's kernel threads beside ``torch_threads`` intra-op threads on ``cores`` CPUs: the
-    cores torch leaves free, at least 1 (and at most ``numba_max``, NUMBA_NUM_THREADS)."""
-    threads = max(1, cores - torch_threads)
+def loader_threads(torch_threads: int, numba_max: int | None = None) -> int:
+    """The loader's kernel threads: torch's intra-op count (the process's share of the cores), at least 1
+    and at most ``numba_max`` (NUMBA_NUM_THREADS)."""
+    threads = max(1, torch_threads)
     return threads if numba_max is None else max(1, min(threads, numba_max))
 
 
@@ -89,5 +83,5 @@ def use_threads(threads: int) -> None:
         numba.set_num_threads(threads)
 
 
-__all__ = ["WAIT_DEFAULTS", "USER_WAIT_SETTINGS", "start_numba_threads", "wait_policy", "usable_cores",
-           "loader_threads", "use_threads"]
+__all__ = ["WAIT_DEFAULTS", "USER_WAIT_SETTINGS", "start_numba_threads", "wait_policy", "loader_threads",
+           "use_threads"]

@@ -9,8 +9,8 @@ prefetch). Drawing plans only in the caller's thread, at fixed points, keeps the
 function of the seed and the updates, whatever the thread timing.
 
 On the CPU the kernel runs with ``kernel_threads`` Numba threads (set in the render thread: Numba's
-count is per thread); by default :func:`remixmatch.kernels.threads.loader_threads`, the cores
-torch's intra-op threads leave free, at least one, since the render overlaps torch's step.
+count is per thread); by default :func:`remixmatch.kernels.threads.loader_threads`, torch's
+intra-op count (the run renders between its synchronous CPU steps, when torch's threads are idle).
 
 Where rows come from is a *fetcher*: ``fetch(rows) -> images`` ((N, H, W, 3) uint8 NumPy for the
 CPU, a CUDA tensor for the GPU). :class:`HostFetcher` reads the memory-mapped shards; the DALI
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from remixmatch.kernels.threads import loader_threads, usable_cores, use_threads
+from remixmatch.kernels.threads import loader_threads, use_threads
 
 from .batch import StepBatch, render_views, split_views
 from .errors import PipelineError
@@ -176,7 +176,7 @@ class StepLoader:
         self.plans = PlanStream(data, policy, config, rank, world_size)
         self.labeled, self.unlabeled = self.plans.labeled, self.plans.unlabeled
         self.fetch = fetcher if fetcher is not None else HostFetcher(data.split, device)
-        # The CPU kernel's Numba threads (None on a GPU): the caller's, else the cores torch leaves free.
+        # The CPU kernel's Numba threads (None on a GPU): the caller's, else torch's intra-op count.
         self.kernel_threads = _kernel_threads(kernel_threads) if device == "cpu" else None
         self.step = 0  # the step of the next batch handed out
         self._pending: tuple[StepPlan, Future] | None = None
@@ -295,7 +295,7 @@ def _kernel_threads(requested: int | None) -> int:
 
     most = numba.config.NUMBA_NUM_THREADS
     if requested is None:
-        return loader_threads(usable_cores(), _torch().get_num_threads(), most)
+        return loader_threads(_torch().get_num_threads(), most)
     if not 1 <= requested <= most:
         raise PipelineError(f"kernel_threads must be in 1..{most} (NUMBA_NUM_THREADS), got {requested}")
     return requested

@@ -11,18 +11,16 @@ import pytest
 
 from remixmatch.kernels.threads import loader_threads
 
-# The cores torch leaves free, at least one, at most NUMBA_NUM_THREADS.
-@pytest.mark.parametrize("cores, torch_threads, numba_max, expected", [
-    (2, 2, None, 1),    # the 2-core CPU run: torch takes both, the kernel keeps one
-    (2, 1, None, 1),
-    (2, 0, None, 2),
-    (1, 1, None, 1),
-    (16, 4, None, 12),
-    (16, 4, 8, 8),      # NUMBA_NUM_THREADS caps it
-    (16, 32, 8, 1),     # more torch threads than cores
+# torch's intra-op count, at least 1, at most NUMBA_NUM_THREADS.
+@pytest.mark.parametrize("torch_threads, numba_max, expected", [
+    (2, None, 2),    # one process on 2 cores: the render runs between steps, on both
+    (1, None, 1),    # --threads 1: the run's budget holds for the kernel too
+    (8, 16, 8),      # one of 2 CPU processes on 16 cores: its share
+    (16, 8, 8),      # NUMBA_NUM_THREADS caps it
+    (0, None, 1),
 ])
-def test_loader_threads_are_the_cores_torch_leaves_free(cores, torch_threads, numba_max, expected):
-    assert loader_threads(cores, torch_threads, numba_max) == expected
+def test_loader_threads_follow_torchs_count(torch_threads, numba_max, expected):
+    assert loader_threads(torch_threads, numba_max) == expected
 
 
 PROBE = """

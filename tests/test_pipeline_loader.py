@@ -25,7 +25,6 @@ from remixmatch.datasets_prep.cli import prep_folder_main
 from remixmatch.datasets_prep.subsets import labeled_subset
 from remixmatch.kernels import weak_augment
 from remixmatch.kernels.ops import NUM_OPS, OP_ID, OPS
-from remixmatch.kernels.threads import usable_cores
 from remixmatch.pipeline import (
     CTAugment,
     EvalLoader,
@@ -509,7 +508,7 @@ def test_custom_fetcher_is_used(pipeline_shards):
 
 def test_the_kernel_renders_with_the_loaders_thread_count(pipeline_shards):
     """Numba's thread count is per thread: the render thread's, set before the kernel, is the loader's
-    kernel_threads (default: the cores torch leaves free, at least one), whatever the caller's."""
+    kernel_threads (default: torch's intra-op count), whatever the caller's."""
     split = pipeline_shards.data.split
     seen = []
 
@@ -518,8 +517,7 @@ def test_the_kernel_renders_with_the_loaders_thread_count(pipeline_shards):
         return split.images(rows)
 
     default = loader_for(pipeline_shards, prefetch=False)
-    assert default.kernel_threads == max(1, min(usable_cores() - torch.get_num_threads(),
-                                                numba.config.NUMBA_NUM_THREADS))
+    assert default.kernel_threads == min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
     default.close()
     for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
         with loader_for(pipeline_shards, fetcher=fetcher, prefetch=False, kernel_threads=threads) as loader:
