@@ -8,6 +8,11 @@ levels) and :func:`weak_augment` (flip, reflect-pad, crop). The ops themselves a
 
 from .api import AugmentInputError, apply_ops, weak_augment
 from .ops import MAX_DEPTH, NUM_OPS, OP_ID, OP_NAMES, OPS, RESCALE_FILTERS, Kind, Level, OpSpec
+from .threads import start_numba_threads
+
+# Before anything sets a thread count or runs a kernel: Numba's OpenMP workers then wait passively
+# unless the user chose a wait policy (the reason and the figures: kernels/threads.py).
+start_numba_threads()
 
 __all__ = [
     "AugmentInputError", "apply_ops", "weak_augment", "compile_all",

@@ -121,3 +121,15 @@ def is_simulator_array(array) -> bool:
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
     return isinstance(array, FakeCUDAArray)
+
+
+# ---- the threading layer: whether it has started ---------------------------------------------------------
+
+
+def numba_threads_started() -> bool:
+    """Whether Numba's threading layer is running in this process (its OpenMP runtime, if that is the
+    layer, then loaded and its environment read). Upstream: numba/np/ufunc/parallel.py, the module
+    flag ``_is_initialized`` that ``_launch_threads`` sets."""
+    from numba.np.ufunc import parallel
+
+    return bool(parallel._is_initialized)

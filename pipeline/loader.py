@@ -8,6 +8,10 @@ policies of step t + 1 then come from the weights after step t - 1 (one update o
 prefetch). Drawing plans only in the caller's thread, at fixed points, keeps the batches a pure
 function of the seed and the updates, whatever the thread timing.
 
+On the CPU the kernel runs with ``kernel_threads`` Numba threads (set in the render thread: Numba's
+count is per thread); by default :func:`remixmatch.kernels.threads.loader_threads`, torch's
+intra-op count (the run renders between its synchronous CPU steps, when torch's threads are idle).
+
 Where rows come from is a *fetcher*: ``fetch(rows) -> images`` ((N, H, W, 3) uint8 NumPy for the
 CPU, a CUDA tensor for the GPU). :class:`HostFetcher` reads the memory-mapped shards; the DALI
 loader supplies its own (``make_fetcher("dali", ...)``, :mod:`.dali`).
@@ -20,6 +24,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
+from remixmatch.kernels.threads import loader_threads, use_threads
 
 from .batch import StepBatch, render_views, split_views
 from .errors import PipelineError
@@ -160,7 +166,8 @@ class StepLoader:
     """An endless iterator of StepBatch for one rank; ``state_dict`` resumes it exactly."""
 
     def __init__(self, data: TrainData, policy: CTAugment | None, config: ViewConfig, *, device: str = "cpu",
-                 rank: int = 0, world_size: int = 1, prefetch: bool = True, fetcher=None):
+                 rank: int = 0, world_size: int = 1, prefetch: bool = True, fetcher=None,
+                 kernel_threads: int | None = None):
         config.check()
         check_image_shape(data.image_shape, "training images")
         self.data, self.policy, self.config = data, policy, config
@@ -169,6 +176,8 @@ class StepLoader:
         self.plans = PlanStream(data, policy, config, rank, world_size)
         self.labeled, self.unlabeled = self.plans.labeled, self.plans.unlabeled
         self.fetch = fetcher if fetcher is not None else HostFetcher(data.split, device)
+        # The CPU kernel's Numba threads (None on a GPU): the caller's, else torch's intra-op count.
+        self.kernel_threads = _kernel_threads(kernel_threads) if device == "cpu" else None
         self.step = 0  # the step of the next batch handed out
         self._pending: tuple[StepPlan, Future] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="remixmatch-views")
@@ -190,6 +199,7 @@ class StepLoader:
         labels = self.data.labels[rows]  # labeled rows' labels, then the unlabeled rows' (diagnostics)
         if self._stream is None:
             torch = _torch()
+            use_threads(self.kernel_threads)
             render = getattr(self.fetch, "render", None)  # a fetcher that renders the views itself (dali-graph)
             views = (render(rows, call, self.config.pad) if render is not None
                      else render_views(self.fetch(rows), call, self.config.pad))
@@ -278,6 +288,17 @@ class StepLoader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _kernel_threads(requested: int | None) -> int:
+    import numba
+
+    most = numba.config.NUMBA_NUM_THREADS
+    if requested is None:
+        return loader_threads(_torch().get_num_threads(), most)
+    if not 1 <= requested <= most:
+        raise PipelineError(f"kernel_threads must be in 1..{most} (NUMBA_NUM_THREADS), got {requested}")
+    return requested
 
 
 @dataclass

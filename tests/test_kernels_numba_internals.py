@@ -94,13 +94,23 @@ def test_the_simulator_array_type():
     assert numba_internals.is_simulator_array(object()) is False
 
 
+def test_the_threading_layer_started_flag():
+    from numba.np.ufunc import parallel
+
+    assert isinstance(parallel._is_initialized, bool)
+    import remixmatch.kernels  # noqa: F401 (starts the layer)
+
+    assert numba_internals.numba_threads_started() is True
+
+
 def test_no_private_numba_api_outside_the_internals_module():
     """Every reach into Numba's internals is in kernels/numba_internals.py (tests excepted)."""
     import io
     import tokenize
 
     private = re.compile(r"_codelibrary|_locator_classes|cuKernelSetAttribute|cudadrv|cuda_paths|\.stats\b|"
-                         r"numba\.core\.caching|numba\.cuda\.core|numba\.cuda\.simulator|_CacheLocator")
+                         r"numba\.core\.caching|numba\.cuda\.core|numba\.cuda\.simulator|_CacheLocator|"
+                         r"_is_initialized|ufunc\.parallel")
     found = []
     for folder in ("kernels", "bench", "pipeline", "trainer", "common", "datasets_prep"):
         for path in sorted((REPO / folder).rglob("*.py")):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import shutil
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -503,6 +504,27 @@ def test_custom_fetcher_is_used(pipeline_shards):
     assert fetcher.closed and len(asked) == 1
     np.testing.assert_array_equal(asked[0], np.concatenate([batch.plan.x_rows, batch.plan.u_rows]))
     np.testing.assert_array_equal(batch.u_weak.numpy(), remake_views(split, batch.plan)["u_weak"])
+
+
+def test_the_kernel_renders_with_the_loaders_thread_count(pipeline_shards):
+    """Numba's thread count is per thread: the render thread's, set before the kernel, is the loader's
+    kernel_threads (default: torch's intra-op count), whatever the caller's."""
+    split = pipeline_shards.data.split
+    seen = []
+
+    def fetcher(rows):  # runs in the render thread, right before the kernel
+        seen.append(numba.get_num_threads())
+        return split.images(rows)
+
+    default = loader_for(pipeline_shards, prefetch=False)
+    assert default.kernel_threads == min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    default.close()
+    for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+        with loader_for(pipeline_shards, fetcher=fetcher, prefetch=False, kernel_threads=threads) as loader:
+            next(loader)
+        assert loader.kernel_threads == threads and seen[-1] == threads
+    with pytest.raises(PipelineError, match="kernel_threads must be in 1.."):
+        loader_for(pipeline_shards, kernel_threads=0)
 
 
 # -- evaluation ------------------------------------------------------------------------------------

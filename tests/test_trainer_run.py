@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -214,7 +215,7 @@ def test_summary_config_and_metrics_are_well_formed(pipeline_shards, straight):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"summary_version", "algorithm", "steps", "kimg", "accuracy", "eval_split", "eval_rows",
                             "labeled", "dataset", "model", "device", "loader", "world_size", "wall_seconds",
-                            "versions", "fidelity", "config", "schedules"}
+                            "versions", "threads", "fidelity", "config", "schedules"}
     assert summary["summary_version"] == SUMMARY_VERSION
     assert summary["schedules"]["schedules"] == config.schedules == "fixed"  # the smoke preset's
     assert summary["schedules"]["labeled_aug"] == config.labeled_aug
@@ -224,6 +225,11 @@ def test_summary_config_and_metrics_are_well_formed(pipeline_shards, straight):
     assert summary["device"] == "cpu" and summary["loader"] == "torch" and summary["world_size"] == 1
     assert summary["wall_seconds"] > 0 and summary["versions"]["torch"] == torch.__version__
     assert summary["model"]["name"] == "WRN-10 width 8" and summary["model"]["parameters"] > 0
+    # The loader's kernel gets torch's intra-op count (kernels/threads.py).
+    threads = summary["threads"]
+    assert threads["torch"] == torch.get_num_threads()
+    assert threads["loader_kernel"] == min(threads["torch"], numba.config.NUMBA_NUM_THREADS)
+    assert threads["set_by"] in ("remixmatch", "user") and threads["omp_wait"]
     assert summary["dataset"]["path"] == str(pipeline_shards.path) and len(summary["dataset"]["mean"]) == 3
 
     records = metrics(out)

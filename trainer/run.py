@@ -25,6 +25,7 @@ import torch
 
 from remixmatch.common.atomic import atomic_write_json
 from remixmatch.common.versions import package_versions
+from remixmatch.kernels.threads import wait_policy
 from remixmatch.common.errors import EXIT_DIVERGED
 from remixmatch.pipeline import EvalLoader, PipelineError, StepLoader
 from remixmatch.pipeline.loader import make_fetcher, split_image_shape
@@ -429,6 +430,12 @@ class Run:
         if self.lead:
             save_checkpoint(self.out, state, self.config.keep_ckpts)
 
+    def threads(self) -> dict:
+        """torch's intra-op threads, the loader's kernel threads (CPU; null on a GPU: the rule in
+        docs/pipeline.md) and the wait policy Numba's OpenMP workers started with."""
+        return {"torch": torch.get_num_threads(), "loader_kernel": getattr(self.loader, "kernel_threads", None),
+                **wait_policy()}
+
     def finish(self, elapsed: float) -> dict:
         config = self.config
         recent = self.evaluations[-config.median_of:]
@@ -460,6 +467,7 @@ class Run:
             "device": str(self.device), "loader": self.loader_kind, "world_size": self.world_size,
             "wall_seconds": elapsed,
             "versions": versions(),
+            "threads": self.threads(),
             "fidelity": fidelity_choices(config),
             "schedules": schedule_choices(config),
             "config": config.to_dict(),
