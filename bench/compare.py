@@ -4,7 +4,9 @@ the ratio B / A, so a change can be judged against the last report from the same
 Works on any rmm-bench report (``all`` or a single command; an ``all`` report's sections are
 compared section by section). A figure is named by where it lives: ``summary.<path>`` for the
 headline figures, or ``<command>: <row identity> <metric>`` for a results row, its identity made of
-the row's descriptive fields (backend, device, feed, op, K, batch, kernel, arch, ...). Figures in one
+the row's descriptive fields (backend, device, feed, op, K, batch, kernel, arch, ...); a gpu-check
+report's ``figures`` compare row by row too, each named by its section, name and ``where``
+(:class:`~remixmatch.bench.rows.FigureRow`). Figures in one
 report only are listed with ``-`` on the other side. Exit status 2, one line, when a file is missing
 or is not a report.
 """
@@ -14,18 +16,23 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from remixmatch.common.cli import OneLineParser
 
 from .errors import BenchError
 from .report import command_main, markdown_table
-from .rows import keys, metrics
+from .rows import FigureRow, keys, metrics
 
 PROG = "rmm-bench compare"
 # What a row measured, and the fields that name it: from the typed rows' metadata (remixmatch.bench.rows).
 METRICS = metrics()
 IDENTITY = keys()
+# gpu-check's figures: their own names and value (FigureRow is not one of the results rows).
+FIGURE_METRICS = tuple(f.name for f in fields(FigureRow) if f.metadata.get("metric"))
+FIGURE_IDENTITY = tuple(f.name for f in sorted((f for f in fields(FigureRow) if "key" in f.metadata),
+                                               key=lambda f: f.metadata["key"]))
 SKIP_SUMMARY = ("paper_steps", "goal_torch_vs_reference", "goal_met", "views_bit_exact")
 
 
@@ -57,8 +64,27 @@ def _flatten(prefix: str, value, out: dict) -> None:
                 _flatten(f"{prefix}.{key}", item, out)
 
 
-def _identity(row: dict) -> str:
-    return " ".join(f"{key}={row[key]}" for key in IDENTITY if row.get(key) is not None)
+def _identity(row: dict, identity: tuple[str, ...]) -> str:
+    """The row's naming fields as ``key=value``; a dict among them by its own items."""
+    named = [(key, row[key]) for key in identity if row.get(key) is not None]
+    return " ".join(f"{key}={value}" for name, item in named
+                    for key, value in (item.items() if isinstance(item, dict) else [(name, item)]))
+
+
+def _row_figures(label: str, rows: list, metric_names: tuple[str, ...], identity: tuple[str, ...],
+                 found: dict) -> None:
+    seen: dict[str, int] = {}
+    for row in rows:
+        if not isinstance(row, dict) or "skipped" in row:
+            continue
+        name = _identity(row, identity)
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:  # rows alike in every descriptive field: told apart by their order
+            name += f" #{seen[name]}"
+        for metric in metric_names:
+            value = row.get(metric)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                found[f"{label}: {name} {metric}"] = float(value)
 
 
 def figures(report: dict, scope: str = "") -> dict[str, float]:
@@ -75,18 +101,8 @@ def figures(report: dict, scope: str = "") -> dict[str, float]:
         return found
     _flatten(f"{label} summary", report.get("summary") or {}, found)
     rows = list(report.get("results") or []) + list(report.get("scaling") or [])
-    seen: dict[str, int] = {}
-    for row in rows:
-        if not isinstance(row, dict) or "skipped" in row:
-            continue
-        identity = _identity(row)
-        seen[identity] = seen.get(identity, 0) + 1
-        if seen[identity] > 1:  # rows alike in every descriptive field: told apart by their order
-            identity += f" #{seen[identity]}"
-        for metric in METRICS:
-            value = row.get(metric)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                found[f"{label}: {identity} {metric}"] = float(value)
+    _row_figures(label, rows, METRICS, IDENTITY, found)
+    _row_figures(label, list(report.get("figures") or []), FIGURE_METRICS, FIGURE_IDENTITY, found)
     return found
 
 

@@ -3,73 +3,33 @@
     rmm-bench gpu-check --archive PATH --out DIR [--shards DIR] [--budget 480] [--learn-seconds 100]
                         [--bundle DIR] [--skip SECTION ...] [--numba-cache DIR] [--rehearse]
 
-Made for a GPU machine lent for minutes: the run ends within ``--budget`` seconds, whatever hangs.
-Each section is a child process with a wall-clock bound (:mod:`remixmatch.bench.section_runner`): the
-smaller of its own cap and what is left of the budget. A section that fails or runs out of time is
-recorded as such and the sections after it still run; one that needs a GPU is skipped, with the
-reason, where CUDA does not answer. Each section starts from an empty folder, so a second run on a
-warm machine works. Every section shares one ``NUMBA_CACHE_DIR`` (``--numba-cache``): the CUDA kernels
-compile once, in the environment section's warm-up, and every later process loads them.
-
-``--rehearse``: on a machine without a GPU, every section runs its own command in its CPU form at
-tiny sizes (the correctness section runs the real pytest command, whose gpu tests collect and skip);
-the run exits 1 if a section fails or times out. Only the GPU work itself is then left untried.
-
-Sections, in order (``SECTIONS``): the figures the first slot needs first.
-
-1. ``data``: the CIFAR-10 shards from ``--archive`` (prep-cifar10), unless ``--shards`` has them;
-2. ``environment``: the warm-up (``WARM_JOBS``: the 32x32 apply kernel, the 96x96 global and tiled
-   ones, the weak one, the two 32x32 tunings, and the CPU kernels, one process each, at once), then
-   GPU, driver, torch, numba, numba-cuda, NVVM, ptxas, the CUDA kernel's first-call time
-   (``rmm-bench gpu-env``);
-3. ``augmentation``: ``rmm-bench aug --device cuda --quick``: CUDA views/s at N = 512, 8,192, 65,536
-   with per-view arrays on the device and on the host, per-op rows, then the PIL rows;
-4. ``training``: WRN-28-2, B = 64, K = 8, bf16 and channels_last: steps/s from ready tensors and from
-   the loader, the step split, peak memory, the 2^20-step projection (``rmm-bench train --device cuda``);
-5. ``learning``: ``rmm-train --preset cifar10-250`` for ``--learn-seconds`` of training
-   (``--time-limit``), evaluating every 250 steps: the learning curve;
-6. ``pipeline``: the torch loader on CUDA at B = 64 and 256, K = 8, prefetch (``rmm-bench pipeline
-   --device cuda``);
-7. ``correctness``: the ``gpu``-marked tests, one pytest command per file (``GPU_TESTS``: kernels
-   vs the CPU kernel on real images, the CUDA loader and step vs the CPU ones, DALI), with the
-   archive passed to them, counted from each file's JUnit XML (a file that runs out of time loses
-   only its own counts);
-8. ``launcher``: ``rmm-train --gpus 1 --sync-bn`` through the elastic agent on NCCL, then a
-   ``--resume`` that adds steps; both must exit 0 and leave summary.json and checkpoints;
-9. ``training-compile``: the ready-tensor step with ``torch.compile``, if the budget has room left;
-10. ``bn-mode``: the ready-tensor step under the reference's interleaved batch norm (``--bn-mode
-    reference``: K + 2 chunks of B), against ``training``'s one forward, if there is room;
-11. ``kernel-tuning``: the CUDA rows at 96x96 (synthetic images) under each design for views larger
-    than 48 KiB of shared memory (``REMIXMATCH_CUDA_LARGE_VIEWS``: global, tiled, shared-optin), then
-    at 32x32 with the apply kernels capped at 80 registers and with 128 threads per block
-    (``REMIXMATCH_CUDA_MAX_REGISTERS`` / ``REMIXMATCH_CUDA_THREADS``), as far as there is room. These
-    variables are read in one place, :func:`tuning_from_env`, by the section's children
-    (:func:`tuned_main`), into the kernels' :class:`remixmatch.kernels.cuda.LaunchTuning`.
+Made for a GPU machine lent for minutes: ``SECTIONS`` (what each does: docs/gpu.md), each a list of
+commands run by :func:`remixmatch.bench.section_runner.run_section` within the smaller of its own cap
+and what is left of ``--budget``. A section that fails or runs out of time is recorded as such and
+the later ones still run; one that needs a GPU is skipped, with the reason, where CUDA does not
+answer. Each section starts from an empty folder (a second run on a warm machine works), and all
+share one ``NUMBA_CACHE_DIR`` (``--numba-cache``): the CUDA kernels compile once, in the environment
+section's warm-up (``WARM_JOBS``), and every later process loads them. ``--rehearse``: without a GPU,
+every section runs its own command in its CPU form at tiny sizes (the gpu tests collect and skip);
+exit 1 if a section fails or times out.
 
 ``DIR/report.json`` (``"command": "gpu-check"``, the common header of :mod:`remixmatch.bench.report`)::
 
     "sections": {"<name>": {"status": "measured" | "failed" | "timed_out" | "skipped",
                             "reason": "..." (all but measured), "seconds": 12.3, "bound_seconds": 90,
-                            "details": {...}}},       # what the section's own files say (below)
-    "figures": [{"section": "augmentation", "name": "cuda_views_per_s", "value": 2.1e7,
-                 "unit": "views/s", "where": {"views": 65536, "inputs": "device"}}, ...],
+                            "commands": [{"exit": 0, "seconds": 12.1}, ...],
+                            "details": {...}}},       # what the section's own files say: section_details()
+    "figures": [a FigureRow (remixmatch.bench.rows), ...],
     "summary": {"gpu", "tests": {"passed", "failed", "skipped", "errors"} | null,
                 "cuda_best_views_per_s", "goal_views_per_s": 2e7, "train_steps_per_s",
                 "train_synthetic_steps_per_s", "train_compiled_steps_per_s",
                 "train_bn_reference_steps_per_s",   # ready tensors, --bn-mode reference
-                "projected_hours", "final_ema_accuracy"}
+                "projected_hours", "final_ema_accuracy", "learning_steps"},
+    "charts": {"views_per_s" | "per_op" | "step_split" | "learning_curve": "<name>.png" | {"skipped": "..."}}
 
-Details: ``environment``, ``pipeline``, ``training``, ``training-compile`` and ``bn-mode`` embed their section's
-report.json (``report``; ``environment`` also ``warm``: each warm-up job's seconds, cache folder and
-whether it loaded from the cache), ``augmentation`` its one (``reports``: ``cuda``); ``correctness`` the
-test counts summed over the files and the failed tests' names;
-``kernel-tuning`` its variants' reports (``reports``); ``launcher`` each command's exit status, seconds and the steps summary.json recorded;
-``learning`` the evaluations (step, EMA and raw accuracy) and summary.json's accuracy.
-
-``DIR/report.md`` is the human summary, with charts beside it (``views_per_s.png``,
-``step_split.png`` from :mod:`remixmatch.bench.charts`, ``learning_curve.png``). ``--bundle DIR2``
-copies what a lent machine may send back (at most 8 files): report.json, report.md, the charts, and
-``logs.tar.gz`` with every section's log.
+``DIR/report.md`` is the human summary, the charts beside it. ``--bundle DIR2`` copies what a lent
+machine may send back (at most 8 files): report.json, report.md, the charts, and ``logs.tar.gz``
+with every section's logs, report.md and JUnit XML.
 """
 
 from __future__ import annotations
@@ -81,18 +41,21 @@ import sys
 import tarfile
 import time
 import xml.etree.ElementTree as ElementTree
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 from remixmatch.common.atomic import atomic_target, atomic_write_json
 from remixmatch.common.cli import OneLineParser, positive_int
 
-from .section_runner import run_bounded
+from . import section_runner
+from .charts import draw_charts
+from .core import add_out, check_out, cuda_unavailable_reason, error_reason
 from .errors import BenchError
-from .report import (
-    RunConditions, finish_report, format_hours, format_rate, machine_info, markdown_table, new_report, report_main,
-)
+from .gpu_env import one_line
+from .report import RunConditions, finish_report, format_hours, format_rate, machine_info, markdown_table, new_report, report_main
+from .rows import FigureRow
+from .section_runner import Section
 
 PROG = "rmm-bench gpu-check"
 GOAL_VIEWS_PER_S = 2e7  # strong views/s at 32x32 on one H100-class GPU
@@ -117,15 +80,6 @@ TUNING = (("size96-global", {"REMIXMATCH_CUDA_LARGE_VIEWS": "global"}, 96),
 # (kernels.cuda.LaunchTuning): the kernel-tuning section's children, through tuned_main.
 THREADS_ENV, MAX_REGISTERS_ENV, LARGE_VIEWS_ENV = (
     "REMIXMATCH_CUDA_THREADS", "REMIXMATCH_CUDA_MAX_REGISTERS", "REMIXMATCH_CUDA_LARGE_VIEWS")
-
-
-@dataclass(frozen=True)
-class Section:
-    name: str
-    cap_s: int  # its own wall-clock bound (the budget left may be smaller)
-    needs_cuda: bool
-    keep_going: bool = False  # run its later commands after one fails
-
 
 # In the order the first lent slot needs the figures: the views/s, the step time and the learning
 # curve first; the tests, split per file, after them; what the budget may not reach last.
@@ -172,21 +126,16 @@ class CheckConfig:
 # ---- where the run is ---------------------------------------------------------------------------------
 
 def cuda_reason() -> str | None:
-    """Why CUDA sections cannot run here, or None: torch and numba-cuda must both see a device."""
-    try:
-        import torch
-    except Exception as error:  # noqa: BLE001
-        return f"torch is not importable ({type(error).__name__})"
-    if not torch.cuda.is_available():
-        return f"no CUDA device (torch {torch.__version__}: torch.cuda.is_available() is False)"
+    """Why CUDA sections cannot run here, or None: torch (the benchmarks' probe) and numba-cuda must
+    both see a device."""
+    if (reason := cuda_unavailable_reason()) is not None:
+        return reason
     try:
         from numba import cuda
 
-        if not cuda.is_available():
-            return "numba-cuda sees no CUDA device"
+        return None if cuda.is_available() else "numba-cuda sees no CUDA device"
     except Exception as error:  # noqa: BLE001
-        return f"numba.cuda is not importable ({type(error).__name__}: {error})"
-    return None
+        return f"numba.cuda is not importable ({error_reason(error)})"
 
 
 def default_cuda_home(environ=os.environ) -> None:
@@ -198,8 +147,7 @@ def default_cuda_home(environ=os.environ) -> None:
 
 def child_env(config: CheckConfig) -> dict:
     """The sections' environment: the archive for the real-image tests and prep, the CUDA toolkit,
-    and one Numba cache folder for every section (the CUDA kernels compile once per machine, in the
-    environment section's warm-up, and load from there)."""
+    and one Numba cache folder for every section."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", REMIXMATCH_CIFAR10_JPG=str(config.archive.resolve()),
                NUMBA_CACHE_DIR=str(config.cache_dir.resolve()))
     default_cuda_home(env)
@@ -323,11 +271,8 @@ def junit_counts(path: Path) -> dict | None:
     counts = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0, "failed_tests": [], "skip_reasons": []}
     for case in root.iter("testcase"):
         name = f"{case.get('classname', '')}::{case.get('name', '')}"
-        if case.find("failure") is not None:
-            counts["failed"] += 1
-            counts["failed_tests"].append(name)
-        elif case.find("error") is not None:
-            counts["errors"] += 1
+        if case.find("failure") is not None or case.find("error") is not None:
+            counts["failed" if case.find("failure") is not None else "errors"] += 1
             counts["failed_tests"].append(name)
         elif (skip := case.find("skipped")) is not None:
             counts["skipped"] += 1
@@ -339,17 +284,8 @@ def junit_counts(path: Path) -> dict | None:
 
 def merged_junit_counts(paths: list[Path]) -> dict | None:
     """The counts of several pytest runs' JUnit XML files added up (None: none could be read)."""
-    merged = None
-    for path in paths:
-        counts = junit_counts(path)
-        if counts is None:
-            continue
-        if merged is None:
-            merged = counts
-        else:
-            for key, value in counts.items():
-                merged[key] += value
-    return merged
+    read = [counts for counts in map(junit_counts, paths) if counts is not None]
+    return {key: sum((counts[key] for counts in read[1:]), read[0][key]) for key in read[0]} if read else None
 
 
 def metrics_evaluations(run_dir: Path) -> list[dict]:
@@ -361,27 +297,29 @@ def metrics_evaluations(run_dir: Path) -> list[dict]:
 
 
 def section_details(name: str, folder: Path) -> dict:
+    """``environment``, ``pipeline``, ``training``, ``training-compile``, ``bn-mode``: the section's
+    report.json (``report``; ``environment`` also ``warm``, each warm-up job's seconds, cache folder
+    and cache hit); ``augmentation``, ``kernel-tuning``: each part's (``reports``); ``correctness``: the
+    test counts summed over the files, with the failed tests' names; ``launcher``: what summary.json
+    and the checkpoints say; ``learning``: the evaluations (step, EMA and raw accuracy) and summary.json's."""
     if name in ("augmentation", "kernel-tuning"):
         parts = [entry[0] for entry in (AUG_PARTS if name == "augmentation" else TUNING)]
         reports = {part: _read_json(folder / part / "report.json") for part in parts}
         return {"reports": {part: report for part, report in reports.items() if report is not None}}
-    if name in ("pipeline", "training", "training-compile", "bn-mode"):
-        report = _read_json(folder / "report.json")
-        return {"report": report} if report is not None else {}
-    if name == "environment":
-        report, warm = _read_json(folder / "report.json"), _read_json(folder / "warm.json")
-        return {**({"report": report} if report is not None else {}), **({"warm": warm} if warm is not None else {})}
+    if name in ("pipeline", "training", "training-compile", "bn-mode", "environment"):
+        found = {"report": _read_json(folder / "report.json"),
+                 "warm": _read_json(folder / "warm.json") if name == "environment" else None}
+        return {key: value for key, value in found.items() if value is not None}
     if name == "correctness":
         counts = merged_junit_counts(sorted(folder.glob("junit-*.xml")))
         return {"tests": counts, "files": len(list(folder.glob("junit-*.xml")))} if counts is not None else {}
+    summary = _read_json(folder / "run" / "summary.json") or {}
     if name == "launcher":
-        summary = _read_json(folder / "run" / "summary.json") or {}
         checkpoints = sorted(p.name for p in (folder / "run" / "checkpoints").glob("ckpt-*.pt"))
         return {"summary_steps": summary.get("steps"), "world_size": summary.get("world_size"),
                 "device": summary.get("device"), "checkpoints": checkpoints,
                 "sync_bn": (summary.get("config") or {}).get("sync_bn")}
     if name == "learning":
-        summary = _read_json(folder / "run" / "summary.json") or {}
         return {"evaluations": metrics_evaluations(folder / "run"), "steps": summary.get("steps"),
                 "accuracy": summary.get("accuracy"), "wall_seconds": summary.get("wall_seconds"),
                 "model": (summary.get("model") or {}).get("name")}
@@ -392,62 +330,7 @@ def launcher_problem(details: dict, steps: int = LAUNCH_STEPS[False][1]) -> str 
     """The launcher section's own check: the resumed run reached its steps and wrote a checkpoint."""
     if details.get("summary_steps") != steps:
         return f"summary.json records {details.get('summary_steps')} steps, not the {steps} the resume asked for"
-    if not details.get("checkpoints"):
-        return "no checkpoint written"
-    return None
-
-
-# ---- running --------------------------------------------------------------------------------------------
-
-def run_section(section: Section, config: CheckConfig, left_s: float, reason: str | None, log) -> dict:
-    folder = config.out / section.name
-    if section.name in config.skip:
-        return {"status": "skipped", "reason": "--skip"}
-    if section.needs_cuda and reason is not None and not config.rehearse:
-        return {"status": "skipped", "reason": reason}
-    bound = min(section.cap_s, left_s)
-    if bound < MIN_SECTION_S:
-        return {"status": "skipped", "reason": f"the run's budget is spent ({left_s:.0f} s left)"}
-    commands = section_commands(section.name, config, folder)
-    if isinstance(commands, str):
-        return {"status": "skipped", "reason": commands}
-    # A second run on a warm machine starts clean: the launcher and learning runs refuse a folder
-    # that holds a run already, and stale files would be read as this run's.
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    env = child_env(config)
-    start, status, why, exits = time.perf_counter(), "measured", None, []
-    for i, argv in enumerate(commands):
-        left = bound - (time.perf_counter() - start)
-        if left <= 0:
-            status, why = "timed_out", f"no time left for command {i + 1} within the section's bound ({bound:.0f} s)"
-            break
-        log(f"== {section.name} [{i + 1}/{len(commands)}] (bound {left:.0f} s): {' '.join(argv[1:])[:200]}")
-        outcome = run_bounded(argv, timeout_s=left, log=lambda line: log(f"   {line}"),
-                              log_file=folder / f"log{i + 1}.txt", env=env)
-        exits.append({"exit": outcome.code, "seconds": outcome.seconds})
-        if outcome.timed_out:
-            status, why = "timed_out", f"command {i + 1} stopped at the section's bound ({bound:.0f} s): {outcome.last_line()}"
-            break
-        if outcome.code != 0 and status == "measured":
-            status, why = "failed", f"command {i + 1} exit status {outcome.code}: {outcome.last_line()}"
-            if not section.keep_going:
-                break
-    result = {"status": status, "seconds": round(time.perf_counter() - start, 1), "bound_seconds": round(bound),
-              "commands": exits, "details": section_details(section.name, folder)}
-    problem = None
-    if status == "measured" and section.name == "launcher":
-        problem = launcher_problem(result["details"], LAUNCH_STEPS[config.rehearse][1])
-    if section.name == "correctness":
-        problem = correctness_problem(result["details"].get("tests"), len(commands), result["details"].get("files", 0),
-                                      config.rehearse) or (why if status != "measured" else None)
-    if problem and status == "measured":
-        status, why = "failed", problem
-    result["status"] = status
-    if why:
-        result["reason"] = why
-    return result
+    return None if details.get("checkpoints") else "no checkpoint written"
 
 
 def correctness_problem(tests: dict | None, files_run: int, files_read: int, rehearse: bool) -> str | None:
@@ -462,32 +345,64 @@ def correctness_problem(tests: dict | None, files_run: int, files_read: int, reh
     return None if tests["passed"] else "no gpu test passed"
 
 
+# ---- running --------------------------------------------------------------------------------------------
+
+def run_section(section: Section, config: CheckConfig, left_s: float, reason: str | None, log) -> dict:
+    """One section within the smaller of its cap and ``left_s``, or the reason it is skipped."""
+    if section.name in config.skip:
+        return {"status": "skipped", "reason": "--skip"}
+    if section.needs_cuda and reason is not None and not config.rehearse:
+        return {"status": "skipped", "reason": reason}
+    bound = min(section.cap_s, left_s)
+    if bound < MIN_SECTION_S:
+        return {"status": "skipped", "reason": f"the run's budget is spent ({left_s:.0f} s left)"}
+    folder = config.out / section.name
+    commands = section_commands(section.name, config, folder)
+    if isinstance(commands, str):
+        return {"status": "skipped", "reason": commands}
+    # A second run on a warm machine starts clean: the launcher and learning runs refuse a folder
+    # that holds a run already, and stale files would be read as this run's.
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    result = section_runner.run_section(section, commands, bound_s=bound, log=log, log_dir=folder,
+                                        env=child_env(config))
+    why = result.pop("reason", None)
+    details = result["details"] = section_details(section.name, folder)
+    if result["status"] == "measured":
+        problem = (launcher_problem(details, LAUNCH_STEPS[config.rehearse][1]) if section.name == "launcher" else
+                   correctness_problem(details.get("tests"), len(commands), details.get("files", 0), config.rehearse)
+                   if section.name == "correctness" else None)
+        if problem:
+            result["status"], why = "failed", problem
+    return {**result, "reason": why} if why else result
+
+
 # ---- figures ----------------------------------------------------------------------------------------------
 
+def _details(sections: dict, name: str) -> dict:
+    return (sections.get(name) or {}).get("details", {})
+
+
 def _report_of(sections: dict, name: str) -> dict | None:
-    return (sections.get(name) or {}).get("details", {}).get("report")
+    return _details(sections, name).get("report")
 
 
 def aug_rows(sections: dict) -> list[dict]:
-    """The augmentation rows: CUDA from the cuda part; the CPU kernel and PIL from the cpu part, or
-    from the cuda part's own PIL rows when the cpu part did not finish."""
-    reports = (sections.get("augmentation") or {}).get("details", {}).get("reports", {})
-    cuda_rows = (reports.get("cuda") or {}).get("results", [])
-    others = (reports.get("cpu") or reports.get("cuda") or {}).get("results", [])
-    return ([r for r in cuda_rows if r.get("backend") == "numba-cuda"]
-            + [r for r in others if r.get("backend") != "numba-cuda"])
+    """The augmentation section's rows, the CUDA ones first."""
+    rows = (_details(sections, "augmentation").get("reports", {}).get("cuda") or {}).get("results", [])
+    return sorted(rows, key=lambda r: r.get("backend") != "numba-cuda")
 
 
 def figures(sections: dict) -> list[dict]:
-    """Every figure the run measured, with its unit and where it was measured."""
+    """Every figure the run measured (a FigureRow each), from its sections' own rows and files."""
     out: list[dict] = []
 
     def add(section: str, name: str, value, unit: str, **where) -> None:
         if value is not None:
-            out.append({"section": section, "name": name, "value": value, "unit": unit, "where": where})
+            out.append(asdict(FigureRow(section=section, name=name, value=value, unit=unit, where=where)))
 
-    env = _report_of(sections, "environment")
-    if env:
+    if env := _report_of(sections, "environment"):
         add("environment", "kernel_compile_seconds", (env["environment"].get("kernel_compile") or {}).get("seconds"), "s")
     for r in aug_rows(sections):
         if r.get("bench") != "aug" or "skipped" in r:
@@ -500,21 +415,19 @@ def figures(sections: dict) -> list[dict]:
         elif r["op"] is None:
             add("augmentation", f"{r['backend']}_views_per_s", r["views_per_s"], "views/s", views=r["views"],
                 threads=r.get("threads"))
-    tuning = (sections.get("kernel-tuning") or {}).get("details", {}).get("reports", {})
-    for part, report in tuning.items():
+    for part, report in _details(sections, "kernel-tuning").get("reports", {}).items():
         for r in report.get("results", []):
             if r.get("backend") == "numba-cuda" and r.get("op") is None and "skipped" not in r:
                 add("kernel-tuning", "cuda_views_per_s", r["views_per_s"], "views/s", variant=part, views=r["views"],
                     inputs=r["inputs"], size=r.get("size", [32, 32]))
-    pipeline = _report_of(sections, "pipeline")
-    for r in (pipeline or {}).get("results", []):
+    for r in (_report_of(sections, "pipeline") or {}).get("results", []):
         if r.get("device") == "cuda" and "skipped" not in r:
             add("pipeline", "loader_steps_per_s", r["steps_per_s"], "steps/s", batch=r["batch"], k=r["k"],
                 prefetch=r["prefetch"])
     for section in ("training", "training-compile", "bn-mode"):
-        train = _report_of(sections, section)
-        bn_mode = ((train or {}).get("config") or {}).get("bn_mode", "joint")
-        for r in (train or {}).get("results", []):
+        train = _report_of(sections, section) or {}
+        bn_mode = (train.get("config") or {}).get("bn_mode", "joint")
+        for r in train.get("results", []):
             if r.get("bench") != "train" or r.get("device") != "cuda" or "skipped" in r:
                 continue
             where = {"feed": r["feed"], "prefetch": r["prefetch"], "model": r["model"], "batch": r["batch"],
@@ -524,14 +437,12 @@ def figures(sections: dict) -> list[dict]:
             add(section, "peak_memory_gib", r.get("peak_memory_gib"), "GiB", **where)
             for phase, share in r.get("phase_shares", {}).items():
                 add(section, "phase_share", share, "fraction of the step", phase=phase, **where)
-    learning = (sections.get("learning") or {}).get("details", {})
-    for e in learning.get("evaluations", []):
+    for e in _details(sections, "learning").get("evaluations", []):
         add("learning", "ema_accuracy", e["acc_ema"], "fraction", step=e["step"])
         add("learning", "raw_accuracy", e["acc_raw"], "fraction", step=e["step"])
-    tests = (sections.get("correctness") or {}).get("details", {}).get("tests")
-    if tests:
-        for key in ("passed", "failed", "skipped", "errors"):
-            add("correctness", f"tests_{key}", tests[key], "tests")
+    for key, value in (_details(sections, "correctness").get("tests") or {}).items():
+        if key in ("passed", "failed", "skipped", "errors"):
+            add("correctness", f"tests_{key}", value, "tests")
     return out
 
 
@@ -540,14 +451,12 @@ def summarize(sections: dict, figs: list[dict]) -> dict:
         values = [f["value"] for f in figs if f["name"] == name and all(f["where"].get(k) == v for k, v in match.items())]
         return max(values) if values else None
 
-    env = _report_of(sections, "environment")
-    learning = (sections.get("learning") or {}).get("details", {})
-    tests = (sections.get("correctness") or {}).get("details", {}).get("tests")
+    learning, tests = _details(sections, "learning"), _details(sections, "correctness").get("tests")
     loader_hours = [f["value"] for f in figs if f["name"] == "projected_hours" and f["where"]["feed"] == "loader"
                     and f["where"]["prefetch"] and f["section"] == "training"]
     evaluations = learning.get("evaluations") or []
     return {
-        "gpu": ((env or {}).get("environment", {}).get("gpu") or {}).get("name"),
+        "gpu": ((_report_of(sections, "environment") or {}).get("environment", {}).get("gpu") or {}).get("name"),
         "tests": None if tests is None else {k: tests[k] for k in ("passed", "failed", "skipped", "errors")},
         "cuda_best_views_per_s": best("cuda_views_per_s", size=[32, 32]),
         "goal_views_per_s": GOAL_VIEWS_PER_S,
@@ -561,60 +470,29 @@ def summarize(sections: dict, figs: list[dict]) -> dict:
     }
 
 
-# ---- charts ------------------------------------------------------------------------------------------------
-
-def learning_chart(sections: dict, out: Path) -> str | dict:
-    evaluations = (sections.get("learning") or {}).get("details", {}).get("evaluations") or []
-    if not evaluations:
-        return {"skipped": "the learning section has no evaluation"}
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return {"skipped": "matplotlib is not installed (pip install 'remixmatch[plots]')"}
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps = [e["step"] for e in evaluations]
-    ax.plot(steps, [100 * e["acc_ema"] for e in evaluations], marker="o", label="EMA model")
-    ax.plot(steps, [100 * e["acc_raw"] for e in evaluations], marker=".", label="raw model")
-    ax.set_xlabel("step")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("cifar10-250, the first minutes")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    path = out / "learning_curve.png"
-    try:
-        with atomic_target(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path.name
-
-
 def draw(sections: dict, out: Path) -> dict:
-    from .charts import draw_charts
-
-    # The charts of rmm-bench all read its section names and one report per section: the aug rows of
-    # both parts go in one.
-    aug, rows = sections.get("augmentation", {}), aug_rows(sections)
-    as_all = {"aug": (aug, {"results": rows} if rows else None)}
-    for name, section in (("train", "training"), ("pipeline", "pipeline")):
-        as_all[name] = (sections.get(section, {}), sections.get(section, {}).get("details", {}).get("report"))
-    as_all = {k: ({**v, "status": "measured", "report": report} if report is not None
-                  else {**v, "status": v.get("status", "skipped"), "reason": v.get("reason", "not run")})
-              for k, (v, report) in as_all.items()}
-    drawn = draw_charts(as_all, out)
-    charts = {name: drawn[name] for name in ("views_per_s", "per_op", "step_split") if name in drawn}
-    charts["learning_curve"] = learning_chart(sections, out)
-    return charts
+    """The charts of rmm-bench all, from its section names and one report each, and the learning curve."""
+    rows = aug_rows(sections)
+    reports = {"aug": ("augmentation", {"results": rows} if rows else None),
+               "train": ("training", _report_of(sections, "training")),
+               "pipeline": ("pipeline", _report_of(sections, "pipeline"))}
+    as_all = {name: {**sections.get(section, {}), "status": "measured", "report": report} if report is not None
+              else {"status": "skipped", "reason": "not run", **sections.get(section, {})}
+              for name, (section, report) in reports.items()}
+    as_all["learning"] = {"evaluations": _details(sections, "learning").get("evaluations")}
+    return draw_charts(as_all, out, names=("views_per_s", "per_op", "step_split", "learning_curve"))
 
 
 # ---- markdown ------------------------------------------------------------------------------------------------
 
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def render_markdown(report: dict) -> str:
     s, sections = report["summary"], report["sections"]
     tests = s["tests"]
+    final = s["final_ema_accuracy"]
     lines = [
         "# rmm-bench gpu-check", "",
         f"GPU: **{s['gpu'] or 'none'}**; created {report['created']}; the run took {report['wall_seconds']:.0f} s "
@@ -629,33 +507,20 @@ def render_markdown(report: dict) -> str:
         f"{_num(s['train_synthetic_steps_per_s'])} from ready tensors, {_num(s['train_compiled_steps_per_s'])} compiled, "
         f"{_num(s.get('train_bn_reference_steps_per_s'))} under the reference's interleaved batch norm; "
         f"2^20 steps: {format_hours(s['projected_hours'])}",
-        f"- Learning: EMA accuracy {_pct(s['final_ema_accuracy'])} after {s['learning_steps'] or '-'} steps", "",
+        f"- Learning: EMA accuracy {'-' if final is None else f'{100 * final:.2f}%'} after "
+        f"{s['learning_steps'] or '-'} steps", "",
         markdown_table(["section", "status", "seconds", "bound", "note"],
                        [[name, sec["status"], str(sec.get("seconds", "-")), str(sec.get("bound_seconds", "-")),
                          sec.get("reason", "")] for name, sec in sections.items()]),
     ]
-    figs = report["figures"]
-    if figs:
+    if figs := report["figures"]:
         lines += ["", "## Figures", "", markdown_table(
             ["section", "figure", "value", "unit", "where"],
             [[f["section"], f["name"], _num(f["value"]), f["unit"],
               ", ".join(f"{k}={v}" for k, v in f["where"].items())] for f in figs])]
-    charts = [f"![{name}]({value})" for name, value in report["charts"].items() if isinstance(value, str)]
-    if charts:
+    if charts := [f"![{name}]({value})" for name, value in report["charts"].items() if isinstance(value, str)]:
         lines += ["", "## Charts", "", *charts]
     return "\n".join(lines) + "\n"
-
-
-def _num(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
 
 
 # ---- the schema, for readers of a committed report ------------------------------------------------------------
@@ -664,23 +529,19 @@ STATUSES = ("measured", "failed", "timed_out", "skipped")
 SUMMARY_KEYS = ("gpu", "tests", "cuda_best_views_per_s", "goal_views_per_s", "train_steps_per_s",
                 "train_synthetic_steps_per_s", "train_compiled_steps_per_s", "projected_hours",
                 "final_ema_accuracy", "learning_steps")
+FIGURE_FIELDS = {f.name for f in fields(FigureRow)}
 
 
 def schema_problems(report: dict) -> list[str]:
     """What a gpu-check report.json lacks or gets wrong (empty: it is well formed)."""
-    problems = []
-    if report.get("command") != "gpu-check":
-        problems.append(f"command is {report.get('command')!r}, not 'gpu-check'")
-    for key in ("schema_version", "created", "wall_seconds", "machine", "versions", "config", "sections", "figures",
-                "summary", "charts"):
-        if key not in report:
-            problems.append(f"no {key!r}")
+    problems = [] if report.get("command") == "gpu-check" else [f"command is {report.get('command')!r}, not 'gpu-check'"]
+    problems += [f"no {key!r}" for key in ("schema_version", "created", "wall_seconds", "machine", "versions", "config",
+                                          "sections", "figures", "summary", "charts") if key not in report]
     if problems:
         return problems
-    machine = report["machine"]
+    machine, sections = report["machine"], report["sections"]
     if not {"processor", "cpu_count", "memory_gib", "gpu"} <= machine.keys():
         problems.append("machine lacks processor / cpu_count / memory_gib / gpu")
-    sections = report["sections"]
     if list(sections) != list(SECTION_NAMES):
         problems.append(f"sections are {list(sections)}, not {list(SECTION_NAMES)}")
     for name, sec in sections.items():
@@ -688,15 +549,14 @@ def schema_problems(report: dict) -> list[str]:
             problems.append(f"section {name}: status {sec.get('status')!r}")
         elif sec["status"] != "measured" and not sec.get("reason"):
             problems.append(f"section {name}: {sec['status']} without a reason")
-        elif sec["status"] in ("measured", "failed", "timed_out") and not isinstance(sec.get("seconds"), (int, float)):
+        elif sec["status"] != "skipped" and not isinstance(sec.get("seconds"), (int, float)):
             problems.append(f"section {name}: ran without seconds")
     for i, fig in enumerate(report["figures"]):
-        if not ({"section", "name", "value", "unit", "where"} <= fig.keys()) or not fig["unit"]:
+        if not FIGURE_FIELDS <= fig.keys() or not fig["unit"]:
             problems.append(f"figure {i}: needs section, name, value, unit and where")
         elif fig["section"] not in sections or sections[fig["section"]]["status"] == "skipped":
             problems.append(f"figure {i} ({fig['name']}): from a section that did not run")
-    missing = [key for key in SUMMARY_KEYS if key not in report["summary"]]
-    if missing:
+    if missing := [key for key in SUMMARY_KEYS if key not in report["summary"]]:
         problems.append(f"summary lacks {missing}")
     if report["summary"].get("gpu") != machine.get("gpu"):
         problems.append("summary and machine name different GPUs")
@@ -732,9 +592,8 @@ def run(config: CheckConfig, log: Callable[[object], None]) -> dict:
         left = config.budget_s - (time.perf_counter() - start)
         sections[section.name] = result = run_section(section, config, left, reason, log)
         log(f"== {section.name}: {result['status']}" + (f" ({result['reason']})" if "reason" in result else ""))
-    figs = figures(sections)
     report["sections"] = sections
-    report["figures"] = figs
+    report["figures"] = figs = figures(sections)
     report["summary"] = summarize(sections, figs)
     report["machine"] = machine_info(report["summary"]["gpu"])
     report["charts"] = draw(sections, config.out)
@@ -750,7 +609,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--archive", type=Path, required=True,
                         help="the CIFAR-10 archive (cifar10-jpg.tar.gz or the official tarball): the shards and the "
                              "real images of the kernel tests")
-    parser.add_argument("--out", type=Path, required=True, help="directory for report.json, report.md, charts, logs")
+    add_out(parser, "report.json, report.md, charts, logs")
     parser.add_argument("--shards", type=Path, default=None,
                         help="the shard directory (made from --archive when it has no manifest; default OUT/shards)")
     parser.add_argument("--budget", type=positive_int, default=DEFAULT_BUDGET_S,
@@ -773,34 +632,24 @@ def build_parser() -> OneLineParser:
 def config_from_args(args) -> CheckConfig:
     if not args.archive.is_file():
         raise BenchError(f"--archive {args.archive}: no such file")
-    if args.out.exists() and not args.out.is_dir():
-        raise BenchError(f"--out {args.out} exists and is not a directory")
+    check_out(args.out)
     return CheckConfig(out=args.out, archive=args.archive, shards=args.shards or args.out / "shards",
                        budget_s=args.budget, learn_seconds=args.learn_seconds, bundle=args.bundle,
                        skip=tuple(args.skip), rehearse=args.rehearse, numba_cache=args.numba_cache)
-
-
-def progress_line(item) -> str:
-    return str(item)
-
-
-def bundle_after_writing(config: CheckConfig, report: dict, log) -> None:
-    if config.bundle is not None:
-        names = bundle(config.out, config.bundle, report["charts"])
-        log(f"bundled {', '.join(names)} into {config.bundle}")
 
 
 def main(argv: list[str] | None = None) -> int:
     not_passed: list[str] = []
 
     def after(config: CheckConfig, report: dict, log) -> None:
-        bundle_after_writing(config, report, log)
+        if config.bundle is not None:
+            log(f"bundled {', '.join(bundle(config.out, config.bundle, report['charts']))} into {config.bundle}")
         if config.rehearse:
             not_passed.extend(f"{name} {sec['status']}" for name, sec in report["sections"].items()
                               if sec["status"] in ("failed", "timed_out"))
 
     code = report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
-                       render_markdown=render_markdown, progress_line=progress_line, after=after)
+                       render_markdown=render_markdown, progress_line=str, after=after)
     if code == 0 and not_passed:
         print(f"{PROG}: rehearsal: {', '.join(not_passed)}", file=sys.stderr)
         return 1
@@ -866,14 +715,14 @@ def warm_job(job: tuple, rehearse: bool) -> dict:
     from remixmatch.kernels import cuda as kernels_cuda
     from remixmatch.kernels.numba_internals import cache_counts, cache_path
 
-    name, kernel, fields, side = job
+    name, kernel, options, side = job
     start = time.perf_counter()
     if kernel is None:
         from remixmatch import kernels
 
         kernels.compile_all()
         return {"job": name, "seconds": round(time.perf_counter() - start, 1), "compiled": True}
-    tuning = kernels_cuda.LaunchTuning(**fields)
+    tuning = kernels_cuda.LaunchTuning(**options)
     dispatcher = kernels_cuda.kernels(tuning)[kernel]
     result = {"job": name, "kernel": kernel, "tuning": tuning.cache_key(), "folder": cache_path(dispatcher)}
     if rehearse:
@@ -903,7 +752,7 @@ def _warm_one(args: tuple) -> dict:
     try:
         return warm_job(job, rehearse)
     except Exception as error:  # noqa: BLE001 - one job's failure is reported; the others still warm
-        return {"job": job[0], "error": f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"}
+        return {"job": job[0], "error": one_line(error)}
 
 
 def warm_main(argv: list[str]) -> int:
@@ -922,10 +771,8 @@ def warm_main(argv: list[str]) -> int:
         jobs = list(pool.map(_warm_one, [(job, args.rehearse) for job in WARM_JOBS]))
     for job in jobs:
         print(json.dumps(job), file=sys.stderr, flush=True)
-    result = {"seconds": round(time.perf_counter() - start, 1), "jobs": jobs}
-    atomic_write_json(args.out, result)
-    failed = [job["job"] for job in jobs if "error" in job]
-    if failed:
+    atomic_write_json(args.out, {"seconds": round(time.perf_counter() - start, 1), "jobs": jobs})
+    if failed := [job["job"] for job in jobs if "error" in job]:
         print(f"{PROG} warm-up: {', '.join(failed)} failed", file=sys.stderr)
         return 1
     return 0

@@ -31,6 +31,7 @@ from typing import Callable
 
 from remixmatch.common.cli import OneLineParser
 
+from .core import add_out, error_reason, gpu_count, time_calls
 from .report import RunConditions, finish_report, machine_info, new_report, package_versions, report_main
 
 PROG = "rmm-bench gpu-env"
@@ -46,15 +47,16 @@ class EnvConfig:
         return {"out": str(self.out)}
 
 
-def _one_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:300]
+def one_line(error: BaseException) -> str:
+    """An error as one line of at most 300 characters (a probe's or a warm-up job's)."""
+    return error_reason(error)[:300]
 
 
 def _probe(errors: dict, name: str, call: Callable[[], object]):
     try:
         return call()
     except Exception as error:  # noqa: BLE001 - a probe reports what failed; it never stops the others
-        errors[name] = _one_line(error)
+        errors[name] = one_line(error)
         return None
 
 
@@ -74,8 +76,7 @@ def torch_facts() -> dict:
 
     facts = {"version": torch.__version__, "cuda": torch.version.cuda,
              "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-             "device_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-             "bf16_supported": None}
+             "device_count": gpu_count(), "bf16_supported": None}
     if facts["device_count"]:
         props = torch.cuda.get_device_properties(0)
         facts["bf16_supported"] = torch.cuda.is_bf16_supported()
@@ -105,7 +106,8 @@ def numba_facts(errors: dict) -> dict:
 
 
 def kernel_compile_seconds() -> dict:
-    """The CUDA kernel's JIT cost in this process: the first call minus a steady one (same arrays)."""
+    """The CUDA kernel's JIT cost in this process: the first call minus the fastest of 3 steady ones
+    (same arrays, all on the device)."""
     import numpy as np
     from numba import cuda
 
@@ -120,15 +122,9 @@ def kernel_compile_seconds() -> dict:
                                         rng.random((n, 3, 2), dtype=np.float32),
                                         np.repeat(np.arange(COMPILE_IMAGES, dtype=np.int32), COMPILE_K))]
     out = cuda.device_array((n, 32, 32, 3), np.uint8)
-
-    def call() -> float:
-        start = time.perf_counter()
-        apply_ops(images, *args[:3], sources=args[3], out=out, check_values=False)
-        cuda.synchronize()
-        return time.perf_counter() - start
-
-    first = call()
-    steady = min(call() for _ in range(3))
+    timing = time_calls(lambda: apply_ops(images, *args[:3], sources=args[3], out=out, check_values=False),
+                        reps=3, rep_seconds=0.0, max_calls=1, sync=cuda.synchronize)
+    first, steady = timing.first_seconds, min(timing.per_call)
     return {"seconds": round(first - steady, 2), "first_call_seconds": round(first, 3),
             "steady_call_seconds": steady, "views": n, "size": [32, 32], "kernel": apply_launch(32, 32).kernel}
 
@@ -189,21 +185,13 @@ def render_markdown(report: dict) -> str:
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="What this machine's GPU stack is: GPU, driver, torch, numba-cuda, "
                                                   "NVVM, ptxas, and the CUDA kernel's JIT compile time.")
-    parser.add_argument("--out", type=Path, required=True, help="directory for report.json and report.md")
+    add_out(parser)
     return parser
 
 
-def config_from_args(args) -> EnvConfig:
-    return EnvConfig(out=args.out)
-
-
-def progress_line(item) -> str:
-    return str(item)
-
-
 def main(argv: list[str] | None = None) -> int:
-    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
-                       render_markdown=render_markdown, progress_line=progress_line)
+    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=lambda args: EnvConfig(args.out),
+                       run=run, render_markdown=render_markdown, progress_line=str)
 
 
 if __name__ == "__main__":

@@ -249,3 +249,21 @@ def keys() -> tuple[str, ...]:
     """Every field that names a row, in its rank's order."""
     ranked = {**OTHER_KEYS, **{f.metadata["key"]: f.name for row in ROWS for f in fields(row) if "key" in f.metadata}}
     return tuple(dict.fromkeys(ranked[rank] for rank in sorted(ranked)))
+
+
+@dataclass(kw_only=True)
+class FigureRow:
+    """``rmm-bench gpu-check``: one entry of ``figures``, a number a section measured. Not in ``ROWS``:
+    ``compare`` names these rows by their own keys, the items of ``where`` among them."""
+
+    section: str = key(2)  # the gpu-check section that measured it: "augmentation" | "training" | ...
+    # "cuda_views_per_s" | "cuda_op_views_per_s" | "<backend>_views_per_s" | "loader_steps_per_s" |
+    # "train_steps_per_s" | "projected_hours" | "peak_memory_gib" | "phase_share" | "ema_accuracy" |
+    # "raw_accuracy" | "tests_passed" | "tests_failed" | "tests_skipped" | "tests_errors" | "kernel_compile_seconds"
+    name: str = key(22)
+    value: float = metric()
+    unit: str  # "views/s" | "steps/s" | "h" | "GiB" | "fraction" | "fraction of the step" | "tests" | "s"
+    # what tells it from the same figure measured elsewhere in the run: views, inputs, size, op, variant,
+    # threads (aug rows); batch, k, prefetch (loader); feed, prefetch, model, batch, k, bf16, compile,
+    # bn_mode, phase (train); step (learning)
+    where: dict = key(23)
