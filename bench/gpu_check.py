@@ -47,6 +47,7 @@ from typing import Callable
 
 from remixmatch.common.atomic import atomic_target, atomic_write_json
 from remixmatch.common.cli import OneLineParser, positive_int
+from remixmatch.trainer.curves import read_metrics
 
 from . import section_runner
 from .charts import draw_charts
@@ -288,14 +289,6 @@ def merged_junit_counts(paths: list[Path]) -> dict | None:
     return {key: sum((counts[key] for counts in read[1:]), read[0][key]) for key in read[0]} if read else None
 
 
-def metrics_evaluations(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [{"step": r["step"], "acc_ema": r["acc_ema"], "acc_raw": r["acc_raw"]} for r in records if r.get("eval")]
-
-
 def section_details(name: str, folder: Path) -> dict:
     """``environment``, ``pipeline``, ``training``, ``training-compile``, ``bn-mode``: the section's
     report.json (``report``; ``environment`` also ``warm``, each warm-up job's seconds, cache folder
@@ -320,8 +313,10 @@ def section_details(name: str, folder: Path) -> dict:
                 "device": summary.get("device"), "checkpoints": checkpoints,
                 "sync_bn": (summary.get("config") or {}).get("sync_bn")}
     if name == "learning":
-        return {"evaluations": metrics_evaluations(folder / "run"), "steps": summary.get("steps"),
-                "accuracy": summary.get("accuracy"), "wall_seconds": summary.get("wall_seconds"),
+        evaluations = read_metrics(folder / "run" / "metrics.jsonl")[1]
+        return {"evaluations": [{key: e[key] for key in ("step", "acc_ema", "acc_raw")} for e in evaluations],
+                "steps": summary.get("steps"), "accuracy": summary.get("accuracy"),
+                "wall_seconds": summary.get("wall_seconds"),
                 "model": (summary.get("model") or {}).get("name")}
     return {}
 
