@@ -52,7 +52,8 @@ def load_report(path: Path) -> dict:
     return report
 
 
-def _flatten(prefix: str, value, out: dict) -> None:
+def flatten(prefix: str, value, out: dict) -> None:
+    """Every finite number in ``value`` into ``out``, named by its path from ``prefix`` (``a.b.c``)."""
     if isinstance(value, bool) or value is None:
         return
     if isinstance(value, (int, float)):
@@ -61,30 +62,32 @@ def _flatten(prefix: str, value, out: dict) -> None:
     elif isinstance(value, dict):
         for key, item in value.items():
             if key not in SKIP_SUMMARY:
-                _flatten(f"{prefix}.{key}", item, out)
+                flatten(f"{prefix}.{key}" if prefix else key, item, out)
 
 
-def _identity(row: dict, identity: tuple[str, ...]) -> str:
-    """The row's naming fields as ``key=value``; a dict among them by its own items."""
-    named = [(key, row[key]) for key in identity if row.get(key) is not None]
-    return " ".join(f"{key}={value}" for name, item in named
-                    for key, value in (item.items() if isinstance(item, dict) else [(name, item)]))
+def row_values(rows: list, metric_names: tuple[str, ...], identity: tuple[str, ...]):
+    """Per measured row: its naming fields (those set) and its figures by name, a dict-valued
+    metric's items named ``metric.item``."""
+    for row in rows:
+        if isinstance(row, dict) and "skipped" not in row:
+            values: dict[str, float] = {}
+            for metric in metric_names:
+                flatten(metric, row.get(metric), values)
+            yield {key: row[key] for key in identity if row.get(key) is not None}, values
 
 
 def _row_figures(label: str, rows: list, metric_names: tuple[str, ...], identity: tuple[str, ...],
                  found: dict) -> None:
     seen: dict[str, int] = {}
-    for row in rows:
-        if not isinstance(row, dict) or "skipped" in row:
-            continue
-        name = _identity(row, identity)
+    for names, values in row_values(rows, metric_names, identity):
+        # a dict among the naming fields by its own items
+        name = " ".join(f"{key}={value}" for field_name, item in names.items()
+                        for key, value in (item.items() if isinstance(item, dict) else [(field_name, item)]))
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:  # rows alike in every descriptive field: told apart by their order
             name += f" #{seen[name]}"
-        for metric in metric_names:
-            value = row.get(metric)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                found[f"{label}: {name} {metric}"] = float(value)
+        for metric, value in values.items():
+            found[f"{label}: {name} {metric}"] = value
 
 
 def figures(report: dict, scope: str = "") -> dict[str, float]:
@@ -96,10 +99,10 @@ def figures(report: dict, scope: str = "") -> dict[str, float]:
         for name, section in report.get("sections", {}).items():
             if section.get("status") == "measured" and "report" in section:
                 found.update(figures(section["report"], scope=f"{name}/"))
-        _flatten(f"{label} summary", report.get("summary") or {}, found)
-        _flatten(f"{label} projection", report.get("projection") or {}, found)
+        flatten(f"{label} summary", report.get("summary") or {}, found)
+        flatten(f"{label} projection", report.get("projection") or {}, found)
         return found
-    _flatten(f"{label} summary", report.get("summary") or {}, found)
+    flatten(f"{label} summary", report.get("summary") or {}, found)
     rows = list(report.get("results") or []) + list(report.get("scaling") or [])
     _row_figures(label, rows, METRICS, IDENTITY, found)
     _row_figures(label, list(report.get("figures") or []), FIGURE_METRICS, FIGURE_IDENTITY, found)

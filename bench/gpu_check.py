@@ -1,39 +1,14 @@
 """``rmm-bench gpu-check``: every CUDA path proven and the GPU figures measured, in one bounded run.
 
-    rmm-bench gpu-check --archive PATH --out DIR [--shards DIR] [--budget 480] [--learn-seconds 100]
-                        [--bundle DIR] [--skip SECTION ...] [--numba-cache DIR] [--rehearse]
-
-Made for a GPU machine lent for minutes: ``SECTIONS`` (what each does: docs/gpu.md), each a list of
-commands run by :func:`remixmatch.bench.section_runner.run_section` within the smaller of its own cap
-and what is left of ``--budget``. A section that fails or runs out of time is recorded as such and
-the later ones still run; one that needs a GPU is skipped, with the reason, where CUDA does not
-answer. Each section starts from an empty folder (a second run on a warm machine works), and all
-share one ``NUMBA_CACHE_DIR`` (``--numba-cache``): the CUDA kernels compile once, in the environment
-section's warm-up (``WARM_JOBS``), and every later process loads them. ``--rehearse``: without a GPU,
-every section runs its own command in its CPU form at tiny sizes (the gpu tests collect and skip);
-exit 1 if a section fails or times out.
-
-``DIR/report.json`` (``"command": "gpu-check"``, the common header of :mod:`remixmatch.bench.report`)::
-
-    "sections": {"<name>": {"status": "measured" | "failed" | "timed_out" | "skipped",
-                            "reason": "..." (all but measured), "seconds": 12.3, "bound_seconds": 90,
-                            "commands": [{"exit": 0, "seconds": 12.1}, ...],
-                            "details": {...}}},       # what the section's own files say: section_details()
-    "figures": [a FigureRow (remixmatch.bench.rows), ...],
-    "summary": {"gpu", "tests": {"passed", "failed", "skipped", "errors"} | null,
-                "cuda_best_views_per_s", "goal_views_per_s": 2e7, "train_steps_per_s",
-                "train_synthetic_steps_per_s", "train_compiled_steps_per_s",
-                "train_bn_reference_steps_per_s",   # ready tensors, --bn-mode reference
-                "projected_hours", "final_ema_accuracy", "learning_steps"},
-    "charts": {"views_per_s" | "per_op" | "step_split" | "learning_curve": "<name>.png" | {"skipped": "..."}}
-
-``DIR/report.md`` is the human summary, the charts beside it. ``--bundle DIR2`` copies what a lent
-machine may send back (at most 8 files): report.json, report.md, the charts, and ``logs.tar.gz``
-with every section's logs, report.md and JUnit XML.
+The sections, the options, the rehearsal (``--rehearse``), the report and the bundle: docs/gpu.md.
+Each section is a :class:`CheckSection` (its commands, what its files say, its own check), run by
+:func:`remixmatch.bench.section_runner.run_section`; the figures are the rows of the reports the
+sections wrote, read as ``rmm-bench compare`` reads them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -51,27 +26,29 @@ from remixmatch.trainer.curves import read_metrics
 
 from . import section_runner
 from .charts import draw_charts
+from .compare import IDENTITY, METRICS, row_values
 from .core import add_out, check_out, cuda_unavailable_reason, error_reason
 from .errors import BenchError
 from .gpu_env import one_line
 from .report import RunConditions, finish_report, format_hours, format_rate, machine_info, markdown_table, new_report, report_main
-from .rows import FigureRow
+from .rows import FigureRow, unit_of
 from .section_runner import Section
 
 PROG = "rmm-bench gpu-check"
 GOAL_VIEWS_PER_S = 2e7  # strong views/s at 32x32 on one H100-class GPU
+DEFAULT_BUDGET_S = 480
 MIN_SECTION_S = 15  # a section offered less than this is skipped: the budget is spent
+# A rehearsal's sections may take this many times their caps: their CPU forms on 2 shared cores (the
+# pipeline section's DALI CPU rows alone came near its 60 s cap on a loaded machine); the budget still
+# bounds the whole run.
+REHEARSAL_CAP_FACTOR = 3
 # The gpu-marked tests, one pytest command each: a file that runs out of time loses only its own counts.
 GPU_TESTS = ("tests/test_kernels_gpu.py", "tests/test_gpu_training.py", "tests/test_pipeline_dali.py")
 TEST_TIMEOUT_S = 240  # per test, where pytest-timeout is installed
 BUNDLE_LIMIT = 8  # files a lent machine sends back
 LEARN_EVAL_EVERY = 250
-AUG_PARTS = (("cuda", "cuda"),)  # (sub-folder, rmm-bench aug --device): the CUDA rows only
-# The kernel-tuning section's variants of the CUDA kernel: (sub-folder, environment, image side; None:
-# the CIFAR-10 archive's 32x32). First the three designs for 96x96 views (docs/gpu.md, "CUDA
-# kernel resources"): global memory (the default), filter tiles staged in shared memory, the whole
-# view in opted-in shared memory. Then 32x32: ptxas predicts 25% occupancy at 256 threads and 104
-# registers; a cap of 80 would allow 3 blocks per SM but spills.
+# The kernel-tuning section's variants of the CUDA kernel (docs/gpu.md, "CUDA kernel resources"):
+# (sub-folder, environment, image side; None: the archive's 32x32).
 TUNING = (("size96-global", {"REMIXMATCH_CUDA_LARGE_VIEWS": "global"}, 96),
           ("size96-tiled", {"REMIXMATCH_CUDA_LARGE_VIEWS": "tiled"}, 96),
           ("size96-shared-optin", {"REMIXMATCH_CUDA_LARGE_VIEWS": "shared-optin"}, 96),
@@ -81,24 +58,13 @@ TUNING = (("size96-global", {"REMIXMATCH_CUDA_LARGE_VIEWS": "global"}, 96),
 # (kernels.cuda.LaunchTuning): the kernel-tuning section's children, through tuned_main.
 THREADS_ENV, MAX_REGISTERS_ENV, LARGE_VIEWS_ENV = (
     "REMIXMATCH_CUDA_THREADS", "REMIXMATCH_CUDA_MAX_REGISTERS", "REMIXMATCH_CUDA_LARGE_VIEWS")
-
-# In the order the first lent slot needs the figures: the views/s, the step time and the learning
-# curve first; the tests, split per file, after them; what the budget may not reach last.
-SECTIONS = (
-    Section("data", 90, False),
-    Section("environment", 150, False),
-    Section("augmentation", 90, True),
-    Section("training", 120, True),
-    Section("learning", 200, True),
-    Section("pipeline", 60, True),
-    Section("correctness", 180, True, keep_going=True),
-    Section("launcher", 120, True),
-    Section("training-compile", 150, True),
-    Section("bn-mode", 90, True),
-    Section("kernel-tuning", 150, True, keep_going=True),
-)
-SECTION_NAMES = tuple(s.name for s in SECTIONS)
-DEFAULT_BUDGET_S = 480
+# What the rehearsal shrinks every section to (docs/gpu.md, "The rehearsal").
+REHEARSAL_MODEL = ("--width", "8", "--blocks-per-stage", "1")
+REHEARSAL_STEP = ("--batch", "4", "--k", "2")
+REHEARSAL_DATA = ("--labels", "10", "--valid", "10")
+REHEARSAL_AUG = ("--device", "cpu", "--size", "8", "--threads", "1", "--reps", "5")
+REHEARSAL_TUNING = (0, 3)  # the variants the rehearsal runs: one large-view design, one register cap
+LAUNCH_STEPS = {False: (200, 300), True: (4, 6)}  # the launcher's run, then its --resume (rehearsal: True)
 
 
 @dataclass(frozen=True)
@@ -124,11 +90,8 @@ class CheckConfig:
         return self.numba_cache or self.out / "numba-cache"
 
 
-# ---- where the run is ---------------------------------------------------------------------------------
-
 def cuda_reason() -> str | None:
-    """Why CUDA sections cannot run here, or None: torch (the benchmarks' probe) and numba-cuda must
-    both see a device."""
+    """Why CUDA sections cannot run here, or None: torch and numba-cuda must both see a device."""
     if (reason := cuda_unavailable_reason()) is not None:
         return reason
     try:
@@ -147,13 +110,14 @@ def default_cuda_home(environ=os.environ) -> None:
 
 
 def child_env(config: CheckConfig) -> dict:
-    """The sections' environment: the archive for the real-image tests and prep, the CUDA toolkit,
-    and one Numba cache folder for every section."""
+    """The sections' environment: the archive for the real-image tests, the CUDA toolkit, one Numba cache."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", REMIXMATCH_CIFAR10_JPG=str(config.archive.resolve()),
                NUMBA_CACHE_DIR=str(config.cache_dir.resolve()))
     default_cuda_home(env)
     return env
 
+
+# ---- the sections: their commands ---------------------------------------------------------------------
 
 def _python(*args: str) -> list[str]:
     return [sys.executable, *args]
@@ -167,94 +131,82 @@ def _train(*args: str) -> list[str]:
     return _python("-m", "remixmatch.trainer.cli", *args)
 
 
-def _here(function: str, *args: str) -> list[str]:
-    """A command that runs ``function(argv)`` of this module in a child process."""
-    code = f"import sys; from remixmatch.bench.gpu_check import {function} as f; sys.exit(f(sys.argv[1:]))"
-    return _python("-c", code, *args)
+def _call(module: str, function: str, *args: str) -> list[str]:
+    """A command that runs ``function(argv)`` of ``module`` in a child process."""
+    return _python("-c", f"import sys; from {module} import {function} as f; sys.exit(f(sys.argv[1:]))", *args)
 
 
-# ---- the sections' commands ---------------------------------------------------------------------------
-
-# What the rehearsal (--rehearse) shrinks every section to: a model of 8 channels and one block per
-# stage, 4 labeled images a step with K = 2, 10 labels and 10 held out, 8x8 synthetic images in the
-# augmentation rows. Small enough that the whole run ends within about 3 minutes on 2 cores.
-REHEARSAL_MODEL = ("--width", "8", "--blocks-per-stage", "1")
-REHEARSAL_STEP = ("--batch", "4", "--k", "2")
-REHEARSAL_DATA = ("--labels", "10", "--valid", "10")
-REHEARSAL_AUG = ("--device", "cpu", "--size", "8", "--threads", "1", "--reps", "5")
-REHEARSAL_TUNING = (0, 3)  # the variants the rehearsal runs: one large-view design, one register cap
-LAUNCH_STEPS = {False: (200, 300), True: (4, 6)}  # the launcher's run, then its --resume (rehearsal: True)
+def data_commands(config: CheckConfig, folder: Path) -> list[list[str]] | str:
+    if (config.shards / "manifest.json").is_file():
+        return f"shards already prepared in {config.shards}"
+    return [_call("remixmatch.datasets_prep.cli", "prep_cifar10_main", "--source", str(config.archive), "--out",
+                  str(config.shards), "--overwrite")]
 
 
-def section_commands(name: str, config: CheckConfig, folder: Path) -> list[list[str]] | str:
-    """The commands of a section (run in order, each within what is left of its bound), or the
-    reason it is skipped. Under ``config.rehearse`` each section's CPU form at tiny sizes."""
-    shards, tiny = str(config.shards), config.rehearse
-    if name == "data":
-        if (config.shards / "manifest.json").is_file():
-            return f"shards already prepared in {config.shards}"
-        prep = "import sys; from remixmatch.datasets_prep.cli import prep_cifar10_main as m; sys.exit(m(sys.argv[1:]))"
-        return [_python("-c", prep, "--source", str(config.archive), "--out", shards, "--overwrite")]
-    if name == "environment":
-        return [_here("warm_main", "--out", str(folder / "warm.json"), *(("--rehearse",) if tiny else ())),
-                _bench("gpu-env", "--out", str(folder))]
-    if name == "correctness":
-        # pytest-timeout, where installed, is already loaded by pytest as the plugin "timeout": naming
-        # it again with -p registers it twice and pytest stops before any test (exit 3).
-        timeout = [f"--timeout={TEST_TIMEOUT_S}"] if _has_module("pytest_timeout") else []
-        return [_python("-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *timeout,
-                        f"--junitxml={folder / f'junit-{i + 1}.xml'}", test)
-                for i, test in enumerate(GPU_TESTS)]
-    if name == "augmentation":
-        if tiny:
-            return [_bench("aug", *REHEARSAL_AUG, "--quick", "--out", str(folder / part)) for part, _ in AUG_PARTS]
-        return [_bench("aug", "--device", device, "--quick", "--images", str(config.archive), "--out", str(folder / part))
-                for part, device in AUG_PARTS]
-    if name in ("pipeline", "training", "training-compile", "bn-mode"):
-        extra = {"pipeline": ("--shards", shards), "training": ("--shards", shards), "training-compile": ("--compile",),
-                 "bn-mode": ("--bn-mode", "reference")}[name]
-        command = "pipeline" if name == "pipeline" else "train"
-        if not tiny:
-            return [_bench(command, "--device", "cuda", "--quick", *extra, "--out", str(folder))]
-        if name == "training-compile":
-            return "rehearsal: torch.compile's CPU build alone takes minutes on 2 cores"
-        sizes = REHEARSAL_STEP + REHEARSAL_DATA + (() if command == "pipeline" else REHEARSAL_MODEL)
-        return [_bench(command, "--device", "cpu", "--quick", "--threads", "1", *sizes, *extra, "--out", str(folder))]
-    if name == "kernel-tuning":
-        def images(size):  # a size other than the archive's: synthetic images of that size
-            return ("--size", str(size)) if size else ("--images", str(config.archive))
+def environment_commands(config: CheckConfig, folder: Path) -> list[list[str]]:
+    return [_call(__name__, "warm_main", "--out", str(folder / "warm.json"), *(["--rehearse"] if config.rehearse else [])),
+            _bench("gpu-env", "--out", str(folder))]
 
-        variants = [TUNING[i] for i in REHEARSAL_TUNING] if tiny else TUNING
-        return [["env", *(f"{k}={v}" for k, v in env.items()),
-                 *_here("tuned_main", "aug", *(REHEARSAL_AUG if tiny else ("--device", "cuda", *images(size))),
-                        "--quick", "--out", str(folder / part))]
-                for part, env, size in variants]
-    if name == "launcher":
-        run = folder / "run"
-        first, resumed = LAUNCH_STEPS[tiny]
-        where = (("--device", "cpu", "--procs", "1", *REHEARSAL_MODEL, *REHEARSAL_STEP, *REHEARSAL_DATA) if tiny
-                 else ("--gpus", "1", "--sync-bn", "--labels", "250"))
-        every = "2" if tiny else "100"
-        common = [*where, "--data", shards, "--out", str(run), "--quiet", "--eval-every", every, "--ckpt-every", every,
-                  "--log-every", every, *(("--eval-split", "valid") if tiny else ())]
-        return [_train(*common, "--steps", str(first)), _train(*common, "--steps", str(resumed), "--resume")]
-    if name == "learning":
-        where = (("--device", "cpu", *REHEARSAL_MODEL, *REHEARSAL_STEP, *REHEARSAL_DATA, "--eval-split", "valid")
-                 if tiny else ())
-        every = "2" if tiny else str(LEARN_EVAL_EVERY)
-        return [_train("--preset", "cifar10-250", *where, "--data", shards, "--out", str(folder / "run"), "--quiet",
-                       "--time-limit", str(config.learn_seconds), "--eval-every", every,
-                       "--log-every", every, "--ckpt-every", "100000")]
-    raise BenchError(f"unknown section {name!r}")
+
+def augmentation_commands(config: CheckConfig, folder: Path) -> list[list[str]]:
+    where = REHEARSAL_AUG if config.rehearse else ("--device", "cuda", "--images", str(config.archive))
+    return [_bench("aug", *where, "--quick", "--out", str(folder / "cuda"))]
+
+
+def measure(command: str, *extra: str, shards: bool = False, unrehearsed: str | None = None):
+    """The commands of a section that runs ``rmm-bench COMMAND --quick``: on CUDA, or its CPU form at
+    tiny sizes (``unrehearsed``: why the rehearsal skips it)."""
+    def commands(config: CheckConfig, folder: Path) -> list[list[str]] | str:
+        args = (*extra, *(("--shards", str(config.shards)) if shards else ()), "--out", str(folder))
+        if not config.rehearse:
+            return [_bench(command, "--device", "cuda", "--quick", *args)]
+        sizes = REHEARSAL_STEP + REHEARSAL_DATA + (REHEARSAL_MODEL if command == "train" else ())
+        return unrehearsed or [_bench(command, "--device", "cpu", "--quick", "--threads", "1", *sizes, *args)]
+    return commands
+
+
+def tuning_commands(config: CheckConfig, folder: Path) -> list[list[str]]:
+    variants = [TUNING[i] for i in REHEARSAL_TUNING] if config.rehearse else TUNING
+    return [["env", *(f"{k}={v}" for k, v in env.items()),
+             *_call(__name__, "tuned_main", "aug", *(REHEARSAL_AUG if config.rehearse else (
+                 "--device", "cuda", *(("--size", str(size)) if size else ("--images", str(config.archive))))),
+                    "--quick", "--out", str(folder / part))]
+            for part, env, size in variants]
 
 
 def _has_module(name: str) -> bool:
-    import importlib.util
-
     return importlib.util.find_spec(name) is not None
 
 
-# ---- what each section's files say ----------------------------------------------------------------------
+def correctness_commands(config: CheckConfig, folder: Path) -> list[list[str]]:
+    # pytest-timeout, where installed, is already loaded by pytest as the plugin "timeout": naming it
+    # again with -p registers it twice and pytest stops before any test (exit 3).
+    timeout = [f"--timeout={TEST_TIMEOUT_S}"] if _has_module("pytest_timeout") else []
+    return [_python("-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *timeout,
+                    f"--junitxml={folder / f'junit-{i + 1}.xml'}", test) for i, test in enumerate(GPU_TESTS)]
+
+
+def launcher_commands(config: CheckConfig, folder: Path) -> list[list[str]]:
+    tiny = config.rehearse
+    first, resumed = LAUNCH_STEPS[tiny]
+    every = "2" if tiny else "100"
+    common = [*(("--device", "cpu", "--procs", "1", *REHEARSAL_MODEL, *REHEARSAL_STEP, *REHEARSAL_DATA,
+                 "--eval-split", "valid") if tiny else ("--gpus", "1", "--sync-bn", "--labels", "250")),
+              "--data", str(config.shards), "--out", str(folder / "run"), "--quiet", "--eval-every", every,
+              "--ckpt-every", every, "--log-every", every]
+    return [_train(*common, "--steps", str(first)), _train(*common, "--steps", str(resumed), "--resume")]
+
+
+def learning_commands(config: CheckConfig, folder: Path) -> list[list[str]]:
+    tiny = config.rehearse
+    every = "2" if tiny else str(LEARN_EVAL_EVERY)
+    return [_train("--preset", "cifar10-250", *(("--device", "cpu", *REHEARSAL_MODEL, *REHEARSAL_STEP, *REHEARSAL_DATA,
+                                                 "--eval-split", "valid") if tiny else ()),
+                   "--data", str(config.shards), "--out", str(folder / "run"), "--quiet", "--time-limit",
+                   str(config.learn_seconds), "--eval-every", every, "--log-every", every, "--ckpt-every", "100000")]
+
+
+# ---- the sections: what their files say, and their own checks --------------------------------------------
 
 def _read_json(path: Path) -> dict | None:
     try:
@@ -263,96 +215,119 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def junit_counts(path: Path) -> dict | None:
-    """Passed / failed / skipped / errors from pytest's JUnit XML, with the failed tests' names."""
-    try:
-        root = ElementTree.parse(path).getroot()
-    except (OSError, ElementTree.ParseError):
-        return None
+def read_reports(folder: Path) -> dict:
+    """The section's report.json (``report``), its sub-folders' in the order they were written
+    (``reports``: the augmentation and kernel-tuning parts), and the warm-up's (``warm``)."""
+    parts = sorted(folder.glob("*/report.json"), key=lambda path: path.stat().st_mtime)
+    found = {"report": _read_json(folder / "report.json"), "warm": _read_json(folder / "warm.json"),
+             "reports": {path.parent.name: report for path in parts if (report := _read_json(path)) is not None}}
+    return {key: value for key, value in found.items() if value}
+
+
+def read_tests(folder: Path) -> dict:
+    """The test counts summed over the JUnit XML files pytest finished (``files``), with the failed
+    tests' names and the skip reasons."""
     counts = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0, "failed_tests": [], "skip_reasons": []}
-    for case in root.iter("testcase"):
-        name = f"{case.get('classname', '')}::{case.get('name', '')}"
-        if case.find("failure") is not None or case.find("error") is not None:
-            counts["failed" if case.find("failure") is not None else "errors"] += 1
-            counts["failed_tests"].append(name)
-        elif (skip := case.find("skipped")) is not None:
-            counts["skipped"] += 1
-            counts["skip_reasons"].append(f"{name}: {skip.get('message', '')}"[:200])
-        else:
-            counts["passed"] += 1
-    return counts
+    files = 0
+    for path in sorted(folder.glob("junit-*.xml")):
+        try:
+            cases = list(ElementTree.parse(path).getroot().iter("testcase"))
+        except (OSError, ElementTree.ParseError):  # its pytest was stopped while writing it
+            continue
+        files += 1
+        for case in cases:
+            name = f"{case.get('classname', '')}::{case.get('name', '')}"
+            if case.find("failure") is not None or case.find("error") is not None:
+                counts["failed" if case.find("failure") is not None else "errors"] += 1
+                counts["failed_tests"].append(name)
+            elif (skip := case.find("skipped")) is not None:
+                counts["skipped"] += 1
+                counts["skip_reasons"].append(f"{name}: {skip.get('message', '')}"[:200])
+            else:
+                counts["passed"] += 1
+    return {"tests": counts, "files": files} if files else {}
 
 
-def merged_junit_counts(paths: list[Path]) -> dict | None:
-    """The counts of several pytest runs' JUnit XML files added up (None: none could be read)."""
-    read = [counts for counts in map(junit_counts, paths) if counts is not None]
-    return {key: sum((counts[key] for counts in read[1:]), read[0][key]) for key in read[0]} if read else None
+def tests_problem(details: dict, config: CheckConfig, commands: int) -> str | None:
+    """On a GPU some test must pass; in a rehearsal every file must have been collected (the gpu tests skip)."""
+    tests = details.get("tests")
+    if tests is None:
+        return "no JUnit XML: pytest stopped before collecting"
+    if tests["failed"] or tests["errors"]:
+        return f"{tests['failed']} failed, {tests['errors']} errors: {', '.join(tests['failed_tests'][:5])}"
+    if config.rehearse:
+        return None if details["files"] == commands else f"JUnit XML of {details['files']} of {commands} test files"
+    return None if tests["passed"] else "no gpu test passed"
 
 
-def section_details(name: str, folder: Path) -> dict:
-    """``environment``, ``pipeline``, ``training``, ``training-compile``, ``bn-mode``: the section's
-    report.json (``report``; ``environment`` also ``warm``, each warm-up job's seconds, cache folder
-    and cache hit); ``augmentation``, ``kernel-tuning``: each part's (``reports``); ``correctness``: the
-    test counts summed over the files, with the failed tests' names; ``launcher``: what summary.json
-    and the checkpoints say; ``learning``: the evaluations (step, EMA and raw accuracy) and summary.json's."""
-    if name in ("augmentation", "kernel-tuning"):
-        parts = [entry[0] for entry in (AUG_PARTS if name == "augmentation" else TUNING)]
-        reports = {part: _read_json(folder / part / "report.json") for part in parts}
-        return {"reports": {part: report for part, report in reports.items() if report is not None}}
-    if name in ("pipeline", "training", "training-compile", "bn-mode", "environment"):
-        found = {"report": _read_json(folder / "report.json"),
-                 "warm": _read_json(folder / "warm.json") if name == "environment" else None}
-        return {key: value for key, value in found.items() if value is not None}
-    if name == "correctness":
-        counts = merged_junit_counts(sorted(folder.glob("junit-*.xml")))
-        return {"tests": counts, "files": len(list(folder.glob("junit-*.xml")))} if counts is not None else {}
+def read_launcher(folder: Path) -> dict:
     summary = _read_json(folder / "run" / "summary.json") or {}
-    if name == "launcher":
-        checkpoints = sorted(p.name for p in (folder / "run" / "checkpoints").glob("ckpt-*.pt"))
-        return {"summary_steps": summary.get("steps"), "world_size": summary.get("world_size"),
-                "device": summary.get("device"), "checkpoints": checkpoints,
-                "sync_bn": (summary.get("config") or {}).get("sync_bn")}
-    if name == "learning":
-        evaluations = read_metrics(folder / "run" / "metrics.jsonl")[1]
-        return {"evaluations": [{key: e[key] for key in ("step", "acc_ema", "acc_raw")} for e in evaluations],
-                "steps": summary.get("steps"), "accuracy": summary.get("accuracy"),
-                "wall_seconds": summary.get("wall_seconds"),
-                "model": (summary.get("model") or {}).get("name")}
-    return {}
+    return {"summary_steps": summary.get("steps"), "world_size": summary.get("world_size"),
+            "device": summary.get("device"), "sync_bn": (summary.get("config") or {}).get("sync_bn"),
+            "checkpoints": sorted(p.name for p in (folder / "run" / "checkpoints").glob("ckpt-*.pt"))}
 
 
-def launcher_problem(details: dict, steps: int = LAUNCH_STEPS[False][1]) -> str | None:
-    """The launcher section's own check: the resumed run reached its steps and wrote a checkpoint."""
+def launcher_problem(details: dict, config: CheckConfig, commands: int) -> str | None:
+    """The resumed run reached its steps and wrote a checkpoint."""
+    steps = LAUNCH_STEPS[config.rehearse][1]
     if details.get("summary_steps") != steps:
         return f"summary.json records {details.get('summary_steps')} steps, not the {steps} the resume asked for"
     return None if details.get("checkpoints") else "no checkpoint written"
 
 
-def correctness_problem(tests: dict | None, files_run: int, files_read: int, rehearse: bool) -> str | None:
-    """Why the test section failed though pytest exited 0, or None. On a GPU some test must pass;
-    in a rehearsal every file must have been collected (the gpu tests then skip)."""
-    if tests is None:
-        return "no JUnit XML: pytest stopped before collecting"
-    if tests["failed"] or tests["errors"]:
-        return f"{tests['failed']} failed, {tests['errors']} errors: {', '.join(tests['failed_tests'][:5])}"
-    if rehearse:
-        return None if files_read == files_run else f"JUnit XML of {files_read} of {files_run} test files"
-    return None if tests["passed"] else "no gpu test passed"
+def read_learning(folder: Path) -> dict:
+    summary = _read_json(folder / "run" / "summary.json") or {}
+    evaluations = read_metrics(folder / "run" / "metrics.jsonl")[1]
+    return {"evaluations": [{key: e[key] for key in ("step", "acc_ema", "acc_raw")} for e in evaluations],
+            "steps": summary.get("steps"), "accuracy": summary.get("accuracy"),
+            "wall_seconds": summary.get("wall_seconds"), "model": (summary.get("model") or {}).get("name")}
 
 
-# ---- running --------------------------------------------------------------------------------------------
+def _never(details: dict, config: CheckConfig, commands: int) -> None:
+    return None
 
-def run_section(section: Section, config: CheckConfig, left_s: float, reason: str | None, log) -> dict:
+
+@dataclass(frozen=True, kw_only=True)
+class CheckSection(Section):
+    """A gpu-check section: its commands in order (or why it is skipped), what its files say (its
+    ``details``), and why it failed though every command exited 0 (None: it did not)."""
+
+    commands: Callable[[CheckConfig, Path], list[list[str]] | str]
+    read: Callable[[Path], dict] = read_reports
+    problem: Callable[[dict, CheckConfig, int], str | None] = _never
+
+
+# In the order the first lent slot needs the figures: the views/s, the step time and the learning
+# curve first; the tests, split per file, after them; what the budget may not reach last.
+SECTIONS = (
+    CheckSection("data", 90, False, commands=data_commands),
+    CheckSection("environment", 150, False, commands=environment_commands),
+    CheckSection("augmentation", 90, True, commands=augmentation_commands),
+    CheckSection("training", 120, True, commands=measure("train", shards=True)),
+    CheckSection("learning", 200, True, commands=learning_commands, read=read_learning),
+    CheckSection("pipeline", 60, True, commands=measure("pipeline", shards=True)),
+    CheckSection("correctness", 180, True, keep_going=True, commands=correctness_commands, read=read_tests,
+                 problem=tests_problem),
+    CheckSection("launcher", 120, True, commands=launcher_commands, read=read_launcher, problem=launcher_problem),
+    CheckSection("training-compile", 150, True, commands=measure(
+        "train", "--compile", unrehearsed="rehearsal: torch.compile's CPU build alone takes minutes on 2 cores")),
+    CheckSection("bn-mode", 90, True, commands=measure("train", "--bn-mode", "reference")),
+    CheckSection("kernel-tuning", 150, True, keep_going=True, commands=tuning_commands),
+)
+SECTION_NAMES = tuple(s.name for s in SECTIONS)
+
+
+def run_section(section: CheckSection, config: CheckConfig, left_s: float, reason: str | None, log) -> dict:
     """One section within the smaller of its cap and ``left_s``, or the reason it is skipped."""
     if section.name in config.skip:
         return {"status": "skipped", "reason": "--skip"}
     if section.needs_cuda and reason is not None and not config.rehearse:
         return {"status": "skipped", "reason": reason}
-    bound = min(section.cap_s, left_s)
+    bound = min(section.cap_s * (REHEARSAL_CAP_FACTOR if config.rehearse else 1), left_s)
     if bound < MIN_SECTION_S:
         return {"status": "skipped", "reason": f"the run's budget is spent ({left_s:.0f} s left)"}
     folder = config.out / section.name
-    commands = section_commands(section.name, config, folder)
+    commands = section.commands(config, folder)
     if isinstance(commands, str):
         return {"status": "skipped", "reason": commands}
     # A second run on a warm machine starts clean: the launcher and learning runs refuse a folder
@@ -362,123 +337,84 @@ def run_section(section: Section, config: CheckConfig, left_s: float, reason: st
     folder.mkdir(parents=True)
     result = section_runner.run_section(section, commands, bound_s=bound, log=log, log_dir=folder,
                                         env=child_env(config))
-    why = result.pop("reason", None)
-    details = result["details"] = section_details(section.name, folder)
-    if result["status"] == "measured":
-        problem = (launcher_problem(details, LAUNCH_STEPS[config.rehearse][1]) if section.name == "launcher" else
-                   correctness_problem(details.get("tests"), len(commands), details.get("files", 0), config.rehearse)
-                   if section.name == "correctness" else None)
-        if problem:
-            result["status"], why = "failed", problem
-    return {**result, "reason": why} if why else result
+    result["details"] = details = section.read(folder)
+    if result["status"] == "measured" and (problem := section.problem(details, config, len(commands))):
+        result.update(status="failed", reason=problem)
+    return result
 
 
-# ---- figures ----------------------------------------------------------------------------------------------
+# ---- figures, summary, charts -------------------------------------------------------------------------
 
-def _details(sections: dict, name: str) -> dict:
-    return (sections.get(name) or {}).get("details", {})
-
-
-def _report_of(sections: dict, name: str) -> dict | None:
-    return _details(sections, name).get("report")
-
-
-def aug_rows(sections: dict) -> list[dict]:
-    """The augmentation section's rows, the CUDA ones first."""
-    rows = (_details(sections, "augmentation").get("reports", {}).get("cuda") or {}).get("results", [])
-    return sorted(rows, key=lambda r: r.get("backend") != "numba-cuda")
+# Details of a train row that a GPU run compares too.
+TRAIN_DETAILS = ("peak_memory_gib", "phase_shares")
 
 
 def figures(sections: dict) -> list[dict]:
-    """Every figure the run measured (a FigureRow each), from its sections' own rows and files."""
+    """Every number the sections measured, a FigureRow each: the metrics of the rows of every report a
+    section wrote, named as ``rmm-bench compare`` names them (a report without rows, gpu-env's: its
+    summary's numbers), and the learning run's accuracies per evaluation."""
     out: list[dict] = []
-
-    def add(section: str, name: str, value, unit: str, **where) -> None:
-        if value is not None:
-            out.append(asdict(FigureRow(section=section, name=name, value=value, unit=unit, where=where)))
-
-    if env := _report_of(sections, "environment"):
-        add("environment", "kernel_compile_seconds", (env["environment"].get("kernel_compile") or {}).get("seconds"), "s")
-    for r in aug_rows(sections):
-        if r.get("bench") != "aug" or "skipped" in r:
-            continue
-        if r["backend"] == "numba-cuda" and r["op"] is None:
-            add("augmentation", "cuda_views_per_s", r["views_per_s"], "views/s", views=r["views"], inputs=r["inputs"],
-                size=r.get("size", [32, 32]))
-        elif r["backend"] == "numba-cuda":
-            add("augmentation", "cuda_op_views_per_s", r["views_per_s"], "views/s", op=r["op"], views=r["views"])
-        elif r["op"] is None:
-            add("augmentation", f"{r['backend']}_views_per_s", r["views_per_s"], "views/s", views=r["views"],
-                threads=r.get("threads"))
-    for part, report in _details(sections, "kernel-tuning").get("reports", {}).items():
-        for r in report.get("results", []):
-            if r.get("backend") == "numba-cuda" and r.get("op") is None and "skipped" not in r:
-                add("kernel-tuning", "cuda_views_per_s", r["views_per_s"], "views/s", variant=part, views=r["views"],
-                    inputs=r["inputs"], size=r.get("size", [32, 32]))
-    for r in (_report_of(sections, "pipeline") or {}).get("results", []):
-        if r.get("device") == "cuda" and "skipped" not in r:
-            add("pipeline", "loader_steps_per_s", r["steps_per_s"], "steps/s", batch=r["batch"], k=r["k"],
-                prefetch=r["prefetch"])
-    for section in ("training", "training-compile", "bn-mode"):
-        train = _report_of(sections, section) or {}
-        bn_mode = (train.get("config") or {}).get("bn_mode", "joint")
-        for r in train.get("results", []):
-            if r.get("bench") != "train" or r.get("device") != "cuda" or "skipped" in r:
+    for section, result in sections.items():
+        details = result.get("details") or {}
+        sets = [({}, details.get("evaluations") or [], ("acc_ema", "acc_raw"), ("step",))]
+        for part, report in (details.get("reports") or {"": details.get("report")}).items():
+            if report is None:
                 continue
-            where = {"feed": r["feed"], "prefetch": r["prefetch"], "model": r["model"], "batch": r["batch"],
-                     "k": r["k"], "bf16": r["bf16"], "compile": r.get("compile", False), "bn_mode": bn_mode}
-            add(section, "train_steps_per_s", r["steps_per_s"], "steps/s", **where)
-            add(section, "projected_hours", r["projected_hours"], "h", **where)
-            add(section, "peak_memory_gib", r.get("peak_memory_gib"), "GiB", **where)
-            for phase, share in r.get("phase_shares", {}).items():
-                add(section, "phase_share", share, "fraction of the step", phase=phase, **where)
-    for e in _details(sections, "learning").get("evaluations", []):
-        add("learning", "ema_accuracy", e["acc_ema"], "fraction", step=e["step"])
-        add("learning", "raw_accuracy", e["acc_raw"], "fraction", step=e["step"])
-    for key, value in (_details(sections, "correctness").get("tests") or {}).items():
-        if key in ("passed", "failed", "skipped", "errors"):
-            add("correctness", f"tests_{key}", value, "tests")
+            inputs, rows = report.get("inputs") or {}, report.get("results") or []
+            context = {**({"part": part} if part else {}),
+                       **({"size": [inputs["height"], inputs["width"]]} if "height" in inputs else {})}
+            summary = report.get("summary") or {}
+            sets.append((context, rows, (*METRICS, *TRAIN_DETAILS), IDENTITY) if rows else
+                        (context, [summary], tuple(summary), ()))
+        for context, rows, metric_names, identity in sets:
+            for names, values in row_values(rows, metric_names, identity):
+                out += [asdict(FigureRow(section=section, name=name, value=value, unit=unit_of(name),
+                                         where={**context, **names})) for name, value in values.items()]
     return out
 
 
 def summarize(sections: dict, figs: list[dict]) -> dict:
-    def best(name: str, **match):
-        values = [f["value"] for f in figs if f["name"] == name and all(f["where"].get(k) == v for k, v in match.items())]
-        return max(values) if values else None
+    def best(of: tuple[str, ...], name: str, pick=max, **match):
+        values = [f["value"] for f in figs if f["section"] in of and f["name"] == name
+                  and all(f["where"].get(k) == v for k, v in match.items())]
+        return pick(values) if values else None
 
-    learning, tests = _details(sections, "learning"), _details(sections, "correctness").get("tests")
-    loader_hours = [f["value"] for f in figs if f["name"] == "projected_hours" and f["where"]["feed"] == "loader"
-                    and f["where"]["prefetch"] and f["section"] == "training"]
+    def details(name: str) -> dict:
+        return (sections.get(name) or {}).get("details") or {}
+
+    cuda_loader = {"device": "cuda", "feed": "loader", "prefetch": True}
+    learning, tests = details("learning"), details("correctness").get("tests")
     evaluations = learning.get("evaluations") or []
     return {
-        "gpu": ((_report_of(sections, "environment") or {}).get("environment", {}).get("gpu") or {}).get("name"),
+        "gpu": (((details("environment").get("report") or {}).get("environment") or {}).get("gpu") or {}).get("name"),
         "tests": None if tests is None else {k: tests[k] for k in ("passed", "failed", "skipped", "errors")},
-        "cuda_best_views_per_s": best("cuda_views_per_s", size=[32, 32]),
+        "cuda_best_views_per_s": best(("augmentation", "kernel-tuning"), "views_per_s", backend="numba-cuda",
+                                      op=None, size=[32, 32]),
         "goal_views_per_s": GOAL_VIEWS_PER_S,
-        "train_steps_per_s": best("train_steps_per_s", feed="loader", prefetch=True, bn_mode="joint"),
-        "train_synthetic_steps_per_s": best("train_steps_per_s", feed="synthetic", compile=False, bn_mode="joint"),
-        "train_compiled_steps_per_s": best("train_steps_per_s", feed="synthetic", compile=True),
-        "train_bn_reference_steps_per_s": best("train_steps_per_s", feed="synthetic", bn_mode="reference"),
-        "projected_hours": min(loader_hours) if loader_hours else None,
+        "train_steps_per_s": best(("training", "training-compile"), "steps_per_s", **cuda_loader),
+        "train_synthetic_steps_per_s": best(("training",), "steps_per_s", device="cuda", feed="synthetic"),
+        "train_compiled_steps_per_s": best(("training-compile",), "steps_per_s", device="cuda", feed="synthetic"),
+        "train_bn_reference_steps_per_s": best(("bn-mode",), "steps_per_s", device="cuda", feed="synthetic"),
+        "projected_hours": best(("training",), "projected_hours", min, **cuda_loader),
         "final_ema_accuracy": evaluations[-1]["acc_ema"] if evaluations else None,
         "learning_steps": learning.get("steps"),
     }
 
 
 def draw(sections: dict, out: Path) -> dict:
-    """The charts of rmm-bench all, from its section names and one report each, and the learning curve."""
-    rows = aug_rows(sections)
-    reports = {"aug": ("augmentation", {"results": rows} if rows else None),
-               "train": ("training", _report_of(sections, "training")),
-               "pipeline": ("pipeline", _report_of(sections, "pipeline"))}
-    as_all = {name: {**sections.get(section, {}), "status": "measured", "report": report} if report is not None
+    """The charts of rmm-bench all, from the reports it would have under its section names, and the learning curve."""
+    def details(name: str) -> dict:
+        return (sections.get(name) or {}).get("details") or {}
+
+    reports = {"aug": ("augmentation", (details("augmentation").get("reports") or {}).get("cuda")),
+               "train": ("training", details("training").get("report")),
+               "pipeline": ("pipeline", details("pipeline").get("report"))}
+    as_all = {name: {**sections[section], "status": "measured", "report": report} if report is not None
               else {"status": "skipped", "reason": "not run", **sections.get(section, {})}
               for name, (section, report) in reports.items()}
-    as_all["learning"] = {"evaluations": _details(sections, "learning").get("evaluations")}
+    as_all["learning"] = {"evaluations": details("learning").get("evaluations")}
     return draw_charts(as_all, out, names=("views_per_s", "per_op", "step_split", "learning_curve"))
 
-
-# ---- markdown ------------------------------------------------------------------------------------------------
 
 def _num(value) -> str:
     return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -486,8 +422,7 @@ def _num(value) -> str:
 
 def render_markdown(report: dict) -> str:
     s, sections = report["summary"], report["sections"]
-    tests = s["tests"]
-    final = s["final_ema_accuracy"]
+    tests, final = s["tests"], s["final_ema_accuracy"]
     lines = [
         "# rmm-bench gpu-check", "",
         f"GPU: **{s['gpu'] or 'none'}**; created {report['created']}; the run took {report['wall_seconds']:.0f} s "
@@ -524,7 +459,6 @@ STATUSES = ("measured", "failed", "timed_out", "skipped")
 SUMMARY_KEYS = ("gpu", "tests", "cuda_best_views_per_s", "goal_views_per_s", "train_steps_per_s",
                 "train_synthetic_steps_per_s", "train_compiled_steps_per_s", "projected_hours",
                 "final_ema_accuracy", "learning_steps")
-FIGURE_FIELDS = {f.name for f in fields(FigureRow)}
 
 
 def schema_problems(report: dict) -> list[str]:
@@ -547,7 +481,7 @@ def schema_problems(report: dict) -> list[str]:
         elif sec["status"] != "skipped" and not isinstance(sec.get("seconds"), (int, float)):
             problems.append(f"section {name}: ran without seconds")
     for i, fig in enumerate(report["figures"]):
-        if not FIGURE_FIELDS <= fig.keys() or not fig["unit"]:
+        if not {f.name for f in fields(FigureRow)} <= fig.keys() or not fig["unit"]:
             problems.append(f"figure {i}: needs section, name, value, unit and where")
         elif fig["section"] not in sections or sections[fig["section"]]["status"] == "skipped":
             problems.append(f"figure {i} ({fig['name']}): from a section that did not run")
@@ -568,8 +502,9 @@ def bundle(out: Path, dest: Path, charts: dict) -> list[str]:
         shutil.copy2(out / name, dest / name)
     logs = dest / "logs.tar.gz"
     with atomic_target(logs) as tmp, tarfile.open(tmp, "w:gz") as archive:
-        for path in sorted(out.glob("*/log*.txt")) + sorted(out.glob("*/report.md")) + sorted(out.glob("*/junit*.xml")):
-            archive.add(path, arcname=str(path.relative_to(out)))
+        for pattern in ("*/log*.txt", "*/report.md", "*/junit*.xml"):
+            for path in sorted(out.glob(pattern)):
+                archive.add(path, arcname=str(path.relative_to(out)))
     names.append(logs.name)
     assert len(names) <= BUNDLE_LIMIT, names
     return names
@@ -689,9 +624,9 @@ def tuned_main(argv: list[str]) -> int:
 
 
 # The kernels the environment section compiles before any other section runs, one process each, into
-# the run's NUMBA_CACHE_DIR: (name, kernel, launch tuning's fields, view side). The 32x32 apply kernel,
-# the 96x96 global and tiled ones, the weak one, then the two 32x32 tunings kernel-tuning measures
-# (each cap and block size caches in a folder of its own). "cpu": the CPU kernels (compile_all()).
+# the run's NUMBA_CACHE_DIR: (name, kernel, launch tuning's fields, view side); "cpu": the CPU kernels'
+# compile_all(). Each cap and block size caches in a folder of its own, so kernel-tuning's two 32x32
+# tunings are warmed too.
 WARM_JOBS = (("apply-32", "apply_ops_kernel", {}, 32),
              ("global-96", "apply_ops_kernel_global", {"large_views": "global"}, 96),
              ("tiled-96", "apply_ops_kernel_tiled", {"large_views": "tiled"}, 96),
@@ -702,52 +637,48 @@ WARM_JOBS = (("apply-32", "apply_ops_kernel", {}, 32),
 
 
 def warm_job(job: tuple, rehearse: bool) -> dict:
-    """One WARM_JOBS entry in this process: compile it (a launch on a few views, the path every
-    section takes) and say whether it came from the cache. In a rehearsal the CUDA jobs only build
-    their dispatchers and cache folders (nothing compiles without a device)."""
+    """One WARM_JOBS entry in this process: compiled by a launch on a few views (the path every section
+    takes), from the cache or not; a failure as ``error``. In a rehearsal the CUDA jobs only build their
+    dispatchers and cache folders (nothing compiles without a device)."""
+    name, kernel, options, side = job
+    start = time.perf_counter()
+    try:
+        return {"job": name, **_warm(kernel, options, side, rehearse), "seconds": round(time.perf_counter() - start, 1)}
+    except Exception as error:  # noqa: BLE001 - one job's failure is reported; the others still warm
+        return {"job": name, "error": one_line(error)}
+
+
+def _warm(kernel: str | None, options: dict, side: int, rehearse: bool) -> dict:
+    from remixmatch import kernels
+
+    if kernel is None:
+        kernels.compile_all()
+        return {"compiled": True}
     import numpy as np
 
     from remixmatch.kernels import cuda as kernels_cuda
     from remixmatch.kernels.numba_internals import cache_counts, cache_path
 
-    name, kernel, options, side = job
-    start = time.perf_counter()
-    if kernel is None:
-        from remixmatch import kernels
-
-        kernels.compile_all()
-        return {"job": name, "seconds": round(time.perf_counter() - start, 1), "compiled": True}
     tuning = kernels_cuda.LaunchTuning(**options)
     dispatcher = kernels_cuda.kernels(tuning)[kernel]
-    result = {"job": name, "kernel": kernel, "tuning": tuning.cache_key(), "folder": cache_path(dispatcher)}
+    result = {"kernel": kernel, "tuning": tuning.cache_key(), "folder": cache_path(dispatcher)}
     if rehearse:
-        return {**result, "compiled": False, "reason": "rehearsal: no CUDA device", "seconds": 0.0}
+        return {**result, "compiled": False, "reason": "rehearsal: no CUDA device"}
     from numba import cuda
 
-    from remixmatch.kernels import NUM_OPS, apply_ops, weak_augment
-
     kernels_cuda.use_tuning(tuning)
-    rng = np.random.default_rng(0)
-    n = 16
+    rng, n = np.random.default_rng(0), 16
     images = cuda.to_device(rng.integers(0, 256, (4, side, side, 3), dtype=np.uint8))
     sources = np.repeat(np.arange(4, dtype=np.int32), 4)
     if kernel == "weak_augment_kernel":
-        weak_augment(images, np.zeros(n, np.int32), np.zeros((n, 2), np.int32), sources=sources, pad=2)
+        kernels.weak_augment(images, np.zeros(n, np.int32), np.zeros((n, 2), np.int32), sources=sources, pad=2)
     else:
-        apply_ops(images, rng.integers(0, NUM_OPS, (n, 2)).astype(np.int32), rng.random((n, 2, 2), dtype=np.float32),
-                  rng.random((n, 3, 2), dtype=np.float32), sources=sources)
+        kernels.apply_ops(images, rng.integers(0, kernels.NUM_OPS, (n, 2)).astype(np.int32),
+                          rng.random((n, 2, 2), dtype=np.float32), rng.random((n, 3, 2), dtype=np.float32),
+                          sources=sources)
     cuda.synchronize()
     hits, misses = cache_counts(dispatcher) or (0, 0)
-    return {**result, "compiled": True, "cache": "hit" if hits and not misses else "miss" if misses else "unknown",
-            "seconds": round(time.perf_counter() - start, 1)}
-
-
-def _warm_one(args: tuple) -> dict:
-    job, rehearse = args
-    try:
-        return warm_job(job, rehearse)
-    except Exception as error:  # noqa: BLE001 - one job's failure is reported; the others still warm
-        return {"job": job[0], "error": one_line(error)}
+    return {**result, "compiled": True, "cache": "hit" if hits and not misses else "miss" if misses else "unknown"}
 
 
 def warm_main(argv: list[str]) -> int:
@@ -763,7 +694,7 @@ def warm_main(argv: list[str]) -> int:
     start = time.perf_counter()
     # spawn: each job a fresh interpreter (a fork would share this one's CUDA state).
     with ProcessPoolExecutor(len(WARM_JOBS), mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = list(pool.map(_warm_one, [(job, args.rehearse) for job in WARM_JOBS]))
+        jobs = list(pool.map(warm_job, WARM_JOBS, [args.rehearse] * len(WARM_JOBS)))
     for job in jobs:
         print(json.dumps(job), file=sys.stderr, flush=True)
     atomic_write_json(args.out, {"seconds": round(time.perf_counter() - start, 1), "jobs": jobs})

@@ -257,13 +257,25 @@ class FigureRow:
     ``compare`` names these rows by their own keys, the items of ``where`` among them."""
 
     section: str = key(2)  # the gpu-check section that measured it: "augmentation" | "training" | ...
-    # "cuda_views_per_s" | "cuda_op_views_per_s" | "<backend>_views_per_s" | "loader_steps_per_s" |
-    # "train_steps_per_s" | "projected_hours" | "peak_memory_gib" | "phase_share" | "ema_accuracy" |
-    # "raw_accuracy" | "tests_passed" | "tests_failed" | "tests_skipped" | "tests_errors" | "kernel_compile_seconds"
+    # a metric of the rows the section's reports hold ("views_per_s", "steps_per_s", "phase_shares.forward",
+    # ...), a number of the summary of a report without rows ("kernel_compile_seconds"), or "acc_ema" |
+    # "acc_raw" of the learning run's evaluations
     name: str = key(22)
     value: float = metric()
-    unit: str  # "views/s" | "steps/s" | "h" | "GiB" | "fraction" | "fraction of the step" | "tests" | "s"
-    # what tells it from the same figure measured elsewhere in the run: views, inputs, size, op, variant,
-    # threads (aug rows); batch, k, prefetch (loader); feed, prefetch, model, batch, k, bf16, compile,
-    # bn_mode, phase (train); step (learning)
+    unit: str  # unit_of(name): "views/s" | "steps/s" | "s" | "h" | "GiB" | "x" | "fraction" | ...
+    # what tells it from the same figure measured elsewhere in the run: the row's key fields, with "part"
+    # (the section's sub-folder: a kernel-tuning variant) and "size" (the images' side) of its report,
+    # or "step" (learning)
     where: dict = key(23)
+
+
+# What a figure's name says of its unit: the first (part of the name, unit) that matches; rates are
+# "<thing>_per_s", and what matches none is a fraction (shares, accuracies, efficiency).
+UNITS = (("hours", "h"), ("seconds", "s"), ("gib", "GiB"), ("bytes", "B"), ("ratio", "x"), ("speedup", "x"),
+         ("registers", "registers"))
+
+
+def unit_of(name: str) -> str:
+    if name.endswith("_per_s"):
+        return name[:-len("_per_s")].split("_")[-1] + "/s"
+    return next((unit for part, unit in UNITS if part in name), "fraction")
