@@ -27,7 +27,7 @@ from remixmatch.trainer.curves import read_metrics
 from . import section_runner
 from .charts import draw_charts
 from .compare import IDENTITY, METRICS, row_values
-from .core import add_out, check_out, cuda_unavailable_reason, error_reason
+from .core import add_out, check_out, cuda_unavailable_reason
 from .errors import BenchError
 from .gpu_env import one_line
 from .report import RunConditions, finish_report, format_hours, format_rate, machine_info, markdown_table, new_report, report_main
@@ -60,8 +60,7 @@ THREADS_ENV, MAX_REGISTERS_ENV, LARGE_VIEWS_ENV = (
     "REMIXMATCH_CUDA_THREADS", "REMIXMATCH_CUDA_MAX_REGISTERS", "REMIXMATCH_CUDA_LARGE_VIEWS")
 # What the rehearsal shrinks every section to (docs/gpu.md, "The rehearsal").
 REHEARSAL_MODEL = ("--width", "8", "--blocks-per-stage", "1")
-REHEARSAL_STEP = ("--batch", "4", "--k", "2")
-REHEARSAL_DATA = ("--labels", "10", "--valid", "10")
+REHEARSAL_STEP = ("--batch", "4", "--k", "2", "--labels", "10", "--valid", "10")
 REHEARSAL_AUG = ("--device", "cpu", "--size", "8", "--threads", "1", "--reps", "5")
 REHEARSAL_TUNING = (0, 3)  # the variants the rehearsal runs: one large-view design, one register cap
 LAUNCH_STEPS = {False: (200, 300), True: (4, 6)}  # the launcher's run, then its --resume (rehearsal: True)
@@ -79,11 +78,9 @@ class CheckConfig:
     rehearse: bool = False  # every section runs its CPU form at tiny sizes (no GPU needed)
     numba_cache: Path | None = None  # NUMBA_CACHE_DIR of every section (default OUT/numba-cache)
 
-    def as_dict(self) -> dict:
-        return {"out": str(self.out), "archive": self.archive.name, "shards": str(self.shards),
-                "budget_s": self.budget_s, "learn_seconds": self.learn_seconds,
-                "bundle": None if self.bundle is None else str(self.bundle), "skip": list(self.skip),
-                "rehearse": self.rehearse, "numba_cache": str(self.cache_dir)}
+    def as_dict(self) -> dict:  # the archive by its name only: reports are shared
+        plain = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
+        return {**plain, "archive": self.archive.name, "skip": list(self.skip), "numba_cache": str(self.cache_dir)}
 
     @property
     def cache_dir(self) -> Path:
@@ -92,14 +89,9 @@ class CheckConfig:
 
 def cuda_reason() -> str | None:
     """Why CUDA sections cannot run here, or None: torch and numba-cuda must both see a device."""
-    if (reason := cuda_unavailable_reason()) is not None:
-        return reason
-    try:
-        from numba import cuda
+    from .aug import cuda_unavailable_reason as numba_cuda_reason
 
-        return None if cuda.is_available() else "numba-cuda sees no CUDA device"
-    except Exception as error:  # noqa: BLE001
-        return f"numba.cuda is not importable ({error_reason(error)})"
+    return cuda_unavailable_reason() or numba_cuda_reason()
 
 
 def default_cuda_home(environ=os.environ) -> None:
@@ -160,7 +152,7 @@ def measure(command: str, *extra: str, shards: bool = False, unrehearsed: str | 
         args = (*extra, *(("--shards", str(config.shards)) if shards else ()), "--out", str(folder))
         if not config.rehearse:
             return [_bench(command, "--device", "cuda", "--quick", *args)]
-        sizes = REHEARSAL_STEP + REHEARSAL_DATA + (REHEARSAL_MODEL if command == "train" else ())
+        sizes = REHEARSAL_STEP + (REHEARSAL_MODEL if command == "train" else ())
         return unrehearsed or [_bench(command, "--device", "cpu", "--quick", "--threads", "1", *sizes, *args)]
     return commands
 
@@ -186,24 +178,24 @@ def correctness_commands(config: CheckConfig, folder: Path) -> list[list[str]]:
                     f"--junitxml={folder / f'junit-{i + 1}.xml'}", test) for i, test in enumerate(GPU_TESTS)]
 
 
+def _train_run(config: CheckConfig, folder: Path, every: int, *args: str, ckpt_every: str = "") -> list[str]:
+    """An rmm-train run in ``folder/run``, evaluating and logging every ``every`` steps; in a
+    rehearsal on the CPU at tiny sizes, every 2 steps."""
+    tiny = ("--device", "cpu", *REHEARSAL_MODEL, *REHEARSAL_STEP, "--eval-split", "valid") if config.rehearse else ()
+    every = "2" if config.rehearse else str(every)
+    return _train(*args, *tiny, "--data", str(config.shards), "--out", str(folder / "run"), "--quiet",
+                  "--eval-every", every, "--log-every", every, "--ckpt-every", ckpt_every or every)
+
+
 def launcher_commands(config: CheckConfig, folder: Path) -> list[list[str]]:
-    tiny = config.rehearse
-    first, resumed = LAUNCH_STEPS[tiny]
-    every = "2" if tiny else "100"
-    common = [*(("--device", "cpu", "--procs", "1", *REHEARSAL_MODEL, *REHEARSAL_STEP, *REHEARSAL_DATA,
-                 "--eval-split", "valid") if tiny else ("--gpus", "1", "--sync-bn", "--labels", "250")),
-              "--data", str(config.shards), "--out", str(folder / "run"), "--quiet", "--eval-every", every,
-              "--ckpt-every", every, "--log-every", every]
-    return [_train(*common, "--steps", str(first)), _train(*common, "--steps", str(resumed), "--resume")]
+    where = ("--procs", "1") if config.rehearse else ("--gpus", "1", "--sync-bn", "--labels", "250")
+    return [_train_run(config, folder, 100, *where, "--steps", str(steps), *resume)
+            for steps, resume in zip(LAUNCH_STEPS[config.rehearse], ((), ("--resume",)))]
 
 
 def learning_commands(config: CheckConfig, folder: Path) -> list[list[str]]:
-    tiny = config.rehearse
-    every = "2" if tiny else str(LEARN_EVAL_EVERY)
-    return [_train("--preset", "cifar10-250", *(("--device", "cpu", *REHEARSAL_MODEL, *REHEARSAL_STEP, *REHEARSAL_DATA,
-                                                 "--eval-split", "valid") if tiny else ()),
-                   "--data", str(config.shards), "--out", str(folder / "run"), "--quiet", "--time-limit",
-                   str(config.learn_seconds), "--eval-every", every, "--log-every", every, "--ckpt-every", "100000")]
+    return [_train_run(config, folder, LEARN_EVAL_EVERY, "--preset", "cifar10-250", "--time-limit",
+                       str(config.learn_seconds), ckpt_every="100000")]
 
 
 # ---- the sections: what their files say, and their own checks --------------------------------------------

@@ -1,21 +1,6 @@
-"""``rmm-bench gpu-env``: what a GPU machine has, probed before anything relies on it.
-
-    rmm-bench gpu-env --out DIR
-
-Writes ``DIR/report.json`` (the common schema of :mod:`remixmatch.bench.report`, ``"command":
-"gpu-env"``) whose ``environment`` holds every probe's answer or its error, never a crash:
-
-    {"gpu": {"name", "capability", "memory_gib", "multiprocessors"} | null,
-     "driver": "580.65" | null,                # nvidia-smi, else the CUDA driver API
-     "torch": {"version", "cuda", "cudnn", "bf16_supported", "device_count"},
-     "numba": {"numba", "numba_cuda", "runtime", "driver_api", "nvvm", "nvvm_path", "cuda_home"},
-     "ptxas": "/usr/local/cuda/bin/ptxas" | null,
-     "kernel_compile": {"seconds": 21.4, "views": 64, "size": [32, 32], "kernel": "apply_ops_kernel"}
-                       | {"error": "..."},      # the CUDA kernel's JIT compile, first call minus steady call
-     "errors": {"<probe>": "<one line>"}}
-
-NVVM is probed first (numba-cuda finds it in a pip wheel, a conda package or ``$CUDA_HOME``): with
-none, every CUDA kernel fails to compile, and the report says so before any test tries.
+"""``rmm-bench gpu-env --out DIR``: what a GPU machine has (GPU, driver, torch, numba-cuda, NVVM, ptxas,
+the CUDA kernel's JIT compile time), every probe's answer or its error, never a crash. NVVM is probed
+first: without it no CUDA kernel compiles. The report's ``environment``: docs/gpu.md.
 """
 
 from __future__ import annotations
@@ -25,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -37,14 +21,6 @@ from .report import RunConditions, finish_report, machine_info, new_report, pack
 PROG = "rmm-bench gpu-env"
 COMPILE_IMAGES = 8  # the compile probe's batch: 8 images x 8 views, 32x32
 COMPILE_K = 8
-
-
-@dataclass(frozen=True)
-class EnvConfig:
-    out: Path
-
-    def as_dict(self) -> dict:
-        return {"out": str(self.out)}
 
 
 def one_line(error: BaseException) -> str:
@@ -146,16 +122,15 @@ def probe_environment() -> dict:
     return env
 
 
-def run(config: EnvConfig, log: Callable[[object], None]) -> dict:
-    started = time.perf_counter()
-    conditions = RunConditions()
-    report = new_report("gpu-env", config.as_dict())
+def run(args, log: Callable[[object], None]) -> dict:
+    started, conditions = time.perf_counter(), RunConditions()
+    report = new_report("gpu-env", {"out": str(args.out)})
     env = probe_environment()
     for name, error in env["errors"].items():
         log(f"{name}: {error}")
-    report.update(machine=machine_info((env["gpu"] or {}).get("name")), environment=env,
-                  summary={"gpu": (env["gpu"] or {}).get("name"), "driver": env["driver"],
-                           "nvvm": env["numba"].get("nvvm"),
+    gpu = (env["gpu"] or {}).get("name")
+    report.update(machine=machine_info(gpu), environment=env,
+                  summary={"gpu": gpu, "driver": env["driver"], "nvvm": env["numba"].get("nvvm"),
                            "kernel_compile_seconds": (env["kernel_compile"] or {}).get("seconds")})
     finish_report(report, time.perf_counter() - started, conditions)
     return report
@@ -190,7 +165,7 @@ def build_parser() -> OneLineParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=lambda args: EnvConfig(args.out),
+    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=lambda args: args,
                        run=run, render_markdown=render_markdown, progress_line=str)
 
 
