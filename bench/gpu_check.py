@@ -136,7 +136,8 @@ def data_commands(config: CheckConfig, folder: Path) -> list[list[str]] | str:
 
 
 def environment_commands(config: CheckConfig, folder: Path) -> list[list[str]]:
-    return [_call(__name__, "warm_main", "--out", str(folder / "warm.json"), *(["--rehearse"] if config.rehearse else [])),
+    rehearse = ["--rehearse"] if config.rehearse else []
+    return [_call(__name__, "warm_main", "--out", str(folder / "warm.json"), *rehearse),
             _bench("gpu-env", "--out", str(folder))]
 
 
@@ -275,10 +276,6 @@ def read_learning(folder: Path) -> dict:
             "wall_seconds": summary.get("wall_seconds"), "model": (summary.get("model") or {}).get("name")}
 
 
-def _never(details: dict, config: CheckConfig, commands: int) -> None:
-    return None
-
-
 @dataclass(frozen=True, kw_only=True)
 class CheckSection(Section):
     """A gpu-check section: its commands in order (or why it is skipped), what its files say (its
@@ -286,7 +283,7 @@ class CheckSection(Section):
 
     commands: Callable[[CheckConfig, Path], list[list[str]] | str]
     read: Callable[[Path], dict] = read_reports
-    problem: Callable[[dict, CheckConfig, int], str | None] = _never
+    problem: Callable[[dict, CheckConfig, int], str | None] | None = None
 
 
 # In the order the first lent slot needs the figures: the views/s, the step time and the learning
@@ -330,7 +327,8 @@ def run_section(section: CheckSection, config: CheckConfig, left_s: float, reaso
     result = section_runner.run_section(section, commands, bound_s=bound, log=log, log_dir=folder,
                                         env=child_env(config))
     result["details"] = details = section.read(folder)
-    if result["status"] == "measured" and (problem := section.problem(details, config, len(commands))):
+    problem = section.problem and result["status"] == "measured" and section.problem(details, config, len(commands))
+    if problem:
         result.update(status="failed", reason=problem)
     return result
 
@@ -365,20 +363,22 @@ def figures(sections: dict) -> list[dict]:
     return out
 
 
+def _details(sections: dict, name: str) -> dict:
+    return (sections.get(name) or {}).get("details") or {}
+
+
 def summarize(sections: dict, figs: list[dict]) -> dict:
     def best(of: tuple[str, ...], name: str, pick=max, **match):
         values = [f["value"] for f in figs if f["section"] in of and f["name"] == name
                   and all(f["where"].get(k) == v for k, v in match.items())]
         return pick(values) if values else None
 
-    def details(name: str) -> dict:
-        return (sections.get(name) or {}).get("details") or {}
-
     cuda_loader = {"device": "cuda", "feed": "loader", "prefetch": True}
-    learning, tests = details("learning"), details("correctness").get("tests")
+    learning, tests = _details(sections, "learning"), _details(sections, "correctness").get("tests")
     evaluations = learning.get("evaluations") or []
+    env = _details(sections, "environment").get("report") or {}
     return {
-        "gpu": (((details("environment").get("report") or {}).get("environment") or {}).get("gpu") or {}).get("name"),
+        "gpu": ((env.get("environment") or {}).get("gpu") or {}).get("name"),
         "tests": None if tests is None else {k: tests[k] for k in ("passed", "failed", "skipped", "errors")},
         "cuda_best_views_per_s": best(("augmentation", "kernel-tuning"), "views_per_s", backend="numba-cuda",
                                       op=None, size=[32, 32]),
@@ -395,16 +395,13 @@ def summarize(sections: dict, figs: list[dict]) -> dict:
 
 def draw(sections: dict, out: Path) -> dict:
     """The charts of rmm-bench all, from the reports it would have under its section names, and the learning curve."""
-    def details(name: str) -> dict:
-        return (sections.get(name) or {}).get("details") or {}
-
-    reports = {"aug": ("augmentation", (details("augmentation").get("reports") or {}).get("cuda")),
-               "train": ("training", details("training").get("report")),
-               "pipeline": ("pipeline", details("pipeline").get("report"))}
+    reports = {"aug": ("augmentation", (_details(sections, "augmentation").get("reports") or {}).get("cuda")),
+               "train": ("training", _details(sections, "training").get("report")),
+               "pipeline": ("pipeline", _details(sections, "pipeline").get("report"))}
     as_all = {name: {**sections[section], "status": "measured", "report": report} if report is not None
               else {"status": "skipped", "reason": "not run", **sections.get(section, {})}
               for name, (section, report) in reports.items()}
-    as_all["learning"] = {"evaluations": details("learning").get("evaluations")}
+    as_all["learning"] = {"evaluations": _details(sections, "learning").get("evaluations")}
     return draw_charts(as_all, out, names=("views_per_s", "per_op", "step_split", "learning_curve"))
 
 
