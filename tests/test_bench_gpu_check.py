@@ -101,8 +101,10 @@ def test_without_a_gpu_a_cuda_section_skips_with_its_reason_unless_rehearsed(tmp
     section = _section("training", commands=lambda config, folder: [[sys.executable, "-c", "pass"]])
     skipped = gpu_check.run_section(section, _config(tmp_path), 100, "no CUDA device", lambda line: None)
     assert skipped == {"status": "skipped", "reason": "no CUDA device"}
-    ran = gpu_check.run_section(section, _config(tmp_path, rehearse=True), 100, "no CUDA device", lambda line: None)
-    assert ran["status"] == "measured"
+    ran = gpu_check.run_section(section, _config(tmp_path, rehearse=True), 1000, "no CUDA device", lambda line: None)
+    assert ran["status"] == "measured" and ran["bound_seconds"] == 1000, "a rehearsal: the budget alone bounds it"
+    on_gpu = gpu_check.run_section(section, _config(tmp_path), 1000, None, lambda line: None)
+    assert on_gpu["bound_seconds"] == section.cap_s
 
 
 def test_a_second_run_on_a_warm_machine_starts_each_section_clean(tmp_path):
