@@ -65,7 +65,7 @@ demo: install
 GPU_PYTHON ?=
 GPU_OUT ?= bench-out/gpu
 GPU_BUNDLE ?= $(GPU_OUT)/bundle
-GPU_BUDGET ?= 480
+GPU_BUDGET ?= $(if $(GPU_REHEARSE),1200,480)
 GPU_ARCHIVE ?= $(firstword $(wildcard .device/cifar10-jpg.tar.gz) $(CIFAR10_SOURCE))
 GPU_WORK ?= /tmp/rmm-gpu-check
 GPU_SHARDS ?= $(GPU_WORK)/c10

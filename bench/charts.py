@@ -6,7 +6,9 @@
 - ``per_op.png``: views/s of each CTAugment op per backend;
 - ``step_split.png``: a training step's milliseconds per phase (data wait, forward, backward,
   optimiser, CTA update, other), per device and feed;
-- ``scaling.png``: steps/s against processes, with the linear ideal from one process.
+- ``scaling.png``: steps/s against processes, with the linear ideal from one process;
+- ``learning_curve.png`` (``gpu-check`` only): test accuracy of the EMA and raw models against steps,
+  from the ``evaluations`` of a ``learning`` section.
 
 A chart whose rows are missing is listed with the reason instead of a file; without matplotlib (the
 ``plots`` extra) every chart is.
@@ -143,7 +145,24 @@ def scaling_chart(plt, sections: dict):
     return fig
 
 
-def draw_charts(sections: dict, out: Path, k: int = 8) -> dict:
+def learning_chart(plt, sections: dict):
+    evaluations = (sections.get("learning") or {}).get("evaluations") or []
+    if not evaluations:
+        return {"skipped": "the learning section has no evaluation"}
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [e["step"] for e in evaluations]
+    ax.plot(steps, [100 * e["acc_ema"] for e in evaluations], marker="o", label="EMA model")
+    ax.plot(steps, [100 * e["acc_raw"] for e in evaluations], marker=".", label="raw model")
+    ax.set_xlabel("step")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("cifar10-250, the first minutes")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def draw_charts(sections: dict, out: Path, k: int = 8, names: tuple[str, ...] = CHARTS) -> dict:
+    """The charts ``names`` (default: ``rmm-bench all``'s), each a file name in ``out`` or ``{"skipped": reason}``."""
     try:
         import matplotlib
 
@@ -151,12 +170,13 @@ def draw_charts(sections: dict, out: Path, k: int = 8) -> dict:
         import matplotlib.pyplot as plt
     except ImportError:
         reason = "matplotlib is not installed (pip install 'remixmatch[plots]')"
-        return {name: {"skipped": reason} for name in CHARTS}
+        return {name: {"skipped": reason} for name in names}
     out.mkdir(parents=True, exist_ok=True)
     makers = {"views_per_s": lambda: views_chart(plt, sections, k), "per_op": lambda: per_op_chart(plt, sections),
-              "step_split": lambda: step_split_chart(plt, sections), "scaling": lambda: scaling_chart(plt, sections)}
+              "step_split": lambda: step_split_chart(plt, sections), "scaling": lambda: scaling_chart(plt, sections),
+              "learning_curve": lambda: learning_chart(plt, sections)}
     charts = {}
-    for name in CHARTS:
+    for name in names:
         fig = makers[name]()
         if isinstance(fig, dict):
             charts[name] = fig

@@ -4,7 +4,9 @@ the ratio B / A, so a change can be judged against the last report from the same
 Works on any rmm-bench report (``all`` or a single command; an ``all`` report's sections are
 compared section by section). A figure is named by where it lives: ``summary.<path>`` for the
 headline figures, or ``<command>: <row identity> <metric>`` for a results row, its identity made of
-the row's descriptive fields (backend, device, feed, op, K, batch, kernel, arch, ...). Figures in one
+the row's descriptive fields (backend, device, feed, op, K, batch, kernel, arch, ...); a gpu-check
+report's ``figures`` compare row by row too, each named by its section, name and ``where``
+(:class:`~remixmatch.bench.rows.FigureRow`). Figures in one
 report only are listed with ``-`` on the other side. Exit status 2, one line, when a file is missing
 or is not a report.
 """
@@ -14,18 +16,23 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from remixmatch.common.cli import OneLineParser
 
 from .errors import BenchError
 from .report import command_main, markdown_table
-from .rows import keys, metrics
+from .rows import FigureRow, keys, metrics
 
 PROG = "rmm-bench compare"
 # What a row measured, and the fields that name it: from the typed rows' metadata (remixmatch.bench.rows).
 METRICS = metrics()
 IDENTITY = keys()
+# gpu-check's figures: their own names and value (FigureRow is not one of the results rows).
+FIGURE_METRICS = tuple(f.name for f in fields(FigureRow) if f.metadata.get("metric"))
+FIGURE_IDENTITY = tuple(f.name for f in sorted((f for f in fields(FigureRow) if "key" in f.metadata),
+                                               key=lambda f: f.metadata["key"]))
 SKIP_SUMMARY = ("paper_steps", "goal_torch_vs_reference", "goal_met", "views_bit_exact")
 
 
@@ -45,7 +52,8 @@ def load_report(path: Path) -> dict:
     return report
 
 
-def _flatten(prefix: str, value, out: dict) -> None:
+def flatten(prefix: str, value, out: dict) -> None:
+    """Every finite number in ``value`` into ``out``, named by its path from ``prefix`` (``a.b.c``)."""
     if isinstance(value, bool) or value is None:
         return
     if isinstance(value, (int, float)):
@@ -54,11 +62,32 @@ def _flatten(prefix: str, value, out: dict) -> None:
     elif isinstance(value, dict):
         for key, item in value.items():
             if key not in SKIP_SUMMARY:
-                _flatten(f"{prefix}.{key}", item, out)
+                flatten(f"{prefix}.{key}" if prefix else key, item, out)
 
 
-def _identity(row: dict) -> str:
-    return " ".join(f"{key}={row[key]}" for key in IDENTITY if row.get(key) is not None)
+def row_values(rows: list, metric_names: tuple[str, ...], identity: tuple[str, ...]):
+    """Per measured row: its naming fields (those set) and its figures by name, a dict-valued
+    metric's items named ``metric.item``."""
+    for row in rows:
+        if isinstance(row, dict) and "skipped" not in row:
+            values: dict[str, float] = {}
+            for metric in metric_names:
+                flatten(metric, row.get(metric), values)
+            yield {key: row[key] for key in identity if row.get(key) is not None}, values
+
+
+def _row_figures(label: str, rows: list, metric_names: tuple[str, ...], identity: tuple[str, ...],
+                 found: dict) -> None:
+    seen: dict[str, int] = {}
+    for names, values in row_values(rows, metric_names, identity):
+        # a dict among the naming fields by its own items
+        name = " ".join(f"{key}={value}" for field_name, item in names.items()
+                        for key, value in (item.items() if isinstance(item, dict) else [(field_name, item)]))
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:  # rows alike in every descriptive field: told apart by their order
+            name += f" #{seen[name]}"
+        for metric, value in values.items():
+            found[f"{label}: {name} {metric}"] = value
 
 
 def figures(report: dict, scope: str = "") -> dict[str, float]:
@@ -70,23 +99,13 @@ def figures(report: dict, scope: str = "") -> dict[str, float]:
         for name, section in report.get("sections", {}).items():
             if section.get("status") == "measured" and "report" in section:
                 found.update(figures(section["report"], scope=f"{name}/"))
-        _flatten(f"{label} summary", report.get("summary") or {}, found)
-        _flatten(f"{label} projection", report.get("projection") or {}, found)
+        flatten(f"{label} summary", report.get("summary") or {}, found)
+        flatten(f"{label} projection", report.get("projection") or {}, found)
         return found
-    _flatten(f"{label} summary", report.get("summary") or {}, found)
+    flatten(f"{label} summary", report.get("summary") or {}, found)
     rows = list(report.get("results") or []) + list(report.get("scaling") or [])
-    seen: dict[str, int] = {}
-    for row in rows:
-        if not isinstance(row, dict) or "skipped" in row:
-            continue
-        identity = _identity(row)
-        seen[identity] = seen.get(identity, 0) + 1
-        if seen[identity] > 1:  # rows alike in every descriptive field: told apart by their order
-            identity += f" #{seen[identity]}"
-        for metric in METRICS:
-            value = row.get(metric)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                found[f"{label}: {identity} {metric}"] = float(value)
+    _row_figures(label, rows, METRICS, IDENTITY, found)
+    _row_figures(label, list(report.get("figures") or []), FIGURE_METRICS, FIGURE_IDENTITY, found)
     return found
 
 

@@ -1,79 +1,14 @@
 """``rmm-bench gpu-check``: every CUDA path proven and the GPU figures measured, in one bounded run.
 
-    rmm-bench gpu-check --archive PATH --out DIR [--shards DIR] [--budget 480] [--learn-seconds 100]
-                        [--bundle DIR] [--skip SECTION ...] [--numba-cache DIR] [--rehearse]
-
-Made for a GPU machine lent for minutes: the run ends within ``--budget`` seconds, whatever hangs.
-Each section is a child process with a wall-clock bound (:mod:`remixmatch.bench.section_runner`): the
-smaller of its own cap and what is left of the budget. A section that fails or runs out of time is
-recorded as such and the sections after it still run; one that needs a GPU is skipped, with the
-reason, where CUDA does not answer. Each section starts from an empty folder, so a second run on a
-warm machine works. Every section shares one ``NUMBA_CACHE_DIR`` (``--numba-cache``): the CUDA kernels
-compile once, in the environment section's warm-up, and every later process loads them.
-
-``--rehearse``: on a machine without a GPU, every section runs its own command in its CPU form at
-tiny sizes (the correctness section runs the real pytest command, whose gpu tests collect and skip);
-the run exits 1 if a section fails or times out. Only the GPU work itself is then left untried.
-
-Sections, in order (``SECTIONS``): the figures the first slot needs first.
-
-1. ``data``: the CIFAR-10 shards from ``--archive`` (prep-cifar10), unless ``--shards`` has them;
-2. ``environment``: the warm-up (``WARM_JOBS``: the 32x32 apply kernel, the 96x96 global and tiled
-   ones, the weak one, the two 32x32 tunings, and the CPU kernels, one process each, at once), then
-   GPU, driver, torch, numba, numba-cuda, NVVM, ptxas, the CUDA kernel's first-call time
-   (``rmm-bench gpu-env``);
-3. ``augmentation``: ``rmm-bench aug --device cuda --quick``: CUDA views/s at N = 512, 8,192, 65,536
-   with per-view arrays on the device and on the host, per-op rows, then the PIL rows;
-4. ``training``: WRN-28-2, B = 64, K = 8, bf16 and channels_last: steps/s from ready tensors and from
-   the loader, the step split, peak memory, the 2^20-step projection (``rmm-bench train --device cuda``);
-5. ``learning``: ``rmm-train --preset cifar10-250`` for ``--learn-seconds`` of training
-   (``--time-limit``), evaluating every 250 steps: the learning curve;
-6. ``pipeline``: the torch loader on CUDA at B = 64 and 256, K = 8, prefetch (``rmm-bench pipeline
-   --device cuda``);
-7. ``correctness``: the ``gpu``-marked tests, one pytest command per file (``GPU_TESTS``: kernels
-   vs the CPU kernel on real images, the CUDA loader and step vs the CPU ones, DALI), with the
-   archive passed to them, counted from each file's JUnit XML (a file that runs out of time loses
-   only its own counts);
-8. ``launcher``: ``rmm-train --gpus 1 --sync-bn`` through the elastic agent on NCCL, then a
-   ``--resume`` that adds steps; both must exit 0 and leave summary.json and checkpoints;
-9. ``training-compile``: the ready-tensor step with ``torch.compile``, if the budget has room left;
-10. ``bn-mode``: the ready-tensor step under the reference's interleaved batch norm (``--bn-mode
-    reference``: K + 2 chunks of B), against ``training``'s one forward, if there is room;
-11. ``kernel-tuning``: the CUDA rows at 96x96 (synthetic images) under each design for views larger
-    than 48 KiB of shared memory (``REMIXMATCH_CUDA_LARGE_VIEWS``: global, tiled, shared-optin), then
-    at 32x32 with the apply kernels capped at 80 registers and with 128 threads per block
-    (``REMIXMATCH_CUDA_MAX_REGISTERS`` / ``REMIXMATCH_CUDA_THREADS``), as far as there is room. These
-    variables are read in one place, :func:`tuning_from_env`, by the section's children
-    (:func:`tuned_main`), into the kernels' :class:`remixmatch.kernels.cuda.LaunchTuning`.
-
-``DIR/report.json`` (``"command": "gpu-check"``, the common header of :mod:`remixmatch.bench.report`)::
-
-    "sections": {"<name>": {"status": "measured" | "failed" | "timed_out" | "skipped",
-                            "reason": "..." (all but measured), "seconds": 12.3, "bound_seconds": 90,
-                            "details": {...}}},       # what the section's own files say (below)
-    "figures": [{"section": "augmentation", "name": "cuda_views_per_s", "value": 2.1e7,
-                 "unit": "views/s", "where": {"views": 65536, "inputs": "device"}}, ...],
-    "summary": {"gpu", "tests": {"passed", "failed", "skipped", "errors"} | null,
-                "cuda_best_views_per_s", "goal_views_per_s": 2e7, "train_steps_per_s",
-                "train_synthetic_steps_per_s", "train_compiled_steps_per_s",
-                "train_bn_reference_steps_per_s",   # ready tensors, --bn-mode reference
-                "projected_hours", "final_ema_accuracy"}
-
-Details: ``environment``, ``pipeline``, ``training``, ``training-compile`` and ``bn-mode`` embed their section's
-report.json (``report``; ``environment`` also ``warm``: each warm-up job's seconds, cache folder and
-whether it loaded from the cache), ``augmentation`` its one (``reports``: ``cuda``); ``correctness`` the
-test counts summed over the files and the failed tests' names;
-``kernel-tuning`` its variants' reports (``reports``); ``launcher`` each command's exit status, seconds and the steps summary.json recorded;
-``learning`` the evaluations (step, EMA and raw accuracy) and summary.json's accuracy.
-
-``DIR/report.md`` is the human summary, with charts beside it (``views_per_s.png``,
-``step_split.png`` from :mod:`remixmatch.bench.charts`, ``learning_curve.png``). ``--bundle DIR2``
-copies what a lent machine may send back (at most 8 files): report.json, report.md, the charts, and
-``logs.tar.gz`` with every section's log.
+The sections, the options, the rehearsal (``--rehearse``), the report and the bundle: docs/gpu.md.
+Each section is a :class:`CheckSection` (its commands, what its files say, its own check), run by
+:func:`remixmatch.bench.section_runner.run_section`; the figures are the rows of the reports the
+sections wrote, read as ``rmm-bench compare`` reads them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -81,33 +16,35 @@ import sys
 import tarfile
 import time
 import xml.etree.ElementTree as ElementTree
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 from remixmatch.common.atomic import atomic_target, atomic_write_json
 from remixmatch.common.cli import OneLineParser, positive_int
+from remixmatch.trainer.curves import read_metrics
 
-from .section_runner import run_bounded
+from . import section_runner
+from .charts import draw_charts
+from .compare import IDENTITY, METRICS, row_values
+from .core import add_out, check_out, cuda_unavailable_reason
 from .errors import BenchError
-from .report import (
-    RunConditions, finish_report, format_hours, format_rate, machine_info, markdown_table, new_report, report_main,
-)
+from .gpu_env import one_line
+from .report import RunConditions, finish_report, format_hours, format_rate, machine_info, markdown_table, new_report, report_main
+from .rows import FigureRow, unit_of
+from .section_runner import Section
 
 PROG = "rmm-bench gpu-check"
 GOAL_VIEWS_PER_S = 2e7  # strong views/s at 32x32 on one H100-class GPU
+DEFAULT_BUDGET_S = 480
 MIN_SECTION_S = 15  # a section offered less than this is skipped: the budget is spent
 # The gpu-marked tests, one pytest command each: a file that runs out of time loses only its own counts.
 GPU_TESTS = ("tests/test_kernels_gpu.py", "tests/test_gpu_training.py", "tests/test_pipeline_dali.py")
 TEST_TIMEOUT_S = 240  # per test, where pytest-timeout is installed
 BUNDLE_LIMIT = 8  # files a lent machine sends back
 LEARN_EVAL_EVERY = 250
-AUG_PARTS = (("cuda", "cuda"),)  # (sub-folder, rmm-bench aug --device): the CUDA rows only
-# The kernel-tuning section's variants of the CUDA kernel: (sub-folder, environment, image side; None:
-# the CIFAR-10 archive's 32x32). First the three designs for 96x96 views (docs/gpu.md, "CUDA
-# kernel resources"): global memory (the default), filter tiles staged in shared memory, the whole
-# view in opted-in shared memory. Then 32x32: ptxas predicts 25% occupancy at 256 threads and 104
-# registers; a cap of 80 would allow 3 blocks per SM but spills.
+# The kernel-tuning section's variants of the CUDA kernel (docs/gpu.md, "CUDA kernel resources"):
+# (sub-folder, environment, image side; None: the archive's 32x32).
 TUNING = (("size96-global", {"REMIXMATCH_CUDA_LARGE_VIEWS": "global"}, 96),
           ("size96-tiled", {"REMIXMATCH_CUDA_LARGE_VIEWS": "tiled"}, 96),
           ("size96-shared-optin", {"REMIXMATCH_CUDA_LARGE_VIEWS": "shared-optin"}, 96),
@@ -117,33 +54,12 @@ TUNING = (("size96-global", {"REMIXMATCH_CUDA_LARGE_VIEWS": "global"}, 96),
 # (kernels.cuda.LaunchTuning): the kernel-tuning section's children, through tuned_main.
 THREADS_ENV, MAX_REGISTERS_ENV, LARGE_VIEWS_ENV = (
     "REMIXMATCH_CUDA_THREADS", "REMIXMATCH_CUDA_MAX_REGISTERS", "REMIXMATCH_CUDA_LARGE_VIEWS")
-
-
-@dataclass(frozen=True)
-class Section:
-    name: str
-    cap_s: int  # its own wall-clock bound (the budget left may be smaller)
-    needs_cuda: bool
-    keep_going: bool = False  # run its later commands after one fails
-
-
-# In the order the first lent slot needs the figures: the views/s, the step time and the learning
-# curve first; the tests, split per file, after them; what the budget may not reach last.
-SECTIONS = (
-    Section("data", 90, False),
-    Section("environment", 150, False),
-    Section("augmentation", 90, True),
-    Section("training", 120, True),
-    Section("learning", 200, True),
-    Section("pipeline", 60, True),
-    Section("correctness", 180, True, keep_going=True),
-    Section("launcher", 120, True),
-    Section("training-compile", 150, True),
-    Section("bn-mode", 90, True),
-    Section("kernel-tuning", 150, True, keep_going=True),
-)
-SECTION_NAMES = tuple(s.name for s in SECTIONS)
-DEFAULT_BUDGET_S = 480
+# What the rehearsal shrinks every section to (docs/gpu.md, "The rehearsal").
+REHEARSAL_MODEL = ("--width", "8", "--blocks-per-stage", "1")
+REHEARSAL_STEP = ("--batch", "4", "--k", "2", "--labels", "10", "--valid", "10")
+REHEARSAL_AUG = ("--device", "cpu", "--size", "8", "--threads", "1", "--reps", "5")
+REHEARSAL_TUNING = (0, 3)  # the variants the rehearsal runs: one large-view design, one register cap
+LAUNCH_STEPS = {False: (200, 300), True: (4, 6)}  # the launcher's run, then its --resume (rehearsal: True)
 
 
 @dataclass(frozen=True)
@@ -158,35 +74,20 @@ class CheckConfig:
     rehearse: bool = False  # every section runs its CPU form at tiny sizes (no GPU needed)
     numba_cache: Path | None = None  # NUMBA_CACHE_DIR of every section (default OUT/numba-cache)
 
-    def as_dict(self) -> dict:
-        return {"out": str(self.out), "archive": self.archive.name, "shards": str(self.shards),
-                "budget_s": self.budget_s, "learn_seconds": self.learn_seconds,
-                "bundle": None if self.bundle is None else str(self.bundle), "skip": list(self.skip),
-                "rehearse": self.rehearse, "numba_cache": str(self.cache_dir)}
+    def as_dict(self) -> dict:  # the archive by its name only: reports are shared
+        plain = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
+        return {**plain, "archive": self.archive.name, "skip": list(self.skip), "numba_cache": str(self.cache_dir)}
 
     @property
     def cache_dir(self) -> Path:
         return self.numba_cache or self.out / "numba-cache"
 
 
-# ---- where the run is ---------------------------------------------------------------------------------
-
 def cuda_reason() -> str | None:
     """Why CUDA sections cannot run here, or None: torch and numba-cuda must both see a device."""
-    try:
-        import torch
-    except Exception as error:  # noqa: BLE001
-        return f"torch is not importable ({type(error).__name__})"
-    if not torch.cuda.is_available():
-        return f"no CUDA device (torch {torch.__version__}: torch.cuda.is_available() is False)"
-    try:
-        from numba import cuda
+    from .aug import cuda_unavailable_reason as numba_cuda_reason
 
-        if not cuda.is_available():
-            return "numba-cuda sees no CUDA device"
-    except Exception as error:  # noqa: BLE001
-        return f"numba.cuda is not importable ({type(error).__name__}: {error})"
-    return None
+    return cuda_unavailable_reason() or numba_cuda_reason()
 
 
 def default_cuda_home(environ=os.environ) -> None:
@@ -197,14 +98,14 @@ def default_cuda_home(environ=os.environ) -> None:
 
 
 def child_env(config: CheckConfig) -> dict:
-    """The sections' environment: the archive for the real-image tests and prep, the CUDA toolkit,
-    and one Numba cache folder for every section (the CUDA kernels compile once per machine, in the
-    environment section's warm-up, and load from there)."""
+    """The sections' environment: the archive for the real-image tests, the CUDA toolkit, one Numba cache."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", REMIXMATCH_CIFAR10_JPG=str(config.archive.resolve()),
                NUMBA_CACHE_DIR=str(config.cache_dir.resolve()))
     default_cuda_home(env)
     return env
 
+
+# ---- the sections: their commands ---------------------------------------------------------------------
 
 def _python(*args: str) -> list[str]:
     return [sys.executable, *args]
@@ -218,94 +119,83 @@ def _train(*args: str) -> list[str]:
     return _python("-m", "remixmatch.trainer.cli", *args)
 
 
-def _here(function: str, *args: str) -> list[str]:
-    """A command that runs ``function(argv)`` of this module in a child process."""
-    code = f"import sys; from remixmatch.bench.gpu_check import {function} as f; sys.exit(f(sys.argv[1:]))"
-    return _python("-c", code, *args)
+def _call(module: str, function: str, *args: str) -> list[str]:
+    """A command that runs ``function(argv)`` of ``module`` in a child process."""
+    return _python("-c", f"import sys; from {module} import {function} as f; sys.exit(f(sys.argv[1:]))", *args)
 
 
-# ---- the sections' commands ---------------------------------------------------------------------------
-
-# What the rehearsal (--rehearse) shrinks every section to: a model of 8 channels and one block per
-# stage, 4 labeled images a step with K = 2, 10 labels and 10 held out, 8x8 synthetic images in the
-# augmentation rows. Small enough that the whole run ends within about 3 minutes on 2 cores.
-REHEARSAL_MODEL = ("--width", "8", "--blocks-per-stage", "1")
-REHEARSAL_STEP = ("--batch", "4", "--k", "2")
-REHEARSAL_DATA = ("--labels", "10", "--valid", "10")
-REHEARSAL_AUG = ("--device", "cpu", "--size", "8", "--threads", "1", "--reps", "5")
-REHEARSAL_TUNING = (0, 3)  # the variants the rehearsal runs: one large-view design, one register cap
-LAUNCH_STEPS = {False: (200, 300), True: (4, 6)}  # the launcher's run, then its --resume (rehearsal: True)
+def data_commands(config: CheckConfig, folder: Path) -> list[list[str]] | str:
+    if (config.shards / "manifest.json").is_file():
+        return f"shards already prepared in {config.shards}"
+    return [_call("remixmatch.datasets_prep.cli", "prep_cifar10_main", "--source", str(config.archive), "--out",
+                  str(config.shards), "--overwrite")]
 
 
-def section_commands(name: str, config: CheckConfig, folder: Path) -> list[list[str]] | str:
-    """The commands of a section (run in order, each within what is left of its bound), or the
-    reason it is skipped. Under ``config.rehearse`` each section's CPU form at tiny sizes."""
-    shards, tiny = str(config.shards), config.rehearse
-    if name == "data":
-        if (config.shards / "manifest.json").is_file():
-            return f"shards already prepared in {config.shards}"
-        prep = "import sys; from remixmatch.datasets_prep.cli import prep_cifar10_main as m; sys.exit(m(sys.argv[1:]))"
-        return [_python("-c", prep, "--source", str(config.archive), "--out", shards, "--overwrite")]
-    if name == "environment":
-        return [_here("warm_main", "--out", str(folder / "warm.json"), *(("--rehearse",) if tiny else ())),
-                _bench("gpu-env", "--out", str(folder))]
-    if name == "correctness":
-        # pytest-timeout, where installed, is already loaded by pytest as the plugin "timeout": naming
-        # it again with -p registers it twice and pytest stops before any test (exit 3).
-        timeout = [f"--timeout={TEST_TIMEOUT_S}"] if _has_module("pytest_timeout") else []
-        return [_python("-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *timeout,
-                        f"--junitxml={folder / f'junit-{i + 1}.xml'}", test)
-                for i, test in enumerate(GPU_TESTS)]
-    if name == "augmentation":
-        if tiny:
-            return [_bench("aug", *REHEARSAL_AUG, "--quick", "--out", str(folder / part)) for part, _ in AUG_PARTS]
-        return [_bench("aug", "--device", device, "--quick", "--images", str(config.archive), "--out", str(folder / part))
-                for part, device in AUG_PARTS]
-    if name in ("pipeline", "training", "training-compile", "bn-mode"):
-        extra = {"pipeline": ("--shards", shards), "training": ("--shards", shards), "training-compile": ("--compile",),
-                 "bn-mode": ("--bn-mode", "reference")}[name]
-        command = "pipeline" if name == "pipeline" else "train"
-        if not tiny:
-            return [_bench(command, "--device", "cuda", "--quick", *extra, "--out", str(folder))]
-        if name == "training-compile":
-            return "rehearsal: torch.compile's CPU build alone takes minutes on 2 cores"
-        sizes = REHEARSAL_STEP + REHEARSAL_DATA + (() if command == "pipeline" else REHEARSAL_MODEL)
-        return [_bench(command, "--device", "cpu", "--quick", "--threads", "1", *sizes, *extra, "--out", str(folder))]
-    if name == "kernel-tuning":
-        def images(size):  # a size other than the archive's: synthetic images of that size
-            return ("--size", str(size)) if size else ("--images", str(config.archive))
+def environment_commands(config: CheckConfig, folder: Path) -> list[list[str]]:
+    rehearse = ["--rehearse"] if config.rehearse else []
+    return [_call(__name__, "warm_main", "--out", str(folder / "warm.json"), *rehearse),
+            _bench("gpu-env", "--out", str(folder))]
 
-        variants = [TUNING[i] for i in REHEARSAL_TUNING] if tiny else TUNING
-        return [["env", *(f"{k}={v}" for k, v in env.items()),
-                 *_here("tuned_main", "aug", *(REHEARSAL_AUG if tiny else ("--device", "cuda", *images(size))),
-                        "--quick", "--out", str(folder / part))]
-                for part, env, size in variants]
-    if name == "launcher":
-        run = folder / "run"
-        first, resumed = LAUNCH_STEPS[tiny]
-        where = (("--device", "cpu", "--procs", "1", *REHEARSAL_MODEL, *REHEARSAL_STEP, *REHEARSAL_DATA) if tiny
-                 else ("--gpus", "1", "--sync-bn", "--labels", "250"))
-        every = "2" if tiny else "100"
-        common = [*where, "--data", shards, "--out", str(run), "--quiet", "--eval-every", every, "--ckpt-every", every,
-                  "--log-every", every, *(("--eval-split", "valid") if tiny else ())]
-        return [_train(*common, "--steps", str(first)), _train(*common, "--steps", str(resumed), "--resume")]
-    if name == "learning":
-        where = (("--device", "cpu", *REHEARSAL_MODEL, *REHEARSAL_STEP, *REHEARSAL_DATA, "--eval-split", "valid")
-                 if tiny else ())
-        every = "2" if tiny else str(LEARN_EVAL_EVERY)
-        return [_train("--preset", "cifar10-250", *where, "--data", shards, "--out", str(folder / "run"), "--quiet",
-                       "--time-limit", str(config.learn_seconds), "--eval-every", every,
-                       "--log-every", every, "--ckpt-every", "100000")]
-    raise BenchError(f"unknown section {name!r}")
+
+def augmentation_commands(config: CheckConfig, folder: Path) -> list[list[str]]:
+    where = REHEARSAL_AUG if config.rehearse else ("--device", "cuda", "--images", str(config.archive))
+    return [_bench("aug", *where, "--quick", "--out", str(folder / "cuda"))]
+
+
+def measure(command: str, *extra: str, shards: bool = False, unrehearsed: str | None = None):
+    """The commands of a section that runs ``rmm-bench COMMAND --quick``: on CUDA, or its CPU form at
+    tiny sizes (``unrehearsed``: why the rehearsal skips it)."""
+    def commands(config: CheckConfig, folder: Path) -> list[list[str]] | str:
+        args = (*extra, *(("--shards", str(config.shards)) if shards else ()), "--out", str(folder))
+        if not config.rehearse:
+            return [_bench(command, "--device", "cuda", "--quick", *args)]
+        sizes = REHEARSAL_STEP + (REHEARSAL_MODEL if command == "train" else ())
+        return unrehearsed or [_bench(command, "--device", "cpu", "--quick", "--threads", "1", *sizes, *args)]
+    return commands
+
+
+def tuning_commands(config: CheckConfig, folder: Path) -> list[list[str]]:
+    variants = [TUNING[i] for i in REHEARSAL_TUNING] if config.rehearse else TUNING
+    return [["env", *(f"{k}={v}" for k, v in env.items()),
+             *_call(__name__, "tuned_main", "aug", *(REHEARSAL_AUG if config.rehearse else (
+                 "--device", "cuda", *(("--size", str(size)) if size else ("--images", str(config.archive))))),
+                    "--quick", "--out", str(folder / part))]
+            for part, env, size in variants]
 
 
 def _has_module(name: str) -> bool:
-    import importlib.util
-
     return importlib.util.find_spec(name) is not None
 
 
-# ---- what each section's files say ----------------------------------------------------------------------
+def correctness_commands(config: CheckConfig, folder: Path) -> list[list[str]]:
+    # pytest-timeout, where installed, is already loaded by pytest as the plugin "timeout": naming it
+    # again with -p registers it twice and pytest stops before any test (exit 3).
+    timeout = [f"--timeout={TEST_TIMEOUT_S}"] if _has_module("pytest_timeout") else []
+    return [_python("-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *timeout,
+                    f"--junitxml={folder / f'junit-{i + 1}.xml'}", test) for i, test in enumerate(GPU_TESTS)]
+
+
+def _train_run(config: CheckConfig, folder: Path, every: int, *args: str, ckpt_every: str = "") -> list[str]:
+    """An rmm-train run in ``folder/run``, evaluating and logging every ``every`` steps; in a
+    rehearsal on the CPU at tiny sizes, every 2 steps."""
+    tiny = ("--device", "cpu", *REHEARSAL_MODEL, *REHEARSAL_STEP, "--eval-split", "valid") if config.rehearse else ()
+    every = "2" if config.rehearse else str(every)
+    return _train(*args, *tiny, "--data", str(config.shards), "--out", str(folder / "run"), "--quiet",
+                  "--eval-every", every, "--log-every", every, "--ckpt-every", ckpt_every or every)
+
+
+def launcher_commands(config: CheckConfig, folder: Path) -> list[list[str]]:
+    where = ("--procs", "1") if config.rehearse else ("--gpus", "1", "--sync-bn", "--labels", "250")
+    return [_train_run(config, folder, 100, *where, "--steps", str(steps), *resume)
+            for steps, resume in zip(LAUNCH_STEPS[config.rehearse], ((), ("--resume",)))]
+
+
+def learning_commands(config: CheckConfig, folder: Path) -> list[list[str]]:
+    return [_train_run(config, folder, LEARN_EVAL_EVERY, "--preset", "cifar10-250", "--time-limit",
+                       str(config.learn_seconds), ckpt_every="100000")]
+
+
+# ---- the sections: what their files say, and their own checks --------------------------------------------
 
 def _read_json(path: Path) -> dict | None:
     try:
@@ -314,101 +204,117 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def junit_counts(path: Path) -> dict | None:
-    """Passed / failed / skipped / errors from pytest's JUnit XML, with the failed tests' names."""
-    try:
-        root = ElementTree.parse(path).getroot()
-    except (OSError, ElementTree.ParseError):
-        return None
+def read_reports(folder: Path) -> dict:
+    """The section's report.json (``report``), its sub-folders' in the order they were written
+    (``reports``: the augmentation and kernel-tuning parts), and the warm-up's (``warm``)."""
+    parts = sorted(folder.glob("*/report.json"), key=lambda path: path.stat().st_mtime)
+    found = {"report": _read_json(folder / "report.json"), "warm": _read_json(folder / "warm.json"),
+             "reports": {path.parent.name: report for path in parts if (report := _read_json(path)) is not None}}
+    return {key: value for key, value in found.items() if value}
+
+
+def read_tests(folder: Path) -> dict:
+    """The test counts summed over the JUnit XML files pytest finished (``files``), with the failed
+    tests' names and the skip reasons."""
     counts = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0, "failed_tests": [], "skip_reasons": []}
-    for case in root.iter("testcase"):
-        name = f"{case.get('classname', '')}::{case.get('name', '')}"
-        if case.find("failure") is not None:
-            counts["failed"] += 1
-            counts["failed_tests"].append(name)
-        elif case.find("error") is not None:
-            counts["errors"] += 1
-            counts["failed_tests"].append(name)
-        elif (skip := case.find("skipped")) is not None:
-            counts["skipped"] += 1
-            counts["skip_reasons"].append(f"{name}: {skip.get('message', '')}"[:200])
-        else:
-            counts["passed"] += 1
-    return counts
-
-
-def merged_junit_counts(paths: list[Path]) -> dict | None:
-    """The counts of several pytest runs' JUnit XML files added up (None: none could be read)."""
-    merged = None
-    for path in paths:
-        counts = junit_counts(path)
-        if counts is None:
+    files = 0
+    for path in sorted(folder.glob("junit-*.xml")):
+        try:
+            cases = list(ElementTree.parse(path).getroot().iter("testcase"))
+        except (OSError, ElementTree.ParseError):  # its pytest was stopped while writing it
             continue
-        if merged is None:
-            merged = counts
-        else:
-            for key, value in counts.items():
-                merged[key] += value
-    return merged
+        files += 1
+        for case in cases:
+            name = f"{case.get('classname', '')}::{case.get('name', '')}"
+            if case.find("failure") is not None or case.find("error") is not None:
+                counts["failed" if case.find("failure") is not None else "errors"] += 1
+                counts["failed_tests"].append(name)
+            elif (skip := case.find("skipped")) is not None:
+                counts["skipped"] += 1
+                counts["skip_reasons"].append(f"{name}: {skip.get('message', '')}"[:200])
+            else:
+                counts["passed"] += 1
+    return {"tests": counts, "files": files} if files else {}
 
 
-def metrics_evaluations(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [{"step": r["step"], "acc_ema": r["acc_ema"], "acc_raw": r["acc_raw"]} for r in records if r.get("eval")]
+def tests_problem(details: dict, config: CheckConfig, commands: int) -> str | None:
+    """On a GPU some test must pass; in a rehearsal every file must have been collected (the gpu tests skip)."""
+    tests = details.get("tests")
+    if tests is None:
+        return "no JUnit XML: pytest stopped before collecting"
+    if tests["failed"] or tests["errors"]:
+        return f"{tests['failed']} failed, {tests['errors']} errors: {', '.join(tests['failed_tests'][:5])}"
+    if config.rehearse:
+        return None if details["files"] == commands else f"JUnit XML of {details['files']} of {commands} test files"
+    return None if tests["passed"] else "no gpu test passed"
 
 
-def section_details(name: str, folder: Path) -> dict:
-    if name in ("augmentation", "kernel-tuning"):
-        parts = [entry[0] for entry in (AUG_PARTS if name == "augmentation" else TUNING)]
-        reports = {part: _read_json(folder / part / "report.json") for part in parts}
-        return {"reports": {part: report for part, report in reports.items() if report is not None}}
-    if name in ("pipeline", "training", "training-compile", "bn-mode"):
-        report = _read_json(folder / "report.json")
-        return {"report": report} if report is not None else {}
-    if name == "environment":
-        report, warm = _read_json(folder / "report.json"), _read_json(folder / "warm.json")
-        return {**({"report": report} if report is not None else {}), **({"warm": warm} if warm is not None else {})}
-    if name == "correctness":
-        counts = merged_junit_counts(sorted(folder.glob("junit-*.xml")))
-        return {"tests": counts, "files": len(list(folder.glob("junit-*.xml")))} if counts is not None else {}
-    if name == "launcher":
-        summary = _read_json(folder / "run" / "summary.json") or {}
-        checkpoints = sorted(p.name for p in (folder / "run" / "checkpoints").glob("ckpt-*.pt"))
-        return {"summary_steps": summary.get("steps"), "world_size": summary.get("world_size"),
-                "device": summary.get("device"), "checkpoints": checkpoints,
-                "sync_bn": (summary.get("config") or {}).get("sync_bn")}
-    if name == "learning":
-        summary = _read_json(folder / "run" / "summary.json") or {}
-        return {"evaluations": metrics_evaluations(folder / "run"), "steps": summary.get("steps"),
-                "accuracy": summary.get("accuracy"), "wall_seconds": summary.get("wall_seconds"),
-                "model": (summary.get("model") or {}).get("name")}
-    return {}
+def read_launcher(folder: Path) -> dict:
+    summary = _read_json(folder / "run" / "summary.json") or {}
+    return {"summary_steps": summary.get("steps"), "world_size": summary.get("world_size"),
+            "device": summary.get("device"), "sync_bn": (summary.get("config") or {}).get("sync_bn"),
+            "checkpoints": sorted(p.name for p in (folder / "run" / "checkpoints").glob("ckpt-*.pt"))}
 
 
-def launcher_problem(details: dict, steps: int = LAUNCH_STEPS[False][1]) -> str | None:
-    """The launcher section's own check: the resumed run reached its steps and wrote a checkpoint."""
+def launcher_problem(details: dict, config: CheckConfig, commands: int) -> str | None:
+    """The resumed run reached its steps and wrote a checkpoint."""
+    steps = LAUNCH_STEPS[config.rehearse][1]
     if details.get("summary_steps") != steps:
         return f"summary.json records {details.get('summary_steps')} steps, not the {steps} the resume asked for"
-    if not details.get("checkpoints"):
-        return "no checkpoint written"
-    return None
+    return None if details.get("checkpoints") else "no checkpoint written"
 
 
-# ---- running --------------------------------------------------------------------------------------------
+def read_learning(folder: Path) -> dict:
+    summary = _read_json(folder / "run" / "summary.json") or {}
+    evaluations = read_metrics(folder / "run" / "metrics.jsonl")[1]
+    return {"evaluations": [{key: e[key] for key in ("step", "acc_ema", "acc_raw")} for e in evaluations],
+            "steps": summary.get("steps"), "accuracy": summary.get("accuracy"),
+            "wall_seconds": summary.get("wall_seconds"), "model": (summary.get("model") or {}).get("name")}
 
-def run_section(section: Section, config: CheckConfig, left_s: float, reason: str | None, log) -> dict:
-    folder = config.out / section.name
+
+@dataclass(frozen=True, kw_only=True)
+class CheckSection(Section):
+    """A gpu-check section: its commands in order (or why it is skipped), what its files say (its
+    ``details``), and why it failed though every command exited 0 (None: it did not)."""
+
+    commands: Callable[[CheckConfig, Path], list[list[str]] | str]
+    read: Callable[[Path], dict] = read_reports
+    problem: Callable[[dict, CheckConfig, int], str | None] | None = None
+
+
+# In the order the first lent slot needs the figures: the views/s, the step time and the learning
+# curve first; the tests, split per file, after them; what the budget may not reach last.
+SECTIONS = (
+    CheckSection("data", 90, False, commands=data_commands),
+    CheckSection("environment", 150, False, commands=environment_commands),
+    CheckSection("augmentation", 90, True, commands=augmentation_commands),
+    CheckSection("training", 120, True, commands=measure("train", shards=True)),
+    CheckSection("learning", 200, True, commands=learning_commands, read=read_learning),
+    CheckSection("pipeline", 60, True, commands=measure("pipeline", shards=True)),
+    CheckSection("correctness", 180, True, keep_going=True, commands=correctness_commands, read=read_tests,
+                 problem=tests_problem),
+    CheckSection("launcher", 120, True, commands=launcher_commands, read=read_launcher, problem=launcher_problem),
+    CheckSection("training-compile", 150, True, commands=measure(
+        "train", "--compile", unrehearsed="rehearsal: torch.compile's CPU build alone takes minutes on 2 cores")),
+    CheckSection("bn-mode", 90, True, commands=measure("train", "--bn-mode", "reference")),
+    CheckSection("kernel-tuning", 150, True, keep_going=True, commands=tuning_commands),
+)
+SECTION_NAMES = tuple(s.name for s in SECTIONS)
+
+
+def run_section(section: CheckSection, config: CheckConfig, left_s: float, reason: str | None, log) -> dict:
+    """One section within the smaller of its cap and ``left_s``, or the reason it is skipped. In a
+    rehearsal ``left_s`` alone: the caps are sized for the GPU forms, and the CPU forms run rows the GPU
+    skips (the pipeline section's DALI numba_function row compiles the kernel for minutes on 2 busy cores)."""
     if section.name in config.skip:
         return {"status": "skipped", "reason": "--skip"}
     if section.needs_cuda and reason is not None and not config.rehearse:
         return {"status": "skipped", "reason": reason}
-    bound = min(section.cap_s, left_s)
+    bound = left_s if config.rehearse else min(section.cap_s, left_s)
     if bound < MIN_SECTION_S:
         return {"status": "skipped", "reason": f"the run's budget is spent ({left_s:.0f} s left)"}
-    commands = section_commands(section.name, config, folder)
+    folder = config.out / section.name
+    commands = section.commands(config, folder)
     if isinstance(commands, str):
         return {"status": "skipped", "reason": commands}
     # A second run on a warm machine starts clean: the launcher and learning runs refuse a folder
@@ -416,205 +322,94 @@ def run_section(section: Section, config: CheckConfig, left_s: float, reason: st
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    env = child_env(config)
-    start, status, why, exits = time.perf_counter(), "measured", None, []
-    for i, argv in enumerate(commands):
-        left = bound - (time.perf_counter() - start)
-        if left <= 0:
-            status, why = "timed_out", f"no time left for command {i + 1} within the section's bound ({bound:.0f} s)"
-            break
-        log(f"== {section.name} [{i + 1}/{len(commands)}] (bound {left:.0f} s): {' '.join(argv[1:])[:200]}")
-        outcome = run_bounded(argv, timeout_s=left, log=lambda line: log(f"   {line}"),
-                              log_file=folder / f"log{i + 1}.txt", env=env)
-        exits.append({"exit": outcome.code, "seconds": outcome.seconds})
-        if outcome.timed_out:
-            status, why = "timed_out", f"command {i + 1} stopped at the section's bound ({bound:.0f} s): {outcome.last_line()}"
-            break
-        if outcome.code != 0 and status == "measured":
-            status, why = "failed", f"command {i + 1} exit status {outcome.code}: {outcome.last_line()}"
-            if not section.keep_going:
-                break
-    result = {"status": status, "seconds": round(time.perf_counter() - start, 1), "bound_seconds": round(bound),
-              "commands": exits, "details": section_details(section.name, folder)}
-    problem = None
-    if status == "measured" and section.name == "launcher":
-        problem = launcher_problem(result["details"], LAUNCH_STEPS[config.rehearse][1])
-    if section.name == "correctness":
-        problem = correctness_problem(result["details"].get("tests"), len(commands), result["details"].get("files", 0),
-                                      config.rehearse) or (why if status != "measured" else None)
-    if problem and status == "measured":
-        status, why = "failed", problem
-    result["status"] = status
-    if why:
-        result["reason"] = why
+    result = section_runner.run_section(section, commands, bound_s=bound, log=log, log_dir=folder,
+                                        env=child_env(config))
+    result["details"] = details = section.read(folder)
+    problem = section.problem and result["status"] == "measured" and section.problem(details, config, len(commands))
+    if problem:
+        result.update(status="failed", reason=problem)
     return result
 
 
-def correctness_problem(tests: dict | None, files_run: int, files_read: int, rehearse: bool) -> str | None:
-    """Why the test section failed though pytest exited 0, or None. On a GPU some test must pass;
-    in a rehearsal every file must have been collected (the gpu tests then skip)."""
-    if tests is None:
-        return "no JUnit XML: pytest stopped before collecting"
-    if tests["failed"] or tests["errors"]:
-        return f"{tests['failed']} failed, {tests['errors']} errors: {', '.join(tests['failed_tests'][:5])}"
-    if rehearse:
-        return None if files_read == files_run else f"JUnit XML of {files_read} of {files_run} test files"
-    return None if tests["passed"] else "no gpu test passed"
+# ---- figures, summary, charts -------------------------------------------------------------------------
 
-
-# ---- figures ----------------------------------------------------------------------------------------------
-
-def _report_of(sections: dict, name: str) -> dict | None:
-    return (sections.get(name) or {}).get("details", {}).get("report")
-
-
-def aug_rows(sections: dict) -> list[dict]:
-    """The augmentation rows: CUDA from the cuda part; the CPU kernel and PIL from the cpu part, or
-    from the cuda part's own PIL rows when the cpu part did not finish."""
-    reports = (sections.get("augmentation") or {}).get("details", {}).get("reports", {})
-    cuda_rows = (reports.get("cuda") or {}).get("results", [])
-    others = (reports.get("cpu") or reports.get("cuda") or {}).get("results", [])
-    return ([r for r in cuda_rows if r.get("backend") == "numba-cuda"]
-            + [r for r in others if r.get("backend") != "numba-cuda"])
+# Details of a train row that a GPU run compares too.
+TRAIN_DETAILS = ("peak_memory_gib", "phase_shares")
 
 
 def figures(sections: dict) -> list[dict]:
-    """Every figure the run measured, with its unit and where it was measured."""
+    """Every number the sections measured, a FigureRow each: the metrics of the rows of every report a
+    section wrote, named as ``rmm-bench compare`` names them (a report without rows, gpu-env's: its
+    summary's numbers), and the learning run's accuracies per evaluation."""
     out: list[dict] = []
-
-    def add(section: str, name: str, value, unit: str, **where) -> None:
-        if value is not None:
-            out.append({"section": section, "name": name, "value": value, "unit": unit, "where": where})
-
-    env = _report_of(sections, "environment")
-    if env:
-        add("environment", "kernel_compile_seconds", (env["environment"].get("kernel_compile") or {}).get("seconds"), "s")
-    for r in aug_rows(sections):
-        if r.get("bench") != "aug" or "skipped" in r:
-            continue
-        if r["backend"] == "numba-cuda" and r["op"] is None:
-            add("augmentation", "cuda_views_per_s", r["views_per_s"], "views/s", views=r["views"], inputs=r["inputs"],
-                size=r.get("size", [32, 32]))
-        elif r["backend"] == "numba-cuda":
-            add("augmentation", "cuda_op_views_per_s", r["views_per_s"], "views/s", op=r["op"], views=r["views"])
-        elif r["op"] is None:
-            add("augmentation", f"{r['backend']}_views_per_s", r["views_per_s"], "views/s", views=r["views"],
-                threads=r.get("threads"))
-    tuning = (sections.get("kernel-tuning") or {}).get("details", {}).get("reports", {})
-    for part, report in tuning.items():
-        for r in report.get("results", []):
-            if r.get("backend") == "numba-cuda" and r.get("op") is None and "skipped" not in r:
-                add("kernel-tuning", "cuda_views_per_s", r["views_per_s"], "views/s", variant=part, views=r["views"],
-                    inputs=r["inputs"], size=r.get("size", [32, 32]))
-    pipeline = _report_of(sections, "pipeline")
-    for r in (pipeline or {}).get("results", []):
-        if r.get("device") == "cuda" and "skipped" not in r:
-            add("pipeline", "loader_steps_per_s", r["steps_per_s"], "steps/s", batch=r["batch"], k=r["k"],
-                prefetch=r["prefetch"])
-    for section in ("training", "training-compile", "bn-mode"):
-        train = _report_of(sections, section)
-        bn_mode = ((train or {}).get("config") or {}).get("bn_mode", "joint")
-        for r in (train or {}).get("results", []):
-            if r.get("bench") != "train" or r.get("device") != "cuda" or "skipped" in r:
+    for section, result in sections.items():
+        details = result.get("details") or {}
+        sets = [({}, details.get("evaluations") or [], ("acc_ema", "acc_raw"), ("step",))]
+        for part, report in (details.get("reports") or {"": details.get("report")}).items():
+            if report is None:
                 continue
-            where = {"feed": r["feed"], "prefetch": r["prefetch"], "model": r["model"], "batch": r["batch"],
-                     "k": r["k"], "bf16": r["bf16"], "compile": r.get("compile", False), "bn_mode": bn_mode}
-            add(section, "train_steps_per_s", r["steps_per_s"], "steps/s", **where)
-            add(section, "projected_hours", r["projected_hours"], "h", **where)
-            add(section, "peak_memory_gib", r.get("peak_memory_gib"), "GiB", **where)
-            for phase, share in r.get("phase_shares", {}).items():
-                add(section, "phase_share", share, "fraction of the step", phase=phase, **where)
-    learning = (sections.get("learning") or {}).get("details", {})
-    for e in learning.get("evaluations", []):
-        add("learning", "ema_accuracy", e["acc_ema"], "fraction", step=e["step"])
-        add("learning", "raw_accuracy", e["acc_raw"], "fraction", step=e["step"])
-    tests = (sections.get("correctness") or {}).get("details", {}).get("tests")
-    if tests:
-        for key in ("passed", "failed", "skipped", "errors"):
-            add("correctness", f"tests_{key}", tests[key], "tests")
+            inputs, rows = report.get("inputs") or {}, report.get("results") or []
+            context = {**({"part": part} if part else {}),
+                       **({"size": [inputs["height"], inputs["width"]]} if "height" in inputs else {})}
+            summary = report.get("summary") or {}
+            sets.append((context, rows, (*METRICS, *TRAIN_DETAILS), IDENTITY) if rows else
+                        (context, [summary], tuple(summary), ()))
+        for context, rows, metric_names, identity in sets:
+            for names, values in row_values(rows, metric_names, identity):
+                out += [asdict(FigureRow(section=section, name=name, value=value, unit=unit_of(name),
+                                         where={**context, **names})) for name, value in values.items()]
     return out
 
 
-def summarize(sections: dict, figs: list[dict]) -> dict:
-    def best(name: str, **match):
-        values = [f["value"] for f in figs if f["name"] == name and all(f["where"].get(k) == v for k, v in match.items())]
-        return max(values) if values else None
+def _details(sections: dict, name: str) -> dict:
+    return (sections.get(name) or {}).get("details") or {}
 
-    env = _report_of(sections, "environment")
-    learning = (sections.get("learning") or {}).get("details", {})
-    tests = (sections.get("correctness") or {}).get("details", {}).get("tests")
-    loader_hours = [f["value"] for f in figs if f["name"] == "projected_hours" and f["where"]["feed"] == "loader"
-                    and f["where"]["prefetch"] and f["section"] == "training"]
+
+def summarize(sections: dict, figs: list[dict]) -> dict:
+    def best(of: tuple[str, ...], name: str, pick=max, **match):
+        values = [f["value"] for f in figs if f["section"] in of and f["name"] == name
+                  and all(f["where"].get(k) == v for k, v in match.items())]
+        return pick(values) if values else None
+
+    cuda_loader = {"device": "cuda", "feed": "loader", "prefetch": True}
+    learning, tests = _details(sections, "learning"), _details(sections, "correctness").get("tests")
     evaluations = learning.get("evaluations") or []
+    env = _details(sections, "environment").get("report") or {}
     return {
-        "gpu": ((env or {}).get("environment", {}).get("gpu") or {}).get("name"),
+        "gpu": ((env.get("environment") or {}).get("gpu") or {}).get("name"),
         "tests": None if tests is None else {k: tests[k] for k in ("passed", "failed", "skipped", "errors")},
-        "cuda_best_views_per_s": best("cuda_views_per_s", size=[32, 32]),
+        "cuda_best_views_per_s": best(("augmentation", "kernel-tuning"), "views_per_s", backend="numba-cuda",
+                                      op=None, size=[32, 32]),
         "goal_views_per_s": GOAL_VIEWS_PER_S,
-        "train_steps_per_s": best("train_steps_per_s", feed="loader", prefetch=True, bn_mode="joint"),
-        "train_synthetic_steps_per_s": best("train_steps_per_s", feed="synthetic", compile=False, bn_mode="joint"),
-        "train_compiled_steps_per_s": best("train_steps_per_s", feed="synthetic", compile=True),
-        "train_bn_reference_steps_per_s": best("train_steps_per_s", feed="synthetic", bn_mode="reference"),
-        "projected_hours": min(loader_hours) if loader_hours else None,
+        "train_steps_per_s": best(("training", "training-compile"), "steps_per_s", **cuda_loader),
+        "train_synthetic_steps_per_s": best(("training",), "steps_per_s", device="cuda", feed="synthetic"),
+        "train_compiled_steps_per_s": best(("training-compile",), "steps_per_s", device="cuda", feed="synthetic"),
+        "train_bn_reference_steps_per_s": best(("bn-mode",), "steps_per_s", device="cuda", feed="synthetic"),
+        "projected_hours": best(("training",), "projected_hours", min, **cuda_loader),
         "final_ema_accuracy": evaluations[-1]["acc_ema"] if evaluations else None,
         "learning_steps": learning.get("steps"),
     }
 
 
-# ---- charts ------------------------------------------------------------------------------------------------
-
-def learning_chart(sections: dict, out: Path) -> str | dict:
-    evaluations = (sections.get("learning") or {}).get("details", {}).get("evaluations") or []
-    if not evaluations:
-        return {"skipped": "the learning section has no evaluation"}
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return {"skipped": "matplotlib is not installed (pip install 'remixmatch[plots]')"}
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps = [e["step"] for e in evaluations]
-    ax.plot(steps, [100 * e["acc_ema"] for e in evaluations], marker="o", label="EMA model")
-    ax.plot(steps, [100 * e["acc_raw"] for e in evaluations], marker=".", label="raw model")
-    ax.set_xlabel("step")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("cifar10-250, the first minutes")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    path = out / "learning_curve.png"
-    try:
-        with atomic_target(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path.name
-
-
 def draw(sections: dict, out: Path) -> dict:
-    from .charts import draw_charts
-
-    # The charts of rmm-bench all read its section names and one report per section: the aug rows of
-    # both parts go in one.
-    aug, rows = sections.get("augmentation", {}), aug_rows(sections)
-    as_all = {"aug": (aug, {"results": rows} if rows else None)}
-    for name, section in (("train", "training"), ("pipeline", "pipeline")):
-        as_all[name] = (sections.get(section, {}), sections.get(section, {}).get("details", {}).get("report"))
-    as_all = {k: ({**v, "status": "measured", "report": report} if report is not None
-                  else {**v, "status": v.get("status", "skipped"), "reason": v.get("reason", "not run")})
-              for k, (v, report) in as_all.items()}
-    drawn = draw_charts(as_all, out)
-    charts = {name: drawn[name] for name in ("views_per_s", "per_op", "step_split") if name in drawn}
-    charts["learning_curve"] = learning_chart(sections, out)
-    return charts
+    """The charts of rmm-bench all, from the reports it would have under its section names, and the learning curve."""
+    reports = {"aug": ("augmentation", (_details(sections, "augmentation").get("reports") or {}).get("cuda")),
+               "train": ("training", _details(sections, "training").get("report")),
+               "pipeline": ("pipeline", _details(sections, "pipeline").get("report"))}
+    as_all = {name: {**sections[section], "status": "measured", "report": report} if report is not None
+              else {"status": "skipped", "reason": "not run", **sections.get(section, {})}
+              for name, (section, report) in reports.items()}
+    as_all["learning"] = {"evaluations": _details(sections, "learning").get("evaluations")}
+    return draw_charts(as_all, out, names=("views_per_s", "per_op", "step_split", "learning_curve"))
 
 
-# ---- markdown ------------------------------------------------------------------------------------------------
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
 
 def render_markdown(report: dict) -> str:
     s, sections = report["summary"], report["sections"]
-    tests = s["tests"]
+    tests, final = s["tests"], s["final_ema_accuracy"]
     lines = [
         "# rmm-bench gpu-check", "",
         f"GPU: **{s['gpu'] or 'none'}**; created {report['created']}; the run took {report['wall_seconds']:.0f} s "
@@ -629,33 +424,20 @@ def render_markdown(report: dict) -> str:
         f"{_num(s['train_synthetic_steps_per_s'])} from ready tensors, {_num(s['train_compiled_steps_per_s'])} compiled, "
         f"{_num(s.get('train_bn_reference_steps_per_s'))} under the reference's interleaved batch norm; "
         f"2^20 steps: {format_hours(s['projected_hours'])}",
-        f"- Learning: EMA accuracy {_pct(s['final_ema_accuracy'])} after {s['learning_steps'] or '-'} steps", "",
+        f"- Learning: EMA accuracy {'-' if final is None else f'{100 * final:.2f}%'} after "
+        f"{s['learning_steps'] or '-'} steps", "",
         markdown_table(["section", "status", "seconds", "bound", "note"],
                        [[name, sec["status"], str(sec.get("seconds", "-")), str(sec.get("bound_seconds", "-")),
                          sec.get("reason", "")] for name, sec in sections.items()]),
     ]
-    figs = report["figures"]
-    if figs:
+    if figs := report["figures"]:
         lines += ["", "## Figures", "", markdown_table(
             ["section", "figure", "value", "unit", "where"],
             [[f["section"], f["name"], _num(f["value"]), f["unit"],
               ", ".join(f"{k}={v}" for k, v in f["where"].items())] for f in figs])]
-    charts = [f"![{name}]({value})" for name, value in report["charts"].items() if isinstance(value, str)]
-    if charts:
+    if charts := [f"![{name}]({value})" for name, value in report["charts"].items() if isinstance(value, str)]:
         lines += ["", "## Charts", "", *charts]
     return "\n".join(lines) + "\n"
-
-
-def _num(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
 
 
 # ---- the schema, for readers of a committed report ------------------------------------------------------------
@@ -668,19 +450,14 @@ SUMMARY_KEYS = ("gpu", "tests", "cuda_best_views_per_s", "goal_views_per_s", "tr
 
 def schema_problems(report: dict) -> list[str]:
     """What a gpu-check report.json lacks or gets wrong (empty: it is well formed)."""
-    problems = []
-    if report.get("command") != "gpu-check":
-        problems.append(f"command is {report.get('command')!r}, not 'gpu-check'")
-    for key in ("schema_version", "created", "wall_seconds", "machine", "versions", "config", "sections", "figures",
-                "summary", "charts"):
-        if key not in report:
-            problems.append(f"no {key!r}")
+    problems = [] if report.get("command") == "gpu-check" else [f"command is {report.get('command')!r}, not 'gpu-check'"]
+    problems += [f"no {key!r}" for key in ("schema_version", "created", "wall_seconds", "machine", "versions", "config",
+                                          "sections", "figures", "summary", "charts") if key not in report]
     if problems:
         return problems
-    machine = report["machine"]
+    machine, sections = report["machine"], report["sections"]
     if not {"processor", "cpu_count", "memory_gib", "gpu"} <= machine.keys():
         problems.append("machine lacks processor / cpu_count / memory_gib / gpu")
-    sections = report["sections"]
     if list(sections) != list(SECTION_NAMES):
         problems.append(f"sections are {list(sections)}, not {list(SECTION_NAMES)}")
     for name, sec in sections.items():
@@ -688,15 +465,14 @@ def schema_problems(report: dict) -> list[str]:
             problems.append(f"section {name}: status {sec.get('status')!r}")
         elif sec["status"] != "measured" and not sec.get("reason"):
             problems.append(f"section {name}: {sec['status']} without a reason")
-        elif sec["status"] in ("measured", "failed", "timed_out") and not isinstance(sec.get("seconds"), (int, float)):
+        elif sec["status"] != "skipped" and not isinstance(sec.get("seconds"), (int, float)):
             problems.append(f"section {name}: ran without seconds")
     for i, fig in enumerate(report["figures"]):
-        if not ({"section", "name", "value", "unit", "where"} <= fig.keys()) or not fig["unit"]:
+        if not {f.name for f in fields(FigureRow)} <= fig.keys() or not fig["unit"]:
             problems.append(f"figure {i}: needs section, name, value, unit and where")
         elif fig["section"] not in sections or sections[fig["section"]]["status"] == "skipped":
             problems.append(f"figure {i} ({fig['name']}): from a section that did not run")
-    missing = [key for key in SUMMARY_KEYS if key not in report["summary"]]
-    if missing:
+    if missing := [key for key in SUMMARY_KEYS if key not in report["summary"]]:
         problems.append(f"summary lacks {missing}")
     if report["summary"].get("gpu") != machine.get("gpu"):
         problems.append("summary and machine name different GPUs")
@@ -713,8 +489,9 @@ def bundle(out: Path, dest: Path, charts: dict) -> list[str]:
         shutil.copy2(out / name, dest / name)
     logs = dest / "logs.tar.gz"
     with atomic_target(logs) as tmp, tarfile.open(tmp, "w:gz") as archive:
-        for path in sorted(out.glob("*/log*.txt")) + sorted(out.glob("*/report.md")) + sorted(out.glob("*/junit*.xml")):
-            archive.add(path, arcname=str(path.relative_to(out)))
+        for pattern in ("*/log*.txt", "*/report.md", "*/junit*.xml"):
+            for path in sorted(out.glob(pattern)):
+                archive.add(path, arcname=str(path.relative_to(out)))
     names.append(logs.name)
     assert len(names) <= BUNDLE_LIMIT, names
     return names
@@ -732,9 +509,8 @@ def run(config: CheckConfig, log: Callable[[object], None]) -> dict:
         left = config.budget_s - (time.perf_counter() - start)
         sections[section.name] = result = run_section(section, config, left, reason, log)
         log(f"== {section.name}: {result['status']}" + (f" ({result['reason']})" if "reason" in result else ""))
-    figs = figures(sections)
     report["sections"] = sections
-    report["figures"] = figs
+    report["figures"] = figs = figures(sections)
     report["summary"] = summarize(sections, figs)
     report["machine"] = machine_info(report["summary"]["gpu"])
     report["charts"] = draw(sections, config.out)
@@ -750,7 +526,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--archive", type=Path, required=True,
                         help="the CIFAR-10 archive (cifar10-jpg.tar.gz or the official tarball): the shards and the "
                              "real images of the kernel tests")
-    parser.add_argument("--out", type=Path, required=True, help="directory for report.json, report.md, charts, logs")
+    add_out(parser, "report.json, report.md, charts, logs")
     parser.add_argument("--shards", type=Path, default=None,
                         help="the shard directory (made from --archive when it has no manifest; default OUT/shards)")
     parser.add_argument("--budget", type=positive_int, default=DEFAULT_BUDGET_S,
@@ -773,34 +549,24 @@ def build_parser() -> OneLineParser:
 def config_from_args(args) -> CheckConfig:
     if not args.archive.is_file():
         raise BenchError(f"--archive {args.archive}: no such file")
-    if args.out.exists() and not args.out.is_dir():
-        raise BenchError(f"--out {args.out} exists and is not a directory")
+    check_out(args.out)
     return CheckConfig(out=args.out, archive=args.archive, shards=args.shards or args.out / "shards",
                        budget_s=args.budget, learn_seconds=args.learn_seconds, bundle=args.bundle,
                        skip=tuple(args.skip), rehearse=args.rehearse, numba_cache=args.numba_cache)
-
-
-def progress_line(item) -> str:
-    return str(item)
-
-
-def bundle_after_writing(config: CheckConfig, report: dict, log) -> None:
-    if config.bundle is not None:
-        names = bundle(config.out, config.bundle, report["charts"])
-        log(f"bundled {', '.join(names)} into {config.bundle}")
 
 
 def main(argv: list[str] | None = None) -> int:
     not_passed: list[str] = []
 
     def after(config: CheckConfig, report: dict, log) -> None:
-        bundle_after_writing(config, report, log)
+        if config.bundle is not None:
+            log(f"bundled {', '.join(bundle(config.out, config.bundle, report['charts']))} into {config.bundle}")
         if config.rehearse:
             not_passed.extend(f"{name} {sec['status']}" for name, sec in report["sections"].items()
                               if sec["status"] in ("failed", "timed_out"))
 
     code = report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
-                       render_markdown=render_markdown, progress_line=progress_line, after=after)
+                       render_markdown=render_markdown, progress_line=str, after=after)
     if code == 0 and not_passed:
         print(f"{PROG}: rehearsal: {', '.join(not_passed)}", file=sys.stderr)
         return 1
@@ -845,9 +611,9 @@ def tuned_main(argv: list[str]) -> int:
 
 
 # The kernels the environment section compiles before any other section runs, one process each, into
-# the run's NUMBA_CACHE_DIR: (name, kernel, launch tuning's fields, view side). The 32x32 apply kernel,
-# the 96x96 global and tiled ones, the weak one, then the two 32x32 tunings kernel-tuning measures
-# (each cap and block size caches in a folder of its own). "cpu": the CPU kernels (compile_all()).
+# the run's NUMBA_CACHE_DIR: (name, kernel, launch tuning's fields, view side); "cpu": the CPU kernels'
+# compile_all(). Each cap and block size caches in a folder of its own, so kernel-tuning's two 32x32
+# tunings are warmed too.
 WARM_JOBS = (("apply-32", "apply_ops_kernel", {}, 32),
              ("global-96", "apply_ops_kernel_global", {"large_views": "global"}, 96),
              ("tiled-96", "apply_ops_kernel_tiled", {"large_views": "tiled"}, 96),
@@ -858,52 +624,48 @@ WARM_JOBS = (("apply-32", "apply_ops_kernel", {}, 32),
 
 
 def warm_job(job: tuple, rehearse: bool) -> dict:
-    """One WARM_JOBS entry in this process: compile it (a launch on a few views, the path every
-    section takes) and say whether it came from the cache. In a rehearsal the CUDA jobs only build
-    their dispatchers and cache folders (nothing compiles without a device)."""
+    """One WARM_JOBS entry in this process: compiled by a launch on a few views (the path every section
+    takes), from the cache or not; a failure as ``error``. In a rehearsal the CUDA jobs only build their
+    dispatchers and cache folders (nothing compiles without a device)."""
+    name, kernel, options, side = job
+    start = time.perf_counter()
+    try:
+        return {"job": name, **_warm(kernel, options, side, rehearse), "seconds": round(time.perf_counter() - start, 1)}
+    except Exception as error:  # noqa: BLE001 - one job's failure is reported; the others still warm
+        return {"job": name, "error": one_line(error)}
+
+
+def _warm(kernel: str | None, options: dict, side: int, rehearse: bool) -> dict:
+    from remixmatch import kernels
+
+    if kernel is None:
+        kernels.compile_all()
+        return {"compiled": True}
     import numpy as np
 
     from remixmatch.kernels import cuda as kernels_cuda
     from remixmatch.kernels.numba_internals import cache_counts, cache_path
 
-    name, kernel, fields, side = job
-    start = time.perf_counter()
-    if kernel is None:
-        from remixmatch import kernels
-
-        kernels.compile_all()
-        return {"job": name, "seconds": round(time.perf_counter() - start, 1), "compiled": True}
-    tuning = kernels_cuda.LaunchTuning(**fields)
+    tuning = kernels_cuda.LaunchTuning(**options)
     dispatcher = kernels_cuda.kernels(tuning)[kernel]
-    result = {"job": name, "kernel": kernel, "tuning": tuning.cache_key(), "folder": cache_path(dispatcher)}
+    result = {"kernel": kernel, "tuning": tuning.cache_key(), "folder": cache_path(dispatcher)}
     if rehearse:
-        return {**result, "compiled": False, "reason": "rehearsal: no CUDA device", "seconds": 0.0}
+        return {**result, "compiled": False, "reason": "rehearsal: no CUDA device"}
     from numba import cuda
 
-    from remixmatch.kernels import NUM_OPS, apply_ops, weak_augment
-
     kernels_cuda.use_tuning(tuning)
-    rng = np.random.default_rng(0)
-    n = 16
+    rng, n = np.random.default_rng(0), 16
     images = cuda.to_device(rng.integers(0, 256, (4, side, side, 3), dtype=np.uint8))
     sources = np.repeat(np.arange(4, dtype=np.int32), 4)
     if kernel == "weak_augment_kernel":
-        weak_augment(images, np.zeros(n, np.int32), np.zeros((n, 2), np.int32), sources=sources, pad=2)
+        kernels.weak_augment(images, np.zeros(n, np.int32), np.zeros((n, 2), np.int32), sources=sources, pad=2)
     else:
-        apply_ops(images, rng.integers(0, NUM_OPS, (n, 2)).astype(np.int32), rng.random((n, 2, 2), dtype=np.float32),
-                  rng.random((n, 3, 2), dtype=np.float32), sources=sources)
+        kernels.apply_ops(images, rng.integers(0, kernels.NUM_OPS, (n, 2)).astype(np.int32),
+                          rng.random((n, 2, 2), dtype=np.float32), rng.random((n, 3, 2), dtype=np.float32),
+                          sources=sources)
     cuda.synchronize()
     hits, misses = cache_counts(dispatcher) or (0, 0)
-    return {**result, "compiled": True, "cache": "hit" if hits and not misses else "miss" if misses else "unknown",
-            "seconds": round(time.perf_counter() - start, 1)}
-
-
-def _warm_one(args: tuple) -> dict:
-    job, rehearse = args
-    try:
-        return warm_job(job, rehearse)
-    except Exception as error:  # noqa: BLE001 - one job's failure is reported; the others still warm
-        return {"job": job[0], "error": f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"}
+    return {**result, "compiled": True, "cache": "hit" if hits and not misses else "miss" if misses else "unknown"}
 
 
 def warm_main(argv: list[str]) -> int:
@@ -919,13 +681,11 @@ def warm_main(argv: list[str]) -> int:
     start = time.perf_counter()
     # spawn: each job a fresh interpreter (a fork would share this one's CUDA state).
     with ProcessPoolExecutor(len(WARM_JOBS), mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = list(pool.map(_warm_one, [(job, args.rehearse) for job in WARM_JOBS]))
+        jobs = list(pool.map(warm_job, WARM_JOBS, [args.rehearse] * len(WARM_JOBS)))
     for job in jobs:
         print(json.dumps(job), file=sys.stderr, flush=True)
-    result = {"seconds": round(time.perf_counter() - start, 1), "jobs": jobs}
-    atomic_write_json(args.out, result)
-    failed = [job["job"] for job in jobs if "error" in job]
-    if failed:
+    atomic_write_json(args.out, {"seconds": round(time.perf_counter() - start, 1), "jobs": jobs})
+    if failed := [job["job"] for job in jobs if "error" in job]:
         print(f"{PROG} warm-up: {', '.join(failed)} failed", file=sys.stderr)
         return 1
     return 0

@@ -1,21 +1,6 @@
-"""``rmm-bench gpu-env``: what a GPU machine has, probed before anything relies on it.
-
-    rmm-bench gpu-env --out DIR
-
-Writes ``DIR/report.json`` (the common schema of :mod:`remixmatch.bench.report`, ``"command":
-"gpu-env"``) whose ``environment`` holds every probe's answer or its error, never a crash:
-
-    {"gpu": {"name", "capability", "memory_gib", "multiprocessors"} | null,
-     "driver": "580.65" | null,                # nvidia-smi, else the CUDA driver API
-     "torch": {"version", "cuda", "cudnn", "bf16_supported", "device_count"},
-     "numba": {"numba", "numba_cuda", "runtime", "driver_api", "nvvm", "nvvm_path", "cuda_home"},
-     "ptxas": "/usr/local/cuda/bin/ptxas" | null,
-     "kernel_compile": {"seconds": 21.4, "views": 64, "size": [32, 32], "kernel": "apply_ops_kernel"}
-                       | {"error": "..."},      # the CUDA kernel's JIT compile, first call minus steady call
-     "errors": {"<probe>": "<one line>"}}
-
-NVVM is probed first (numba-cuda finds it in a pip wheel, a conda package or ``$CUDA_HOME``): with
-none, every CUDA kernel fails to compile, and the report says so before any test tries.
+"""``rmm-bench gpu-env --out DIR``: what a GPU machine has (GPU, driver, torch, numba-cuda, NVVM, ptxas,
+the CUDA kernel's JIT compile time), every probe's answer or its error, never a crash. NVVM is probed
+first: without it no CUDA kernel compiles. The report's ``environment``: docs/gpu.md.
 """
 
 from __future__ import annotations
@@ -25,12 +10,12 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from remixmatch.common.cli import OneLineParser
 
+from .core import add_out, error_reason, gpu_count, time_calls
 from .report import RunConditions, finish_report, machine_info, new_report, package_versions, report_main
 
 PROG = "rmm-bench gpu-env"
@@ -38,23 +23,16 @@ COMPILE_IMAGES = 8  # the compile probe's batch: 8 images x 8 views, 32x32
 COMPILE_K = 8
 
 
-@dataclass(frozen=True)
-class EnvConfig:
-    out: Path
-
-    def as_dict(self) -> dict:
-        return {"out": str(self.out)}
-
-
-def _one_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:300]
+def one_line(error: BaseException) -> str:
+    """An error as one line of at most 300 characters (a probe's or a warm-up job's)."""
+    return error_reason(error)[:300]
 
 
 def _probe(errors: dict, name: str, call: Callable[[], object]):
     try:
         return call()
     except Exception as error:  # noqa: BLE001 - a probe reports what failed; it never stops the others
-        errors[name] = _one_line(error)
+        errors[name] = one_line(error)
         return None
 
 
@@ -74,8 +52,7 @@ def torch_facts() -> dict:
 
     facts = {"version": torch.__version__, "cuda": torch.version.cuda,
              "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-             "device_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-             "bf16_supported": None}
+             "device_count": gpu_count(), "bf16_supported": None}
     if facts["device_count"]:
         props = torch.cuda.get_device_properties(0)
         facts["bf16_supported"] = torch.cuda.is_bf16_supported()
@@ -105,7 +82,8 @@ def numba_facts(errors: dict) -> dict:
 
 
 def kernel_compile_seconds() -> dict:
-    """The CUDA kernel's JIT cost in this process: the first call minus a steady one (same arrays)."""
+    """The CUDA kernel's JIT cost in this process: the first call minus the fastest of 3 steady ones
+    (same arrays, all on the device)."""
     import numpy as np
     from numba import cuda
 
@@ -120,15 +98,9 @@ def kernel_compile_seconds() -> dict:
                                         rng.random((n, 3, 2), dtype=np.float32),
                                         np.repeat(np.arange(COMPILE_IMAGES, dtype=np.int32), COMPILE_K))]
     out = cuda.device_array((n, 32, 32, 3), np.uint8)
-
-    def call() -> float:
-        start = time.perf_counter()
-        apply_ops(images, *args[:3], sources=args[3], out=out, check_values=False)
-        cuda.synchronize()
-        return time.perf_counter() - start
-
-    first = call()
-    steady = min(call() for _ in range(3))
+    timing = time_calls(lambda: apply_ops(images, *args[:3], sources=args[3], out=out, check_values=False),
+                        reps=3, rep_seconds=0.0, max_calls=1, sync=cuda.synchronize)
+    first, steady = timing.first_seconds, min(timing.per_call)
     return {"seconds": round(first - steady, 2), "first_call_seconds": round(first, 3),
             "steady_call_seconds": steady, "views": n, "size": [32, 32], "kernel": apply_launch(32, 32).kernel}
 
@@ -150,16 +122,15 @@ def probe_environment() -> dict:
     return env
 
 
-def run(config: EnvConfig, log: Callable[[object], None]) -> dict:
-    started = time.perf_counter()
-    conditions = RunConditions()
-    report = new_report("gpu-env", config.as_dict())
+def run(args, log: Callable[[object], None]) -> dict:
+    started, conditions = time.perf_counter(), RunConditions()
+    report = new_report("gpu-env", {"out": str(args.out)})
     env = probe_environment()
     for name, error in env["errors"].items():
         log(f"{name}: {error}")
-    report.update(machine=machine_info((env["gpu"] or {}).get("name")), environment=env,
-                  summary={"gpu": (env["gpu"] or {}).get("name"), "driver": env["driver"],
-                           "nvvm": env["numba"].get("nvvm"),
+    gpu = (env["gpu"] or {}).get("name")
+    report.update(machine=machine_info(gpu), environment=env,
+                  summary={"gpu": gpu, "driver": env["driver"], "nvvm": env["numba"].get("nvvm"),
                            "kernel_compile_seconds": (env["kernel_compile"] or {}).get("seconds")})
     finish_report(report, time.perf_counter() - started, conditions)
     return report
@@ -189,21 +160,13 @@ def render_markdown(report: dict) -> str:
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="What this machine's GPU stack is: GPU, driver, torch, numba-cuda, "
                                                   "NVVM, ptxas, and the CUDA kernel's JIT compile time.")
-    parser.add_argument("--out", type=Path, required=True, help="directory for report.json and report.md")
+    add_out(parser)
     return parser
 
 
-def config_from_args(args) -> EnvConfig:
-    return EnvConfig(out=args.out)
-
-
-def progress_line(item) -> str:
-    return str(item)
-
-
 def main(argv: list[str] | None = None) -> int:
-    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
-                       render_markdown=render_markdown, progress_line=progress_line)
+    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=lambda args: args,
+                       run=run, render_markdown=render_markdown, progress_line=str)
 
 
 if __name__ == "__main__":

@@ -249,3 +249,33 @@ def keys() -> tuple[str, ...]:
     """Every field that names a row, in its rank's order."""
     ranked = {**OTHER_KEYS, **{f.metadata["key"]: f.name for row in ROWS for f in fields(row) if "key" in f.metadata}}
     return tuple(dict.fromkeys(ranked[rank] for rank in sorted(ranked)))
+
+
+@dataclass(kw_only=True)
+class FigureRow:
+    """``rmm-bench gpu-check``: one entry of ``figures``, a number a section measured. Not in ``ROWS``:
+    ``compare`` names these rows by their own keys, the items of ``where`` among them."""
+
+    section: str = key(2)  # the gpu-check section that measured it: "augmentation" | "training" | ...
+    # a metric of the rows the section's reports hold ("views_per_s", "steps_per_s", "phase_shares.forward",
+    # ...), a number of the summary of a report without rows ("kernel_compile_seconds"), or "acc_ema" |
+    # "acc_raw" of the learning run's evaluations
+    name: str = key(22)
+    value: float = metric()
+    unit: str  # unit_of(name): "views/s" | "steps/s" | "s" | "h" | "GiB" | "x" | "fraction" | ...
+    # what tells it from the same figure measured elsewhere in the run: the row's key fields, with "part"
+    # (the section's sub-folder: a kernel-tuning variant) and "size" (the images' side) of its report,
+    # or "step" (learning)
+    where: dict = key(23)
+
+
+# What a figure's name says of its unit: the first (part of the name, unit) that matches; rates are
+# "<thing>_per_s", and what matches none is a fraction (shares, accuracies, efficiency).
+UNITS = (("hours", "h"), ("seconds", "s"), ("gib", "GiB"), ("bytes", "B"), ("ratio", "x"), ("speedup", "x"),
+         ("registers", "registers"))
+
+
+def unit_of(name: str) -> str:
+    if name.endswith("_per_s"):
+        return name[:-len("_per_s")].split("_")[-1] + "/s"
+    return next((unit for part, unit in UNITS if part in name), "fraction")

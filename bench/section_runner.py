@@ -1,4 +1,6 @@
-"""A benchmark section as a child process with a wall-clock bound.
+"""A benchmark section as a child process with a wall-clock bound: :func:`run_bounded` runs one
+command, :func:`run_section` a section's commands in order within one bound (``rmm-bench all``,
+``gpu-check`` and ``train --scaling`` all run their children here).
 
 A section that hangs (a CUDA call that never returns, a worker waiting on a dead peer) must not
 hold the report: the child runs in a process group of its own, its output is read by a thread (so
@@ -93,4 +95,43 @@ def run_bounded(argv: list[str], *, timeout_s: float, log: Callable[[str], None]
             sink.close()
 
 
-__all__ = ["Outcome", "run_bounded"]
+@dataclass(frozen=True)
+class Section:
+    """A section of a bounded run."""
+
+    name: str
+    cap_s: int  # its own wall-clock bound (what is left of a run's budget may be smaller)
+    needs_cuda: bool
+    keep_going: bool = False  # run its later commands after one fails
+
+
+def run_section(section: Section, commands: list[list[str]], *, bound_s: float, log: Callable[[str], None],
+                log_dir: Path, env: dict | None = None) -> dict:
+    """Runs the section's ``commands`` in order, together within ``bound_s`` seconds, command i's output in
+    ``log_dir/log<i>.txt``. Returns ``status`` ("measured" | "failed": one exited non-zero |
+    "timed_out": the bound stopped one), ``reason`` (all but measured), ``seconds``, ``bound_seconds``
+    and each command's ``{"exit", "seconds"}``. After a failure the later commands run only when the
+    section keeps going; the first failure is the reason."""
+    start, status, why, exits = time.perf_counter(), "measured", None, []
+    for i, argv in enumerate(commands):
+        left = bound_s - (time.perf_counter() - start)
+        if left <= 0:
+            status, why = "timed_out", f"no time left for command {i + 1} within the section's bound ({bound_s:.0f} s)"
+            break
+        log(f"== {section.name} [{i + 1}/{len(commands)}] (bound {left:.0f} s): {' '.join(argv[1:])[:200]}")
+        outcome = run_bounded(argv, timeout_s=left, log=lambda line: log(f"   {line}"),
+                              log_file=log_dir / f"log{i + 1}.txt", env=env)
+        exits.append({"exit": outcome.code, "seconds": outcome.seconds})
+        if outcome.timed_out:
+            status, why = "timed_out", f"command {i + 1} stopped at the section's bound ({bound_s:.0f} s): {outcome.last_line()}"
+            break
+        if outcome.code != 0 and status == "measured":
+            status, why = "failed", f"command {i + 1} exit status {outcome.code}: {outcome.last_line()}"
+            if not section.keep_going:
+                break
+    result = {"status": status, "seconds": round(time.perf_counter() - start, 1), "bound_seconds": round(bound_s),
+              "commands": exits}
+    return {**result, "reason": why} if why else result
+
+
+__all__ = ["Outcome", "Section", "run_bounded", "run_section"]

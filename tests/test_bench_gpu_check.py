@@ -9,6 +9,7 @@ under reports/gpu/."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -74,7 +75,7 @@ def test_the_rehearsal_runs_the_gpu_tests_command_with_pytest_timeout_and_counts
         names = logs.getnames()
         assert {f"correctness/junit-{i + 1}.xml" for i in range(len(gpu_check.GPU_TESTS))} <= set(names)
         log = logs.extractfile("correctness/log1.txt").read().decode()
-    assert "--timeout=" in " ".join(gpu_check.section_commands("correctness", _config(Path("o")), Path("c"))[0])
+    assert "--timeout=" in " ".join(_section("correctness").commands(_config(Path("o")), Path("c"))[0])
     assert "Plugin already registered" not in log
 
 
@@ -92,22 +93,25 @@ def _config(tmp_path, **kw):
     return gpu_check.CheckConfig(out=tmp_path, archive=tmp_path / "a.tar.gz", shards=tmp_path / "shards", **kw)
 
 
-def test_without_a_gpu_a_cuda_section_skips_with_its_reason_unless_rehearsed(tmp_path, monkeypatch):
-    monkeypatch.setattr(gpu_check, "section_commands", lambda name, config, folder: [[sys.executable, "-c", "pass"]])
-    section = next(s for s in gpu_check.SECTIONS if s.name == "training")
+def _section(name, **replaced):
+    return dataclasses.replace(next(s for s in gpu_check.SECTIONS if s.name == name), **replaced)
+
+
+def test_without_a_gpu_a_cuda_section_skips_with_its_reason_unless_rehearsed(tmp_path):
+    section = _section("training", commands=lambda config, folder: [[sys.executable, "-c", "pass"]])
     skipped = gpu_check.run_section(section, _config(tmp_path), 100, "no CUDA device", lambda line: None)
     assert skipped == {"status": "skipped", "reason": "no CUDA device"}
-    ran = gpu_check.run_section(section, _config(tmp_path, rehearse=True), 100, "no CUDA device", lambda line: None)
-    assert ran["status"] == "measured"
+    ran = gpu_check.run_section(section, _config(tmp_path, rehearse=True), 1000, "no CUDA device", lambda line: None)
+    assert ran["status"] == "measured" and ran["bound_seconds"] == 1000, "a rehearsal: the budget alone bounds it"
+    on_gpu = gpu_check.run_section(section, _config(tmp_path), 1000, None, lambda line: None)
+    assert on_gpu["bound_seconds"] == section.cap_s
 
 
-def test_a_second_run_on_a_warm_machine_starts_each_section_clean(tmp_path, monkeypatch):
+def test_a_second_run_on_a_warm_machine_starts_each_section_clean(tmp_path):
     """The launcher and learning runs refuse a folder that holds a run: run_section clears it first."""
     refuse = "import pathlib, sys; p = pathlib.Path(sys.argv[1]); sys.exit(3 if p.exists() else p.write_text('run') - 3)"
-    monkeypatch.setattr(gpu_check, "section_commands",
-                        lambda name, config, folder: [[sys.executable, "-c", refuse, str(folder / "run")]])
-    section = next(s for s in gpu_check.SECTIONS if s.name == "launcher")
-    monkeypatch.setattr(gpu_check, "launcher_problem", lambda details, steps: None)
+    section = _section("launcher", commands=lambda config, folder: [[sys.executable, "-c", refuse, str(folder / "run")]],
+                       problem=lambda details, config, commands: None)
     for _ in range(2):
         assert gpu_check.run_section(section, _config(tmp_path), 100, None, lambda line: None)["status"] == "measured"
 
@@ -116,7 +120,9 @@ def test_the_sections_run_in_the_order_the_first_slot_needs_them():
     assert gpu_check.SECTION_NAMES == (
         "data", "environment", "augmentation", "training", "learning", "pipeline", "correctness", "launcher",
         "training-compile", "bn-mode", "kernel-tuning")
-    assert [part for part, _ in gpu_check.AUG_PARTS] == ["cuda"], "the augmentation section: CUDA rows only"
+    (command,) = _section("augmentation").commands(_config(Path("o")), Path("o/augmentation"))
+    assert command[command.index("--device") + 1] == "cuda", "the augmentation section: CUDA rows only"
+    assert command[-2:] == ["--out", str(Path("o/augmentation/cuda"))]
 
 
 def test_the_correctness_section_is_one_pytest_per_file_without_naming_the_timeout_plugin(tmp_path, monkeypatch):
@@ -124,14 +130,13 @@ def test_the_correctness_section_is_one_pytest_per_file_without_naming_the_timeo
     pytest loads itself where it is installed (naming it again: 'Plugin already registered')."""
     for installed in (True, False):
         monkeypatch.setattr(gpu_check, "_has_module", lambda name: installed)
-        commands = gpu_check.section_commands("correctness", _config(tmp_path), tmp_path / "c")
+        commands = _section("correctness").commands(_config(tmp_path), tmp_path / "c")
         assert [argv[-1] for argv in commands] == list(gpu_check.GPU_TESTS)
         for i, argv in enumerate(commands):
             assert "pytest_timeout" not in argv and "timeout" not in [argv[j + 1] for j, a in enumerate(argv) if a == "-p"]
             assert any(a.startswith("--timeout=") for a in argv) == installed
             assert f"--junitxml={tmp_path / 'c' / f'junit-{i + 1}.xml'}" in argv
-    section = next(s for s in gpu_check.SECTIONS if s.name == "correctness")
-    assert section.keep_going
+    assert _section("correctness").keep_going
 
 
 def test_the_counts_of_the_test_files_that_finished_are_kept(tmp_path):
@@ -140,15 +145,18 @@ def test_the_counts_of_the_test_files_that_finished_are_kept(tmp_path):
         "a", "s", '<skipped message="no GPU"/>') + "</testsuite>")
     (tmp_path / "junit-2.xml").write_text("<testsuite>" + case.format("b", "bad", '<failure message="x"/>') + "</testsuite>")
     (tmp_path / "junit-3.xml").write_text("<testsuite")  # the file whose pytest was stopped
-    merged = gpu_check.merged_junit_counts(sorted(tmp_path.glob("junit-*.xml")))
+    details = gpu_check.read_tests(tmp_path)
+    merged = details["tests"]
     assert (merged["passed"], merged["failed"], merged["skipped"], merged["errors"]) == (1, 1, 1, 0)
-    assert merged["failed_tests"] == ["b::bad"]
-    assert gpu_check.correctness_problem(merged, 3, 2, False).startswith("1 failed")
+    assert merged["failed_tests"] == ["b::bad"] and details["files"] == 2
+    gpu, rehearsal = _config(tmp_path), _config(tmp_path, rehearse=True)
+    problem = _section("correctness").problem
+    assert problem(details, gpu, 3).startswith("1 failed")
     only_skips = {"passed": 0, "failed": 0, "skipped": 4, "errors": 0, "failed_tests": []}
-    assert gpu_check.correctness_problem(only_skips, 3, 3, True) is None
-    assert gpu_check.correctness_problem(only_skips, 3, 3, False) == "no gpu test passed"
-    assert gpu_check.correctness_problem(only_skips, 3, 2, True) == "JUnit XML of 2 of 3 test files"
-    assert gpu_check.correctness_problem(None, 3, 0, True).startswith("no JUnit XML")
+    assert problem({"tests": only_skips, "files": 3}, rehearsal, 3) is None
+    assert problem({"tests": only_skips, "files": 3}, gpu, 3) == "no gpu test passed"
+    assert problem({"tests": only_skips, "files": 2}, rehearsal, 3) == "JUnit XML of 2 of 3 test files"
+    assert problem(gpu_check.read_tests(tmp_path / "absent"), rehearsal, 3).startswith("no JUnit XML")
 
 
 def test_every_section_shares_one_numba_cache_and_the_cuda_toolkit(tmp_path, monkeypatch):
@@ -164,7 +172,7 @@ def test_a_warm_up_job_in_a_rehearsal_builds_its_kernels_cache_folder(tmp_path, 
     job = gpu_check.warm_job(gpu_check.WARM_JOBS[4], rehearse=True)
     assert job["kernel"] == "apply_ops_kernel" and job["tuning"] == "regs80-threads256" and not job["compiled"]
     assert Path(job["folder"]).parent == tmp_path and Path(job["folder"]).is_dir()
-    failed = gpu_check._warm_one((("bad", "no_such_kernel", {}, 32), True))
+    failed = gpu_check.warm_job(("bad", "no_such_kernel", {}, 32), True)
     assert failed["job"] == "bad" and failed["error"].startswith("KeyError")
 
 
@@ -190,7 +198,7 @@ def test_each_cuda_sections_commands_parse(name, rehearse, tmp_path):
     from remixmatch.trainer.config import resolve
 
     config = _config(tmp_path, rehearse=rehearse)
-    commands = gpu_check.section_commands(name, config, tmp_path / name)
+    commands = _section(name).commands(config, tmp_path / name)
     if isinstance(commands, str):
         assert rehearse and name == "training-compile"
         return
@@ -224,11 +232,11 @@ def test_each_cuda_sections_commands_parse(name, rehearse, tmp_path):
 
 
 def test_junit_counts_and_the_figures_of_measured_sections(tmp_path):
-    (tmp_path / "junit.xml").write_text(
+    (tmp_path / "junit-1.xml").write_text(
         '<testsuites><testsuite><testcase classname="a" name="ok"/><testcase classname="a" name="bad">'
         '<failure message="x"/></testcase><testcase classname="b" name="s"><skipped message="no DALI"/></testcase>'
         '</testsuite></testsuites>')
-    counts = gpu_check.junit_counts(tmp_path / "junit.xml")
+    counts = gpu_check.read_tests(tmp_path)["tests"]
     assert (counts["passed"], counts["failed"], counts["skipped"], counts["errors"]) == (1, 1, 1, 0)
     assert counts["failed_tests"] == ["a::bad"] and "no DALI" in counts["skip_reasons"][0]
     train_row = {"bench": "train", "device": "cuda", "feed": "loader", "prefetch": True, "model": "WRN-28-2",
@@ -241,11 +249,12 @@ def test_junit_counts_and_the_figures_of_measured_sections(tmp_path):
         "correctness": {"status": "measured", "details": {"tests": counts}},
     }
     figs = gpu_check.figures(sections)
-    by_name = {(f["name"], f["where"].get("phase")): f for f in figs}
-    assert by_name[("train_steps_per_s", None)]["unit"] == "steps/s"
-    assert by_name[("peak_memory_gib", None)]["value"] == 5.5
-    assert by_name[("phase_share", "backward")]["value"] == 0.6
-    assert by_name[("ema_accuracy", None)]["where"] == {"step": 250}
+    by_name = {f["name"]: f for f in figs}
+    assert by_name["steps_per_s"]["unit"] == "steps/s" and by_name["steps_per_s"]["where"]["feed"] == "loader"
+    assert by_name["projected_hours"]["unit"] == "h"
+    assert by_name["peak_memory_gib"]["value"] == 5.5 and by_name["peak_memory_gib"]["unit"] == "GiB"
+    assert by_name["phase_shares.backward"]["value"] == 0.6
+    assert by_name["acc_ema"]["where"] == {"step": 250} and by_name["acc_raw"]["value"] == 0.25
     summary = gpu_check.summarize(sections, figs)
     assert summary["train_steps_per_s"] == 12.0 and summary["projected_hours"] == 24.3
     assert summary["final_ema_accuracy"] == 0.3 and summary["tests"]["failed"] == 1
@@ -259,13 +268,12 @@ def test_the_bn_mode_section_is_told_apart_from_the_training_section():
         "bn-mode": {"status": "measured",
                     "details": {"report": {"config": {"bn_mode": "reference"}, "results": [{**row, "steps_per_s": 7.0}]}}},
     }
-    figs = [f for f in gpu_check.figures(sections) if f["name"] == "train_steps_per_s"]
-    assert {(f["section"], f["where"]["bn_mode"], f["value"]) for f in figs} == {
-        ("training", "joint", 10.0), ("bn-mode", "reference", 7.0)}
+    figs = [f for f in gpu_check.figures(sections) if f["name"] == "steps_per_s"]
+    assert {(f["section"], f["value"]) for f in figs} == {("training", 10.0), ("bn-mode", 7.0)}
     summary = gpu_check.summarize(sections, gpu_check.figures(sections))
     assert (summary["train_synthetic_steps_per_s"], summary["train_bn_reference_steps_per_s"]) == (10.0, 7.0)
     config = gpu_check.CheckConfig(out=Path("o"), archive=Path("a.tar.gz"), shards=Path("s"))
-    (command,) = gpu_check.section_commands("bn-mode", config, Path("o/bn-mode"))
+    (command,) = _section("bn-mode").commands(config, Path("o/bn-mode"))
     assert command[command.index("--bn-mode") + 1] == "reference"
 
 
@@ -323,7 +331,8 @@ def test_charts_and_figures_from_measured_sections(tmp_path):
                  "phase_shares": {"forward": 0.25, "backward": 0.75}}
     sections = {
         "augmentation": {"status": "timed_out", "reason": "cpu part", "details": {"reports": {
-            "cuda": {"results": [aug("pil", 9e3), aug("numba-cuda", 2.5e7), aug("numba-cuda", 3e7, op="rotate")]}}}},
+            "cuda": {"inputs": {"height": 32, "width": 32},
+                     "results": [aug("pil", 9e3), aug("numba-cuda", 2.5e7), aug("numba-cuda", 3e7, op="rotate")]}}}},
         "training": {"status": "measured", "details": {"report": {"results": [train_row]}}},
         "learning": {"status": "measured", "details": {"evaluations": [
             {"step": 250, "acc_ema": 0.2, "acc_raw": 0.25}, {"step": 500, "acc_ema": 0.35, "acc_raw": 0.33}]}},
@@ -332,9 +341,10 @@ def test_charts_and_figures_from_measured_sections(tmp_path):
     for name in ("views_per_s", "per_op", "step_split", "learning_curve"):
         assert charts[name] == f"{name}.png" and (tmp_path / charts[name]).stat().st_size > 1000, name
     figs = gpu_check.figures(sections)
-    cuda = [f for f in figs if f["name"] == "cuda_views_per_s"]
-    assert [f["value"] for f in cuda] == [2.5e7] and cuda[0]["unit"] == "views/s"
-    assert any(f["name"] == "pil_views_per_s" for f in figs), "PIL from the cuda part when the cpu part did not finish"
+    cuda = [f for f in figs if f["name"] == "views_per_s" and f["where"]["backend"] == "numba-cuda"]
+    assert [(f["value"], f["where"].get("op")) for f in cuda] == [(2.5e7, None), (3e7, "rotate")]
+    assert cuda[0]["unit"] == "views/s" and cuda[0]["where"]["size"] == [32, 32] and cuda[0]["where"]["part"] == "cuda"
+    assert any(f["where"]["backend"] == "pil" for f in figs), "PIL from the cuda part when the cpu part did not finish"
     assert gpu_check.summarize(sections, figs)["cuda_best_views_per_s"] == 2.5e7
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from remixmatch.bench import compare as bench_compare
 from remixmatch.bench.render import ratio_range, share_range
-from remixmatch.bench.rows import EfficacyRow, LoaderRow, TrainRow
+from remixmatch.bench.rows import EfficacyRow, FigureRow, LoaderRow, TrainRow
 
 # The figures and row names compare used when they were a hand-written list.
 OLD_METRICS = (
@@ -86,6 +86,34 @@ def test_efficacy_accuracies_are_compared_row_by_row(tmp_path, capsys):
         assert f"efficacy: algorithm=remixmatch k=2 variant=remixmatch seed=1 {metric}" in table
     assert not any(name.endswith(("wall_seconds", "steps", "median_of")) for name in table)
     assert name in capsys.readouterr().out
+
+
+def test_gpu_check_figures_compare_row_by_row_and_an_old_report_still_reads(tmp_path, capsys):
+    """gpu-check's figures pair by section, name and the items of where; a report written before
+    they were typed (plain dicts of the same keys) compares with a new one."""
+    where = {"views": 65536, "inputs": "device", "size": [32, 32]}
+    old = {"schema_version": 1, "command": "gpu-check", "created": "2026-01-01T00:00:00Z",
+           "summary": {"tests": {"passed": 5, "failed": 0}, "cuda_best_views_per_s": 2e7}, "results": [],
+           "figures": [{"section": "augmentation", "name": "cuda_views_per_s", "value": 2e7, "unit": "views/s",
+                        "where": where},
+                       {"section": "augmentation", "name": "cuda_views_per_s", "value": 5e6, "unit": "views/s",
+                        "where": {**where, "inputs": "host"}},
+                       {"section": "learning", "name": "ema_accuracy", "value": 0.3, "unit": "fraction",
+                        "where": {"step": 250}}]}
+    new = {**old, "figures": [asdict(FigureRow(section="augmentation", name="cuda_views_per_s", value=3e7,
+                                               unit="views/s", where=where)),
+                              asdict(FigureRow(section="learning", name="ema_accuracy", value=0.36, unit="fraction",
+                                               where={"step": 250}))]}
+    (tmp_path / "a.json").write_text(json.dumps(old))
+    (tmp_path / "b.json").write_text(json.dumps(new))
+    assert bench_compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    table = {name: (va, vb, ratio) for name, va, vb, ratio in bench_compare.compare(old, new)}
+    device = "gpu-check: section=augmentation name=cuda_views_per_s views=65536 inputs=device size=[32, 32] value"
+    assert table[device] == pytest.approx((2e7, 3e7, 1.5))
+    assert table[device.replace("device", "host")] == (5e6, None, None)
+    assert table["gpu-check: section=learning name=ema_accuracy step=250 value"] == pytest.approx((0.3, 0.36, 1.2))
+    assert table["gpu-check summary.tests.passed"] == (5.0, 5.0, 1.0)
+    assert device in capsys.readouterr().out
 
 
 def test_a_measured_loader_row_is_its_dataclass_as_json():
