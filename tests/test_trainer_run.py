@@ -22,6 +22,7 @@ from remixmatch.trainer.checkpoint import (
     CheckpointError, checkpoint_paths, latest_checkpoint, load_checkpoint, save_checkpoint,
 )
 from remixmatch.trainer.config import resolve
+from remixmatch.trainer.progress import Progress
 from remixmatch.trainer.run import Run, SUMMARY_VERSION
 from remixmatch.trainer.algorithms.remixmatch import LOSS_NAMES
 from trainer_helpers import (
@@ -192,6 +193,13 @@ def test_recalibrated_evaluations_leave_training_untouched_and_resume_exactly(pi
     assert summary["accuracy"]["recalibrate_bn"] == images == summary["config"]["eval_recalibrate_bn"]
     assert json.loads((out / "config.json").read_text())["eval_recalibrate_bn"] == images
     assert summary["accuracy"]["ema_last"] == evaluations[-1]["acc_ema"]
+
+    progress = Progress(20)
+    progress.evaluation(evaluations[-1])
+    assert capsys.readouterr().err.strip() == (
+        f"eval step 20: accuracy {100 * evaluations[-1]['acc_ema']:.2f}% (ema) {100 * evaluations[-1]['acc_raw']:.2f}% "
+        f"(raw) with BN statistics re-estimated; {100 * evaluations[-1]['acc_ema_trained_bn']:.2f}% (ema) "
+        f"{100 * evaluations[-1]['acc_raw_trained_bn']:.2f}% (raw) with the trained ones")
 
     # The same images, batches and statistics as rmm-eval's: its figures for the last checkpoint
     # (the raw model, whose two accuracies differ there).

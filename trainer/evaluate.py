@@ -18,7 +18,7 @@ the JSON says why the picture is missing).
 ``--recalibrate-bn N`` first re-estimates the evaluated model's batch-norm statistics on N clean
 training images of the run's own shards (trainer/recalibrate.py), and records the accuracy with the
 trained statistics beside the recalibrated one (``bn_recalibration`` in eval.json; default ``OUT``
-ends in ``-bnN``).
+ends in ``-bnN``). ``rmm-train --eval-recalibrate-bn N`` measures the same at each of a run's evaluations.
 """
 
 from __future__ import annotations
