@@ -212,6 +212,7 @@ NUMERIC_FLAGS = {
                       | NOT_FINITE),
     "--cta-decay": (_floats(0.01, 0.999), _floats(1.0, 1e6) | _floats(-1e6, 0.0) | NOT_FINITE),
     "--weight-decay": (_floats(0.0, 0.1), _floats(-1e6, 0.0, exclude_max=True) | NOT_FINITE),
+    "--eval-recalibrate-bn": (st.integers(0, 16), st.integers(-5, -1)),
 }
 
 

@@ -122,6 +122,8 @@ def _bad_input_cases(data, empty):
         "unknown ablation": ([*smoke_args(data, "OUT"), "--ablation", "no-mixup"], ["--ablation", "no-mixup"]),
         "negative K": ([*smoke_args(data, "OUT"), "--k", "-1"], ["--k", "-1"]),
         "empty batch": ([*smoke_args(data, "OUT"), "--batch", "0"], ["--batch", "0"]),
+        "negative recalibration": ([*smoke_args(data, "OUT"), "--eval-recalibrate-bn", "-1"],
+                                   ["--eval-recalibrate-bn", "-1"]),
         "non-finite lr": ([*smoke_args(data, "OUT"), "--lr", "nan"], ["--lr", "nan"]),
         "no data": (["--out", "OUT", "--preset", "smoke"], ["--data"]),
         "not a number": ([*smoke_args(data, "OUT"), "--steps", "ten"], ["--steps", "ten"]),

@@ -23,6 +23,7 @@ from remixmatch.trainer.checkpoint import (
     CheckpointError, checkpoint_paths, latest_checkpoint, load_checkpoint, save_checkpoint,
 )
 from remixmatch.trainer.config import resolve
+from remixmatch.trainer.progress import Progress
 from remixmatch.trainer.run import Run, SUMMARY_VERSION
 from remixmatch.trainer.algorithms.remixmatch import LOSS_NAMES
 from trainer_helpers import (
@@ -166,6 +167,48 @@ def test_each_new_flag_resumes_exactly_after_a_stop(variant, pipeline_shards, st
         assert rc == 2 and "--resume: steps = 30 contradicts the checkpoint's 20" in err, err
 
 
+def test_recalibrated_evaluations_leave_training_untouched_and_resume_exactly(pipeline_shards, straight, tmp_path,
+                                                                              capsys):
+    """--eval-recalibrate-bn, stopped at step 5 and resumed: the final state of the straight run
+    without the flag (training untouched, resume exact); each evaluation line has the recalibrated
+    accuracies and the trained statistics' ones (that run's); the last is rmm-eval --recalibrate-bn's."""
+    from remixmatch.trainer.evaluate import evaluate
+
+    images = 64
+    out = tmp_path / "run"
+    args = [*smoke_args(pipeline_shards.path, out, "--prefetch", "--eval-recalibrate-bn", str(images)), "--steps", "20"]
+    rc, _, err = cli([*args, "--time-limit", "1e-9"], capsys)
+    assert rc == 0, err
+    assert [p.name for p in checkpoint_paths(out)] == ["ckpt-00000005.pt"]
+    rc, _, err = cli([*args, "--resume"], capsys)
+    assert rc == 0, err
+    plain = straight("remixmatch-prefetch-on")
+    a, b = latest_state(out), latest_state(plain)
+    for key in ("model", "ema", "optimizer", "policy", "distribution_alignment", "loader", "rng", "step"):
+        assert_identical(a[key], b[key], key)
+    evaluations = [r for r in metrics(out) if r.get("eval")]
+    assert [r["step"] for r in evaluations] == [5, 10, 20]  # (the stop's at step 5)
+    assert [(r["acc_ema_trained_bn"], r["acc_raw_trained_bn"]) for r in evaluations[1:]] == \
+        [(r["acc_ema"], r["acc_raw"]) for r in metrics(plain) if r.get("eval")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["accuracy"]["recalibrate_bn"] == images == summary["config"]["eval_recalibrate_bn"]
+    assert json.loads((out / "config.json").read_text())["eval_recalibrate_bn"] == images
+    assert summary["accuracy"]["ema_last"] == evaluations[-1]["acc_ema"]
+
+    progress = Progress(20)
+    progress.evaluation(evaluations[-1])
+    assert capsys.readouterr().err.strip() == (
+        f"eval step 20: accuracy {100 * evaluations[-1]['acc_ema']:.2f}% (ema) {100 * evaluations[-1]['acc_raw']:.2f}% "
+        f"(raw) with BN statistics re-estimated; {100 * evaluations[-1]['acc_ema_trained_bn']:.2f}% (ema) "
+        f"{100 * evaluations[-1]['acc_raw_trained_bn']:.2f}% (raw) with the trained ones")
+
+    # The same images, batches and statistics as rmm-eval's: its figures for the last checkpoint
+    # (the raw model, whose two accuracies differ there).
+    report = evaluate(out, recalibrate_bn=images, which="raw", out=tmp_path / "eval")
+    assert report["accuracy"] == evaluations[-1]["acc_raw"]
+    assert report["bn_recalibration"]["accuracy_trained_statistics"] == evaluations[-1]["acc_raw_trained_bn"]
+
+
 # -- the step ------------------------------------------------------------------------------------------
 
 
@@ -249,6 +292,7 @@ def test_summary_config_and_metrics_are_well_formed(pipeline_shards, straight):
     assert accuracy["raw_median_last"] == float(np.median([r["acc_raw"] for r in evaluations]))
     assert accuracy["ema_best"] == max(r["acc_ema"] for r in evaluations)
     assert accuracy["ema_last"] == evaluations[-1]["acc_ema"]
+    assert accuracy["recalibrate_bn"] == 0 and not any("acc_ema_trained_bn" in r for r in evaluations)
 
     labeled = json.loads((out / summary["labeled"]["file"]).read_text())
     assert summary["labeled"]["n_labeled"] == len(labeled["labeled"]) == 20

@@ -18,13 +18,12 @@ the JSON says why the picture is missing).
 ``--recalibrate-bn N`` first re-estimates the evaluated model's batch-norm statistics on N clean
 training images of the run's own shards (trainer/recalibrate.py), and records the accuracy with the
 trained statistics beside the recalibrated one (``bn_recalibration`` in eval.json; default ``OUT``
-ends in ``-bnN``).
+ends in ``-bnN``). ``rmm-train --eval-recalibrate-bn N`` measures the same at each of a run's evaluations.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -171,24 +170,18 @@ def confusion_png(path: Path, confusion: list, class_names: list, title: str) ->
 
 def recalibrate(trained: TrainedModel, images: int, batch: int) -> dict:
     """Re-estimates ``trained.model``'s BN statistics on ``images`` clean training images of the
-    run's shards (the hold-out excluded); what was read."""
+    run's shards (the hold-out excluded), as ``rmm-train --eval-recalibrate-bn`` does; what was read."""
     from remixmatch.datasets_prep import open_shards
     from remixmatch.datasets_prep.subsets import load_subset
-    from remixmatch.pipeline import EvalLoader
-    from remixmatch.pipeline.loader import make_fetcher
 
-    from .inference import model_input
-    from .recalibrate import recalibrate_bn, recalibration_rows
+    from .recalibrate import Recalibration
 
     shards = open_shards(trained.config.data)
-    train = shards["train"]
     subset = load_subset(trained.run_dir / "labeled.json", expect_fingerprint=shards.fingerprint)
-    rows = recalibration_rows(len(train), subset.valid, images, trained.config.run_seed)
-    device = str(trained.device)
-    loader = EvalLoader(train, rows, batch, device=device, fetcher=make_fetcher("torch", train, device, max_batch=batch))
-    layers = recalibrate_bn(trained.model, loader, lambda model, item: model(model_input(item.images)))
-    return {"images": int(len(rows)), "batch": batch, "layers": layers, "split": "train",
-            "rows_sha256": hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()}
+    recalibration = Recalibration(shards["train"], subset.valid, images, batch, trained.config.run_seed,
+                                  str(trained.device))
+    layers = recalibration(trained.model)
+    return {**recalibration.describe(), "layers": layers}
 
 
 def evaluate(run_dir: Path, *, checkpoint: Path | None = None, data: Path | None = None, split: str | None = None,

@@ -52,7 +52,11 @@ class Progress:
 
     def evaluation(self, record: dict) -> None:
         self.last_accuracy = f"{100 * record['acc_ema']:.2f}% (ema) {100 * record['acc_raw']:.2f}% (raw)"
-        self.message(f"eval step {record['step']}: accuracy {self.last_accuracy}")
+        trained = ""
+        if "acc_ema_trained_bn" in record:  # --eval-recalibrate-bn: which figures are which
+            trained = (f" with BN statistics re-estimated; {100 * record['acc_ema_trained_bn']:.2f}% (ema) "
+                       f"{100 * record['acc_raw_trained_bn']:.2f}% (raw) with the trained ones")
+        self.message(f"eval step {record['step']}: accuracy {self.last_accuracy}{trained}")
 
     def close(self) -> None:
         if self._status is not None:

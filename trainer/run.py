@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import statistics
 import sys
@@ -42,6 +43,7 @@ from .interrupt import Interrupted, stop_on_sigint
 from .loop import apply_pending, train_step
 from .model import count_parameters, model_name
 from .progress import Progress
+from .recalibrate import Recalibration
 from .step import as_float_images
 from .tensorboard import metrics_log
 
@@ -192,6 +194,11 @@ class Run:
                                       device=str(self.device), rank=rank, world_size=world_size,
                                       fetcher=make_fetcher(self.loader_kind, self.data.eval_split, str(self.device),
                                                            max_batch=config.eval_batch))
+        # Every rank reads all the images: the same statistics on each, whatever the batch norm.
+        self.recalibration = (Recalibration(self.data.shards["train"], self.data.subset.valid,
+                                            config.eval_recalibrate_bn, config.eval_batch, config.run_seed,
+                                            str(self.device))
+                              if config.eval_recalibrate_bn else None)
         self.step = 0
         self.evaluations: list[dict] = []
         self.elapsed = 0.0  # wall seconds of earlier sessions of this run
@@ -294,10 +301,22 @@ class Run:
             correct, total = counts[0], counts[1]
         return float(correct) / max(int(total), 1)
 
+    def _recalibrated(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A copy of ``model`` with its BN statistics re-estimated (--eval-recalibrate-bn): the
+        trained model, and so the rest of the run, stays as it was."""
+        copied = copy.deepcopy(model)
+        self.recalibration(copied)
+        return copied
+
     def evaluate(self) -> dict:
         self._sync_buffers()
-        record = {"eval": True, "step": self.step, "kimg": self.step * self.config.batch / 1024,
-                  "acc_ema": self.accuracy(self.state.ema_model), "acc_raw": self.accuracy(self.state.raw_model)}
+        ema, raw = self.state.ema_model, self.state.raw_model
+        record = {"eval": True, "step": self.step, "kimg": self.step * self.config.batch / 1024}
+        if self.recalibration is None:
+            record.update(acc_ema=self.accuracy(ema), acc_raw=self.accuracy(raw))
+        else:
+            record.update(acc_ema=self.accuracy(self._recalibrated(ema)), acc_raw=self.accuracy(self._recalibrated(raw)),
+                          acc_ema_trained_bn=self.accuracy(ema), acc_raw_trained_bn=self.accuracy(raw))
         self.evaluations.append(record)
         if self.lead:
             self.metrics.write(record)
@@ -451,6 +470,8 @@ class Run:
                 "ema_best": max((e["acc_ema"] for e in self.evaluations), default=None),
                 "raw_best": max((e["acc_raw"] for e in self.evaluations), default=None),
                 "ema_last": self.evaluations[-1]["acc_ema"] if self.evaluations else None,
+                # 0: the figures above are the trained statistics'; N: re-estimated on N training images.
+                "recalibrate_bn": config.eval_recalibrate_bn,
             },
             "eval_split": config.eval_split, "eval_rows": int(len(self.data.eval_rows)),
             "labeled": {"file": "labeled.json", "n_labeled": int(len(self.data.subset.labeled)),
