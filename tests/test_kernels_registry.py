@@ -185,9 +185,10 @@ def _parameters(function) -> tuple[str, ...]:
 
 
 def test_cpu_kernels_take_the_bundles():
-    from remixmatch.kernels.cpu import apply_ops_cpu, weak_augment_cpu
+    from remixmatch.kernels.cpu import apply_ops_cpu, apply_ops_cpu_serial, weak_augment_cpu
 
     assert _parameters(apply_ops_cpu) == ApplyArgs._fields
+    assert _parameters(apply_ops_cpu_serial) == ApplyArgs._fields
     assert _parameters(weak_augment_cpu) == WeakArgs._fields
 
 
@@ -241,3 +242,27 @@ def test_cache_hook_refuses_loudly_when_numba_drops_it(monkeypatch):
     monkeypatch.setattr(caching.CacheImpl, "_locator_classes", None)
     with pytest.raises(RuntimeError, match=re.escape("_locator_classes is gone")):
         jit_cache.install()
+
+
+def test_the_serial_twin_renders_the_parallel_kernels_views():
+    # DALI's in-graph kernel calls the one-thread twin; with the same arguments it must write the
+    # same pixels as apply_ops (every op, weak source views, a cutout after each chain).
+    from remixmatch.kernels import apply_ops
+    from remixmatch.kernels.args import apply_args
+    from remixmatch.kernels.cpu import apply_ops_cpu_serial
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (3, 12, 10, 3), dtype=np.uint8)
+    n = 2 * NUM_OPS
+    op_ids = np.stack([np.arange(n) % NUM_OPS, rng.integers(0, NUM_OPS, n)], axis=1).astype(np.int32)
+    levels = rng.random((n, 2, 2), dtype=np.float32)
+    rand = rng.random((n, 3, 2), dtype=np.float32)
+    sources = rng.integers(0, 3, n).astype(np.int32)
+    flips = rng.integers(0, 2, n).astype(np.int32)
+    offsets = rng.integers(0, 9, (n, 2)).astype(np.int32)
+    expected = apply_ops(images, op_ids, levels, rand, cutout_level=0.5, sources=sources, flips=flips,
+                         offsets=offsets, pad=4)
+    out = np.zeros_like(expected)
+    apply_ops_cpu_serial(*apply_args(images, op_ids, levels, rand, level_form_table("corrected"), 0.5, sources,
+                                     flips, offsets, 4, out, kernel_tables(12, 10).arrays(), np.asarray))
+    np.testing.assert_array_equal(out, expected)
