@@ -3,7 +3,7 @@
 Public entry points: :func:`apply_ops` (the K strong views: each view its own chain of ops and
 levels) and :func:`weak_augment` (flip, reflect-pad, crop). The ops themselves are declared once in
 :mod:`remixmatch.kernels.ops` (one record per op: name, kind, levels' bins and constants) and
-:mod:`remixmatch.kernels.scalar` (level mappings and pixel math).
+:mod:`remixmatch.kernels.pixel_math` (level mappings and pixel math).
 """
 
 from .api import AugmentInputError, apply_ops, weak_augment

@@ -1,5 +1,5 @@
 """The CPU backend: one ``njit(parallel=True)`` pass over views, each view's ops chained in two
-private buffers, the pixel math inlined from :mod:`scalar`.
+private buffers, the pixel math inlined from :mod:`pixel_math`.
 
 The views are handed out dynamically, ``CHUNK`` at a time, from an atomic counter: each of the
 Numba threads claims the next chunk when it is done with its last. Numba's own ``prange`` split
@@ -21,10 +21,10 @@ from numba.extending import intrinsic
 from . import jit_cache
 from .args import ApplyArgs, WeakArgs
 from .compile import cpu_functions
-from .scalar import CUTOUT, LUT_SIZE, PARAMS_F, PARAMS_I
+from .pixel_math import CUTOUT, LUT_SIZE, PARAMS_F, PARAMS_I
 
 jit_cache.install()
-fns = cpu_functions()  # the scalar.py functions compiled for this target
+fns = cpu_functions()  # the pixel_math.py functions compiled for this target
 
 # Views per claim: small enough that a thread descheduled mid-chunk delays the call by a few views
 # (about 15 us at 32x32), large enough that the claims cost nothing beside the views.
