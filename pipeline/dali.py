@@ -292,19 +292,25 @@ def _numba_runner(pad: int, height: int, width: int, semantics: str):
 
     rotations, bounds_y, coef_y, bounds_x, coef_x = kernel_tables(height, width).arrays()
     forms = level_form_table(semantics)
-    # The scalars as kernels.args.apply_args types them, so the callback calls the same compiled (and
-    # cached) kernel as kernels.compile_all(serial=True) warms.
+    # The arguments typed as kernels.args.apply_args types them, so that the callback calls the very
+    # specialisation kernels.compile_all(serial=True) compiles and caches instead of compiling one of its
+    # own (minutes): int32 scalars, booleans read from an array (a Python True would reach the kernel as
+    # a literal type), and DALI's inputs, which numba_function hands over as optional arrays, reshaped
+    # into plain ones.
     pad, height, width = np.int32(pad), np.int32(height), np.int32(width)
+    switches = np.array([True, False])  # weak (the views' flips and offsets apply), cutout (none appended)
 
     def run(out, op_ids, images, levels, rand, views):
         # DALI compiles this callback, so no Python bundle (kernels.args.ApplyArgs) can be built here:
         # the arguments go by the bundle's field names instead, which a swap or a new field cannot
         # get past silently.
         kernel(images=images.reshape(images.shape[0], -1), sources=np.ascontiguousarray(views[:, 0]),
-               weak=True, flips=np.ascontiguousarray(views[:, 1]), offsets=np.ascontiguousarray(views[:, 2:4]),
-               pad=pad, op_ids=op_ids, levels=levels, rand=rand, forms=forms, cutout=False, cutout_level=0.0,
-               height=height, width=width, out=out.reshape(out.shape[0], -1), rotations=rotations,
-               bounds_y=bounds_y, coef_y=coef_y, bounds_x=bounds_x, coef_x=coef_x)
+               weak=switches[0], flips=np.ascontiguousarray(views[:, 1]),
+               offsets=np.ascontiguousarray(views[:, 2:4]), pad=pad, op_ids=op_ids.reshape(op_ids.shape),
+               levels=levels.reshape(levels.shape), rand=rand.reshape(rand.shape), forms=forms,
+               cutout=switches[1], cutout_level=0.0, height=height, width=width,
+               out=out.reshape(out.shape[0], -1), rotations=rotations, bounds_y=bounds_y, coef_y=coef_y,
+               bounds_x=bounds_x, coef_x=coef_x)
 
     def setup(outs, ins):
         for sample in range(len(outs[0])):
