@@ -4,7 +4,7 @@ memory and the theoretical occupancy they allow.
     rmm-bench ptx [--quick] --out DIR
 
 Every kernel of :func:`remixmatch.kernels.cuda.kernel_signatures` is compiled to PTX for sm_80
-(A100) and sm_90 (H100) with ``numba.cuda.compile_ptx`` (NVVM from pip) and assembled with
+(A100) and sm_90 (H100) by numba-cuda (lowered once, then NVVM from pip per arch) and assembled with
 ``ptxas -v`` (the ``nvidia-cuda-nvcc`` wheel the CUDA extra installs), which prints registers per
 thread, spill stores/loads, stack and static shared memory per entry point. Two kinds of rows:
 
@@ -205,38 +205,39 @@ def kernel_rows(ptxas: Path, ptx_files: dict, sweep: bool, log: Callable) -> lis
     return rows
 
 
-def _compile_ptx(job: tuple[str, str, str]) -> tuple[str, str, float]:
-    """One (kernel, arch) to PTX under a directory, in a worker process: (kernel, arch, seconds)."""
-    from numba import cuda
-
+def _compile_ptx(job: tuple[str, str]) -> tuple[str, float]:
+    """One kernel to PTX for every arch, in a worker process: one lowering, then NVVM per arch (the
+    lowering is most of the time). Returns (kernel, seconds)."""
     from remixmatch.kernels.cuda import kernel_signatures
+    from remixmatch.kernels.numba_internals import kernel_ptx
 
-    name, arch_name, directory = job
-    arch = next(a for a in ARCHS if a.name == arch_name)
+    name, directory = job
     kernel, signature = kernel_signatures()[name]
     start = time.perf_counter()
-    ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=arch.cc)
-    (Path(directory) / f"{name}.{arch.name}.ptx").write_text(ptx, encoding="utf-8")
-    return name, arch_name, time.perf_counter() - start
+    for cc, ptx in kernel_ptx(kernel.py_func, signature, [arch.cc for arch in ARCHS]).items():
+        arch = next(a for a in ARCHS if a.cc == cc)
+        (Path(directory) / f"{name}.{arch.name}.ptx").write_text(ptx, encoding="utf-8")
+    return name, time.perf_counter() - start
 
 
 def compile_all_ptx(directory: Path, log: Callable) -> dict:
-    """One PTX file per (kernel, arch), written under ``directory``. NVVM takes most of a minute per
-    apply kernel and arch on one core: the compiles run in a pool of one process per core."""
+    """One PTX file per (kernel, arch), written under ``directory``. Lowering a kernel takes most of a
+    minute on one core: the kernels compile in a pool of one process per core, each lowered once for
+    all archs."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from remixmatch.kernels.cuda import kernel_signatures
 
-    jobs = [(name, arch.name, str(directory)) for name in kernel_signatures() for arch in ARCHS]
+    jobs = [(name, str(directory)) for name in kernel_signatures()]
     workers = max(1, min(len(jobs), os.cpu_count() or 1))
     files = {}
     # spawn: a forked child would inherit this process's CUDA driver state and threads.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for name, arch_name, seconds in pool.map(_compile_ptx, jobs):
-            arch = next(a for a in ARCHS if a.name == arch_name)
-            log(f"{name} {arch.name}: PTX in {seconds:.1f} s")
-            files[name, arch] = Path(directory) / f"{name}.{arch.name}.ptx"
+        for name, seconds in pool.map(_compile_ptx, jobs):
+            log(f"{name}: PTX for {', '.join(arch.name for arch in ARCHS)} in {seconds:.1f} s")
+            for arch in ARCHS:
+                files[name, arch] = Path(directory) / f"{name}.{arch.name}.ptx"
     return files
 
 

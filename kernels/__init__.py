@@ -3,7 +3,7 @@
 Public entry points: :func:`apply_ops` (the K strong views: each view its own chain of ops and
 levels) and :func:`weak_augment` (flip, reflect-pad, crop). The ops themselves are declared once in
 :mod:`remixmatch.kernels.ops` (one record per op: name, kind, levels' bins and constants) and
-:mod:`remixmatch.kernels.scalar` (level mappings and pixel math).
+:mod:`remixmatch.kernels.pixel_math` (level mappings and pixel math).
 """
 
 from .api import AugmentInputError, apply_ops, weak_augment
@@ -20,17 +20,31 @@ __all__ = [
 ]
 
 
-def compile_all() -> float:
-    """Compiles the CPU kernels now (a first call would otherwise pay it); returns the seconds spent."""
+def compile_all(*, parallel: bool = True, serial: bool = False) -> float:
+    """Compiles the CPU kernels into their on-disk cache now (a first call would otherwise pay it);
+    returns the seconds spent. ``parallel``: the kernels behind :func:`apply_ops` and
+    :func:`weak_augment`; ``serial``: their one-thread twin, which DALI's in-graph kernel calls
+    (``remixmatch.kernels.cpu.apply_ops_cpu_serial``). Separate switches, so that two processes can
+    compile them side by side."""
     import time
 
     import numpy as np
+
+    from .args import apply_args
+    from .tables import kernel_tables, level_form_table
 
     start = time.perf_counter()
     images = np.zeros((1, 8, 8, 3), np.uint8)
     op_ids = np.zeros((1, 1), np.int32)
     levels = np.zeros((1, 1, 2), np.float32)
     rand = np.zeros((1, 2, 2), np.float32)
-    apply_ops(images, op_ids, levels, rand)
-    weak_augment(images, np.zeros(1, np.int32), np.zeros((1, 2), np.int32), pad=2)
+    if parallel:
+        apply_ops(images, op_ids, levels, rand)
+        weak_augment(images, np.zeros(1, np.int32), np.zeros((1, 2), np.int32), pad=2)
+    if serial:
+        from .cpu import apply_ops_cpu_serial
+
+        apply_ops_cpu_serial(*apply_args(images, op_ids, levels, rand, level_form_table("corrected"), None, None,
+                                         np.zeros(1, np.int32), np.zeros((1, 2), np.int32), 2,
+                                         np.empty_like(images), kernel_tables(8, 8).arrays(), np.asarray))
     return time.perf_counter() - start

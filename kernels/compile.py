@@ -1,6 +1,6 @@
-"""Compiles the plain scalar functions of :mod:`scalar` for one target.
+"""Compiles the plain scalar functions of :mod:`pixel_math` for one target.
 
-Every function of ``scalar`` is cloned with a globals dict of the target, in which each helper name is
+Every function of ``pixel_math`` is cloned with a globals dict of the target, in which each helper name is
 that target's compiled wrapper, so a helper calling another helper calls the compiled one (Numba
 resolves globals when it compiles). Targets:
 
@@ -18,7 +18,7 @@ import functools
 import inspect
 import types
 
-from . import scalar
+from . import pixel_math
 
 # The arithmetic primitives whose CUDA binding differs from their Python definition.
 _CUDA_INTRINSICS = {"f32_mul": "fmul_rn", "f32_add": "fadd_rn", "f64_mul": "dmul_rn", "f64_add": "dadd_rn"}
@@ -27,13 +27,13 @@ _CUDA_INTRINSICS = {"f32_mul": "fmul_rn", "f32_add": "fadd_rn", "f64_mul": "dmul
 def _scalar_functions() -> dict[str, types.FunctionType]:
     return {
         name: fn
-        for name, fn in vars(scalar).items()
-        if inspect.isfunction(fn) and fn.__module__ == scalar.__name__
+        for name, fn in vars(pixel_math).items()
+        if inspect.isfunction(fn) and fn.__module__ == pixel_math.__name__
     }
 
 
 def _build(wrap, overrides: dict, target: str) -> types.ModuleType:
-    namespace = dict(vars(scalar))
+    namespace = dict(vars(pixel_math))
     compiled = {}
     for name, fn in _scalar_functions().items():
         clone = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
@@ -43,7 +43,7 @@ def _build(wrap, overrides: dict, target: str) -> types.ModuleType:
     namespace.update(compiled)
     # A module object, so that kernels can call ``fns.name(...)``: Numba resolves attributes of
     # module globals when it compiles.
-    module = types.ModuleType(f"{scalar.__name__}.{target}")
+    module = types.ModuleType(f"{pixel_math.__name__}.{target}")
     vars(module).update(compiled)
     return module
 

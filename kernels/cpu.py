@@ -1,5 +1,5 @@
 """The CPU backend: one ``njit(parallel=True)`` pass over views, each view's ops chained in two
-private buffers, the pixel math inlined from :mod:`scalar`.
+private buffers, the pixel math inlined from :mod:`pixel_math`.
 
 The views are handed out dynamically, ``CHUNK`` at a time, from an atomic counter: each of the
 Numba threads claims the next chunk when it is done with its last. Numba's own ``prange`` split
@@ -21,10 +21,10 @@ from numba.extending import intrinsic
 from . import jit_cache
 from .args import ApplyArgs, WeakArgs
 from .compile import cpu_functions
-from .scalar import CUTOUT, LUT_SIZE, PARAMS_F, PARAMS_I
+from .pixel_math import CUTOUT, LUT_SIZE, PARAMS_F, PARAMS_I
 
 jit_cache.install()
-fns = cpu_functions()  # the scalar.py functions compiled for this target
+fns = cpu_functions()  # the pixel_math.py functions compiled for this target
 
 # Views per claim: small enough that a thread descheduled mid-chunk delays the call by a few views
 # (about 15 us at 32x32), large enough that the claims cost nothing beside the views.
@@ -131,6 +131,17 @@ def _apply_view(image, op_ids, levels, rand, forms, cutout, cutout_level, height
     out[:] = a
 
 
+@numba.njit(inline="always")
+def _render_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms, cutout,
+                 cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
+    flip = flips[n] if weak else 0
+    off_y = offsets[n, 0] if weak else 0
+    off_x = offsets[n, 1] if weak else 0
+    image = images[fns.clamp_index(sources[n], images.shape[0])]
+    _apply_view(image, op_ids[n], levels[n], rand[n], forms, cutout, cutout_level, height, width,
+                weak, flip, off_y, off_x, pad, out[n], rotations, bounds_y, coef_y, bounds_x, coef_x)
+
+
 # nogil: a loader thread renders the next step's views while the trainer runs Python.
 # The parameters are the fields of args.ApplyArgs, in order.
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -145,13 +156,21 @@ def apply_ops_cpu(images, sources, weak, flips, offsets, pad, op_ids, levels, ra
             if first >= views:
                 break
             for n in range(first, min(first + CHUNK, views)):
-                flip = flips[n] if weak else 0
-                off_y = offsets[n, 0] if weak else 0
-                off_x = offsets[n, 1] if weak else 0
-                image = images[fns.clamp_index(sources[n], images.shape[0])]
-                _apply_view(image, op_ids[n], levels[n], rand[n], forms, cutout, cutout_level, height, width,
-                            weak, flip, off_y, off_x, pad, out[n], rotations, bounds_y, coef_y, bounds_x,
-                            coef_x)
+                _render_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms, cutout,
+                             cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x)
+
+
+# The same views, in order, on the calling thread, cached on disk beside the parallel build: DALI's
+# numba_function calls it from a compiled callback, where the parallel build returns without writing
+# a pixel (numba 0.68: the output stays as allocated, no error). A twin of its own rather than
+# njit(apply_ops_cpu.py_func): that clone would share the parallel build's cache index (Numba names
+# the index by the function and its line), so it could not be cached.
+@numba.njit(cache=True, nogil=True)
+def apply_ops_cpu_serial(images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms, cutout,
+                         cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
+    for n in range(out.shape[0]):
+        _render_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms, cutout,
+                     cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x)
 
 
 # The parameters are the fields of args.WeakArgs, in order.

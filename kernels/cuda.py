@@ -3,7 +3,7 @@
 A block stages its view in shared memory (flip/pad/crop applied on the way in when asked), chains the
 view's ops between two shared buffers, with histograms built by shared-memory atomics and the lookup
 tables finished by one thread per channel, and writes the result once. The pixel math is the same
-:mod:`scalar` source as the CPU backend, compiled as inlined device functions.
+:mod:`pixel_math` source as the CPU backend, compiled as inlined device functions.
 
 Dynamic shared memory holds, in order: coords (H + W int32), hist (768 int32), lut (768 int32), then
 the three image buffers (H * W * 3 bytes each: input, output, row pass). Views too large for a
@@ -28,9 +28,9 @@ from numba import cuda, float64, int32, uint8
 
 from . import jit_cache
 from .compile import cuda_functions, cuda_simulated
-from .scalar import BLUR, CUTOUT, LUT_SIZE, PARAMS_F, PARAMS_I
+from .pixel_math import BLUR, CUTOUT, LUT_SIZE, PARAMS_F, PARAMS_I
 
-fns = cuda_functions()  # the scalar.py functions compiled for this target
+fns = cuda_functions()  # the pixel_math.py functions compiled for this target
 
 # cuda.jit(max_registers=...) per kernel as declared; None: the compiler's choice. A CI test fails on
 # any spill. Capping apply_ops_kernel at 80 registers would give 3 blocks per SM instead of 2 but

@@ -12,7 +12,7 @@ from .args import apply_args, weak_args
 from .compile import cuda_simulated
 from .cuda import LaunchTuning, TILE_BYTES, current_tuning, kernels, shared_bytes, tiled_shared_bytes
 from .numba_internals import allow_dynamic_shared
-from .scalar import LUT_SIZE, PARAMS_F, PARAMS_I
+from .pixel_math import LUT_SIZE, PARAMS_F, PARAMS_I
 from .tables import kernel_tables, level_form_table
 
 WEAK_THREADS_PER_BLOCK = 256

@@ -3,10 +3,10 @@
 Compiling the fused CPU kernel takes tens of seconds (every op is inlined into one loop), so it is
 cached with ``cache=True``. Numba keys a cache on the file that defines the cached function only,
 but the kernel inlines the pixel math of other modules: a stale kernel would survive an edit of
-``scalar.py``. The locators below stamp the cache with a digest of every kernel source instead.
+``pixel_math.py``. The locators below stamp the cache with a digest of every kernel source instead.
 
 Why keep it: without a cache every process pays the compile (over a minute on two cores), and with
-Numba's own stamp an edit of ``scalar.py`` or ``ops.py`` would silently reuse a stale kernel. It rests on
+Numba's own stamp an edit of ``pixel_math.py`` or ``ops.py`` would silently reuse a stale kernel. It rests on
 one private hook, ``CacheImpl._locator_classes`` (kernels/numba_internals.py); :func:`install`
 refuses loudly if that hook is gone, and tests/test_kernels_registry.py checks that the compiled
 kernels really use these locators, so a Numba upgrade that bypasses them fails a test instead of
@@ -14,7 +14,7 @@ recompiling or going stale unnoticed.
 
 The CUDA kernels (``cuda.jit(cache=True)``) are cached the same way, by numba-cuda's own copy of
 that machinery. Its key (argument types, CUDA version, compute capability, numba-cuda version, the
-kernel's own bytecode) covers neither the device functions a kernel inlines from ``scalar.py`` nor
+kernel's own bytecode) covers neither the device functions a kernel inlines from ``pixel_math.py`` nor
 its register cap: each kernel is cached in :func:`cuda_cache_folder`, a folder named by a digest of
 every CUDA kernel source and by the launch tuning, under ``$NUMBA_CACHE_DIR`` (else the user's cache
 folder). One compile of the 32x32 apply kernel for sm_90 is ~23 s of one core; with the cache each
@@ -35,9 +35,9 @@ caching = cpu_caching()
 
 _KERNEL_DIR = Path(__file__).resolve().parent
 # What the compiled CPU kernels are made of.
-_KERNEL_SOURCES = ("ops.py", "scalar.py", "compile.py", "cpu.py", "jit_cache.py")
+_KERNEL_SOURCES = ("ops.py", "pixel_math.py", "compile.py", "cpu.py", "jit_cache.py")
 # What the compiled CUDA kernels are made of.
-_CUDA_KERNEL_SOURCES = ("ops.py", "scalar.py", "compile.py", "cuda.py", "jit_cache.py")
+_CUDA_KERNEL_SOURCES = ("ops.py", "pixel_math.py", "compile.py", "cuda.py", "jit_cache.py")
 
 
 def _sources_digest(names=_KERNEL_SOURCES, folder: Path = _KERNEL_DIR) -> str:

@@ -112,6 +112,20 @@ def nvvm_location() -> str | None:
     return None if found is None else f"{found.by}: {found.info}"
 
 
+def kernel_ptx(py_func, signature, ccs) -> dict[tuple[int, int], str]:
+    """A kernel's PTX for each compute capability in ``ccs``, from ONE lowering: numba-cuda's public
+    ``compile_ptx`` lowers the Python function again for every target, and the lowering (typing and
+    inlining every device function) is most of the time; NVVM per target is a fraction of it.
+    Upstream: numba_cuda/numba/cuda/compiler.py ``_compile_pyfunc_with_fixup`` (what ``compile_ptx``
+    calls, with its kernel defaults: Numba ABI, opt, no fastmath) and numba_cuda/numba/cuda/codegen.py
+    ``CUDACodeLibrary.get_asm_str(cc=)`` (one library, PTX per compute capability)."""
+    from numba.cuda import compiler
+
+    library, _ = compiler._compile_pyfunc_with_fixup(py_func, signature, device=False, cc=ccs[0], abi="numba",
+                                                     fastmath=False, opt=True, debug=False, lineinfo=False)
+    return {cc: library.get_asm_str(cc=cc) for cc in ccs}
+
+
 # ---- the simulator ----------------------------------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ An op's id is its position in ``OPS``; the order is the reference code's registr
 of the public interface (policies, checkpoints and benchmark reports store ids). A record holds
 everything that is data about an op: its name, its kind (which decides how the kernels run it), each
 level argument's bins and mapping constants, and what it does. The pixel math that consumes the
-parameters lives in :mod:`remixmatch.kernels.scalar`, which reads its constants from here.
+parameters lives in :mod:`remixmatch.kernels.pixel_math`, which reads its constants from here.
 """
 
 from __future__ import annotations

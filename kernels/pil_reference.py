@@ -29,7 +29,7 @@ own calls (``ops.OpSpec.reference_args``): translate by ``(2v - 1) * 0.3`` pixel
 float box ``(s, s, W - s, H - s)``, ``s = v * 0.25``, which Pillow rounds, and resizes back; cutout
 fills ``[c - side // 2, c + side // 2)`` on each axis.
 
-Every other level -> parameter mapping is taken from :mod:`remixmatch.kernels.scalar`, the same
+Every other level -> parameter mapping is taken from :mod:`remixmatch.kernels.pixel_math`, the same
 functions the kernels compile; only the PIL calls that consume the parameters live here.
 """
 
@@ -40,7 +40,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from . import scalar
+from . import pixel_math
 from .ops import LEVELS_PER_OP, MAX_DEPTH, NUM_OPS, OP_ID, OP_NAMES, RESCALE_FILTERS, check_semantics
 
 __all__ = [
@@ -69,7 +69,7 @@ _CUTOUT_FILL = (127, 127, 127)
 
 
 def _blend(x: Image.Image, y: Image.Image, v: float) -> Image.Image:
-    return Image.blend(x, y, float(scalar.blend_alpha(v)))
+    return Image.blend(x, y, float(pixel_math.blend_alpha(v)))
 
 
 def _autocontrast(x, v0, v1, u0, u1):
@@ -81,21 +81,21 @@ def _blur(x, v0, v1, u0, u1):
 
 
 def _brightness(x, v0, v1, u0, u1):
-    return ImageEnhance.Brightness(x).enhance(float(scalar.enhance_factor(v0)))
+    return ImageEnhance.Brightness(x).enhance(float(pixel_math.enhance_factor(v0)))
 
 
 def _color(x, v0, v1, u0, u1):
-    return ImageEnhance.Color(x).enhance(float(scalar.enhance_factor(v0)))
+    return ImageEnhance.Color(x).enhance(float(pixel_math.enhance_factor(v0)))
 
 
 def _contrast(x, v0, v1, u0, u1):
-    return ImageEnhance.Contrast(x).enhance(float(scalar.enhance_factor(v0)))
+    return ImageEnhance.Contrast(x).enhance(float(pixel_math.enhance_factor(v0)))
 
 
 def _cutout_box(width: int, height: int, v: float, u0: float, u1: float) -> tuple[int, int, int, int]:
-    side = scalar.cutout_side(v, height, width, False)
-    y0 = scalar.cutout_start(u0, height, side)
-    x0 = scalar.cutout_start(u1, width, side)
+    side = pixel_math.cutout_side(v, height, width, False)
+    y0 = pixel_math.cutout_start(u0, height, side)
+    x0 = pixel_math.cutout_start(u1, width, side)
     return max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
 
 
@@ -120,31 +120,31 @@ def _identity(x, v0, v1, u0, u1):
 
 
 def _posterize(x, v0, v1, u0, u1):
-    return ImageOps.posterize(x, scalar.posterize_bits(v0))
+    return ImageOps.posterize(x, pixel_math.posterize_bits(v0))
 
 
 def _rescale(x, v0, v1, u0, u1):
     width, height = x.size
     # The crop box as integers; Image.crop rounds a float box with round() exactly as these do.
     box = (
-        scalar.rescale_low(v0, width, True),
-        scalar.rescale_low(v0, height, True),
-        scalar.rescale_high(v0, width, True),
-        scalar.rescale_high(v0, height, True),
+        pixel_math.rescale_low(v0, width, True),
+        pixel_math.rescale_low(v0, height, True),
+        pixel_math.rescale_high(v0, width, True),
+        pixel_math.rescale_high(v0, height, True),
     )
-    return x.crop(box).resize(x.size, _FILTERS[scalar.rescale_filter(v1)])
+    return x.crop(box).resize(x.size, _FILTERS[pixel_math.rescale_filter(v1)])
 
 
 def _rotate(x, v0, v1, u0, u1):
-    return x.rotate(scalar.rotate_degrees(v0))
+    return x.rotate(pixel_math.rotate_degrees(v0))
 
 
 def _shear_x(x, v0, v1, u0, u1):
-    return x.transform(x.size, Image.Transform.AFFINE, (1, scalar.shear_amount(v0), 0, 0, 1, 0))
+    return x.transform(x.size, Image.Transform.AFFINE, (1, pixel_math.shear_amount(v0), 0, 0, 1, 0))
 
 
 def _shear_y(x, v0, v1, u0, u1):
-    return x.transform(x.size, Image.Transform.AFFINE, (1, 0, 0, scalar.shear_amount(v0), 1, 0))
+    return x.transform(x.size, Image.Transform.AFFINE, (1, 0, 0, pixel_math.shear_amount(v0), 1, 0))
 
 
 def _smooth(x, v0, v1, u0, u1):
@@ -152,20 +152,20 @@ def _smooth(x, v0, v1, u0, u1):
 
 
 def _sharpness(x, v0, v1, u0, u1):
-    return ImageEnhance.Sharpness(x).enhance(float(scalar.enhance_factor(v0)))
+    return ImageEnhance.Sharpness(x).enhance(float(pixel_math.enhance_factor(v0)))
 
 
 def _solarize(x, v0, v1, u0, u1):
-    return ImageOps.solarize(x, scalar.solarize_threshold(v0))
+    return ImageOps.solarize(x, pixel_math.solarize_threshold(v0))
 
 
 def _translate_x(x, v0, v1, u0, u1):
-    t = scalar.translate_offset(v0, x.width, True)
+    t = pixel_math.translate_offset(v0, x.width, True)
     return x.transform(x.size, Image.Transform.AFFINE, (1, 0, t, 0, 1, 0))
 
 
 def _translate_y(x, v0, v1, u0, u1):
-    t = scalar.translate_offset(v0, x.height, True)
+    t = pixel_math.translate_offset(v0, x.height, True)
     return x.transform(x.size, Image.Transform.AFFINE, (1, 0, 0, 0, 1, t))
 
 
@@ -173,12 +173,12 @@ def _translate_y(x, v0, v1, u0, u1):
 
 
 def _translate_x_reference(x, v0, v1, u0, u1):
-    t = scalar.translate_offset(v0, x.width, per_size=False)
+    t = pixel_math.translate_offset(v0, x.width, per_size=False)
     return x.transform(x.size, Image.Transform.AFFINE, (1, 0, t, 0, 1, 0))
 
 
 def _translate_y_reference(x, v0, v1, u0, u1):
-    t = scalar.translate_offset(v0, x.height, per_size=False)
+    t = pixel_math.translate_offset(v0, x.height, per_size=False)
     return x.transform(x.size, Image.Transform.AFFINE, (1, 0, 0, 0, 1, t))
 
 
@@ -186,11 +186,11 @@ def _rescale_reference(x, v0, v1, u0, u1):
     # The float box as the reference passes it: Image.crop does the rounding.
     s = v0 * 0.25
     box = (s, s, x.width - s, x.height - s)
-    return x.crop(box).resize(x.size, _FILTERS[scalar.rescale_filter(v1)])
+    return x.crop(box).resize(x.size, _FILTERS[pixel_math.rescale_filter(v1)])
 
 
 def _cutout_reference(x, v0, v1, u0, u1):
-    side = scalar.cutout_side(v0, x.height, x.width, False)
+    side = pixel_math.cutout_side(v0, x.height, x.width, False)
     cy = int(u0 * x.height)
     cx = int(u1 * x.width)
     left, top = max(0, cx - side // 2), max(0, cy - side // 2)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .ops import LEVELS_PER_OP, MAX_ROTATION, OPS, RESCALE_FILTERS, check_semantics
-from .scalar import FORM_EVEN, FORM_PER_SIZE, RESAMPLE_BITS, fix16
+from .pixel_math import FORM_EVEN, FORM_PER_SIZE, RESAMPLE_BITS, fix16
 
 # Upscaling (every rescale crop is at most the image) keeps Pillow's support at the filter's own,
 # so the widest kernel is Lanczos': 2 * ceil(3) + 1 taps.
@@ -197,7 +197,7 @@ def kernel_tables(height: int, width: int) -> KernelTables:
 
 @functools.lru_cache(maxsize=None)
 def level_form_table(semantics: str) -> np.ndarray:
-    """int32 (NUM_OPS, LEVELS_PER_OP): each level's form bits (scalar.FORM_*) under ``semantics``,
+    """int32 (NUM_OPS, LEVELS_PER_OP): each level's form bits (pixel_math.FORM_*) under ``semantics``,
     read from the op records; the kernels pick a level mapping's form from it."""
     check_semantics(semantics)
     table = np.zeros((len(OPS), LEVELS_PER_OP), np.int32)

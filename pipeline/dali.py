@@ -266,22 +266,6 @@ KERNEL_RUNNERS = ("python", "numba")
 # op_ids first: numba_function's setup_fn is handed only as many input shapes as there are outputs
 # (DALI 2.4 passes num_outs for the inputs too), so the output's N must come from input 0.
 _GRAPH_INPUTS = ("op_ids", "images", "levels", "rand", "views")
-_SERIAL_KERNEL = None
-
-
-def _serial_kernel():
-    """apply_ops_cpu compiled without ``parallel``. Inside numba_function's cfunc the parallel build
-    returns without writing a pixel (measured with numba 0.68: the output stays as allocated, no error),
-    so the graph runs the same loop body on one thread. Not cached on disk: ``cache=True`` would share
-    the index file of the parallel build (same function, same file)."""
-    global _SERIAL_KERNEL
-    if _SERIAL_KERNEL is None:
-        import numba
-
-        from remixmatch.kernels.cpu import apply_ops_cpu
-
-        _SERIAL_KERNEL = numba.njit(nogil=True)(apply_ops_cpu.py_func)
-    return _SERIAL_KERNEL
 
 
 def _python_runner(pad: int, numba_threads: int | None, semantics: str):
@@ -303,21 +287,30 @@ def _python_runner(pad: int, numba_threads: int | None, semantics: str):
 
 def _numba_runner(pad: int, height: int, width: int, semantics: str):
     """numba_function's run_fn and setup_fn: our njit kernel called from DALI's compiled callback."""
+    from remixmatch.kernels.cpu import apply_ops_cpu_serial as kernel
     from remixmatch.kernels.tables import kernel_tables, level_form_table
 
-    kernel = _serial_kernel()
     rotations, bounds_y, coef_y, bounds_x, coef_x = kernel_tables(height, width).arrays()
     forms = level_form_table(semantics)
+    # The arguments typed as kernels.args.apply_args types them, so that the callback calls the very
+    # specialisation kernels.compile_all(serial=True) compiles and caches instead of compiling one of its
+    # own (minutes): int32 scalars, booleans read from an array (a Python True would reach the kernel as
+    # a literal type), and DALI's inputs, which numba_function hands over as optional arrays, reshaped
+    # into plain ones.
+    pad, height, width = np.int32(pad), np.int32(height), np.int32(width)
+    switches = np.array([True, False])  # weak (the views' flips and offsets apply), cutout (none appended)
 
     def run(out, op_ids, images, levels, rand, views):
         # DALI compiles this callback, so no Python bundle (kernels.args.ApplyArgs) can be built here:
         # the arguments go by the bundle's field names instead, which a swap or a new field cannot
         # get past silently.
         kernel(images=images.reshape(images.shape[0], -1), sources=np.ascontiguousarray(views[:, 0]),
-               weak=True, flips=np.ascontiguousarray(views[:, 1]), offsets=np.ascontiguousarray(views[:, 2:4]),
-               pad=pad, op_ids=op_ids, levels=levels, rand=rand, forms=forms, cutout=False, cutout_level=0.0,
-               height=height, width=width, out=out.reshape(out.shape[0], -1), rotations=rotations,
-               bounds_y=bounds_y, coef_y=coef_y, bounds_x=bounds_x, coef_x=coef_x)
+               weak=switches[0], flips=np.ascontiguousarray(views[:, 1]),
+               offsets=np.ascontiguousarray(views[:, 2:4]), pad=pad, op_ids=op_ids.reshape(op_ids.shape),
+               levels=levels.reshape(levels.shape), rand=rand.reshape(rand.shape), forms=forms,
+               cutout=switches[1], cutout_level=0.0, height=height, width=width,
+               out=out.reshape(out.shape[0], -1), rotations=rotations, bounds_y=bounds_y, coef_y=coef_y,
+               bounds_x=bounds_x, coef_x=coef_x)
 
     def setup(outs, ins):
         for sample in range(len(outs[0])):
@@ -341,9 +334,9 @@ class DaliGraphFetcher(DaliFetcher):
     ``fn.python_function`` calling :func:`remixmatch.kernels.apply_ops` (the parallel Numba kernel, on
     ``numba_threads`` threads of DALI's worker thread, default all); ``kernel="numba"``:
     ``nvidia.dali.plugin.numba``'s ``numba_function`` calling our njit kernel from DALI's compiled
-    callback (single-threaded, see :func:`_serial_kernel`; compiling it costs tens of seconds once per
-    process and each graph build a few more). ``fetch(rows)`` still returns the plain images (the
-    EvalLoader's use). A StepLoader given this fetcher calls ``render`` instead of fetch + kernel.
+    callback (single-threaded: :func:`remixmatch.kernels.cpu.apply_ops_cpu_serial`, cached on disk
+    like the parallel build; each graph build compiles the callback, a few seconds). ``fetch(rows)``
+    still returns the plain images (the EvalLoader's use). A StepLoader given this fetcher calls ``render`` instead of fetch + kernel.
 
     Why CPU and raw only: DALI's GPU numba_function launches once per sample and cannot run the
     batch-wide kernel (see :mod:`.dali`'s docstring); decoded PNG/JPEG rows come out of DALI as R

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from remixmatch.kernels import cuda as kernels_cuda
-from remixmatch.kernels import jit_cache, scalar
+from remixmatch.kernels import jit_cache, pixel_math
 from remixmatch.kernels.cuda import DEFAULT_TUNING, LaunchTuning
 from remixmatch.kernels.cuda_launch import ViewArgStaging, apply_launch, staged_bytes
 
@@ -40,7 +40,7 @@ def test_the_real_kernels_cache_in_their_tunings_folder_under_numba_cache_dir(tm
 
 
 def test_an_edit_of_any_cuda_kernel_source_moves_the_cache_folder(tmp_path):
-    """numba-cuda's own key covers only the kernel's bytecode: an edit of scalar.py (inlined device
+    """numba-cuda's own key covers only the kernel's bytecode: an edit of pixel_math.py (inlined device
     functions) must still miss, so the folder is named by a digest of every source."""
     sources = tmp_path / "kernels"
     sources.mkdir()
@@ -49,7 +49,7 @@ def test_an_edit_of_any_cuda_kernel_source_moves_the_cache_folder(tmp_path):
     before = jit_cache._sources_digest(jit_cache._CUDA_KERNEL_SOURCES, sources)
     assert before == jit_cache._cuda_digest()
     digests = {before}
-    for name in ("scalar.py", "compile.py", "cuda.py", "ops.py"):
+    for name in ("pixel_math.py", "compile.py", "cuda.py", "ops.py"):
         path = sources / name
         path.write_text(path.read_text() + "\n# edited\n")
         digests.add(jit_cache._sources_digest(jit_cache._CUDA_KERNEL_SOURCES, sources))
@@ -142,7 +142,7 @@ def test_scratch_buffers_are_reused_per_shape():
 
 def test_the_autocontrast_table_is_pillows_division():
     """255 / d divided on the host, d = 1..255, bit for bit what Pillow's double division gives."""
-    table = scalar.AUTOCONTRAST_SCALE
+    table = pixel_math.AUTOCONTRAST_SCALE
     assert table.dtype == np.float64 and table.shape == (256,)
     for d in range(1, 256):
         assert table[d] == 255.0 / float(d)
@@ -153,9 +153,9 @@ def test_the_kernel_sources_divide_no_float():
     import ast
     import inspect
 
-    source = inspect.getsource(scalar)
+    source = inspect.getsource(pixel_math)
     divisions = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)]
     inside = [node.lineno for node in divisions
               if any(isinstance(parent, ast.FunctionDef) and parent.lineno <= node.lineno <= parent.end_lineno
                      for parent in ast.walk(ast.parse(source)))]
-    assert not inside, f"float division in scalar.py functions at lines {inside}"
+    assert not inside, f"float division in pixel_math.py functions at lines {inside}"

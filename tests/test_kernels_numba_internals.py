@@ -87,6 +87,15 @@ def test_nvvm_and_its_location():
     assert numba_internals.nvvm_location() is not None
 
 
+def test_the_one_lowering_ptx_pieces():
+    from numba.cuda import compiler
+    from numba.cuda.codegen import CUDACodeLibrary
+
+    parameters = inspect.signature(compiler._compile_pyfunc_with_fixup).parameters
+    assert {"device", "cc", "abi", "fastmath", "opt", "debug", "lineinfo"} <= parameters.keys()
+    assert "cc" in inspect.signature(CUDACodeLibrary.get_asm_str).parameters
+
+
 def test_the_simulator_array_type():
     from numba.cuda.simulator.cudadrv import devicearray
 

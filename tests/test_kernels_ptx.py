@@ -47,7 +47,7 @@ def test_no_fused_multiply_add(ptx_by_target, name):
 def test_no_float_division_or_reciprocal(ptx_by_target, name):
     """ptxas expands div.rn.f64 / div.rn.f32 / rcp into a refinement made of DFMA and FFMA: exact, but
     then the SASS check (tests/test_kernels_gpu.py) could not forbid fused multiply-adds. Autocontrast's
-    255 / d is a host table (scalar.AUTOCONTRAST_SCALE), so no kernel divides a float."""
+    255 / d is a host table (pixel_math.AUTOCONTRAST_SCALE), so no kernel divides a float."""
     for cc in ((8, 0), (9, 0)):
         found = sorted({m for m in re.findall(r"\b(?:div|rcp|sqrt)\.[\w.]*f(?:32|64)\b", ptx_by_target[name, cc])})
         assert not found, f"{name} sm_{cc[0]}{cc[1]}: {found}"

@@ -15,7 +15,7 @@ import pytest
 
 from remixmatch.kernels import AugmentInputError, apply_ops
 from remixmatch.kernels import pil_reference as ref
-from remixmatch.kernels import scalar
+from remixmatch.kernels import pixel_math
 from remixmatch.kernels.ops import NUM_OPS, OP_ID, OPS
 from remixmatch.kernels.tables import level_form_table
 
@@ -69,17 +69,17 @@ def test_records_declare_the_reference_mappings_the_kernels_read():
     corrected, reference = level_form_table("corrected"), level_form_table(REFERENCE)
     differs = {OPS[i].name for i in np.flatnonzero((corrected != reference).any(axis=1))}
     assert differs == set(CHANGED)
-    assert reference[OP_ID["cutout"], 0] == scalar.FORM_PER_SIZE | scalar.FORM_EVEN
-    assert reference[OP_ID["translate_x"], 0] == 0 and corrected[OP_ID["translate_x"], 0] == scalar.FORM_PER_SIZE
+    assert reference[OP_ID["cutout"], 0] == pixel_math.FORM_PER_SIZE | pixel_math.FORM_EVEN
+    assert reference[OP_ID["translate_x"], 0] == 0 and corrected[OP_ID["translate_x"], 0] == pixel_math.FORM_PER_SIZE
 
 
 def test_reference_mappings_in_numbers():
     # translate: at most 0.3 px; rescale: the box (0.25, 0.25, 31.75, 31.75) rounds to the image;
     # cutout: side 1 fills nothing, side 15 fills 14.
-    assert scalar.translate_offset(1.0, 32, per_size=False) == pytest.approx(0.3)
-    assert (scalar.rescale_low(1.0, 32, False), scalar.rescale_high(1.0, 32, False)) == (0, 32)
-    assert scalar.cutout_side(0.0, 32, 32, even=True) == 0
-    assert scalar.cutout_side(0.9, 32, 32, even=True) == 14
+    assert pixel_math.translate_offset(1.0, 32, per_size=False) == pytest.approx(0.3)
+    assert (pixel_math.rescale_low(1.0, 32, False), pixel_math.rescale_high(1.0, 32, False)) == (0, 32)
+    assert pixel_math.cutout_side(0.0, 32, 32, even=True) == 0
+    assert pixel_math.cutout_side(0.9, 32, 32, even=True) == 14
     zeros = np.zeros((32, 32, 3), np.uint8)
     assert not ref.apply_op(zeros, "cutout", (0.0,), (0.5, 0.5), semantics=REFERENCE).any()
     mask = ref.apply_op(zeros, "cutout", (0.9,), (0.5, 0.5), semantics=REFERENCE).any(axis=2)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from remixmatch.kernels import scalar
+from remixmatch.kernels import pixel_math
 from remixmatch.kernels.args import ApplyArgs, WeakArgs
 from remixmatch.kernels.ops import NUM_OPS, OP_NAMES, OPS, Kind, op_table
 from remixmatch.kernels.tables import kernel_tables, level_form_table
@@ -39,38 +39,38 @@ def _ops(condition) -> set[str]:
 
 def test_every_op_has_its_id_constant():
     for op_id, name in enumerate(OP_NAMES):
-        assert getattr(scalar, name.upper(), None) == op_id, f"scalar.py lacks {name.upper()} = OP_ID[{name!r}]"
+        assert getattr(pixel_math, name.upper(), None) == op_id, f"pixel_math.py lacks {name.upper()} = OP_ID[{name!r}]"
 
 
 def test_trait_dispatchers_follow_the_kinds():
     for op_id in IDS:
         op = OPS[op_id]
-        assert scalar.is_point_op(op_id) == (op.kind is Kind.POINT), op.name
-        assert scalar.has_row_pass(op_id) == (op.kind is Kind.RESAMPLE), op.name
-        assert scalar.needs_histogram(op_id) == op.histogram, op.name
+        assert pixel_math.is_point_op(op_id) == (op.kind is Kind.POINT), op.name
+        assert pixel_math.has_row_pass(op_id) == (op.kind is Kind.RESAMPLE), op.name
+        assert pixel_math.needs_histogram(op_id) == op.histogram, op.name
 
 
 def test_prepare_op_handles_every_op_with_levels():
-    missing = _ops(lambda op: op.args) - _named_ops(scalar.prepare_op)
+    missing = _ops(lambda op: op.args) - _named_ops(pixel_math.prepare_op)
     assert not missing, f"prepare_op has no branch for {sorted(missing)}"
 
 
 def test_point_value_handles_every_point_op_with_levels():
     # A point op without levels (identity) is the final `return v`.
-    missing = _ops(lambda op: op.kind is Kind.POINT and op.args) - _named_ops(scalar.point_value)
+    missing = _ops(lambda op: op.kind is Kind.POINT and op.args) - _named_ops(pixel_math.point_value)
     assert not missing, f"point_value has no branch for {sorted(missing)}"
 
 
 def test_op_pixel_handles_every_other_op():
     # Geometric ops share the affine branch, selected by kind; every other non-point op needs its own.
-    named = _named_ops(scalar.op_pixel)
+    named = _named_ops(pixel_math.op_pixel)
     missing = _ops(lambda op: op.kind not in (Kind.POINT, Kind.GEOMETRIC)) - named
     assert not missing, f"op_pixel has no branch for {sorted(missing)}"
     assert not named & _ops(lambda op: op.kind is Kind.POINT), "op_pixel names a point op"
 
 
 def test_statistics_handle_every_histogram_op():
-    missing = _ops(lambda op: op.histogram) - _named_ops(scalar.finish_statistics)
+    missing = _ops(lambda op: op.histogram) - _named_ops(pixel_math.finish_statistics)
     assert not missing, f"finish_statistics has no branch for {sorted(missing)}"
 
 
@@ -95,10 +95,10 @@ def test_every_op_writes_every_pixel(op_id):
 def test_row_dispatchers_follow_the_kinds():
     # op_row serves every filter and resample op (the CPU backend routes them there by has_row_output).
     for op_id in IDS:
-        assert scalar.has_row_output(op_id) == (OPS[op_id].kind in (Kind.FILTER, Kind.RESAMPLE)), OP_NAMES[op_id]
-    missing = _ops(lambda op: op.kind is Kind.FILTER) - _named_ops(scalar.filter_row)
+        assert pixel_math.has_row_output(op_id) == (OPS[op_id].kind in (Kind.FILTER, Kind.RESAMPLE)), OP_NAMES[op_id]
+    missing = _ops(lambda op: op.kind is Kind.FILTER) - _named_ops(pixel_math.filter_row)
     assert not missing, f"filter_row has no branch for {sorted(missing)}"
-    assert _ops(lambda op: op.kind is Kind.RESAMPLE) <= _named_ops(scalar.op_row)
+    assert _ops(lambda op: op.kind is Kind.RESAMPLE) <= _named_ops(pixel_math.op_row)
 
 
 ROW_OPS = [i for i in IDS if OPS[i].kind in (Kind.FILTER, Kind.RESAMPLE)]
@@ -125,49 +125,49 @@ def test_resampling_sums_fit_in_int32(size):
     from remixmatch.kernels.tables import resample_table
 
     coefs = resample_table(size).coefs.astype(np.int64)
-    largest = int(np.abs(coefs).sum(axis=-1).max()) * 255 + scalar.RESAMPLE_HALF
+    largest = int(np.abs(coefs).sum(axis=-1).max()) * 255 + pixel_math.RESAMPLE_HALF
     assert largest < 2**31, f"size {size}: {largest}"
 
 
 def _run_op(op, image, height, width, tables, fill, levels=(0.8, 0.3), by_rows=False):
-    params_i = np.zeros(scalar.PARAMS_I, np.int32)
-    params_f = np.zeros(scalar.PARAMS_F, np.float64)
+    params_i = np.zeros(pixel_math.PARAMS_I, np.int32)
+    params_f = np.zeros(pixel_math.PARAMS_F, np.float64)
     coords = np.zeros(height + width, np.int32)
-    hist = np.zeros(scalar.LUT_SIZE, np.int32)
-    lut = np.zeros(scalar.LUT_SIZE, np.int32)
+    hist = np.zeros(pixel_math.LUT_SIZE, np.int32)
+    lut = np.zeros(pixel_math.LUT_SIZE, np.int32)
     rows = np.zeros_like(image)
     out = np.full_like(image, fill)
-    scalar.prepare_op(op, *levels, 0.4, 0.6, height, width, params_i, params_f, coords,
+    pixel_math.prepare_op(op, *levels, 0.4, 0.6, height, width, params_i, params_f, coords,
                       tables.rotations, level_form_table("corrected"))
-    if scalar.needs_histogram(op):
+    if pixel_math.needs_histogram(op):
         for p in range(height * width):
             for c in range(3):
-                slot = scalar.histogram_slot(op, image, p, c)
+                slot = pixel_math.histogram_slot(op, image, p, c)
                 if slot >= 0:
                     hist[slot] += 1
         for c in range(3):
-            scalar.finish_statistics(op, hist, lut, params_i, c, height * width)
-    if scalar.is_point_op(op):
-        for j in range(scalar.LUT_SIZE):
-            lut[j] = scalar.point_value(op, j & 255, lut[j], params_i, params_f)
+            pixel_math.finish_statistics(op, hist, lut, params_i, c, height * width)
+    if pixel_math.is_point_op(op):
+        for j in range(pixel_math.LUT_SIZE):
+            lut[j] = pixel_math.point_value(op, j & 255, lut[j], params_i, params_f)
         return lut[(np.arange(image.size) % 3) * 256 + image]
     acc = np.zeros(max(height, width) * 3, np.int32)
-    if scalar.has_row_pass(op) and by_rows:
-        scalar.row_pass_by_columns(op, image, rows, out, width, params_i, tables.rescale_x.bounds,
+    if pixel_math.has_row_pass(op) and by_rows:
+        pixel_math.row_pass_by_columns(op, image, rows, out, width, params_i, tables.rescale_x.bounds,
                                    tables.rescale_x.coefs, acc)
-    elif scalar.has_row_pass(op):
-        for r in range(scalar.row_pass_rows(op, params_i)):
+    elif pixel_math.has_row_pass(op):
+        for r in range(pixel_math.row_pass_rows(op, params_i)):
             for x in range(width):
-                scalar.row_pass_pixel(op, image, rows, r, x, width, params_i,
+                pixel_math.row_pass_pixel(op, image, rows, r, x, width, params_i,
                                       tables.rescale_x.bounds, tables.rescale_x.coefs)
     if by_rows:
         for y in range(height):
-            scalar.op_row(op, image, rows, out, y, height, width, params_i, params_f,
+            pixel_math.op_row(op, image, rows, out, y, height, width, params_i, params_f,
                           tables.rescale_y.bounds, tables.rescale_y.coefs, acc)
         return out
     for y in range(height):
         for x in range(width):
-            scalar.op_pixel(op, image, rows, out, y, x, height, width, params_i, params_f, coords,
+            pixel_math.op_pixel(op, image, rows, out, y, x, height, width, params_i, params_f, coords,
                             tables.rescale_y.bounds, tables.rescale_y.coefs)
     return out
 
@@ -185,9 +185,10 @@ def _parameters(function) -> tuple[str, ...]:
 
 
 def test_cpu_kernels_take_the_bundles():
-    from remixmatch.kernels.cpu import apply_ops_cpu, weak_augment_cpu
+    from remixmatch.kernels.cpu import apply_ops_cpu, apply_ops_cpu_serial, weak_augment_cpu
 
     assert _parameters(apply_ops_cpu) == ApplyArgs._fields
+    assert _parameters(apply_ops_cpu_serial) == ApplyArgs._fields
     assert _parameters(weak_augment_cpu) == WeakArgs._fields
 
 
@@ -220,7 +221,7 @@ def test_no_weak_and_no_cutout_are_flags():
 
 def test_kernel_cache_uses_the_source_digest():
     # The CPU kernels must be cached under the digest of every kernel source: if a Numba upgrade
-    # picks another locator, an edit of scalar.py would reuse a stale kernel (or every run recompiles).
+    # picks another locator, an edit of pixel_math.py would reuse a stale kernel (or every run recompiles).
     from remixmatch.kernels import jit_cache
     from remixmatch.kernels.cpu import apply_ops_cpu, weak_augment_cpu
 
@@ -241,3 +242,27 @@ def test_cache_hook_refuses_loudly_when_numba_drops_it(monkeypatch):
     monkeypatch.setattr(caching.CacheImpl, "_locator_classes", None)
     with pytest.raises(RuntimeError, match=re.escape("_locator_classes is gone")):
         jit_cache.install()
+
+
+def test_the_serial_twin_renders_the_parallel_kernels_views():
+    # DALI's in-graph kernel calls the one-thread twin; with the same arguments it must write the
+    # same pixels as apply_ops (every op, weak source views, a cutout after each chain).
+    from remixmatch.kernels import apply_ops
+    from remixmatch.kernels.args import apply_args
+    from remixmatch.kernels.cpu import apply_ops_cpu_serial
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (3, 12, 10, 3), dtype=np.uint8)
+    n = 2 * NUM_OPS
+    op_ids = np.stack([np.arange(n) % NUM_OPS, rng.integers(0, NUM_OPS, n)], axis=1).astype(np.int32)
+    levels = rng.random((n, 2, 2), dtype=np.float32)
+    rand = rng.random((n, 3, 2), dtype=np.float32)
+    sources = rng.integers(0, 3, n).astype(np.int32)
+    flips = rng.integers(0, 2, n).astype(np.int32)
+    offsets = rng.integers(0, 9, (n, 2)).astype(np.int32)
+    expected = apply_ops(images, op_ids, levels, rand, cutout_level=0.5, sources=sources, flips=flips,
+                         offsets=offsets, pad=4)
+    out = np.zeros_like(expected)
+    apply_ops_cpu_serial(*apply_args(images, op_ids, levels, rand, level_form_table("corrected"), 0.5, sources,
+                                     flips, offsets, 4, out, kernel_tables(12, 10).arrays(), np.asarray))
+    np.testing.assert_array_equal(out, expected)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from remixmatch.kernels import pil_reference as ref
-from remixmatch.kernels import scalar
+from remixmatch.kernels import pixel_math
 from remixmatch.kernels.ops import NUM_OPS, OP_ID, OP_NAMES, RESCALE_FILTERS
 
 F32 = np.float32
@@ -54,8 +54,8 @@ def test_invert_at_one(photo):
 
 
 def test_enhance_factor_range(photo):
-    assert scalar.enhance_factor(0.0) == F32(0.1)
-    assert scalar.enhance_factor(1.0) == F32(2.0)
+    assert pixel_math.enhance_factor(0.0) == F32(0.1)
+    assert pixel_math.enhance_factor(1.0) == F32(2.0)
     # brightness at v = 0 scales by 0.1 (truncated), as ImageEnhance does.
     out = ref.apply_op(photo, "brightness", (0.0,))
     want = ImageEnhance.Brightness(Image.fromarray(photo)).enhance(float(F32(0.1)))
@@ -77,16 +77,16 @@ def test_geometric_ops_are_identity_at_the_middle(photo):
 
 
 def test_rotate_range():
-    assert scalar.rotate_degrees(0.0) == -45
-    assert scalar.rotate_degrees(1.0) == 45
-    assert scalar.rotate_degrees(0.5) == 0
+    assert pixel_math.rotate_degrees(0.0) == -45
+    assert pixel_math.rotate_degrees(1.0) == 45
+    assert pixel_math.rotate_degrees(0.5) == 0
     x = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(ref.apply_op(x, "rotate", (1.0,)), np.asarray(Image.fromarray(x).rotate(45)))
 
 
 def test_translate_is_a_fraction_of_the_size(photo):
     # Fixed defect: at v = 1 the offset is 0.3 * 32 = 9.6 px (nearest: source x + 10), not 0.3 px.
-    assert scalar.translate_offset(1.0, 32, True) == pytest.approx(9.6)
+    assert pixel_math.translate_offset(1.0, 32, True) == pytest.approx(9.6)
     right = ref.apply_op(photo, "translate_x", (1.0,))
     np.testing.assert_array_equal(right[:, :22], photo[:, 10:])
     assert not right[:, 22:].any()
@@ -102,17 +102,17 @@ def test_translate_is_a_fraction_of_the_size(photo):
 def test_cutout_square_is_exactly_side_wide():
     zeros = np.zeros((32, 32, 3), np.uint8)
     # Fixed defect: side 1 (v = 0) covers one pixel; the reference's 2 * (side // 2) covered none.
-    assert scalar.cutout_side(0.0, 32, 32, False) == 1
+    assert pixel_math.cutout_side(0.0, 32, 32, False) == 1
     one = ref.apply_op(zeros, "cutout", (0.0,), (0.5, 0.25))
     assert np.argwhere(one.any(axis=2)).tolist() == [[16, 8]]
-    assert scalar.cutout_side(1.0, 32, 32, False) == 16
+    assert pixel_math.cutout_side(1.0, 32, 32, False) == 16
     full = ref.apply_op(zeros, "cutout", (1.0,), (0.5, 0.5))
     mask = full.any(axis=2)
     assert mask.sum() == 16 * 16 and mask[8:24, 8:24].all()
     assert (full[mask] == 127).all()
     # An odd side centred: rows [cy - side // 2, cy - side // 2 + side).
     v = 0.9
-    side = scalar.cutout_side(v, 32, 32, False)
+    side = pixel_math.cutout_side(v, 32, 32, False)
     assert side == 15
     odd = ref.apply_op(zeros, "cutout", (v,), (0.5, 0.5)).any(axis=2)
     rows = np.flatnonzero(odd.any(axis=1))
@@ -130,9 +130,9 @@ def test_cutout_is_clipped_at_the_border():
 
 def test_rescale_margin_is_a_fraction_of_the_size(photo):
     # Fixed defect: at v = 1 the crop is 0.25 of the size on each side: (8, 8, 24, 24) at 32x32.
-    assert (scalar.rescale_low(1.0, 32, True), scalar.rescale_high(1.0, 32, True)) == (8, 24)
+    assert (pixel_math.rescale_low(1.0, 32, True), pixel_math.rescale_high(1.0, 32, True)) == (8, 24)
     nearest = float(F32(1.0))  # int(1.0 * 5.99) = 5: nearest
-    assert RESCALE_FILTERS[scalar.rescale_filter(nearest)] == "nearest"
+    assert RESCALE_FILTERS[pixel_math.rescale_filter(nearest)] == "nearest"
     out = ref.apply_op(photo, "rescale", (1.0, nearest))
     np.testing.assert_array_equal(out, photo[8:24, 8:24].repeat(2, axis=0).repeat(2, axis=1))
     for f in range(len(RESCALE_FILTERS)):
@@ -147,15 +147,15 @@ def test_rescale_integer_box_equals_pils_rounding_of_the_float_box(size):
     for v in levels.tolist():
         s = v * 0.25
         float_box = x.crop((s * width, s * height, width * (1 - s), height * (1 - s)))
-        int_box = x.crop((scalar.rescale_low(v, width, True), scalar.rescale_low(v, height, True),
-                          scalar.rescale_high(v, width, True), scalar.rescale_high(v, height, True)))
+        int_box = x.crop((pixel_math.rescale_low(v, width, True), pixel_math.rescale_low(v, height, True),
+                          pixel_math.rescale_high(v, width, True), pixel_math.rescale_high(v, height, True)))
         assert float_box.size == int_box.size
         assert float_box.tobytes() == int_box.tobytes(), v
 
 
 def test_rescale_filters_follow_the_reference_order():
     assert RESCALE_FILTERS == ("lanczos", "bicubic", "bilinear", "box", "hamming", "nearest")
-    assert [scalar.rescale_filter(v) for v in (0.0, 0.17, 0.34, 0.5, 0.67, 0.84, 1.0)] == [0, 1, 2, 2, 4, 5, 5]
+    assert [pixel_math.rescale_filter(v) for v in (0.0, 0.17, 0.34, 0.5, 0.67, 0.84, 1.0)] == [0, 1, 2, 2, 4, 5, 5]
 
 
 def test_weak_augment():
@@ -205,7 +205,7 @@ def test_batch_matches_single_views_with_sources_and_weak():
 def test_levels_are_read_as_given_float32_values(photo):
     # A float32 level just below a boundary must not be rounded up on the way in.
     v = np.nextafter(F32(0.5), F32(0.0))
-    assert scalar.rotate_degrees(float(v)) == 0
+    assert pixel_math.rotate_degrees(float(v)) == 0
     np.testing.assert_array_equal(
         ref.apply_ops(photo, np.array([_op("rotate")]), np.array([[v, 0]], F32), np.zeros((2, 2), F32)),
         ref.apply_op(photo, "rotate", (float(v),)))

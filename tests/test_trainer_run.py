@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from datasets_helpers import REAL_CIFAR_JPG, REPO
+from datasets_helpers import REPO
 from remixmatch.pipeline import CTAugment
 from remixmatch.trainer import checkpoint as checkpoint_module
 from remixmatch.trainer.checkpoint import (
     CheckpointError, checkpoint_paths, latest_checkpoint, load_checkpoint, save_checkpoint,
 )
-from remixmatch.trainer.config import resolve
 from remixmatch.trainer.progress import Progress
 from remixmatch.trainer.run import Run, SUMMARY_VERSION
 from remixmatch.trainer.algorithms.remixmatch import LOSS_NAMES
@@ -421,29 +420,3 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one_and_resume_works(
     assert rc == 0, err
     assert_same_final_state(out, straight("supervised"))
     assert not list((out / "checkpoints").glob(".*")), "the killed write's temporary file was not cleared"
-
-
-# -- real data -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def real_cifar10(tmp_path_factory):
-    if not REAL_CIFAR_JPG.is_file():
-        pytest.skip(f"real data not present at {REAL_CIFAR_JPG}")
-    from remixmatch.datasets_prep.cli import prep_cifar10_main
-
-    out = tmp_path_factory.mktemp("real") / "cifar10"
-    assert prep_cifar10_main(["--source", str(REAL_CIFAR_JPG), "--out", str(out)]) == 0
-    return out
-
-
-@pytest.mark.slow
-def test_short_supervised_run_on_real_cifar10_evaluates_far_above_chance(real_cifar10, tmp_path):
-    config = resolve("cpu", [], {"data": str(real_cifar10), "algorithm": "supervised", "labels": 4000,
-                                 "device": "cpu", "loader": "torch", "steps": 300, "eval_every": 300,
-                                 "ckpt_every": 300})
-    summary = train(config, tmp_path / "run")
-    assert summary["eval_rows"] == 10000
-    # Chance is 10%; an evaluation that mixed up images, labels or normalisation would sit near it.
-    assert summary["accuracy"]["ema_last"] > 0.25, summary["accuracy"]
-    assert summary["accuracy"]["raw_median_last"] > 0.25, summary["accuracy"]
