@@ -1,23 +1,10 @@
 """``rmm-bench aug``: strong-view throughput of the fused Numba kernels against the PIL reference.
 
-Workload: K = 8 strong views (depth 2, op ids and levels uniform: the library's probe sampler,
-:func:`remixmatch.pipeline.policy.uniform_policies`) of a batch of 64 images, the same images and
-policies for every backend of a run. The images are the first 64 of the train split of the user's
-shards (``--shards DIR``, else ``$REMIXMATCH_SHARDS``), or of ``--images`` (an archive or a
-directory), else synthetic (:mod:`remixmatch.bench.images`). Backends:
-
-- ``pil``: the per-view PIL reference in this process (the reference code's CTAugment, one core);
-- ``pil-pool``: the same function in a pool of worker processes, one per thread (the reference code's
-  augmentation pool); pool start-up is outside the timed region, pickling in and out inside it;
-- ``numba-cpu``: ``apply_ops`` on NumPy arrays, ``--threads`` Numba threads; also K = 1..16 and one
-  row per op (every view applying that op once);
-- ``numba-cuda``: ``apply_ops`` on device arrays at N = 512, 8,192 and 65,536 views (K = 8 views of
-  N / 8 images, the 64 images tiled), with the per-view arrays already on the device and on the
-  host (their copy timed), plus one row per op at the largest N.
-
-Every row is the median of ``--reps`` (>= 5) timed repetitions after a warm-up call; the JIT compile
-time is a separate ``aug-compile`` entry. The report schema is documented in
-:mod:`remixmatch.bench.report`.
+K = 8 depth-2 views (the library's probe sampler) of 64 images (:mod:`remixmatch.bench.images`),
+the same for every backend: ``pil`` (one process), ``pil-pool`` (a worker pool, pickling timed),
+``numba-cpu`` (also K = 1..16 and one row per op) and ``numba-cuda`` (512 to 65,536 views, the
+per-view arrays on the device and on the host, per-op rows at the largest size). The JIT compile is
+a separate row. Rows: :class:`~remixmatch.bench.rows.ViewsRow`, :class:`~remixmatch.bench.rows.CompileRow`.
 """
 
 from __future__ import annotations

@@ -1,32 +1,11 @@
-"""``rmm-bench``: the benchmark commands.
+"""``rmm-bench``: the benchmark commands, each writing ``--out DIR/report.json`` and ``report.md``.
 
-``rmm-bench aug [--device auto|cpu|cuda] [--quick] [--reps N] [--threads N] [--shards DIR | --images PATH]
-[--seed N] --out DIR`` writes ``DIR/report.json`` and ``DIR/report.md`` (schema in
-:mod:`remixmatch.bench.report`). Every subcommand:
-
-- ``aug``: CTAugment strong views/s, Numba CPU/CUDA kernels vs the PIL reference (parsed here);
-- ``prep``: data preparation throughput (:mod:`remixmatch.bench.prep`);
-- ``views``: a PNG contact sheet of weak and strong views (:mod:`remixmatch.bench.views`);
-- ``pipeline``: step batches/s, the torch and DALI loaders vs the PIL pool (:mod:`remixmatch.bench.loaders`);
-- ``train``: training steps/s of any --algorithm, the step fed by ready tensors vs by the loader,
-  and the paper's 2^20-step run projected (:mod:`remixmatch.bench.train_steps`);
-- ``efficacy``: ReMixMatch, FixMatch, MixMatch, the supervised baseline and ablations, same data
-  and steps (:mod:`remixmatch.bench.efficacy`);
-- ``ptx``: registers, spills, shared memory and theoretical occupancy of every CUDA kernel, from
-  ``ptxas -v`` with no GPU (:mod:`remixmatch.bench.ptx`);
-- ``all``: one report of aug, ptx, pipeline, train (with the step split into its phases) and
-  scaling, with PNG charts and the paper's run projected (:mod:`remixmatch.bench.all_sections`);
-- ``compare``: two report.json side by side with the ratio of every figure (:mod:`remixmatch.bench.compare`);
-- ``semantics``: how many views the reference code's translate and rescale change
-  (:mod:`remixmatch.bench.reference_changes`);
-- ``gpu-env``: what a GPU machine's stack is, probed (:mod:`remixmatch.bench.gpu_env`);
-- ``gpu-check``: the gpu tests and every GPU figure in one run within a time budget, for a GPU machine
-  lent for minutes (:mod:`remixmatch.bench.gpu_check`).
-
-All but ``aug`` own their arguments (``rmm-bench NAME --help``): everything after the name goes to
-the ``main(argv)`` of their module (:data:`DELEGATED`). Bad input exits with status 2 and a one-line
-message (:func:`remixmatch.common.cli.run_cli`). This module imports nothing heavy: ``--help`` and the
-delegation cost no NumPy, Numba or pyarrow import.
+``aug`` (strong views/s of the kernels against PIL) is parsed here; ``prep``, ``views``,
+``pipeline``, ``train``, ``efficacy``, ``ptx``, ``all``, ``compare``, ``semantics``, ``gpu-env`` and
+``gpu-check`` own their arguments: everything after the name goes to the ``main(argv)`` of their
+module (:data:`DELEGATED`; ``rmm-bench NAME --help``). Bad input exits with status 2 and a one-line
+message. This module imports nothing heavy: ``--help`` and the delegation cost no NumPy, Numba or
+pyarrow import.
 """
 
 from __future__ import annotations

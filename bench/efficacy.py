@@ -1,48 +1,14 @@
 """``rmm-bench efficacy``: does ReMixMatch beat training on the labels alone, how do FixMatch and
-MixMatch compare, and do the paper's ablations point the same way, on a run sized for the machine at
-hand?
+MixMatch compare, and do the paper's ablations and the departures from the reference code point the
+same way, on a run sized for the machine at hand?
 
-Every variant trains on the same shards, the same labeled subset (same --labels and --seed) and the
-same number of steps with the same model; only the algorithm or the ablated part differs. Each
-algorithm (``--algorithms``) runs with its own settings under the ``cpu`` preset (FixMatch: SGD with
-its cosine decay over --steps, mu = 3, one strong view with Cutout; MixMatch: K = 2 weak views, Adam,
-lambda_u ramped over the whole run; ReMixMatch: K = 2), unless --k / --uratio set them for all. Each row
-is one ``rmm-train`` run (:class:`remixmatch.trainer.run.Run`; its run directory is kept under
-OUT/runs/, and a second call with the same OUT continues or reuses those runs) and reports the
-paper's figure (median EMA test accuracy of the last evaluations) and the best one.
-
-    rmm-bench efficacy --shards shards/cifar10 --out bench-out/efficacy [--steps 5000] [--seeds 1 2]
-                       [--algorithms supervised mixmatch remixmatch fixmatch]
-                       [--variants remixmatch supervised no-da ...] [--labels 250] [--width 16]
-                       [--blocks-per-stage 1] [--batch 32] [--k K] [--uratio MU] [--evaluations 20]
-                       [--median-of 5] [--threads N]
-
-``--algorithms`` names methods, ``--variants`` methods and ReMixMatch's ablations; the runs are the
-algorithms, then the variants not among them (without either: the default variants).
-
-``--variants corrected,reference,reference-ops-only,reference-bn-only`` measures what the
-departures from the reference code cost (names separated by spaces or commas): the corrected
-defaults, every reference choice (``--fidelity reference``, the common hold-out kept), the
-reference's CTAugment ops alone and its interleaved batch norm alone. Each row also gives the
-seconds per step of its run (wall time over steps, evaluations included).
-
-``report.json`` (the common schema of :mod:`remixmatch.bench.report`, ``"command": "efficacy"``):
-``config`` holds ``settings`` (the TrainConfig values every variant shares, before its algorithm's
-settings and its overrides), ``variants`` and ``seeds``; ``inputs`` the shard directory's name and dataset; ``threads`` the torch
-threads; ``results`` one row per (seed, variant)::
-
-    {"variant": "remixmatch", "seed": 1, "what": "ReMixMatch, all parts",
-     "run_dir": "OUT/runs/remixmatch-seed1",
-     "acc_ema_median": 0.41,      # median EMA accuracy of the last `median_of` evaluations (the figure)
-     "acc_ema_best": 0.43, "acc_raw_median": 0.40, "median_of": 5,
-     "wall_seconds": 611.0, "steps": 5000,
-     "algorithm": "remixmatch", "k": 2, "uratio": 1}   # the run's method, K and mu
-
-``summary``: per variant ``{"acc_ema_median_mean": ..., "acc_ema_median_stdev": ... | null,
-"vs_remixmatch": <difference of the means from the baseline row's (remixmatch, else corrected), in
-accuracy> | null, "seeds": n}``.
-``charts``: ``{"curves": "curves.png" | {"skipped": reason}}``: OUT/curves.png draws every run's
-accuracy (EMA, raw) and loss terms against steps, one column per run on shared axes.
+Every variant (:data:`VARIANTS`; ``--algorithms`` first, then the ``--variants`` not among them)
+trains on the same shards, labeled subset and steps with the same model under the ``cpu`` preset,
+each method with its own settings unless --k / --uratio set them for all. Each row is one
+``rmm-train`` run kept under OUT/runs/ (a second call with the same OUT continues or reuses it):
+:class:`~remixmatch.bench.rows.EfficacyRow`. ``summary``: per variant the mean and stdev over seeds
+of the figure and its difference from the baseline (:data:`BASELINES`); OUT/curves.png draws every
+run's curves side by side.
 """
 
 from __future__ import annotations

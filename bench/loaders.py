@@ -1,49 +1,16 @@
 """``rmm-bench pipeline``: complete ReMixMatch step batches per second, loader against loader.
 
-    rmm-bench pipeline --shards DIR [--quick] [--reps N] [--batch 64] [--k 8] [--threads N]
-                       [--labels 250] [--valid 5000] [--seed 0] --out DIR
-
-A step batch at B labeled and B_u = B unlabeled images with K strong views each holds
-B labeled strong + B probe + B_u unlabeled weak + K B_u unlabeled strong views (704 at 64 / 64 / 8),
-everything one training step reads. Rows of one run, all from the same shard split and the same
-CTAugment policy (at its initial weights: no updates here), the same plans:
-
-- ``torch`` on ``cpu``: :class:`remixmatch.pipeline.StepLoader` with the host fetcher (memory-mapped
-  shards) and the fused Numba kernel, ``next(loader)`` timed back to back, prefetch on and off;
-- ``dali`` on ``cpu``: the same loader with ``make_fetcher("dali", split, "cpu", max_batch=2B)``
-  (a skipped row with the reason when DALI does not import or build): DALI reads the rows, the
-  CTAugment kernel runs on DALI's output (the loader's render thread);
-- ``dali-graph`` on ``cpu``: the kernel *inside* the DALI graph
-  (:class:`remixmatch.pipeline.dali.DaliGraphFetcher`, ``kernel="python"``): the step's images and
-  kernel-call arrays enter through ``fn.external_source`` as one sample each and ``fn.python_function``
-  calls ``apply_ops`` (the parallel Numba kernel, ``--threads`` threads) once per step, prefetch on and off;
-- ``dali-numba`` on ``cpu``: the same graph with ``numba_function`` (``nvidia.dali.plugin.numba``)
-  calling our njit kernel from DALI's compiled callback, prefetch on. Single-threaded (``threads`` 1):
-  the parallel kernel writes nothing when called from that callback. Its start-up includes compiling
-  the kernel (tens of seconds). Both graph rows need raw shards and are skipped with the reason otherwise;
-- ``pil-pool``: the reference design, a pool of PIL processes (one per thread, started outside the
-  timed region; its start-up time recorded). Per step the parent draws the plan exactly as the
-  loader does (its samplers, :func:`remixmatch.pipeline.draw_plan`, :func:`kernel_call`), gathers the
-  rows and hands each worker one contiguous chunk of the views; a worker applies per view the weak
-  augmentation with NumPy (flip, reflect pad, crop at the plan's offset) and the view's ops with the
-  PIL calls of :mod:`remixmatch.kernels.pil_reference`, and returns uint8 arrays. Views whose ops are
-  all identity (the unlabeled weak views) skip PIL, as the reference's pool passes the weak view on;
-- ``pil-pool-float``: the same in the reference code's style: images are float32 in [-1, 1] (the
-  reference's tf input pipeline), weak-augmented as floats, and each view goes float -> uint8 PIL
-  (``round(127.5 (1 + x))``) -> ops -> float32 (``/ 127.5 - 1``) and comes back as float32. This is
-  "the reference design" every ratio is taken against;
-- ``torch`` on ``cuda`` at B = --batch and B = 256 (where ``torch.cuda.is_available()``; skipped rows
-  otherwise).
-
-Each figure is the median of ``--reps`` (>= 5) repetitions after a warm-up, each repetition a few
-back-to-back steps (at least 3; 2 with --quick). An untimed check renders one step's plan with the
-loader and with both PIL styles and counts the views that differ (``equivalence``).
-
-``report.json`` follows :mod:`remixmatch.bench.report` (``command`` "pipeline"). A measured row is a
-:class:`remixmatch.bench.rows.LoaderRow`, or a skipped row ``{"bench", "backend", "device", "batch",
-"skipped": reason}``. ``summary``: the headline rates and ratios :func:`summarize` names (null where a
-row is missing; ``dali_graph_vs_dali`` > 1: the kernel in the graph is faster). ``equivalence``: the
-untimed check's counts.
+A step holds B labeled strong + B probe + B_u unlabeled weak + K B_u unlabeled strong views, all
+drawn from one shard split, one CTAugment policy (initial weights) and the same plans. Backends:
+``torch`` (:class:`remixmatch.pipeline.StepLoader`, host fetcher, fused Numba kernel; on the CPU,
+and on CUDA at B = --batch and 256); ``dali`` (DALI reads, the kernel on its output); ``dali-graph``
+and ``dali-numba`` (the kernel inside the DALI graph through ``python_function`` / a single-threaded
+``numba_function``; raw shards only); ``pil-pool`` (the reference design: a pool of PIL processes
+rendering the loader's plans, weak augmentation in NumPy, all-identity views passed on) and
+``pil-pool-float`` (the same in the reference code's float32 [-1, 1] style: every ratio's
+baseline). ``next(loader)`` is timed back to back; an untimed check renders one step with the
+loader and both PIL styles and counts the views that differ (``equivalence``). Rows:
+:class:`~remixmatch.bench.rows.LoaderRow`.
 """
 
 from __future__ import annotations
@@ -63,7 +30,6 @@ from .core import (
     check_valid, checked_reps, checked_threads, cuda_unavailable_reason, device_name, error_reason, no_sync,
     numba_threads_info, process_pool, shard_directory, time_calls,
 )
-from .errors import BenchInputError
 from .render import frame, skipped_block, table
 from .rows import LoaderRow
 from .report import (

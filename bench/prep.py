@@ -1,22 +1,7 @@
-"""Data preparation benchmark: prep time of CIFAR-10 sources and random-access reads from the shards.
-
-``python -m remixmatch.bench.prep --out DIR [--quick]`` (or ``rmm-bench prep ...``) writes
-``DIR/prep_report.json`` and ``DIR/prep_report.md``. Figures:
-
-- prep of a synthetic archive in the official python format (60,000 images; 6,000 with --quick),
-  median over repetitions (goal: <= 10 s for 60,000 on 2 cores);
-- prep of a CIFAR-10 JPEG export (``train/<class>/*.jpg``, ``test/<class>/*.jpg`` as a tar or a
-  folder) named by ``--jpeg-tree``, else ``$REMIXMATCH_CIFAR10_JPG`` (goal: <= 60 s on 2 cores;
-  skipped with --quick, or when neither names one);
-- reading 64 images at random indices from the memory-mapped shards (a gather across shards), and
-  64 contiguous rows (a zero-copy view), in microseconds per batch: median and spread over the
-  repetitions. The page cache is warm (the shards were just written).
-
-The JSON follows the layout of :mod:`remixmatch.bench.report` (``command`` "prep"); a ``results``
-row is ``{"bench": "prep", "source": ..., "images": N, "seconds": median, "images_per_s": ...,
-"spread": {...seconds}, "reps": n, "goal_seconds": ...}`` or ``{"bench": "read", "pattern":
-"random" | "contiguous", "batch": 64, "us_per_batch": median, "spread": {...us}, "reps": n}``, or
-a skipped row ``{"bench": "prep", "source": ..., "skipped": reason}``.
+"""``rmm-bench prep``: prep time of CIFAR-10 sources (a synthetic archive in the official format, and
+the JPEG export of --jpeg-tree or $REMIXMATCH_CIFAR10_JPG) and 64-image reads from the shards, at
+random indices (a gather) and contiguous (a view). Writes ``prep_report.json`` / ``.md``; its rows
+are untyped (their figures: ``OTHER_METRICS`` of :mod:`remixmatch.bench.rows`).
 """
 
 from __future__ import annotations

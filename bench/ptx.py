@@ -1,34 +1,13 @@
 """``rmm-bench ptx``: what each CUDA kernel costs an SM, with no GPU: registers, spills, shared
 memory and the theoretical occupancy they allow.
 
-    rmm-bench ptx [--quick] --out DIR
-
-Every kernel of :func:`remixmatch.kernels.cuda.kernel_signatures` is compiled to PTX for sm_80
-(A100) and sm_90 (H100) with ``numba.cuda.compile_ptx`` (NVVM from pip) and assembled with
-``ptxas -v`` (the ``nvidia-cuda-nvcc`` wheel the CUDA extra installs), which prints registers per
-thread, spill stores/loads, stack and static shared memory per entry point. Two kinds of rows:
-
-- ``"section": "kernel"``: each kernel as it is declared (its ``max_registers`` cap from
-  :data:`remixmatch.kernels.cuda.MAX_REGISTERS`, its threads per block and dynamic shared memory as
-  the launcher picks them), with the occupancy at each view size of :data:`SIZES` where the launcher
-  uses it under one of the designs for views over 48 KiB (``designs``, of
-  :data:`remixmatch.kernels.cuda.LARGE_VIEW_DESIGNS`): the shared-memory kernel up to 48 KiB and,
-  opted in, above; the global-memory and the tiled kernels above;
-- ``"section": "sweep"``: the per-view kernels under each register cap of :data:`CAPS` (``ptxas
-  -maxrregcount``, what ``cuda.jit(max_registers=...)`` passes to the linker) and each block size of
-  :data:`BLOCK_SIZES`, at the size the kernel serves: the evidence for the declared choice (not
-  with --quick).
-
-Occupancy is the CUDA occupancy calculator's: resident blocks per SM are the least of the register
-limit (registers rounded up to 256 per warp), the shared-memory limit (static + dynamic + 1 KiB the
-runtime reserves per block, rounded up to 128 B), the thread limit (2,048) and the block limit (32);
-occupancy = resident warps / 64. ``report.json`` (:mod:`remixmatch.bench.report`, ``"command":
-"ptx"``) rows: :class:`remixmatch.bench.rows.PtxRow`.
-
-``summary``: ``{"ptxas": version line, "spills": [kernel@arch with spill bytes, as declared],
-"declared": {"<kernel>@<arch>": {"registers", "occupancy": {size: occupancy}}}}`` (the size named
-"96x96 (shared-optin)" where only some designs launch the kernel there). Without ptxas
-or NVVM the report holds one skipped row with the reason.
+Every kernel of :func:`remixmatch.kernels.cuda.kernel_signatures` is compiled to PTX for sm_80 and
+sm_90 (``numba.cuda.compile_ptx``) and assembled with ``ptxas -v``. ``"section": "kernel"`` rows
+give each kernel as declared, with the occupancy at each view size of :data:`SIZES` where the
+launcher uses it; ``"sweep"`` rows (not with --quick) each register cap of :data:`CAPS` and block
+size of :data:`BLOCK_SIZES`: the evidence for the declared choice. Occupancy is the CUDA occupancy
+calculator's (registers rounded to 256 per warp, 1 KiB of shared memory reserved per block, 2,048
+threads and 32 blocks per SM). Rows: :class:`~remixmatch.bench.rows.PtxRow`.
 """
 
 from __future__ import annotations

@@ -23,6 +23,31 @@ def metric(default=None):
     return field(default=default, metadata={"metric": True})
 
 
+SCHEMA_VERSION = 1
+
+
+@dataclass(kw_only=True)
+class Report:
+    """The frame of every ``report.json``; ``rmm-bench all`` and ``gpu-check`` add their own keys."""
+
+    schema_version: int = SCHEMA_VERSION
+    command: str  # the rmm-bench subcommand that wrote it
+    created: str | None = None  # UTC, when the run finished: "2025-01-01T12:00:00Z"
+    wall_seconds: float | None = None  # the whole run, JIT compile and pool start-up included
+    # {"platform", "machine", "processor", "cpu_count", "cpus_usable" (affinity), "memory_gib", "gpu"}
+    machine: dict | None = None
+    # was the machine ours alone? {"load_average_at_start": [1, 5, 15 min], "other_cpu_seconds": CPU
+    # time of other processes during the run, "other_cpu_share": that / (wall seconds * CPUs); above
+    # ~0.05 the figures are lower than on an idle machine}; null values off Linux
+    conditions: dict | None = None
+    versions: dict = field(default_factory=dict)  # distribution -> version (null: not installed)
+    threads: dict = field(default_factory=dict)  # thread counts and the Numba threading layer used
+    config: dict = field(default_factory=dict)  # the parsed command-line arguments
+    inputs: dict = field(default_factory=dict)  # the data: source name (never a full path), sizes, policy, seed
+    summary: dict = field(default_factory=dict)  # the headline figures, derived from "results"
+    results: list = field(default_factory=list)  # rows: the dataclasses below, or skipped rows
+
+
 @dataclass(kw_only=True)
 class ViewsRow:
     """``rmm-bench aug``: strong views/s of one backend (``"bench": "aug"``)."""

@@ -1,67 +1,14 @@
-"""``rmm-bench train``: training steps per second, the step fed by ready tensors against the step fed
-by the real loader, and what a paper-length run would take.
+"""``rmm-bench train``: training steps/s, the step fed by ready tensors (``synthetic``: the ceiling,
+no shards needed) against the step fed by the real loader (``loader``, prefetch on and off; with
+--shards), the step split into its phases, and what the paper's 2^20-step run would take.
 
-    rmm-bench train [--shards DIR] [--quick] [--reps N] [--batch 64] [--k K] [--uratio MU] [--device auto|cpu|cuda]
-                    [--width W] [--blocks-per-stage N] [--threads N]
-                    [--algorithm remixmatch|fixmatch|mixmatch|supervised] [--bn-mode joint|reference]
-                    [--labels 250] [--valid 5000] [--seed 0] [--scaling [--procs-max N]] --out DIR
-
-Per device (``cpu``; ``cuda`` where ``torch.cuda.is_available()``), one model and three rows:
-
-- ``synthetic``: the trainer's step (:data:`remixmatch.trainer.algorithms.STEPS`) fed the same ready batch
-  every step: a :class:`remixmatch.pipeline.StepBatch` of random uint8 NHWC views already on the
-  device, with the shapes, dtypes and probe plan of a real step (made by ``draw_plan`` /
-  ``kernel_call`` / ``split_views`` from the same :class:`ViewConfig` and CTAugment the loader uses).
-  The ceiling: nothing waits for data. Needs no shards;
-- ``loader``, prefetch on: the step fed by :class:`remixmatch.pipeline.StepLoader` with the torch host
-  fetcher (memory-mapped shards, the fused Numba kernel on the CPU or the CUDA kernel after one
-  pinned copy) on real shards; ``loader``, prefetch off: the same without overlap.
-  Without --shards both are skipped rows, with the reason.
-
-Every row runs the per-step body of ``Run.train``, the function the run calls
-(:func:`remixmatch.trainer.loop.train_step`): ``next(loader)`` (timed as the data wait), the step,
-the CTAugment update with the probe scores and, with prefetch, ``loader.prepare()`` after the update
-(the loader itself is built with ``prefetch=False``, as the run builds it); no logging, evaluation or
-checkpoints. The model, EMA copy, Adam, distribution
-alignment, CTAugment and view config are built by the functions ``Run`` uses
-(:mod:`remixmatch.trainer.build`; one rank, the model's default mean / std), the loader as ``Run`` builds it,
-from :class:`remixmatch.trainer.config.TrainConfig` defaults (bf16 autocast and channels_last on CUDA)
-with --algorithm (its paper's settings: FixMatch's SGD, mu = 7, K = 1 strong view with Cutout;
-MixMatch's K = 2 weak views), --batch, --k, --uratio (default: the algorithm's), --width,
---blocks-per-stage. Models: ``cpu`` width 16, 1 block per
-stage (WRN-10-1) unless --width / --blocks-per-stage say otherwise; ``cuda`` WRN-28-2 (width 32,
-4 blocks per stage), the paper's. DALI is never imported.
-
-Each figure is the median of ``--reps`` repetitions after a warm-up, a repetition being back-to-back
-steps for about 3 s (at least 2 steps; with --quick about 0.3 s, at least 1 step: one step of the
-CPU model, a dozen or more on a GPU), device work synchronised at the end of each.
-
-``report.json`` (the common schema of :mod:`remixmatch.bench.report`, ``"command": "train"``) has
-``inputs`` (shards or null, the labeled subset, the policy), ``threads`` (``torch``, ``torch_interop``,
-``numba`` of the loader's render, ``numba_threading_layer``, ``numba_threading_layer_config``,
-``omp_wait_policy``: the OMP_WAIT_POLICY environment variable or null) and ``results`` rows, each a
-:class:`remixmatch.bench.rows.TrainRow` (its fields' comments say what each figure is), or a
-skipped row ``{"bench": "train", "device", "feed", "prefetch", "batch", "skipped": reason}`` (no
---shards; no CUDA device; a device not requested; a CUDA row that failed, with its error). ``summary``: ``{"paper_steps": 1048576, "cpu": {...} | null, "cuda": {...} | null}``,
-per device the figures :func:`summarize` names (null where the row is missing).
-
-With --scaling, ``scaling`` (null without) holds steps/s against the number of processes, per device,
-for 1..--procs-max processes (default: 2 on the CPU; on CUDA every visible GPU): each a short real
-``rmm-train`` run in a subprocess into a temporary directory (removed after), one process for 1,
-``--device cpu --procs N`` (gloo) or ``--gpus N`` (NCCL) above; the same model, algorithm, B, K,
-labeled subset and seed as the rows above, the global batch fixed (each of N processes trains B/N),
-``--steps`` 8 (--quick; 40 otherwise) on the CPU, 120 (600) on CUDA, a metrics line every 2 (5;
-20, 50) steps, evaluation and checkpoint only at the end. The step time is the median of
-``step_seconds`` in metrics.jsonl over the logged windows after the first (the warm-up: Numba cache
-load, allocations, DDP set-up). Each of N processes gets ``max(1, cores // N)`` torch threads
-(``--threads``; cores: the usable CPUs) and, on the CPU, as many Numba threads for its loader
-(NUMBA_NUM_THREADS); the bench's --threads does not apply. Rows:
-:class:`remixmatch.bench.rows.ScalingRow`, or a skipped row ``{"bench": "train", "section": "scaling", "device": ..., "ranks": N, "batch": ...,
-"skipped": reason}`` (no --shards; a device not requested or absent: one row, ranks 1; more processes
-than usable cores on the CPU or than GPUs on CUDA; a batch that does not split over N; a run that
-failed, with its last line). ``summary["scaling"]``: null without --scaling, else per device null
-or ``{"model", "max_ranks", "steps_per_s", "speedup", "efficiency", "one_rank_steps_per_s"}`` of the
-largest measured process count.
+Every row runs the run's own per-step body (:func:`remixmatch.trainer.loop.train_step`) on the
+objects :mod:`remixmatch.trainer.build` makes from :class:`~remixmatch.trainer.config.TrainConfig`
+(the algorithm's paper settings unless --batch/--k/--uratio/--width/--blocks-per-stage say
+otherwise; the CPU model WRN-10-1, CUDA's the paper's WRN-28-2); no logging, evaluation or
+checkpoints. With --scaling, short real ``rmm-train`` runs on 1..--procs-max processes, the global
+batch fixed. Rows: :class:`~remixmatch.bench.rows.TrainRow` and
+:class:`~remixmatch.bench.rows.ScalingRow` (their field comments are the schema).
 """
 
 from __future__ import annotations
