@@ -19,7 +19,7 @@ import numpy as np
 
 from remixmatch.pipeline.policy import Policies, uniform_policies
 
-from .core import Timing, check_out, checked_reps, checked_threads, no_sync, process_pool, time_calls
+from .core import CommandConfig, Timing, checked_options, no_sync, process_pool, time_calls
 from .errors import BenchError
 from .images import ImageSet, load_images
 from .render import frame, skipped_block
@@ -36,7 +36,6 @@ DEFAULT_REPS = 7
 # Calls shorter than this are repeated back to back within one repetition, so that timer resolution
 # and per-call jitter do not dominate; quick runs accept a noisier figure to stay under two minutes.
 REP_SECONDS = {False: 0.2, True: 0.05}
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class AugInputError(BenchError):
@@ -44,7 +43,7 @@ class AugInputError(BenchError):
 
 
 @dataclass(frozen=True)
-class AugConfig:
+class AugConfig(CommandConfig):
     out: Path
     device: str = "auto"  # "auto": CPU backends, plus numba-cuda when a device is present
     quick: bool = False
@@ -56,34 +55,19 @@ class AugConfig:
     size: int | None = None  # image side: of the synthetic images, or the one --shards/--images must have
     busy: int = 0  # also measure the numba-cpu headline under 0..busy busy processes (bench/busy.py)
 
-    def as_dict(self) -> dict:
-        config = asdict(self)
-        config["out"] = str(self.out)
-        return config
 
-
-def default_threads() -> int:
-    """All usable cores (Numba's own default, NUMBA_NUM_THREADS, already counts only those)."""
+def config_from_args(args) -> AugConfig:
+    """Rejects what would fail late (after minutes of compiling) before any work starts."""
+    if args.busy < 0:
+        raise AugInputError(f"--busy must be at least 0 (busy processes), got {args.busy}")
+    if args.images is not None and args.shards is not None:
+        raise AugInputError("--images and --shards name two sources of images; give one")
     import numba
 
-    return numba.config.NUMBA_NUM_THREADS
-
-
-def validate(config: AugConfig) -> None:
-    """Rejects what would fail late (after minutes of compiling) before any work starts."""
-    if config.device not in DEVICES:
-        raise AugInputError(f"--device must be one of {', '.join(DEVICES)}, got {config.device!r}")
-    checked_reps(config.reps, config.quick, MIN_REPS, DEFAULT_REPS, MIN_REPS)
-    checked_threads(config.threads)
-    if config.busy < 0:
-        raise AugInputError(f"--busy must be at least 0 (busy processes), got {config.busy}")
-    if config.images is not None and config.shards is not None:
-        raise AugInputError("--images and --shards name two sources of images; give one")
-    check_out(config.out)
-    if config.device == "cuda":
-        reason = cuda_unavailable_reason()
-        if reason:
-            raise AugInputError(f"--device cuda: {reason}")
+    # Every usable core by default: Numba's own default, NUMBA_NUM_THREADS, already counts only those.
+    return AugConfig.from_args(args, **checked_options(args, reps=(MIN_REPS, DEFAULT_REPS, MIN_REPS),
+                                                       threads=numba.config.NUMBA_NUM_THREADS,
+                                                       cuda_reason=cuda_unavailable_reason))
 
 
 # ---- timing ---------------------------------------------------------------------------------------
@@ -444,6 +428,16 @@ def body(report: dict, h: str = "##") -> list[str]:
 
         lines += render_oversubscription(report["oversubscription"], h)
     return lines + skipped_block([f"- {r['backend']}: {r['skipped']}" for r in rows if "skipped" in r], h)
+
+
+def progress_line(result: dict) -> str:
+    if "skipped" in result:
+        return f"{result['backend']}: skipped ({result['skipped']})"
+    if result["bench"] == "aug-compile":
+        return f"{result['backend']}: JIT compile {result['seconds']:.1f} s (Numba cache: {result['cache']})"
+    what = result["op"] or f"K={result['k']} x {result['batch']} images"
+    return (f"{result['backend']} {what} [{result['inputs']}]: {format_rate(result['views_per_s'])} views/s "
+            f"(median of {result['reps']}, {format_rate(result['spread']['min'])}-{format_rate(result['spread']['max'])})")
 
 
 def render_markdown(report: dict) -> str:

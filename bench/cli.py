@@ -10,13 +10,14 @@ pyarrow import.
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import sys
-from pathlib import Path
 
 # OneLineParser and positive_int are imported by the delegated commands from here as well.
 from remixmatch.common.cli import OneLineParser, positive_int, run_cli
 from remixmatch.common.paths import SHARDS_ENV
+
+from .core import add_device, add_out, add_reps, add_threads
 
 PROG = "rmm-bench"
 
@@ -45,21 +46,14 @@ DELEGATED = {
 }
 
 
-def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG, description="Benchmarks of the ReMixMatch building blocks.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    aug = commands.add_parser("aug", help="CTAugment strong views/s: Numba CPU/CUDA kernels vs the PIL reference",
-                              description="CTAugment strong views/s: Numba CPU/CUDA kernels vs the PIL reference.")
-    aug.add_argument("--out", required=True, type=Path, help="directory for report.json and report.md")
-    aug.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                     help="which Numba backends to run: auto (CPU, plus CUDA if a device is present), "
-                          "cpu, or cuda (an error without a device); the PIL reference always runs")
+def add_aug_arguments(aug: OneLineParser) -> None:
+    add_out(aug)
+    add_device(aug, "which Numba backends to run: auto (CPU, plus CUDA if a device is present), cpu, or cuda "
+                    "(an error without a device); the PIL reference always runs")
     aug.add_argument("--quick", action="store_true",
                      help="5 repetitions, shorter repetitions, no PIL per-op rows (under 2 minutes on 2 cores)")
-    aug.add_argument("--reps", type=int, default=None,
-                     help="timed repetitions per figure, at least 5 (default 7; 5 with --quick)")
-    aug.add_argument("--threads", type=positive_int, default=None,
-                     help="Numba threads and PIL pool processes (default: all cores)")
+    add_reps(aug, 5, 7, 5, "figure")
+    add_threads(aug, "Numba threads and PIL pool processes")
     aug.add_argument("--shards", default=None, metavar="DIR",
                      help=f"a shard directory (prep-cifar10 --out): the first 64 images of its train split "
                           f"(default: ${SHARDS_ENV}; synthetic images when that is unset too)")
@@ -72,39 +66,40 @@ def build_parser() -> OneLineParser:
     aug.add_argument("--size", type=positive_int, default=None, metavar="S",
                      help="image side: synthetic images of S x S (default 32); with --shards or --images, "
                           "their images must be S x S (e.g. 96 for STL-10)")
+
+
+AUG = "CTAugment strong views/s: Numba CPU/CUDA kernels vs the PIL reference"
+
+
+def aug_parser() -> OneLineParser:
+    parser = OneLineParser(prog=f"{PROG} aug", description=f"{AUG}.")
+    add_aug_arguments(parser)
+    return parser
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description="Benchmarks of the ReMixMatch building blocks.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_aug_arguments(commands.add_parser("aug", help=AUG, description=f"{AUG}."))
     for name, (_, help_text) in DELEGATED.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
-def run_aug(args: argparse.Namespace) -> int:
-    # Imported here so that `rmm-bench prep` and `--help` do not pay for NumPy/Numba imports.
+def run_aug(argv: list[str]) -> int:
+    """``rmm-bench aug``: its markdown rendered by Rich, its progress through Rich too."""
     from rich.console import Console
     from rich.markdown import Markdown
 
-    from . import aug
-    from .report import write_report
+    from .report import report_main
 
-    config = aug.AugConfig(
-        out=args.out,
-        device=args.device,
-        quick=args.quick,
-        reps=args.reps if args.reps is not None else (aug.MIN_REPS if args.quick else aug.DEFAULT_REPS),
-        threads=args.threads if args.threads is not None else aug.default_threads(),
-        images=args.images,
-        shards=args.shards,
-        seed=args.seed,
-        size=args.size,
-        busy=args.busy,
-    )
-    aug.validate(config)
-    console = Console(stderr=True, highlight=False)
-    log = progress_log(console)
-    report = aug.run(config, log)
-    json_path, md_path = write_report(config.out, report, aug.render_markdown(report))
-    Console(highlight=False).print(Markdown(md_path.read_text(encoding="utf-8")))
-    log(f"wrote {json_path} and {md_path}")
-    return 0
+    def aug(name: str):  # imported once the arguments parse: --help costs no NumPy or Numba import
+        return lambda *args: getattr(importlib.import_module("remixmatch.bench.aug"), name)(*args)
+
+    return report_main(argv, prog=f"{PROG} aug", build_parser=aug_parser, config_from_args=aug("config_from_args"),
+                       run=aug("run"), render_markdown=aug("render_markdown"),
+                       log=progress_log(Console(stderr=True, highlight=False)),
+                       show=lambda text: Console(highlight=False).print(Markdown(text)))
 
 
 def progress_log(console):
@@ -112,38 +107,21 @@ def progress_log(console):
     literally (markup off): "[host]", "[device]" and paths with brackets are text, not Rich markup."""
 
     def log(item) -> None:
-        console.print(item if isinstance(item, str) else _progress_line(item), markup=False)
+        from .aug import progress_line
+
+        console.print(item if isinstance(item, str) else progress_line(item), markup=False)
 
     return log
 
 
-def _progress_line(result: dict) -> str:
-    from .report import format_rate
-
-    if "skipped" in result:
-        return f"{result['backend']}: skipped ({result['skipped']})"
-    if result["bench"] == "aug-compile":
-        return f"{result['backend']}: JIT compile {result['seconds']:.1f} s (Numba cache: {result['cache']})"
-    what = result["op"] or f"K={result['k']} x {result['batch']} images"
-    return (f"{result['backend']} {what} [{result['inputs']}]: {format_rate(result['views_per_s'])} views/s "
-            f"(median of {result['reps']}, {format_rate(result['spread']['min'])}-{format_rate(result['spread']['max'])})")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["aug"]:
+        return run_aug(argv[1:])
     if argv and argv[0] in DELEGATED:
-        import importlib
-
         return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     parser = build_parser()
-    return run_cli(parser.prog, lambda: _run_command(parser.parse_args(argv)))
-
-
-def _run_command(args: argparse.Namespace) -> int:
-    return run_cli(f"{PROG} {args.command}", lambda: COMMANDS[args.command](args))
-
-
-COMMANDS = {"aug": run_aug}
+    return run_cli(parser.prog, lambda: parser.parse_args(argv))
 
 
 if __name__ == "__main__":

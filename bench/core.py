@@ -12,7 +12,7 @@ import os
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -181,6 +181,10 @@ def add_out(parser: OneLineParser, what: str = "report.json and report.md") -> N
     parser.add_argument("--out", type=Path, required=True, help=f"directory for {what}")
 
 
+def add_device(parser: OneLineParser, help: str) -> None:
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=help)
+
+
 def add_reps(parser: OneLineParser, minimum: int, default: int, quick: int, what: str = "row") -> None:
     parser.add_argument("--reps", type=int, default=None,
                         help=f"timed repetitions per {what}, at least {minimum} (default {default}; {quick} with --quick)")
@@ -198,6 +202,41 @@ def add_shards(parser: OneLineParser, without: str = "") -> None:
 def add_subset(parser: OneLineParser) -> None:
     parser.add_argument("--labels", type=positive_int, default=250, help="labeled images of the subset (250)")
     parser.add_argument("--valid", type=int, default=5000, help="training rows held out as validation (5000)")
+
+
+@dataclass(frozen=True)
+class CommandConfig:
+    """A command's checked options; :meth:`as_dict` is its report's ``config`` (paths as text)."""
+
+    def as_dict(self) -> dict:
+        return {name: str(value) if isinstance(value, Path) else value for name, value in asdict(self).items()}
+
+    @classmethod
+    def from_args(cls, args, **checked):
+        """The parsed options the config holds, the ``checked`` values in place of the parsed ones."""
+        return cls(**{f.name: checked[f.name] if f.name in checked else getattr(args, f.name) for f in fields(cls)})
+
+
+def checked_options(args, *, reps: tuple[int, int, int] | None = None, shards: bool | None = None,
+                    threads: int | None = None, device_hint: str = "",
+                    cuda_reason: Callable[[], str | None] = cuda_unavailable_reason) -> dict:
+    """The shared options a command's parser has (the ``add_*`` above), checked in one place:
+    --reps (``reps``: its minimum, default and --quick default), --valid, --threads (default
+    ``threads``, else every usable core), --out, --device cuda, --shards (``shards``: required or
+    not; ``cuda_reason``: the probe of the device the command uses). Returns the resolved values of --reps, --threads and --shards."""
+    checked = {}
+    if reps is not None:
+        checked["reps"] = checked_reps(args.reps, args.quick, *reps)
+    if hasattr(args, "valid"):
+        check_valid(args.valid)
+    if hasattr(args, "threads"):
+        checked["threads"] = checked_threads(threads if args.threads is None else args.threads)
+    check_out(args.out)
+    if shards is not None:
+        checked["shards"] = shard_directory(args.shards, required=shards)
+    if hasattr(args, "device"):
+        check_device(args.device, device_hint, cuda_reason)
+    return checked
 
 
 def checked_reps(reps: int | None, quick: bool, minimum: int, default: int, quick_default: int) -> int:
@@ -230,9 +269,9 @@ def check_valid(valid: int) -> None:
         raise BenchInputError(f"--valid must be at least 0, got {valid}")
 
 
-def check_device(device: str, hint: str = "") -> None:
-    """--device cuda needs a device torch can use."""
-    if device == "cuda" and (reason := cuda_unavailable_reason()):
+def check_device(device: str, hint: str = "", cuda_reason: Callable[[], str | None] = cuda_unavailable_reason) -> None:
+    """--device cuda needs a device torch (or the ``cuda_reason`` probe's library) can use."""
+    if device == "cuda" and (reason := cuda_reason()):
         raise BenchInputError(f"--device cuda: {reason}{hint}")
 
 

@@ -19,10 +19,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from remixmatch.common.cli import OneLineParser, positive_int, run_cli
+from remixmatch.common.cli import OneLineParser, positive_int
 from remixmatch.trainer.config import ALGORITHMS, FIDELITY
 
+from .core import add_out, add_shards, check_out, shard_directory
 from .errors import BenchError
+from .report import (
+    RunConditions, conditions_line, finish_report, machine_info, machine_line, markdown_table, new_report, report_main,
+)
 from .rows import EfficacyRow
 
 PROG = "rmm-bench efficacy"
@@ -155,8 +159,6 @@ def summarize(results: list[dict]) -> dict:
 
 
 def render_markdown(report: dict) -> str:
-    from .report import conditions_line, machine_line, markdown_table
-
     settings = report["config"]["settings"]
     rows, base = [], {}
     by_variant: dict[str, list[dict]] = {}
@@ -192,8 +194,6 @@ def render_markdown(report: dict) -> str:
 def schedule_lines(by_variant: dict[str, list[dict]]) -> list[str]:
     """The table of what each variant's schedules were (the short-run rule's values, or a variant's
     own), from the rows' ``schedules``; nothing for rows written before they were recorded."""
-    from .report import markdown_table
-
     rows = []
     for name, runs in by_variant.items():
         s = runs[0].get("schedules")
@@ -220,9 +220,8 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG,
                            description="ReMixMatch, FixMatch, MixMatch, the supervised baseline and ablations, "
                                        "same data and steps.")
-    parser.add_argument("--shards", type=Path, default=None,
-                        help="a shard directory (prep-cifar10 --out; default: $REMIXMATCH_SHARDS)")
-    parser.add_argument("--out", type=Path, required=True, help="directory for report.json, report.md and runs/")
+    add_shards(parser)
+    add_out(parser, "report.json, report.md and runs/")
     parser.add_argument("--algorithms", nargs="+", default=None, choices=ALGORITHMS,
                         help="methods to compare, each with its own settings (e.g. supervised mixmatch remixmatch "
                              "fixmatch)")
@@ -246,57 +245,46 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def check_args(args, settings: dict) -> None:
-    """Raises BenchError (one line) for input no variant can run with, before anything trains."""
-    if args.out.exists() and not args.out.is_dir():
-        raise BenchError(f"--out {args.out} exists and is not a directory")
+def config_from_args(args):
+    """The arguments with the shards resolved, the ``settings`` every variant shares and the chosen
+    ``variants``; raises a one-line error for input no variant can run with, before anything trains."""
+    args.variants = None if args.variants is None else variant_names(args.variants)
+    args.shards = shard_directory(args.shards, required=True)
+    args.settings = common_settings(args)
+    check_out(args.out)
     if args.threads < 0:
         raise BenchError(f"--threads must be at least 0, got {args.threads}")
-    for name in chosen_variants(args):
-        variant_config(name, args.seeds[0], settings)  # ConfigError (a ValueError) names the setting
+    args.variants = chosen_variants(args)
+    for name in args.variants:
+        variant_config(name, args.seeds[0], args.settings)  # ConfigError (a ValueError) names the setting
+    return args
+
+
+def run(args, log) -> dict:
+    import torch
+
+    from remixmatch.datasets_prep import open_shards
+
+    report = new_report("efficacy", {"settings": args.settings, "variants": args.variants, "seeds": args.seeds})
+    report["machine"] = machine_info()
+    conditions, started = RunConditions(), time.perf_counter()
+    shards = open_shards(args.shards)
+    report["inputs"] = {"shards": Path(str(shards.path)).name, "dataset": shards.dataset,
+                        "eval_split": args.settings.get("eval_split", "test")}
+    for seed in args.seeds:
+        for name in args.variants:
+            report["results"].append(run_variant(name, seed, args.settings, args.out, log))
+    report["threads"] = {"torch": torch.get_num_threads()}
+    report["summary"] = summarize(report["results"])
+    report["charts"] = {"curves": draw_variant_curves(report["results"], args.out)}
+    finish_report(report, time.perf_counter() - started, conditions)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    def body() -> int:
-        args = build_parser().parse_args(argv)
-        args.variants = None if args.variants is None else variant_names(args.variants)
-        from .core import shard_directory
-
-        args.shards = shard_directory(args.shards, required=True)
-        settings = common_settings(args)
-        check_args(args, settings)
-        import torch
-
-        from remixmatch.datasets_prep import open_shards
-
-        from .report import RunConditions, finish_report, machine_info, new_report, write_report
-
-        variants = chosen_variants(args)
-        report = new_report("efficacy", {"settings": settings, "variants": variants, "seeds": args.seeds})
-        report["machine"] = machine_info()
-        conditions = RunConditions()
-        started = time.perf_counter()
-
-        def log(text):
-            print(text, file=sys.stderr, flush=True)
-
-        shards = open_shards(args.shards)
-        report["inputs"] = {"shards": Path(str(shards.path)).name, "dataset": shards.dataset,
-                            "eval_split": settings.get("eval_split", "test")}
-        for seed in args.seeds:
-            for name in variants:
-                report["results"].append(run_variant(name, seed, settings, args.out, log))
-        report["threads"] = {"torch": torch.get_num_threads()}
-        report["summary"] = summarize(report["results"])
-        report["charts"] = {"curves": draw_variant_curves(report["results"], args.out)}
-        finish_report(report, time.perf_counter() - started, conditions)
-        json_path, md_path = write_report(args.out, report, render_markdown(report))
-        print(md_path.read_text())
-        print(f"wrote {json_path} and {md_path}", file=sys.stderr)
-        return 0
-
     # Bad input from any layer: one line, exit 2; a diverged run: exit 3, as rmm-train.
-    return run_cli(PROG, body)
+    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
+                       render_markdown=render_markdown)
 
 
 if __name__ == "__main__":

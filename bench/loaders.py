@@ -26,9 +26,9 @@ import numpy as np
 from remixmatch.common.cli import OneLineParser, positive_int
 
 from .core import (
-    NumbaThreadsFetcher, Timing, add_out, add_reps, add_shards, add_subset, add_threads, check_device, check_out,
-    check_valid, checked_reps, checked_threads, cuda_unavailable_reason, device_name, error_reason, no_sync,
-    numba_threads_info, process_pool, shard_directory, time_calls,
+    CommandConfig, NumbaThreadsFetcher, Timing, add_device, add_out, add_reps, add_shards, add_subset, add_threads,
+    checked_options, cuda_unavailable_reason, device_name, error_reason, no_sync, numba_threads_info, process_pool,
+    time_calls,
 )
 from .render import frame, skipped_block, table
 from .rows import LoaderRow
@@ -54,7 +54,7 @@ GRAPH_NAMES = {"dali-graph": "dali cpu, kernel in graph (python_function)",
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(CommandConfig):
     shards: Path
     out: Path
     quick: bool = False
@@ -66,11 +66,6 @@ class PipelineConfig:
     valid: int = 5000
     seed: int = 0
     device: str = "auto"  # auto: CPU rows, plus CUDA rows where a device answers; cpu; cuda: CUDA rows alone
-
-    def as_dict(self) -> dict:
-        config = asdict(self)
-        config["shards"], config["out"] = str(self.shards), str(self.out)
-        return config
 
     @property
     def views_per_step(self) -> int:
@@ -550,21 +545,13 @@ def build_parser() -> OneLineParser:
     add_threads(parser, "Numba threads of the loaders and PIL pool processes")
     add_subset(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the views (ViewConfig.seed)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                        help="auto: the CPU rows, plus the CUDA rows where a device answers; cpu: the CPU rows; "
-                             "cuda: the CUDA rows alone (an error without a device)")
+    add_device(parser, "auto: the CPU rows, plus the CUDA rows where a device answers; cpu: the CPU rows; "
+                       "cuda: the CUDA rows alone (an error without a device)")
     return parser
 
 
 def config_from_args(args) -> PipelineConfig:
-    reps = checked_reps(args.reps, args.quick, MIN_REPS, DEFAULT_REPS, MIN_REPS)
-    check_valid(args.valid)
-    threads = checked_threads(args.threads)
-    check_out(args.out)
-    check_device(args.device)
-    shards = shard_directory(args.shards, required=True)
-    return PipelineConfig(shards=shards, out=args.out, quick=args.quick, reps=reps, batch=args.batch, k=args.k,
-                          threads=threads, labels=args.labels, valid=args.valid, seed=args.seed, device=args.device)
+    return PipelineConfig.from_args(args, **checked_options(args, reps=(MIN_REPS, DEFAULT_REPS, MIN_REPS), shards=True))
 
 
 def main(argv: list[str] | None = None) -> int:

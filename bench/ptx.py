@@ -26,7 +26,7 @@ from typing import Callable
 
 from remixmatch.common.cli import OneLineParser
 
-from .core import add_out
+from .core import CommandConfig, add_out
 from .render import frame
 from .report import RunConditions, finish_report, machine_info, markdown_table, new_report, report_main
 from .rows import PtxRow
@@ -244,13 +244,13 @@ def summarize(rows: list[dict], version: str | None) -> dict:
 
 
 @dataclass(frozen=True)
-class PtxConfig:
+class PtxConfig(CommandConfig):
     out: Path
     quick: bool = False
 
 
 def run(config: PtxConfig, log: Callable[[object], None]) -> dict:
-    report = new_report("ptx", {"out": str(config.out), "quick": config.quick})
+    report = new_report("ptx", config.as_dict())
     conditions, start = RunConditions(), time.perf_counter()
     report["machine"] = machine_info()
     report["inputs"] = {"archs": [a.name for a in ARCHS], "sizes": [_size_name(*s) for s in SIZES],
@@ -331,7 +331,7 @@ def build_parser() -> OneLineParser:
 
 
 def config_from_args(args) -> PtxConfig:
-    return PtxConfig(out=args.out, quick=args.quick)
+    return PtxConfig.from_args(args)
 
 
 def progress_line(r: dict) -> str:

@@ -202,23 +202,25 @@ def command_main(argv, *, prog, build_parser, run, interrupted: str = "interrupt
     return run_cli(prog, lambda: run(build_parser().parse_args(argv)), interrupted=interrupted)
 
 
-def report_main(argv, *, prog, build_parser, config_from_args, run, render_markdown, progress_line,
-                after=None, stem: str = "report", interrupted: str = "interrupted") -> int:
-    """The main() of every report command: parse, check, run (progress on stderr), write
-    ``STEM.json`` and ``STEM.md``, print the markdown, then ``after(config, report, log)`` if given. Bad
-    input: one line and the error's exit status (:func:`remixmatch.common.cli.run_cli`)."""
+def report_main(argv, *, prog, build_parser, config_from_args, run, render_markdown, progress_line=str,
+                after=None, stem: str = "report", interrupted: str = "interrupted", log=None, show=print) -> int:
+    """The main() of every report command: parse, check, run (progress on stderr, or through
+    ``log``), write ``STEM.json`` and ``STEM.md``, ``show`` the markdown, then ``after(config, report,
+    log)`` if given. Bad input: one line and the error's exit status (:func:`remixmatch.common.cli.run_cli`)."""
     import sys
 
-    def log(item) -> None:
+    def print_log(item) -> None:
         print(item if isinstance(item, str) else progress_line(item), file=sys.stderr, flush=True)
+
+    log = log or print_log
 
     def body(args) -> int:
         config = config_from_args(args)
         report = run(config, log)
         text = render_markdown(report)
         json_path, md_path = write_report(config.out, report, text, stem)
-        print(text)
-        print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+        show(text)
+        log(f"wrote {json_path} and {md_path}")
         if after is not None:
             after(config, report, log)
         return 0

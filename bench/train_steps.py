@@ -27,9 +27,8 @@ from remixmatch.common.cli import OneLineParser, positive_int
 from remixmatch.trainer.config import ALGORITHMS
 
 from .core import (
-    NumbaThreadsFetcher, add_out, add_reps, add_shards, add_subset, add_threads, check_device, check_out, check_valid,
-    checked_reps, checked_threads, cuda_unavailable_reason, device_name, error_reason, no_sync, numba_threads_info,
-    shard_directory, time_calls,
+    CommandConfig, NumbaThreadsFetcher, add_device, add_out, add_reps, add_shards, add_subset, add_threads,
+    checked_options, cuda_unavailable_reason, device_name, error_reason, no_sync, numba_threads_info, time_calls,
 )
 from .errors import BenchInputError
 from .loaders import open_data
@@ -66,7 +65,7 @@ FASTER_THAN_CEILING = -0.05
 
 
 @dataclass(frozen=True)
-class TrainBenchConfig:
+class TrainBenchConfig(CommandConfig):
     out: Path
     shards: Path | None = None
     quick: bool = False
@@ -86,12 +85,6 @@ class TrainBenchConfig:
     scaling: bool = False
     procs_max: int | None = None  # None: 2 on the CPU, torch.cuda.device_count() on CUDA
     compile: bool = False  # torch.compile the trained model (TrainConfig.compile)
-
-    def as_dict(self) -> dict:
-        config = asdict(self)
-        config["shards"] = None if self.shards is None else str(self.shards)
-        config["out"] = str(self.out)
-        return config
 
     def model(self, device: str) -> tuple[int, int]:
         width, blocks = DEVICE_MODELS[device]
@@ -718,8 +711,7 @@ def build_parser() -> OneLineParser:
                              "FixMatch 1; MixMatch's K = 2 counts the weak view)")
     parser.add_argument("--uratio", type=positive_int, default=None,
                         help="unlabeled images per labeled image (default: the algorithm's: 1, FixMatch 7)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                        help="auto: CPU rows, plus CUDA rows where a device is present; cpu; cuda (an error without one)")
+    add_device(parser, "auto: CPU rows, plus CUDA rows where a device is present; cpu; cuda (an error without one)")
     parser.add_argument("--width", type=positive_int, default=None,
                         help="first stage's channels (default: 16 on the CPU, 32 on CUDA)")
     parser.add_argument("--blocks-per-stage", type=positive_int, default=None,
@@ -744,21 +736,13 @@ def build_parser() -> OneLineParser:
 def config_from_args(args) -> TrainBenchConfig:
     from remixmatch.trainer.config import ConfigError, TrainConfig, preset_values
 
-    reps = checked_reps(args.reps, args.quick, MIN_REPS, DEFAULT_REPS, QUICK_REPS)
-    check_valid(args.valid)
     if args.procs_max is not None and not args.scaling:
         raise BenchInputError("--procs-max goes with --scaling")
-    threads = checked_threads(args.threads)
-    check_out(args.out)
-    shards = shard_directory(args.shards, required=False)
-    check_device(args.device, "; use --device cpu or auto")
+    checked = checked_options(args, reps=(MIN_REPS, DEFAULT_REPS, QUICK_REPS), shards=False,
+                              device_hint="; use --device cpu or auto")
     paper = {**TrainConfig().to_dict(), **preset_values(None, args.algorithm)}  # the algorithm's K and mu
-    config = TrainBenchConfig(out=args.out, shards=shards, quick=args.quick, reps=reps, batch=args.batch,
-                              k=paper["k"] if args.k is None else args.k,
-                              uratio=paper["uratio"] if args.uratio is None else args.uratio, device=args.device,
-                              width=args.width, blocks_per_stage=args.blocks_per_stage, threads=threads,
-                              algorithm=args.algorithm, bn_mode=args.bn_mode, labels=args.labels, valid=args.valid,
-                              seed=args.seed, scaling=args.scaling, procs_max=args.procs_max, compile=args.compile)
+    config = TrainBenchConfig.from_args(args, **checked, k=paper["k"] if args.k is None else args.k,
+                                        uratio=paper["uratio"] if args.uratio is None else args.uratio)
     try:
         for device in DEVICES:
             config.train_config(device)
