@@ -23,7 +23,7 @@ from .core import CommandConfig, Timing, checked_options, no_sync, process_pool,
 from .errors import BenchError
 from .images import ImageSet, load_images
 from .render import frame, skipped_block
-from .report import RunConditions, finish_report, format_rate, format_ratio, machine_info, markdown_table, new_report
+from .report import format_rate, format_ratio, machine_info, markdown_table, new_report
 from .rows import CompileRow, ViewsRow
 
 BATCH = 64  # images per batch: the reference code's unlabeled batch
@@ -466,8 +466,6 @@ def _per_op_section(rows: list[dict], h: str = "##") -> list[str]:
 
 def run(config: AugConfig, log: Callable[[object], None]) -> dict:
     """Runs every backend this machine has; returns the report (not yet written)."""
-    started = time.perf_counter()
-    conditions = RunConditions()
     report = new_report("aug", config.as_dict())
     images = load_images(BATCH, images=config.images, shards=config.shards, seed=config.seed, size=config.size)
     work = Workload(images, config.seed)
@@ -505,5 +503,4 @@ def run(config: AugConfig, log: Callable[[object], None]) -> dict:
 
     add_ratios(rows)
     report.update(machine=machine_info(gpu), threads=threads, results=rows, summary=summarize(rows))
-    finish_report(report, time.perf_counter() - started, conditions)
     return report

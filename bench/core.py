@@ -113,6 +113,11 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name() if device != "cpu" else "cpu"
 
 
+def measured(rows: list[dict]) -> list[dict]:
+    """The rows that hold figures: not the skipped ones."""
+    return [r for r in rows if "skipped" not in r]
+
+
 def error_reason(error: BaseException) -> str:
     """An exception as the one-line reason a skipped row gives."""
     text = " ".join(str(error).split()) or type(error).__name__
@@ -222,41 +227,31 @@ def checked_options(args, *, reps: tuple[int, int, int] | None = None, shards: b
                     cuda_reason: Callable[[], str | None] = cuda_unavailable_reason) -> dict:
     """The shared options a command's parser has (the ``add_*`` above), checked in one place:
     --reps (``reps``: its minimum, default and --quick default), --valid, --threads (default
-    ``threads``, else every usable core), --out, --device cuda, --shards (``shards``: required or
-    not; ``cuda_reason``: the probe of the device the command uses). Returns the resolved values of --reps, --threads and --shards."""
+    ``threads``, else every usable core; at most NUMBA_NUM_THREADS), --out, --shards (``shards``:
+    required or not), --device cuda (``cuda_reason``: the probe of the library the command runs on).
+    Returns the resolved --reps, --threads and --shards."""
     checked = {}
     if reps is not None:
-        checked["reps"] = checked_reps(args.reps, args.quick, *reps)
+        minimum, default, quick_default = reps
+        checked["reps"] = args.reps if args.reps is not None else (quick_default if args.quick else default)
+        if checked["reps"] < minimum:
+            raise BenchInputError(f"--reps must be at least {minimum} (every figure is a median of >= {minimum} "
+                                  f"repetitions), got {checked['reps']}")
     if hasattr(args, "valid"):
         check_valid(args.valid)
     if hasattr(args, "threads"):
-        checked["threads"] = checked_threads(threads if args.threads is None else args.threads)
+        import numba
+
+        checked["threads"] = args.threads or threads or usable_cpus()
+        if not 1 <= checked["threads"] <= numba.config.NUMBA_NUM_THREADS:
+            raise BenchInputError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), "
+                                  f"got {checked['threads']}")
     check_out(args.out)
     if shards is not None:
         checked["shards"] = shard_directory(args.shards, required=shards)
-    if hasattr(args, "device"):
-        check_device(args.device, device_hint, cuda_reason)
+    if hasattr(args, "device") and args.device == "cuda" and (reason := cuda_reason()):
+        raise BenchInputError(f"--device cuda: {reason}{device_hint}")
     return checked
-
-
-def checked_reps(reps: int | None, quick: bool, minimum: int, default: int, quick_default: int) -> int:
-    """--reps, or its default; at least ``minimum``."""
-    reps = reps if reps is not None else (quick_default if quick else default)
-    if reps < minimum:
-        raise BenchInputError(f"--reps must be at least {minimum} (every figure is a median of >= {minimum} "
-                              f"repetitions), got {reps}")
-    return reps
-
-
-def checked_threads(threads: int | None) -> int:
-    """--threads, or every usable core; at most NUMBA_NUM_THREADS."""
-    import numba
-
-    threads = threads if threads is not None else usable_cpus()
-    if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
-        raise BenchInputError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), "
-                              f"got {threads}")
-    return threads
 
 
 def check_out(out: Path) -> None:
@@ -267,12 +262,6 @@ def check_out(out: Path) -> None:
 def check_valid(valid: int) -> None:
     if valid < 0:
         raise BenchInputError(f"--valid must be at least 0, got {valid}")
-
-
-def check_device(device: str, hint: str = "", cuda_reason: Callable[[], str | None] = cuda_unavailable_reason) -> None:
-    """--device cuda needs a device torch (or the ``cuda_reason`` probe's library) can use."""
-    if device == "cuda" and (reason := cuda_reason()):
-        raise BenchInputError(f"--device cuda: {reason}{hint}")
 
 
 def shard_directory(value: Path | None, required: bool) -> Path | None:

@@ -24,9 +24,7 @@ from remixmatch.trainer.config import ALGORITHMS, FIDELITY
 
 from .core import add_out, add_shards, check_out, shard_directory
 from .errors import BenchError
-from .report import (
-    RunConditions, conditions_line, finish_report, machine_info, machine_line, markdown_table, new_report, report_main,
-)
+from .report import conditions_line, machine_line, markdown_table, new_report, report_main
 from .rows import EfficacyRow
 
 PROG = "rmm-bench efficacy"
@@ -266,8 +264,6 @@ def run(args, log) -> dict:
     from remixmatch.datasets_prep import open_shards
 
     report = new_report("efficacy", {"settings": args.settings, "variants": args.variants, "seeds": args.seeds})
-    report["machine"] = machine_info()
-    conditions, started = RunConditions(), time.perf_counter()
     shards = open_shards(args.shards)
     report["inputs"] = {"shards": Path(str(shards.path)).name, "dataset": shards.dataset,
                         "eval_split": args.settings.get("eval_split", "test")}
@@ -277,7 +273,6 @@ def run(args, log) -> dict:
     report["threads"] = {"torch": torch.get_num_threads()}
     report["summary"] = summarize(report["results"])
     report["charts"] = {"curves": draw_variant_curves(report["results"], args.out)}
-    finish_report(report, time.perf_counter() - started, conditions)
     return report
 
 

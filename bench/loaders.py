@@ -27,15 +27,12 @@ from remixmatch.common.cli import OneLineParser, positive_int
 
 from .core import (
     CommandConfig, NumbaThreadsFetcher, Timing, add_device, add_out, add_reps, add_shards, add_subset, add_threads,
-    checked_options, cuda_unavailable_reason, device_name, error_reason, no_sync, numba_threads_info, process_pool,
-    time_calls,
+    checked_options, cuda_unavailable_reason, device_name, error_reason, measured, no_sync, numba_threads_info,
+    process_pool, time_calls,
 )
 from .render import frame, skipped_block, table
 from .rows import LoaderRow
-from .report import (
-    PACKAGES, RunConditions, finish_report, format_rate, format_ratio, machine_info, new_report, package_versions,
-    report_main,
-)
+from .report import PACKAGES, format_rate, format_ratio, machine_info, new_report, package_versions, report_main
 
 PROG = "rmm-bench pipeline"
 MIN_REPS = 5
@@ -343,10 +340,6 @@ def _plans_equal(a, b) -> bool:
 
 # ---- assembling the report --------------------------------------------------------------------------
 
-def measured(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if "skipped" not in r]
-
-
 def find(rows: list[dict], backend: str, device: str = "cpu", **match) -> dict | None:
     for r in measured(rows):
         if r["backend"] == backend and r["device"] == device and all(r.get(k) == v for k, v in match.items()):
@@ -414,8 +407,6 @@ def summarize(rows: list[dict], config: PipelineConfig, equivalence: dict | None
 
 def run(config: PipelineConfig, log: Callable[[object], None]) -> dict:
     """Every row this machine can run; returns the report (not yet written)."""
-    started = time.perf_counter()
-    conditions = RunConditions()
     report = new_report("pipeline", config.as_dict())
     report["versions"] = package_versions(VERSION_PACKAGES)
     data = open_data(config.shards, config.labels, config.valid)
@@ -453,7 +444,6 @@ def run(config: PipelineConfig, log: Callable[[object], None]) -> dict:
                "pil_pool_processes": config.threads}
     report.update(machine=machine_info(gpu), threads=threads, results=rows,
                   summary=summarize(rows, config, equivalence), equivalence=equivalence)
-    finish_report(report, time.perf_counter() - started, conditions)
     return report
 
 

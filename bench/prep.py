@@ -22,9 +22,7 @@ from remixmatch.common.paths import CIFAR10_JPG_ENV, DataPath, resolve_path
 
 from .core import add_out, check_out, time_calls
 from .render import frame, table
-from .report import (
-    RunConditions, finish_report, machine_info, new_report, package_versions, report_main, spread,
-)
+from .report import new_report, package_versions, report_main, spread
 
 PROG = "rmm-bench prep"
 BATCH = 64
@@ -34,24 +32,16 @@ VERSION_PACKAGES = ("numpy", "pyarrow", "pillow", "rich", "remixmatch")
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Prep and shard-read benchmark (CIFAR-10 sources).")
     add_out(parser, "prep_report.json and prep_report.md")
-    parser.add_argument(
-        "--quick", action="store_true", help="6,000 synthetic images, no JPEG tree, fewer reads (well under a minute)"
-    )
-    parser.add_argument(
-        "--jpeg-tree", type=Path, default=None, help=f"a CIFAR-10 JPEG export to prep (default: ${CIFAR10_JPG_ENV})"
-    )
-    parser.add_argument(
-        "--prep-reps",
-        type=positive_int,
-        default=None,
-        help="repetitions of the synthetic prep (default 3; 1 with --quick)",
-    )
-    parser.add_argument(
-        "--read-reps", type=positive_int, default=None, help="timed 64-image reads (default 2000; 300 with --quick)"
-    )
-    parser.add_argument(
-        "--workers", type=positive_int, default=None, help="decoding processes for the JPEG tree (default: all cores)"
-    )
+    parser.add_argument("--quick", action="store_true",
+                        help="6,000 synthetic images, no JPEG tree, fewer reads (well under a minute)")
+    parser.add_argument("--jpeg-tree", type=Path, default=None,
+                        help=f"a CIFAR-10 JPEG export to prep (default: ${CIFAR10_JPG_ENV})")
+    parser.add_argument("--prep-reps", type=positive_int, default=None,
+                        help="repetitions of the synthetic prep (default 3; 1 with --quick)")
+    parser.add_argument("--read-reps", type=positive_int, default=None,
+                        help="timed 64-image reads (default 2000; 300 with --quick)")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="decoding processes for the JPEG tree (default: all cores)")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -70,21 +60,9 @@ def _time_prep(run: Callable[[Path], dict], work: Path, reps: int) -> tuple[list
 
 def _prep_row(source: str, seconds: list[float], images: int, goal: float, **extra) -> dict:
     median = statistics.median(seconds)
-    row = {
-        "bench": "prep",
-        "source": source,
-        "images": images,
-        "seconds": round(median, 3),
-        "images_per_s": round(images / median, 1),
-        "reps": len(seconds),
-        "goal_seconds": goal,
-    }
-    if len(seconds) > 1:
-        row["spread"] = {k: round(v, 3) for k, v in spread(seconds).items()}
-    else:
-        row["spread"] = None
-    row.update(extra)
-    return row
+    return {"bench": "prep", "source": source, "images": images, "seconds": round(median, 3),
+            "images_per_s": round(images / median, 1), "reps": len(seconds), "goal_seconds": goal,
+            "spread": {k: round(v, 3) for k, v in spread(seconds).items()} if len(seconds) > 1 else None, **extra}
 
 
 def _read_rows(shards: Path, reps: int, seed: int) -> list[dict]:
@@ -103,19 +81,10 @@ def _read_rows(shards: Path, reps: int, seed: int) -> list[dict]:
         # min(50, reps) calls of warm-up, then one call per repetition
         timings = [seconds * 1e6 for seconds in time_calls(read, reps, 0.0, warm_calls=min(50, reps) - 1).per_call]
         median = statistics.median(timings)
-        rows.append(
-            {
-                "bench": "read",
-                "pattern": pattern,
-                "batch": BATCH,
-                "rows": n,
-                "shards": len(part.shardset.shard_paths("train")),
-                "us_per_batch": round(median, 2),
-                "images_per_s": round(BATCH / median * 1e6, 1),
-                "spread": {k: round(v, 2) for k, v in spread(timings).items()},
-                "reps": reps,
-            }
-        )
+        rows.append({"bench": "read", "pattern": pattern, "batch": BATCH, "rows": n,
+                     "shards": len(part.shardset.shard_paths("train")), "us_per_batch": round(median, 2),
+                     "images_per_s": round(BATCH / median * 1e6, 1),
+                     "spread": {k: round(v, 2) for k, v in spread(timings).items()}, "reps": reps})
     return rows
 
 
@@ -139,33 +108,26 @@ def run(args: argparse.Namespace, log: Callable[[object], None]) -> dict:
 
     import pyarrow as pa
 
-    start, conditions = time.perf_counter(), RunConditions()
     per_batch = 1000 if args.quick else 10000
     prep_reps = args.prep_reps or (1 if args.quick else 3)
     read_reps = args.read_reps or (300 if args.quick else 2000)
     workers = args.workers or default_workers()
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     report = new_report("prep", config)
-    report["machine"] = machine_info()
     report["versions"] = package_versions(VERSION_PACKAGES)
     report["threads"] = {"prep_decode_processes": workers, "pyarrow_cpu_count": pa.cpu_count(), "reader": 1}
     images = per_batch * 6
-    report["inputs"] = {
-        "synthetic": f"official python format, {images} random 32x32x3 images, "
-        "gzip level 1 (inflating costs the same at any level)",
-        "seed": args.seed,
-    }
+    report["inputs"] = {"synthetic": f"official python format, {images} random 32x32x3 images, gzip level 1 "
+                                     "(inflating costs the same at any level)", "seed": args.seed}
 
     work = args.out / f"work-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     try:
-        archive = write_cifar10_archive(
-            work / "cifar-10-python.tar.gz", synthetic_batches(per_batch, args.seed), compresslevel=1
-        )
+        archive = write_cifar10_archive(work / "cifar-10-python.tar.gz", synthetic_batches(per_batch, args.seed),
+                                        compresslevel=1)
         report["inputs"]["synthetic_archive_bytes"] = archive.stat().st_size
-        seconds, _ = _time_prep(
-            lambda out: prep_cifar10(str(archive), out, progress=False), work / "synthetic", prep_reps
-        )
+        seconds, _ = _time_prep(lambda out: prep_cifar10(str(archive), out, progress=False), work / "synthetic",
+                                prep_reps)
         report["results"].append(_prep_row("synthetic-official", seconds, images, 10.0 * images / 60000))
         shards = work / "synthetic" / f"shards-{prep_reps - 1}"
 
@@ -174,9 +136,8 @@ def run(args: argparse.Namespace, log: Callable[[object], None]) -> dict:
             report["results"].append({"bench": "prep", "source": "cifar10-jpg", "skipped": skip})
         else:
             report["inputs"]["jpeg_tree"] = jpeg_tree.path.name
-            seconds, manifest = _time_prep(
-                lambda out: prep_cifar10(str(jpeg_tree.path), out, workers=workers, progress=False), work / "jpeg", 1
-            )
+            seconds, manifest = _time_prep(lambda out: prep_cifar10(str(jpeg_tree.path), out, workers=workers,
+                                                                    progress=False), work / "jpeg", 1)
             rows = sum(s["rows"] for s in manifest["splits"].values())
             report["results"].append(_prep_row("cifar10-jpg", seconds, rows, 60.0, workers=workers))
 
@@ -192,7 +153,6 @@ def run(args: argparse.Namespace, log: Callable[[object], None]) -> dict:
         "random_read_64_us": by_key[("read", "random")]["us_per_batch"],
         "contiguous_read_64_us": by_key[("read", "contiguous")]["us_per_batch"],
     }
-    finish_report(report, time.perf_counter() - start, conditions)
     return report
 
 

@@ -26,9 +26,9 @@ from typing import Callable
 
 from remixmatch.common.cli import OneLineParser
 
-from .core import CommandConfig, add_out
+from .core import CommandConfig, add_out, measured
 from .render import frame
-from .report import RunConditions, finish_report, machine_info, markdown_table, new_report, report_main
+from .report import markdown_table, new_report, report_main
 from .rows import PtxRow
 
 PROG = "rmm-bench ptx"
@@ -232,7 +232,7 @@ def unavailable_reason() -> str | None:
 
 
 def summarize(rows: list[dict], version: str | None) -> dict:
-    declared = [r for r in rows if r.get("section") == "kernel"]
+    declared = [r for r in measured(rows) if r["section"] == "kernel"]
     return {
         "ptxas": version,
         "spills": [f"{r['kernel']}@{r['arch']}" for r in declared
@@ -251,8 +251,6 @@ class PtxConfig(CommandConfig):
 
 def run(config: PtxConfig, log: Callable[[object], None]) -> dict:
     report = new_report("ptx", config.as_dict())
-    conditions, start = RunConditions(), time.perf_counter()
-    report["machine"] = machine_info()
     report["inputs"] = {"archs": [a.name for a in ARCHS], "sizes": [_size_name(*s) for s in SIZES],
                         "caps": list(CAPS), "block_sizes": list(BLOCK_SIZES)}
     reason = unavailable_reason()
@@ -266,7 +264,6 @@ def run(config: PtxConfig, log: Callable[[object], None]) -> dict:
         with tempfile.TemporaryDirectory(prefix="rmm-ptx-") as tmp:
             report["results"] = kernel_rows(ptxas, compile_all_ptx(Path(tmp), log), not config.quick, log)
     report["summary"] = summarize(report["results"], version)
-    finish_report(report, time.perf_counter() - start, conditions)
     return report
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -205,7 +206,7 @@ def command_main(argv, *, prog, build_parser, run, interrupted: str = "interrupt
 def report_main(argv, *, prog, build_parser, config_from_args, run, render_markdown, progress_line=str,
                 after=None, stem: str = "report", interrupted: str = "interrupted", log=None, show=print) -> int:
     """The main() of every report command: parse, check, run (progress on stderr, or through
-    ``log``), write ``STEM.json`` and ``STEM.md``, ``show`` the markdown, then ``after(config, report,
+    ``log``; the run's machine, wall time and conditions recorded), write ``STEM.json`` and ``STEM.md``, ``show`` the markdown, then ``after(config, report,
     log)`` if given. Bad input: one line and the error's exit status (:func:`remixmatch.common.cli.run_cli`)."""
     import sys
 
@@ -216,7 +217,12 @@ def report_main(argv, *, prog, build_parser, config_from_args, run, render_markd
 
     def body(args) -> int:
         config = config_from_args(args)
+        conditions, started = RunConditions(), time.perf_counter()
         report = run(config, log)
+        if report["machine"] is None:
+            report["machine"] = machine_info()
+        if report["created"] is None:  # not finished by the command itself
+            finish_report(report, time.perf_counter() - started, conditions)
         text = render_markdown(report)
         json_path, md_path = write_report(config.out, report, text, stem)
         show(text)

@@ -89,7 +89,19 @@ class CompileRow:
 
 
 @dataclass(kw_only=True)
-class LoaderRow:
+class StepTiming:
+    """The step rate of a timed row (:meth:`remixmatch.bench.core.Timing.fields`)."""
+
+    steps_per_s: float = metric()  # median over the repetitions
+    seconds_per_step: float = metric()
+    spread: dict  # of steps/s: {"min", "max", "q1", "q3", "iqr", "stdev"}
+    reps: int  # timed repetitions, after warm-up
+    steps_per_rep: int  # back-to-back steps per repetition
+    warmup_steps: int
+
+
+@dataclass(kw_only=True)
+class LoaderRow(StepTiming):
     """``rmm-bench pipeline``: complete step batches/s of one loader (``"bench": "pipeline"``)."""
 
     bench: str = key(1, "pipeline")
@@ -103,12 +115,6 @@ class LoaderRow:
     views_per_step: int  # B labeled strong + B probes + B_u unlabeled weak + K B_u unlabeled strong
     strong_views_per_step: int  # K B_u
     output: str  # "uint8 NHWC torch tensor" | "uint8 NumPy" | "float32 [-1, 1] NumPy"
-    steps_per_s: float = metric()  # median over the repetitions
-    seconds_per_step: float = metric()
-    spread: dict  # of steps/s
-    reps: int
-    steps_per_rep: int
-    warmup_steps: int
     strong_views_per_s: float = metric()  # steps_per_s * strong_views_per_step
     views_per_s: float = metric()  # steps_per_s * views_per_step
     ratio_vs_reference: float | None = metric()  # strong views/s / the pil-pool-float row's
@@ -120,7 +126,7 @@ class LoaderRow:
 
 
 @dataclass(kw_only=True)
-class TrainRow:
+class TrainRow(StepTiming):
     """``rmm-bench train``: training steps/s of one device and feed (``"bench": "train"``)."""
 
     bench: str = key(1, "train")
@@ -139,12 +145,6 @@ class TrainRow:
     images_per_step: int  # labeled + unlabeled images
     views_per_step: int  # every view the step reads (MixMatch: B + K B_u, its K views all weak)
     train_views_per_labeled_image: float  # (views - probes) / B (FixMatch at mu = 7: 15)
-    steps_per_s: float = metric()  # median over the repetitions
-    seconds_per_step: float = metric()
-    spread: dict  # of steps/s
-    reps: int
-    steps_per_rep: int
-    warmup_steps: int
     images_per_s: float = metric()
     views_per_s: float = metric()
     kimg_per_s: float  # labeled kimg/s (x 1024 images), as rmm-train logs it

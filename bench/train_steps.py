@@ -28,15 +28,15 @@ from remixmatch.trainer.config import ALGORITHMS
 
 from .core import (
     CommandConfig, NumbaThreadsFetcher, add_device, add_out, add_reps, add_shards, add_subset, add_threads,
-    checked_options, cuda_unavailable_reason, device_name, error_reason, no_sync, numba_threads_info, time_calls,
+    checked_options, cuda_unavailable_reason, device_name, error_reason, measured, no_sync, numba_threads_info,
+    time_calls,
 )
 from .errors import BenchInputError
 from .loaders import open_data
 from .render import frame, ratio_range, share_range, skipped_block, table
 from .rows import ScalingRow, TrainRow
 from .report import (
-    PACKAGES, RunConditions, finish_report, format_hours, format_rate, format_share, machine_info, markdown_table,
-    new_report, package_versions, report_main, usable_cpus,
+    format_hours, format_rate, format_share, machine_info, markdown_table, new_report, report_main, usable_cpus,
 )
 from .section_runner import run_bounded
 
@@ -263,13 +263,16 @@ def _views_per_step(views) -> int:
     return views.batch + probes + views.unlabeled_batch + views.k * views.unlabeled_batch
 
 
+def device_reason(config: TrainBenchConfig, device: str) -> str | None:
+    """Why ``device`` has no rows (not requested, or no CUDA device), or None."""
+    if config.device not in ("auto", device):
+        return f"not requested (--device {config.device})"
+    return cuda_unavailable_reason() if device == "cuda" else None
+
+
 def device_rows(config: TrainBenchConfig, device: str, data, log) -> list[dict]:
     """The three rows of one device, or skipped rows saying why."""
-    reason = None
-    if config.device not in ("auto", device):
-        reason = f"not requested (--device {config.device})"
-    elif device == "cuda":
-        reason = cuda_unavailable_reason()
+    reason = device_reason(config, device)
     rows = []
     for feed, prefetch in FEEDS:
         if reason is None and feed == "loader" and data is None:
@@ -288,10 +291,6 @@ def device_rows(config: TrainBenchConfig, device: str, data, log) -> list[dict]:
             log(row)
         rows.append(row)
     return rows
-
-
-def measured(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if "skipped" not in r]
 
 
 def find(rows: list[dict], device: str, feed: str, prefetch: bool) -> dict | None:
@@ -357,10 +356,7 @@ def run(config: TrainBenchConfig, log: Callable[[object], None]) -> dict:
     """Every row this machine can run; returns the report (not yet written)."""
     import torch
 
-    started = time.perf_counter()
-    conditions = RunConditions()
     report = new_report("train", config.as_dict())
-    report["versions"] = package_versions(PACKAGES)
     data = None
     if config.shards is not None:
         data = open_data(config.shards, config.labels, config.valid)
@@ -386,7 +382,6 @@ def run(config: TrainBenchConfig, log: Callable[[object], None]) -> dict:
                   threads={"torch": config.threads, "torch_interop": torch.get_num_interop_threads(),
                            "numba": numba_threads, **numba_threads_info(),
                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")})
-    finish_report(report, time.perf_counter() - started, conditions)
     return report
 
 
@@ -486,12 +481,7 @@ def scaling_rows(config: TrainBenchConfig, data, log) -> list[dict]:
     """Per device, one row per process count 1..--procs-max: measured, or skipped with the reason."""
     rows = []
     for device in DEVICES:
-        reason = None
-        if config.device not in ("auto", device):
-            reason = f"not requested (--device {config.device})"
-        elif device == "cuda":
-            reason = cuda_unavailable_reason()
-        if reason is not None:  # the whole device: one row says why
+        if (reason := device_reason(config, device)) is not None:  # the whole device: one row says why
             rows.append(scaling_skipped_row(device, 1, config.batch, reason))
             log(scaling_row_line(rows[-1]))
             continue
