@@ -19,7 +19,9 @@ import numpy as np
 
 from remixmatch.pipeline.policy import Policies, uniform_policies
 
-from .core import CommandConfig, Timing, checked_options, no_sync, process_pool, time_calls
+from .core import (
+    CommandConfig, Timing, checked_options, find, no_sync, numba_threads_info, process_pool, time_calls,
+)
 from .errors import BenchError
 from .images import ImageSet, load_images
 from .render import frame, skipped_block
@@ -183,11 +185,6 @@ def run_pil(work: Workload, config: AugConfig, log) -> list[dict]:
     return rows
 
 
-def _pil_worker_init() -> None:
-    # Imports PIL and the reference in each worker at start-up, outside the timed region.
-    _pil_apply()
-
-
 def _pool_call(pool, pixels: np.ndarray, view_set: ViewSet, k: int, processes: int):
     # One chunk of whole images per process, like the reference code's one-batch-per-task workers.
     bounds = np.linspace(0, len(pixels), processes + 1).astype(int)
@@ -205,7 +202,7 @@ def run_pil_pool(work: Workload, config: AugConfig, log) -> list[dict]:
     except Exception as error:
         return [skipped("pil-pool", _import_error_reason("remixmatch.kernels.pil_reference", error))]
     processes = config.threads
-    with process_pool(processes, _pil_worker_init) as (pool, startup):
+    with process_pool(processes) as (pool, startup):
         view_set = work.mixed()
         timing = measure(_pool_call(pool, work.images.pixels, view_set, HEADLINE_K, processes),
                          config.reps, REP_SECONDS[config.quick])
@@ -282,12 +279,7 @@ def run_numba_cpu(work: Workload, config: AugConfig, log) -> tuple[list[dict], d
         rows.append(row("numba-cpu", HEADLINE_K, BATCH, view_set, name,
                         measure(bound(view_set), config.reps, rep_seconds), config.threads, "cpu"))
         log(rows[-1])
-    threads = {
-        "numba": numba.get_num_threads(),
-        "numba_threading_layer": numba.threading_layer(),
-        "numba_threading_layer_config": numba.config.THREADING_LAYER,
-    }
-    return rows, threads
+    return rows, {"numba": numba.get_num_threads(), **numba_threads_info()}
 
 
 # ---- Numba CUDA ---------------------------------------------------------------------------------------
@@ -371,16 +363,9 @@ def add_ratios(rows: list[dict]) -> None:
             r["ratio_vs_pil"] = r["views_per_s"] / pil[r["op"]]
 
 
-def _find(rows: list[dict], backend: str, **match) -> dict | None:
-    for r in measured(rows):
-        if r["backend"] == backend and all(r.get(key) == value for key, value in match.items()):
-            return r
-    return None
-
-
 def summarize(rows: list[dict]) -> dict:
     headline = dict(k=HEADLINE_K, batch=BATCH, op=None)
-    cpu, pil, pool = (_find(rows, b, **headline) for b in ("numba-cpu", "pil", "pil-pool"))
+    cpu, pil, pool = (find(measured(rows), backend=b, **headline) for b in ("numba-cpu", "pil", "pil-pool"))
     cuda_rates = [r["views_per_s"] for r in measured(rows) if r["backend"] == "numba-cuda" and r["op"] is None]
     return {
         "numba_cpu_vs_pil": cpu["views_per_s"] / pil["views_per_s"] if cpu and pil else None,
@@ -454,7 +439,7 @@ def _per_op_section(rows: list[dict], h: str = "##") -> list[str]:
         header.append("numba-cpu vs pil")
     table = []
     for op in dict.fromkeys(r["op"] for r in per_op):
-        found = {b: _find(per_op, b, op=op) for b in backends}
+        found = {b: find(per_op, backend=b, op=op) for b in backends}
         cells = [op] + [format_rate(found[b]["views_per_s"]) if found[b] else "-" for b in backends]
         if len(header) > len(backends) + 1:
             cells.append(format_ratio(found["numba-cpu"]["ratio_vs_pil"] if found["numba-cpu"] else None))

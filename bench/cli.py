@@ -21,28 +21,22 @@ from .core import add_device, add_out, add_reps, add_threads
 
 PROG = "rmm-bench"
 
-# Subcommands that own their argument parsing: everything after the name goes to their main(argv).
+# Subcommands that own their argument parsing (everything after the name goes to their main(argv)): module, help.
 DELEGATED = {
-    "prep": ("remixmatch.bench.prep", "data preparation benchmark (see: rmm-bench prep --help)"),
-    "views": ("remixmatch.bench.views", "a PNG of weak and strong views (see: rmm-bench views --help)"),
-    "pipeline": ("remixmatch.bench.loaders",
-                 "step batches/s: torch and DALI loaders vs the PIL pool (see: rmm-bench pipeline --help)"),
-    "train": ("remixmatch.bench.train_steps",
-              "training steps/s, synthetic vs loader-fed (see: rmm-bench train --help)"),
+    "prep": ("remixmatch.bench.prep", "data preparation benchmark"),
+    "views": ("remixmatch.bench.views", "a PNG of weak and strong views"),
+    "pipeline": ("remixmatch.bench.loaders", "step batches/s: torch and DALI loaders vs the PIL pool"),
+    "train": ("remixmatch.bench.train_steps", "training steps/s, synthetic vs loader-fed"),
     "efficacy": ("remixmatch.bench.efficacy",
-                 "ReMixMatch, FixMatch, MixMatch vs supervised and ablations, same data and steps "
-                 "(see: rmm-bench efficacy --help)"),
-    "ptx": ("remixmatch.bench.ptx",
-            "CUDA kernel registers, spills, shared memory, occupancy, no GPU needed (see: rmm-bench ptx --help)"),
+                 "ReMixMatch, FixMatch, MixMatch vs supervised and ablations, same data and steps"),
+    "ptx": ("remixmatch.bench.ptx", "CUDA kernel registers, spills, shared memory, occupancy, no GPU needed"),
     "all": ("remixmatch.bench.all_sections",
-            "one report: aug, ptx, pipeline, train with the step split, scaling, charts (see: rmm-bench all --help)"),
-    "compare": ("remixmatch.bench.compare", "two report.json side by side with ratios (see: rmm-bench compare --help)"),
-    "semantics": ("remixmatch.bench.reference_changes",
-                  "views that reference-semantics translate and rescale change (see: rmm-bench semantics --help)"),
+            "one report: aug, ptx, pipeline, train with the step split, scaling, charts"),
+    "compare": ("remixmatch.bench.compare", "two report.json side by side with ratios"),
+    "semantics": ("remixmatch.bench.reference_changes", "views that reference-semantics translate and rescale change"),
     "gpu-env": ("remixmatch.bench.gpu_env",
-                "the GPU stack: GPU, driver, torch, numba-cuda, NVVM, ptxas, kernel JIT time (see: rmm-bench gpu-env --help)"),
-    "gpu-check": ("remixmatch.bench.gpu_check",
-                  "every CUDA path and the GPU figures in one run bounded in time (see: rmm-bench gpu-check --help)"),
+                "the GPU stack: GPU, driver, torch, numba-cuda, NVVM, ptxas, kernel JIT time"),
+    "gpu-check": ("remixmatch.bench.gpu_check", "every CUDA path and the GPU figures in one run bounded in time"),
 }
 
 
@@ -82,7 +76,7 @@ def build_parser() -> OneLineParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_aug_arguments(commands.add_parser("aug", help=AUG, description=f"{AUG}."))
     for name, (_, help_text) in DELEGATED.items():
-        commands.add_parser(name, help=help_text, add_help=False)
+        commands.add_parser(name, help=f"{help_text} (see: {PROG} {name} --help)", add_help=False)
     return parser
 
 

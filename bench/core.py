@@ -118,6 +118,11 @@ def measured(rows: list[dict]) -> list[dict]:
     return [r for r in rows if "skipped" not in r]
 
 
+def find(rows: list[dict], **match) -> dict | None:
+    """The first measured row whose fields hold the ``match`` values."""
+    return next((r for r in measured(rows) if all(r.get(k) == v for k, v in match.items())), None)
+
+
 def error_reason(error: BaseException) -> str:
     """An exception as the one-line reason a skipped row gives."""
     text = " ".join(str(error).split()) or type(error).__name__
@@ -163,13 +168,20 @@ def _worker_pid(_: int) -> int:
     return os.getpid()
 
 
+def _pil_worker_init() -> None:
+    # Imports PIL and the reference in each worker at start-up, outside the timed region.
+    import PIL.Image  # noqa: F401
+
+    import remixmatch.kernels.pil_reference  # noqa: F401
+
+
 @contextmanager
-def process_pool(processes: int, initializer: Callable[[], None]):
-    """A started pool of ``processes`` workers (every one has run ``initializer``) and its start-up seconds."""
+def process_pool(processes: int):
+    """A started pool of ``processes`` PIL workers (PIL and the reference imported) and its start-up seconds."""
     # spawn, not fork: the parent runs Numba, DALI and torch threads, which fork does not copy.
     context = multiprocessing.get_context("spawn")
     start = time.perf_counter()
-    pool = context.Pool(processes, initializer=initializer)
+    pool = context.Pool(processes, initializer=_pil_worker_init)
     try:
         seen: set[int] = set()
         while len(seen) < processes:

@@ -25,6 +25,7 @@ import numpy as np
 
 from remixmatch.common.cli import OneLineParser, positive_int
 
+from . import core
 from .core import (
     CommandConfig, NumbaThreadsFetcher, Timing, add_device, add_out, add_reps, add_shards, add_subset, add_threads,
     checked_options, cuda_unavailable_reason, device_name, error_reason, measured, no_sync, numba_threads_info,
@@ -165,13 +166,6 @@ def _pil_task(task: tuple) -> np.ndarray:
     return render_views_pil(*task)
 
 
-def _pool_init() -> None:
-    # Imports PIL and the reference in each worker at start-up, outside the timed region.
-    import PIL.Image  # noqa: F401
-
-    import remixmatch.kernels.pil_reference  # noqa: F401
-
-
 def pil_step(pool, split, plan, pad: int, processes: int, style: str) -> np.ndarray:
     """One step's views by the reference design: gather the plan's rows, split the views into one
     contiguous chunk per process, render in the pool. ``style`` "uint8" or "float"."""
@@ -265,7 +259,7 @@ def run_pool_rows(config: PipelineConfig, data: BenchData, log) -> tuple[list[di
     processes = config.threads
     views = view_config(config, data)
     rows: list[dict] = []
-    with process_pool(processes, _pool_init) as (pool, startup):
+    with process_pool(processes) as (pool, startup):
         log(f"PIL pool: {processes} processes started in {startup:.1f} s")
         equivalence = check_equivalence(config, data, pool, processes)
         log(f"equivalence: {equivalence['summary']}")
@@ -341,10 +335,7 @@ def _plans_equal(a, b) -> bool:
 # ---- assembling the report --------------------------------------------------------------------------
 
 def find(rows: list[dict], backend: str, device: str = "cpu", **match) -> dict | None:
-    for r in measured(rows):
-        if r["backend"] == backend and r["device"] == device and all(r.get(k) == v for k, v in match.items()):
-            return r
-    return None
+    return core.find(rows, backend=backend, device=device, **match)
 
 
 def add_ratios(rows: list[dict]) -> None:

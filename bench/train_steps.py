@@ -26,6 +26,7 @@ from typing import Callable
 from remixmatch.common.cli import OneLineParser, positive_int
 from remixmatch.trainer.config import ALGORITHMS
 
+from . import core
 from .core import (
     CommandConfig, NumbaThreadsFetcher, add_device, add_out, add_reps, add_shards, add_subset, add_threads,
     checked_options, cuda_unavailable_reason, device_name, error_reason, measured, no_sync, numba_threads_info,
@@ -294,8 +295,7 @@ def device_rows(config: TrainBenchConfig, device: str, data, log) -> list[dict]:
 
 
 def find(rows: list[dict], device: str, feed: str, prefetch: bool) -> dict | None:
-    return next((r for r in measured(rows) if (r["device"], r["feed"], r["prefetch"]) == (device, feed, prefetch)),
-                None)
+    return core.find(rows, device=device, feed=feed, prefetch=prefetch)
 
 
 def add_wait_shares(rows: list[dict]) -> None:
