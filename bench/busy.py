@@ -20,6 +20,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .core import time_calls
+
 ROUNDS = 5
 CALLS = 20
 BUSY_LOOP = "while True:\n    pass\n"
@@ -66,13 +68,12 @@ def measure_oversubscription(work, threads: int, busy: int, log, *, batch: int, 
     saved = numba.get_num_threads()
 
     def run_once(n_threads: int) -> float:
-        drawn = [uniform_policies(views, depth, rng).arrays() for _ in range(calls + 1)]
+        """A warm-up call, then ``calls`` timed back to back, each with policies drawn afresh."""
+        drawn = iter([uniform_policies(views, depth, rng).arrays() for _ in range(calls + 1)])
         numba.set_num_threads(n_threads)
-        kernels.apply_ops(pixels, *drawn[0], sources=sources, out=out)  # warm-up
-        start = time.perf_counter()
-        for arrays in drawn[1:]:
-            kernels.apply_ops(pixels, *arrays, sources=sources, out=out)
-        return views * calls / (time.perf_counter() - start)
+        timing = time_calls(lambda: kernels.apply_ops(pixels, *next(drawn), sources=sources, out=out), 1, 0.0,
+                            min_calls=calls, max_calls=calls)
+        return views / timing.median_seconds
 
     rates: dict[tuple[int, int], list[float]] = {(b, t): [] for b in range(busy + 1) for t in thread_counts}
     load_before = _loadavg()
