@@ -24,8 +24,8 @@ from .core import (
 )
 from .errors import BenchError
 from .images import ImageSet, load_images
-from .render import frame, skipped_block
-from .report import format_rate, format_ratio, machine_info, markdown_table, new_report
+from .render import frame, skipped_block, table
+from .report import format_rate, format_ratio, machine_info, new_report
 from .rows import CompileRow, ViewsRow
 
 BATCH = 64  # images per batch: the reference code's unlabeled batch
@@ -374,15 +374,19 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
-def _spread_text(r: dict) -> str:
-    s = r["spread"]
-    return f"{format_rate(s['min'])}-{format_rate(s['max'])}"
+COLUMNS = (
+    ("backend", lambda r: r["backend"]), ("K", lambda r: str(r["k"])), ("images", lambda r: str(r["batch"])),
+    ("views", lambda r: str(r["views"])), ("inputs", lambda r: r["inputs"]), ("threads", lambda r: str(r["threads"])),
+    ("views/s", lambda r: format_rate(r["views_per_s"])),
+    ("spread", lambda r: f"{format_rate(r['spread']['min'])}-{format_rate(r['spread']['max'])}"),
+    ("vs pil", lambda r: format_ratio(r["ratio_vs_pil"])), ("device", lambda r: r["device"]),
+)
+COMPILE_COLUMNS = (("backend", lambda r: r["backend"]), ("seconds", lambda r: f"{r['seconds']:.1f}"),
+                   ("method", lambda r: r["method"]), ("Numba cache", lambda r: r["cache"]))
 
 
 def body(report: dict, h: str = "##") -> list[str]:
-    rows = report["results"]
-    summary = report["summary"]
-    inputs = report["inputs"]
+    rows, summary, inputs = report["results"], report["summary"], report["inputs"]
     lines = [
         f"Inputs: {inputs['count']} {inputs['images']} images ({inputs['source']}), "
         f"{inputs['height']}x{inputs['width']}; {inputs['policy']}; seed {inputs['seed']}. "
@@ -396,17 +400,9 @@ def body(report: dict, h: str = "##") -> list[str]:
     if summary["numba_cuda_best_views_per_s"] is not None:
         lines.append(f"- numba-cuda best: **{format_rate(summary['numba_cuda_best_views_per_s'])} views/s** "
                      "(goal >= 20M at 32x32 on one H100)")
-    mixed = [r for r in measured(rows) if r["op"] is None]
-    lines += ["", markdown_table(
-        ["backend", "K", "images", "views", "inputs", "threads", "views/s", "spread", "vs pil", "device"],
-        [[r["backend"], str(r["k"]), str(r["batch"]), str(r["views"]), r["inputs"], str(r["threads"]),
-          format_rate(r["views_per_s"]), _spread_text(r), format_ratio(r["ratio_vs_pil"]), r["device"]]
-         for r in mixed])]
-    compiles = [r for r in rows if r["bench"] == "aug-compile"]
-    if compiles:
-        lines += ["", f"{h} JIT compile", "", markdown_table(
-            ["backend", "seconds", "method", "Numba cache"],
-            [[r["backend"], f"{r['seconds']:.1f}", r["method"], r["cache"]] for r in compiles])]
+    lines += ["", table(COLUMNS, [r for r in measured(rows) if r["op"] is None])]
+    if compiles := [r for r in rows if r["bench"] == "aug-compile"]:
+        lines += ["", f"{h} JIT compile", "", table(COMPILE_COLUMNS, compiles)]
     lines += _per_op_section(rows, h)
     if "oversubscription" in report:
         from .busy import render_oversubscription
@@ -434,19 +430,16 @@ def _per_op_section(rows: list[dict], h: str = "##") -> list[str]:
     if not per_op:
         return []
     backends = [b for b in ("pil", "numba-cpu", "numba-cuda") if any(r["backend"] == b for r in per_op)]
-    header = ["op"] + [f"{b} views/s" for b in backends]
+
+    def cell(backend: str, value):
+        return lambda op: value(r) if (r := find(per_op, backend=backend, op=op)) else "-"
+
+    columns = [("op", str), *((f"{b} views/s", cell(b, lambda r: format_rate(r["views_per_s"]))) for b in backends)]
     if "pil" in backends and "numba-cpu" in backends:
-        header.append("numba-cpu vs pil")
-    table = []
-    for op in dict.fromkeys(r["op"] for r in per_op):
-        found = {b: find(per_op, backend=b, op=op) for b in backends}
-        cells = [op] + [format_rate(found[b]["views_per_s"]) if found[b] else "-" for b in backends]
-        if len(header) > len(backends) + 1:
-            cells.append(format_ratio(found["numba-cpu"]["ratio_vs_pil"] if found["numba-cpu"] else None))
-        table.append(cells)
+        columns.append(("numba-cpu vs pil", cell("numba-cpu", lambda r: format_ratio(r["ratio_vs_pil"]))))
     sizes = ", ".join(f"{b}: {next(r['views'] for r in per_op if r['backend'] == b)} views" for b in backends)
     return ["", f"{h} Per op (every view applies one op, depth 1, levels uniform)", "", f"Batch: {sizes}.", "",
-            markdown_table(header, table)]
+            table(columns, list(dict.fromkeys(r["op"] for r in per_op)))]
 
 
 def run(config: AugConfig, log: Callable[[object], None]) -> dict:

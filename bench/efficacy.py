@@ -24,10 +24,12 @@ from remixmatch.trainer.config import ALGORITHMS, FIDELITY
 
 from .core import add_out, add_shards, check_out, shard_directory
 from .errors import BenchError
-from .report import conditions_line, machine_line, markdown_table, new_report, report_main
+from .render import module_main
+from .report import markdown_table, new_report
 from .rows import EfficacyRow
 
 PROG = "rmm-bench efficacy"
+TITLE = "ReMixMatch efficacy on this machine"
 
 # name -> (what it tests, TrainConfig overrides on top of the common settings)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -156,26 +158,27 @@ def summarize(results: list[dict]) -> dict:
             for name, accs in by_variant.items()}
 
 
-def render_markdown(report: dict) -> str:
-    settings = report["config"]["settings"]
-    rows, base = [], {}
+def body(report: dict, h: str = "##") -> list[str]:
+    """The settings, one line per variant (its figures from the report's summary) and the schedules."""
+    settings, summary = report["config"]["settings"], report["summary"]
     by_variant: dict[str, list[dict]] = {}
     for row in report["results"]:
         by_variant.setdefault(row["variant"], []).append(row)
+
+    def mean(runs: list[dict], value) -> float:
+        return statistics.mean(value(r) for r in runs)
+
+    rows = []
     for name, runs in by_variant.items():
-        base[name] = statistics.mean(r["acc_ema_median"] for r in runs)
-    baseline = baseline_of(base)
-    for name, runs in by_variant.items():
-        accs = [100 * r["acc_ema_median"] for r in runs]
-        spread = f" +- {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
-        delta = "" if baseline is None or name == baseline else f"{100 * (base[name] - base[baseline]):+.2f}"
-        rows.append([name, runs[0]["what"], f"{statistics.mean(accs):.2f}{spread}",
-                     f"{100 * statistics.mean(r['acc_ema_best'] for r in runs):.2f}", delta,
-                     str(len(runs)), f"{statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f}",
-                     str(runs[0]["steps"]), str(runs[0].get("k", settings.get("k", ""))),
-                     str(runs[0].get("uratio", 1)), f"{statistics.mean(r['wall_seconds'] / r['steps'] for r in runs):.3f}"])
-    lines = [
-        "# ReMixMatch efficacy on this machine", "",
+        s = summary[name]
+        spread = "" if s["acc_ema_median_stdev"] is None else f" +- {100 * s['acc_ema_median_stdev']:.2f}"
+        rows.append([name, runs[0]["what"], f"{100 * s['acc_ema_median_mean']:.2f}{spread}",
+                     f"{100 * mean(runs, lambda r: r['acc_ema_best']):.2f}",
+                     "" if s["vs_remixmatch"] is None else f"{100 * s['vs_remixmatch']:+.2f}", str(s["seeds"]),
+                     f"{mean(runs, lambda r: r['wall_seconds']) / 60:.1f}", str(runs[0]["steps"]),
+                     str(runs[0].get("k", settings.get("k", ""))), str(runs[0].get("uratio", 1)),
+                     f"{mean(runs, lambda r: r['wall_seconds'] / r['steps']):.3f}"])
+    return [
         f"Data: shards `{report['inputs'].get('shards', settings['data'])}`; {settings['labels']} labels (seeds {', '.join(map(str, report['config']['seeds']))}); "
         f"{settings['steps']} steps of {settings['batch']} labeled images (and mu times as many unlabeled: the "
         f"mu column); model width {settings['width']}, {settings['blocks_per_stage']} block(s) per stage; each "
@@ -184,9 +187,7 @@ def render_markdown(report: dict) -> str:
         markdown_table(["variant", "what", "EMA acc. % (median of last evals)", "best %", "vs ReMixMatch",
                         "seeds", "minutes", "steps", "K", "mu", "s / step"], rows), "",
         *schedule_lines(by_variant),
-        machine_line(report), "", conditions_line(report),
     ]
-    return "\n".join(lines) + "\n"
 
 
 def schedule_lines(by_variant: dict[str, list[dict]]) -> list[str]:
@@ -278,8 +279,7 @@ def run(args, log) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     # Bad input from any layer: one line, exit 2; a diverged run: exit 3, as rmm-train.
-    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
-                       render_markdown=render_markdown)
+    return module_main(argv, sys.modules[__name__])
 
 
 if __name__ == "__main__":

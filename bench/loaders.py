@@ -31,9 +31,9 @@ from .core import (
     checked_options, cuda_unavailable_reason, device_name, error_reason, measured, no_sync, numba_threads_info,
     process_pool, time_calls,
 )
-from .render import frame, skipped_block, table
+from .render import module_main, skipped_block, table
 from .rows import LoaderRow
-from .report import PACKAGES, format_rate, format_ratio, machine_info, new_report, package_versions, report_main
+from .report import PACKAGES, format_rate, format_ratio, machine_info, new_report, package_versions
 
 PROG = "rmm-bench pipeline"
 MIN_REPS = 5
@@ -508,10 +508,6 @@ def body(report: dict, h: str = "##") -> list[str]:
                                   f"{r['skipped']}" for r in rows if "skipped" in r], h)
 
 
-def render_markdown(report: dict) -> str:
-    return frame(report, PROG, body(report))
-
-
 # ---- command line ---------------------------------------------------------------------------------
 
 def build_parser() -> OneLineParser:
@@ -536,8 +532,7 @@ def config_from_args(args) -> PipelineConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
-                       render_markdown=render_markdown, progress_line=progress_line)
+    return module_main(argv, sys.modules[__name__])
 
 
 def progress_line(r: dict) -> str:

@@ -21,10 +21,11 @@ from remixmatch.common.cli import OneLineParser, positive_int
 from remixmatch.common.paths import CIFAR10_JPG_ENV, DataPath, resolve_path
 
 from .core import add_out, check_out, time_calls
-from .render import frame, table
-from .report import new_report, package_versions, report_main, spread
+from .render import module_main, table
+from .report import new_report, package_versions, spread
 
 PROG = "rmm-bench prep"
+TITLE = "Data preparation benchmark"
 BATCH = 64
 VERSION_PACKAGES = ("numpy", "pyarrow", "pillow", "rich", "remixmatch")
 
@@ -186,10 +187,6 @@ def body(report: dict, h: str = "##") -> list[str]:
     ]
 
 
-def render_markdown(report: dict) -> str:
-    return frame(report, "Data preparation benchmark", body(report))
-
-
 def config_from_args(args: argparse.Namespace) -> argparse.Namespace:
     check_out(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -197,8 +194,7 @@ def config_from_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
-                       render_markdown=render_markdown, progress_line=str, stem="prep_report",
+    return module_main(argv, sys.modules[__name__], stem="prep_report",
                        interrupted="interrupted; no report was written")
 
 

@@ -27,8 +27,8 @@ from typing import Callable
 from remixmatch.common.cli import OneLineParser
 
 from .core import CommandConfig, add_out, measured
-from .render import frame
-from .report import markdown_table, new_report, report_main
+from .render import module_main, table
+from .report import new_report
 from .rows import PtxRow
 
 PROG = "rmm-bench ptx"
@@ -279,41 +279,30 @@ def _cap(value) -> str:
     return "none" if value is None else str(value)
 
 
+KERNEL = (("kernel", lambda r: r["kernel"]), ("arch", lambda r: r["arch"]))
+SPILLS = ("spill st/ld B", lambda r: f"{r['spill_store_bytes']}/{r['spill_load_bytes']}")
+DECLARED_COLUMNS = (*KERNEL, ("max_registers", lambda r: _cap(r["max_registers"])), ("registers", lambda r: str(r["registers"])),
+                    SPILLS, ("stack B", lambda r: str(r["stack_bytes"])),
+                    ("static smem B", lambda r: str(r["static_shared_bytes"])), ("launches", _launch_cells))
+SWEEP_COLUMNS = (*KERNEL, ("cap", lambda r: _cap(r["max_registers"])), ("registers", lambda r: str(r["registers"])),
+                 SPILLS, ("launch", _launch_cells))
+
+
 def body(report: dict, heading: str = "##") -> list[str]:
     rows = report["results"]
     if rows and "skipped" in rows[0]:
         return [f"{heading} CUDA kernel resources", "", f"Skipped: {rows[0]['skipped']}."]
-    declared = [r for r in rows if r["section"] == "kernel"]
-    lines = [
-        f"{heading} CUDA kernel resources (ptxas -v, no GPU needed)",
-        "",
-        f"{report['summary']['ptxas']}. Occupancy: resident warps per SM / 64, from registers, shared memory "
-        "(+1 KiB reserved per block), 2,048 threads and 32 blocks per SM.",
-        "",
-        markdown_table(["kernel", "arch", "max_registers", "registers", "spill st/ld B", "stack B", "static smem B",
-                        "launches"],
-                       [[r["kernel"], r["arch"], _cap(r["max_registers"]), str(r["registers"]),
-                         f"{r['spill_store_bytes']}/{r['spill_load_bytes']}", str(r["stack_bytes"]),
-                         str(r["static_shared_bytes"]), _launch_cells(r)] for r in declared]),
-        "",
-    ]
     spills = report["summary"]["spills"]
-    lines.append(f"**Spills as declared: {', '.join(spills)}.**" if spills else "No kernel spills as declared.")
-    sweep = [r for r in rows if r["section"] == "sweep"]
-    if sweep:
-        lines += [
-            "",
-            f"{heading}# Register cap and block size sweep",
-            "",
-            markdown_table(["kernel", "arch", "cap", "registers", "spill st/ld B", "launch"],
-                           [[r["kernel"], r["arch"], _cap(r["max_registers"]), str(r["registers"]),
-                             f"{r['spill_store_bytes']}/{r['spill_load_bytes']}", _launch_cells(r)] for r in sweep]),
-        ]
+    lines = [
+        f"{heading} CUDA kernel resources (ptxas -v, no GPU needed)", "",
+        f"{report['summary']['ptxas']}. Occupancy: resident warps per SM / 64, from registers, shared memory "
+        "(+1 KiB reserved per block), 2,048 threads and 32 blocks per SM.", "",
+        table(DECLARED_COLUMNS, [r for r in rows if r["section"] == "kernel"]), "",
+        f"**Spills as declared: {', '.join(spills)}.**" if spills else "No kernel spills as declared.",
+    ]
+    if sweep := [r for r in rows if r["section"] == "sweep"]:
+        lines += ["", f"{heading}# Register cap and block size sweep", "", table(SWEEP_COLUMNS, sweep)]
     return lines
-
-
-def render_markdown(report: dict) -> str:
-    return frame(report, PROG, body(report))
 
 
 # ---- command line ---------------------------------------------------------------------------------
@@ -339,8 +328,7 @@ def progress_line(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
-                       render_markdown=render_markdown, progress_line=progress_line)
+    return module_main(argv, sys.modules[__name__])
 
 
 if __name__ == "__main__":

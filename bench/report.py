@@ -232,3 +232,4 @@ def report_main(argv, *, prog, build_parser, config_from_args, run, render_markd
         return 0
 
     return command_main(argv, prog=prog, build_parser=build_parser, run=body, interrupted=interrupted)
+

@@ -34,10 +34,10 @@ from .core import (
 )
 from .errors import BenchInputError
 from .loaders import open_data
-from .render import frame, ratio_range, share_range, skipped_block, table
+from .render import frame, module_main, ratio_range, share_range, skipped_block, table
 from .rows import ScalingRow, TrainRow
 from .report import (
-    format_hours, format_rate, format_share, machine_info, markdown_table, new_report, report_main, usable_cpus,
+    format_hours, format_rate, format_share, machine_info, new_report, usable_cpus,
 )
 from .section_runner import run_bounded
 
@@ -555,26 +555,12 @@ def _row_name(r: dict) -> str:
     return "loader, prefetch" if r["prefetch"] else "loader, no prefetch"
 
 
-def scaling_markdown(scaling: list[dict], h: str = "##") -> list[str]:
-    done = [r for r in scaling if "skipped" not in r]
-    lines = [f"{h} Scaling: steps/s against processes", ""]
-    if not done:
-        return lines + ["No scaling run was measured (see Skipped)."]
-    first = done[0]
-    lines += [
-        f"Short real `rmm-train` runs ({first['algorithm']}, global B = {first['batch']}, K = {first['k']}, fixed: each "
-        "of N processes trains B/N); evaluation and checkpoint at the end only. Step time: the median of metrics.jsonl's step_seconds "
-        "over the logged windows after the first (warm-up). On the CPU each of N processes gets cores / N torch "
-        "threads (`--threads`) and as many Numba threads (NUMBA_NUM_THREADS) for its loader. Speed-up: steps/s "
-        "over the one-process run's; efficiency: speed-up / N.",
-        "",
-        table(SCALING_COLUMNS, done),
-    ]
-    return lines
-
-
 def _threads(r: dict) -> str:
     return str(r["threads"]) + ("" if r["numba_threads"] is None else f" + {r['numba_threads']} numba")
+
+
+def _phase(name: str):
+    return (f"{name} ms", lambda r: f"{1000 * r['phase_seconds_per_step'][name]:.1f} ({format_share(r['phase_shares'][name])})")
 
 
 COLUMNS = (
@@ -607,71 +593,50 @@ def wait_share_text(rows: list[dict], device: str, prefetch: bool) -> str:
     return share_range(loader["data_wait_share"], *ratio_range(loader, ceiling))
 
 
-def phase_markdown(rows: list[dict], h: str = "##") -> list[str]:
+def body(report: dict, h: str = "##") -> list[str]:
     from remixmatch.trainer.phases import PHASES
 
-    names = [*PHASES, "other"]
-    return [
-        f"{h} Where a step's time goes",
-        "",
-        markdown_table(["device", "feed", *[f"{name} ms" for name in names]],
-                       [[r["device"], _row_name(r)] + [f"{1000 * r['phase_seconds_per_step'][name]:.1f} "
-                                                       f"({format_share(r['phase_shares'][name])})" for name in names]
-                        for r in rows]),
-        "",
-        f"Per step, over {rows[0]['phase_steps'] if rows else 0} further steps with the device synchronised at every "
-        "phase boundary (remixmatch.trainer.phases): forward = label guess (or pseudo-labels), MixUp, the forward "
-        "of everything that trains and the losses; optimiser = Adam or SGD, weight decay, EMA, "
-        "distribution-alignment history; cta_update = the EMA model scoring the probes, the policy update and "
-        "drawing the next plan.",
-    ]
-
-
-def body(report: dict, h: str = "##") -> list[str]:
     rows, summary, inputs, config = report["results"], report["summary"], report["inputs"], report["config"]
+    done, scaling = measured(rows), report.get("scaling")
     b, k = config["batch"], config["k"]
-    if inputs["shards"] is None:
-        data_line = "Inputs: no shards (synthetic rows only)."
-    else:
-        data_line = (f"Inputs: shards `{inputs['shards']}` ({inputs['dataset']}, {inputs['rows']} train rows, "
-                     f"{inputs['encoding']}); {inputs['labeled_subset']}.")
-    lines = [
-        f"{data_line} {config['algorithm']}, B = {b}, mu = {config.get('uratio', 1)}, K = {k}, BN mode "
-        f"{config.get('bn_mode', 'joint')}; policy: {inputs['policy']}. Each figure: median of "
-        f"{config['reps']} repetitions of back-to-back steps after warm-up (spread: min-max steps/s). "
-        "Data-wait share = 1 - loader steps/s / synthetic steps/s; measured wait = time in next(loader) / time.",
-        "",
-        f"{h} Headline: B = {b}, K = {k}",
-        "",
-    ]
-    for device in DEVICES:
-        s = summary.get(device)
-        if s is None:
-            continue
-        lines.append(f"- {device} ({s['model']}): data-wait share **{wait_share_text(rows, device, True)}** with "
-                     f"prefetch ({wait_share_text(rows, device, False)} without); the paper's 2^20 steps: "
-                     f"**{format_hours(s['projected_hours_loader'])}** loader-fed, "
-                     f"{format_hours(s['projected_hours_synthetic'])} at the synthetic ceiling")
-    lines += [
-        "",
-        table(COLUMNS, measured(rows)),
-        "",
-        "images/s: labeled + unlabeled images (B + B_u) per second; views/s: every view a step reads. "
-        "On the CPU the loader's render and the step share the cores: the data-wait share holds that "
-        "competition too, the measured wait only the time the step stood idle.",
-    ]
-    faster = [r for r in measured(rows) if r["data_wait_share"] is not None and r["data_wait_share"] < FASTER_THAN_CEILING]
+    data = ("no shards (synthetic rows only)" if inputs["shards"] is None else
+            f"shards `{inputs['shards']}` ({inputs['dataset']}, {inputs['rows']} train rows, {inputs['encoding']}); "
+            f"{inputs['labeled_subset']}")
+    lines = [f"Inputs: {data}. {config['algorithm']}, B = {b}, mu = {config.get('uratio', 1)}, K = {k}, BN mode "
+             f"{config.get('bn_mode', 'joint')}; policy: {inputs['policy']}. Each figure: median of {config['reps']} "
+             "repetitions of back-to-back steps after warm-up (spread: min-max steps/s). Data-wait share = 1 - loader "
+             "steps/s / synthetic steps/s; measured wait = time in next(loader) / time.", "",
+             f"{h} Headline: B = {b}, K = {k}", ""]
+    lines += [f"- {device} ({s['model']}): data-wait share **{wait_share_text(rows, device, True)}** with prefetch "
+              f"({wait_share_text(rows, device, False)} without); the paper's 2^20 steps: "
+              f"**{format_hours(s['projected_hours_loader'])}** loader-fed, "
+              f"{format_hours(s['projected_hours_synthetic'])} at the synthetic ceiling"
+              for device in DEVICES if (s := summary.get(device)) is not None]
+    lines += ["", table(COLUMNS, done), "",
+              "images/s: B + B_u images per second; views/s: every view a step reads. On the CPU the loader's render "
+              "and the step share the cores: the data-wait share holds that competition too, the measured wait only "
+              "the time the step stood idle."]
+    faster = [r for r in done if r["data_wait_share"] is not None and r["data_wait_share"] < FASTER_THAN_CEILING]
     if faster:
         lines += ["", "**Loader-fed rows ran faster than the synthetic ceiling** ("
                   + ", ".join(f"{r['device']} {_row_name(r)} {format_share(r['data_wait_share'])}" for r in faster)
-                  + "): the step itself did not get faster, the figures are noise or contention. Seen on a 2-core "
-                  "machine shared with other work: while the loader's Numba OpenMP threads run, torch's OpenMP "
-                  "threads spin less when the cores are oversubscribed (OMP_WAIT_POLICY=PASSIVE closed most of the "
-                  "gap). Rerun on an idle machine, or with --threads 1."]
-    lines += ["", *phase_markdown(measured(rows), h)]
-    scaling = report.get("scaling")
+                  + "): noise or contention, not a faster step (on a shared 2-core machine torch's OpenMP threads "
+                  "spin less while the loader's run; OMP_WAIT_POLICY=PASSIVE closed most of the gap). Rerun on an "
+                  "idle machine, or with --threads 1."]
+    lines += ["", f"{h} Where a step's time goes", "",
+              table((("device", lambda r: r["device"]), ("feed", _row_name), *map(_phase, [*PHASES, "other"])), done),
+              "", f"Per step, over {done[0]['phase_steps'] if done else 0} further steps, the device synchronised at "
+              "every phase boundary (remixmatch.trainer.phases): forward = label guess, MixUp, the training forward "
+              "and the losses; optimiser = the update, weight decay, EMA, distribution-alignment history; "
+              "cta_update = scoring the probes, the policy update, drawing the next plan."]
     if scaling is not None:
-        lines += ["", *scaling_markdown(scaling, h)]
+        lines += ["", f"{h} Scaling: steps/s against processes", ""]
+        steady = measured(scaling)
+        lines += [f"Short real `rmm-train` runs ({steady[0]['algorithm']}, global B = {steady[0]['batch']} fixed: each "
+                  f"of N processes trains B/N, K = {steady[0]['k']}). Step time: the median of metrics.jsonl's "
+                  "step_seconds over the windows after the first. On the CPU each process gets cores / N torch "
+                  "threads and as many Numba threads. Speed-up: over the one-process run; efficiency: speed-up / N.",
+                  "", table(SCALING_COLUMNS, steady)] if steady else ["No scaling run was measured (see Skipped)."]
     skips = [f"- {r['device']} {_row_name(r)}: {r['skipped']}" for r in rows if "skipped" in r]
     skips += [f"- scaling {r['device']}, {r['ranks']} process{'es' if r['ranks'] > 1 else ''}: {r['skipped']}"
               for r in scaling or [] if "skipped" in r]
@@ -742,8 +707,7 @@ def config_from_args(args) -> TrainBenchConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
-                       render_markdown=render_markdown, progress_line=progress_line)
+    return module_main(argv, sys.modules[__name__])
 
 
 def progress_line(r: dict) -> str:
