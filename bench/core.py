@@ -12,7 +12,7 @@ import os
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -219,6 +219,22 @@ def add_shards(parser: OneLineParser, without: str = "") -> None:
 def add_subset(parser: OneLineParser) -> None:
     parser.add_argument("--labels", type=positive_int, default=250, help="labeled images of the subset (250)")
     parser.add_argument("--valid", type=int, default=5000, help="training rows held out as validation (5000)")
+
+
+def flag(default=None, help: str | None = None, *, parsed: object = ..., **argparse):
+    """A config field that is also its command's ``--name`` option (:func:`add_flags`): ``parsed``,
+    when given, is the option's default where a later check resolves it (None: "the algorithm's")."""
+    return field(default=default, metadata={"flag": {"default": default if parsed is ... else parsed,
+                                                     "help": help, **argparse}})
+
+
+def add_flags(parser: OneLineParser, config_class) -> None:
+    """The ``--name`` options of ``config_class``'s :func:`flag` fields, in field order; a bool field's
+    option is a switch."""
+    for f in fields(config_class):
+        if "flag" in f.metadata:
+            switch = {"action": "store_true"} if f.type in ("bool", bool) else {}
+            parser.add_argument("--" + f.name.replace("_", "-"), **switch, **f.metadata["flag"])
 
 
 @dataclass(frozen=True)

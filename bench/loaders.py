@@ -27,9 +27,9 @@ from remixmatch.common.cli import OneLineParser, positive_int
 
 from . import core
 from .core import (
-    CommandConfig, NumbaThreadsFetcher, Timing, add_device, add_out, add_reps, add_shards, add_subset, add_threads,
-    checked_options, cuda_unavailable_reason, device_name, error_reason, measured, no_sync, numba_threads_info,
-    process_pool, time_calls,
+    CommandConfig, NumbaThreadsFetcher, Timing, add_device, add_flags, add_out, add_reps, add_shards, add_subset,
+    add_threads, checked_options, cuda_unavailable_reason, device_name, error_reason, flag, measured, no_sync,
+    numba_threads_info, process_pool, time_calls,
 )
 from .render import module_main, skipped_block, table
 from .rows import LoaderRow
@@ -55,14 +55,14 @@ GRAPH_NAMES = {"dali-graph": "dali cpu, kernel in graph (python_function)",
 class PipelineConfig(CommandConfig):
     shards: Path
     out: Path
-    quick: bool = False
+    quick: bool = flag(False, "5 short repetitions per row (about a minute on 2 cores)")
     reps: int = DEFAULT_REPS
-    batch: int = 64
-    k: int = 8
+    batch: int = flag(64, "labeled = unlabeled images per step (64)", type=positive_int)
+    k: int = flag(8, "strong views per unlabeled image (8)", type=positive_int)
     threads: int = 1
     labels: int = 250
     valid: int = 5000
-    seed: int = 0
+    seed: int = flag(0, "seed of the views (ViewConfig.seed)", type=int)
     device: str = "auto"  # auto: CPU rows, plus CUDA rows where a device answers; cpu; cuda: CUDA rows alone
 
     @property
@@ -515,13 +515,10 @@ def build_parser() -> OneLineParser:
                                                   "DALI loaders against the PIL process-pool reference design.")
     add_shards(parser)
     add_out(parser)
-    parser.add_argument("--quick", action="store_true", help="5 short repetitions per row (about a minute on 2 cores)")
     add_reps(parser, MIN_REPS, DEFAULT_REPS, MIN_REPS)
-    parser.add_argument("--batch", type=positive_int, default=64, help="labeled = unlabeled images per step (64)")
-    parser.add_argument("--k", type=positive_int, default=8, help="strong views per unlabeled image (8)")
     add_threads(parser, "Numba threads of the loaders and PIL pool processes")
     add_subset(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the views (ViewConfig.seed)")
+    add_flags(parser, PipelineConfig)
     add_device(parser, "auto: the CPU rows, plus the CUDA rows where a device answers; cpu: the CPU rows; "
                        "cuda: the CUDA rows alone (an error without a device)")
     return parser

@@ -26,7 +26,7 @@ from typing import Callable
 
 from remixmatch.common.cli import OneLineParser
 
-from .core import CommandConfig, add_out, measured
+from .core import CommandConfig, add_flags, add_out, flag, measured
 from .render import module_main, table
 from .report import new_report
 from .rows import PtxRow
@@ -246,7 +246,7 @@ def summarize(rows: list[dict], version: str | None) -> dict:
 @dataclass(frozen=True)
 class PtxConfig(CommandConfig):
     out: Path
-    quick: bool = False
+    quick: bool = flag(False, "the kernels as declared only, no register-cap and block-size sweep")
 
 
 def run(config: PtxConfig, log: Callable[[object], None]) -> dict:
@@ -311,8 +311,7 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="CUDA kernel registers, spills, shared memory and theoretical "
                                                   "occupancy for sm_80 and sm_90, from ptxas -v (no GPU needed).")
     add_out(parser)
-    parser.add_argument("--quick", action="store_true", help="the kernels as declared only, no register-cap and "
-                                                             "block-size sweep")
+    add_flags(parser, PtxConfig)
     return parser
 
 

@@ -28,9 +28,9 @@ from remixmatch.trainer.config import ALGORITHMS
 
 from . import core
 from .core import (
-    CommandConfig, NumbaThreadsFetcher, add_device, add_out, add_reps, add_shards, add_subset, add_threads,
-    checked_options, cuda_unavailable_reason, device_name, error_reason, measured, no_sync, numba_threads_info,
-    time_calls,
+    CommandConfig, NumbaThreadsFetcher, add_device, add_flags, add_out, add_reps, add_shards, add_subset, add_threads,
+    checked_options, cuda_unavailable_reason, device_name, error_reason, flag, measured, no_sync,
+    numba_threads_info, time_calls,
 )
 from .errors import BenchInputError
 from .loaders import open_data
@@ -67,25 +67,35 @@ FASTER_THAN_CEILING = -0.05
 
 @dataclass(frozen=True)
 class TrainBenchConfig(CommandConfig):
+    """The options of ``rmm-bench train``: a :func:`~remixmatch.bench.core.flag` field is its own ``--name``."""
+
     out: Path
     shards: Path | None = None
-    quick: bool = False
+    quick: bool = flag(False, f"{QUICK_REPS} short repetitions (under a minute on 2 cores at B = 64, K = 8; about "
+                              "90 s with --scaling), and shorter scaling runs")
     reps: int = DEFAULT_REPS
-    batch: int = 64
-    k: int = 8
-    uratio: int = 1
+    batch: int = flag(64, "labeled images per step (64); unlabeled: --uratio times as many", type=positive_int)
+    k: int = flag(8, "views per unlabeled image beyond the weak one (default: the algorithm's: 8, FixMatch 1; "
+                     "MixMatch's K = 2 counts the weak view)", parsed=None, type=positive_int)
+    uratio: int = flag(1, "unlabeled images per labeled image (default: the algorithm's: 1, FixMatch 7)",
+                       parsed=None, type=positive_int)
     device: str = "auto"
-    width: int | None = None
-    blocks_per_stage: int | None = None
+    width: int | None = flag(None, "first stage's channels (default: 16 on the CPU, 32 on CUDA)", type=positive_int)
+    blocks_per_stage: int | None = flag(None, "residual blocks per stage (default: 1 on the CPU, 4 on CUDA: WRN-28-2)",
+                                        type=positive_int)
     threads: int = 1
-    algorithm: str = "remixmatch"
-    bn_mode: str = "joint"  # TrainConfig.bn_mode: one training forward, or the reference's chunks
+    algorithm: str = flag("remixmatch", choices=ALGORITHMS)
+    bn_mode: str = flag("joint", "the training forward: one concatenated call (joint, default) or the reference "
+                                 "code's K + 2 interleaved chunks (reference): what the concatenation buys",
+                        choices=("joint", "reference"))
     labels: int = 250
     valid: int = 5000
-    seed: int = 0
-    scaling: bool = False
-    procs_max: int | None = None  # None: 2 on the CPU, torch.cuda.device_count() on CUDA
-    compile: bool = False  # torch.compile the trained model (TrainConfig.compile)
+    seed: int = flag(0, "run seed: model init, views, MixUp", type=int)
+    scaling: bool = flag(False, "also steps/s against the number of processes: short real rmm-train runs on "
+                                "1..--procs-max processes (needs --shards)")
+    procs_max: int | None = flag(None, f"with --scaling: the most processes (default: {DEFAULT_CPU_PROCS_MAX} on the "
+                                       "CPU, every visible GPU on CUDA)", type=positive_int)
+    compile: bool = flag(False, "torch.compile the trained model (as rmm-train --compile)")
 
     def model(self, device: str) -> tuple[int, int]:
         width, blocks = DEVICE_MODELS[device]
@@ -655,36 +665,11 @@ def build_parser() -> OneLineParser:
                                                   "2^20-step run projected.")
     add_shards(parser, "; without one the loader rows are skipped")
     add_out(parser)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_REPS} short repetitions (under a minute on 2 cores at B = 64, K = 8; about 90 s "
-                             "with --scaling), and shorter scaling runs")
     add_reps(parser, MIN_REPS, DEFAULT_REPS, QUICK_REPS)
-    parser.add_argument("--batch", type=positive_int, default=64,
-                        help="labeled images per step (64); unlabeled: --uratio times as many")
-    parser.add_argument("--k", type=positive_int, default=None,
-                        help="views per unlabeled image beyond the weak one (default: the algorithm's: 8, "
-                             "FixMatch 1; MixMatch's K = 2 counts the weak view)")
-    parser.add_argument("--uratio", type=positive_int, default=None,
-                        help="unlabeled images per labeled image (default: the algorithm's: 1, FixMatch 7)")
     add_device(parser, "auto: CPU rows, plus CUDA rows where a device is present; cpu; cuda (an error without one)")
-    parser.add_argument("--width", type=positive_int, default=None,
-                        help="first stage's channels (default: 16 on the CPU, 32 on CUDA)")
-    parser.add_argument("--blocks-per-stage", type=positive_int, default=None,
-                        help="residual blocks per stage (default: 1 on the CPU, 4 on CUDA: WRN-28-2)")
     add_threads(parser, "torch threads and the loader's Numba threads")
-    parser.add_argument("--algorithm", default="remixmatch", choices=ALGORITHMS)
-    parser.add_argument("--bn-mode", default="joint", choices=("joint", "reference"),
-                        help="the training forward: one concatenated call (joint, default) or the reference "
-                             "code's K + 2 interleaved chunks (reference): what the concatenation buys")
     add_subset(parser)
-    parser.add_argument("--seed", type=int, default=0, help="run seed: model init, views, MixUp")
-    parser.add_argument("--scaling", action="store_true",
-                        help="also steps/s against the number of processes: short real rmm-train runs on "
-                             "1..--procs-max processes (needs --shards)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the trained model (as rmm-train --compile)")
-    parser.add_argument("--procs-max", type=positive_int, default=None,
-                        help=f"with --scaling: the most processes (default: {DEFAULT_CPU_PROCS_MAX} on the CPU, "
-                             "every visible GPU on CUDA)")
+    add_flags(parser, TrainBenchConfig)
     return parser
 
 
