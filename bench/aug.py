@@ -12,15 +12,15 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from remixmatch.pipeline.policy import Policies, uniform_policies
 
+from .cli import AugConfig
 from .core import (
-    CommandConfig, Timing, checked_options, find, no_sync, numba_threads_info, process_pool, time_calls,
+    Timing, checked_options, find, no_sync, numba_threads_info, process_pool, time_calls,
 )
 from .errors import BenchError
 from .images import ImageSet, load_images
@@ -42,20 +42,6 @@ REP_SECONDS = {False: 0.2, True: 0.05}
 
 class AugInputError(BenchError):
     """A command-line value the benchmark cannot run with; the message is shown as one line."""
-
-
-@dataclass(frozen=True)
-class AugConfig(CommandConfig):
-    out: Path
-    device: str = "auto"  # "auto": CPU backends, plus numba-cuda when a device is present
-    quick: bool = False
-    reps: int = DEFAULT_REPS
-    threads: int = 1
-    images: str | None = None  # an archive or a directory of image files
-    shards: str | None = None  # a shard directory (else $REMIXMATCH_SHARDS, else synthetic images)
-    seed: int = 0
-    size: int | None = None  # image side: of the synthetic images, or the one --shards/--images must have
-    busy: int = 0  # also measure the numba-cpu headline under 0..busy busy processes (bench/busy.py)
 
 
 def config_from_args(args) -> AugConfig:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import importlib
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 # OneLineParser and positive_int are imported by the delegated commands from here as well.
 from remixmatch.common.cli import OneLineParser, positive_int, run_cli
 from remixmatch.common.paths import SHARDS_ENV
 
-from .core import add_device, add_out, add_reps, add_threads
+from .core import CommandConfig, add_device, add_flags, add_out, add_reps, add_threads, flag
 
 PROG = "rmm-bench"
 
@@ -40,26 +42,34 @@ DELEGATED = {
 }
 
 
+@dataclass(frozen=True)
+class AugConfig(CommandConfig):
+    """The options of ``rmm-bench aug`` (here, not in aug.py: ``--help`` imports no NumPy or Numba)."""
+
+    out: Path
+    device: str = "auto"  # "auto": CPU backends, plus numba-cuda when a device is present
+    quick: bool = flag(False, "5 repetitions, shorter repetitions, no PIL per-op rows (under 2 minutes on 2 cores)")
+    reps: int = 7
+    threads: int = 1
+    images: str | None = flag(None, "instead of --shards: a tar archive or a directory of PNG/JPEG files (its "
+                                    "train/ part)", metavar="PATH")
+    shards: str | None = flag(None, f"a shard directory (prep-cifar10 --out): the first 64 images of its train "
+                                    f"split (default: ${SHARDS_ENV}; synthetic images when that is unset too)",
+                              metavar="DIR")
+    seed: int = flag(0, "seed of the policies (and of synthetic images)", type=int)
+    size: int | None = flag(None, "image side: synthetic images of S x S (default 32); with --shards or --images, "
+                                  "their images must be S x S (e.g. 96 for STL-10)", type=positive_int, metavar="S")
+    busy: int = flag(0, "also measure the numba-cpu headline with 1 and --threads threads under 0..N busy processes "
+                        "(5 alternating runs each: the kernel on oversubscribed cores)", type=int, metavar="N")
+
+
 def add_aug_arguments(aug: OneLineParser) -> None:
     add_out(aug)
     add_device(aug, "which Numba backends to run: auto (CPU, plus CUDA if a device is present), cpu, or cuda "
                     "(an error without a device); the PIL reference always runs")
-    aug.add_argument("--quick", action="store_true",
-                     help="5 repetitions, shorter repetitions, no PIL per-op rows (under 2 minutes on 2 cores)")
     add_reps(aug, 5, 7, 5, "figure")
     add_threads(aug, "Numba threads and PIL pool processes")
-    aug.add_argument("--shards", default=None, metavar="DIR",
-                     help=f"a shard directory (prep-cifar10 --out): the first 64 images of its train split "
-                          f"(default: ${SHARDS_ENV}; synthetic images when that is unset too)")
-    aug.add_argument("--images", default=None, metavar="PATH",
-                     help="instead of --shards: a tar archive or a directory of PNG/JPEG files (its train/ part)")
-    aug.add_argument("--seed", type=int, default=0, help="seed of the policies (and of synthetic images)")
-    aug.add_argument("--busy", type=int, default=0, metavar="N",
-                     help="also measure the numba-cpu headline with 1 and --threads threads under 0..N busy "
-                          "processes (5 alternating runs each: the kernel on oversubscribed cores)")
-    aug.add_argument("--size", type=positive_int, default=None, metavar="S",
-                     help="image side: synthetic images of S x S (default 32); with --shards or --images, "
-                          "their images must be S x S (e.g. 96 for STL-10)")
+    add_flags(aug, AugConfig)
 
 
 AUG = "CTAugment strong views/s: Numba CPU/CUDA kernels vs the PIL reference"
@@ -101,9 +111,8 @@ def progress_log(console):
     literally (markup off): "[host]", "[device]" and paths with brackets are text, not Rich markup."""
 
     def log(item) -> None:
-        from .aug import progress_line
-
-        console.print(item if isinstance(item, str) else progress_line(item), markup=False)
+        line = item if isinstance(item, str) else importlib.import_module("remixmatch.bench.aug").progress_line(item)
+        console.print(line, markup=False)
 
     return log
 
