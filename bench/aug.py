@@ -1,23 +1,10 @@
 """``rmm-bench aug``: strong-view throughput of the fused Numba kernels against the PIL reference.
 
-Workload: K = 8 strong views (depth 2, op ids and levels uniform: the library's probe sampler,
-:func:`remixmatch.pipeline.policy.uniform_policies`) of a batch of 64 images, the same images and
-policies for every backend of a run. The images are the first 64 of the train split of the user's
-shards (``--shards DIR``, else ``$REMIXMATCH_SHARDS``), or of ``--images`` (an archive or a
-directory), else synthetic (:mod:`remixmatch.bench.images`). Backends:
-
-- ``pil``: the per-view PIL reference in this process (the reference code's CTAugment, one core);
-- ``pil-pool``: the same function in a pool of worker processes, one per thread (the reference code's
-  augmentation pool); pool start-up is outside the timed region, pickling in and out inside it;
-- ``numba-cpu``: ``apply_ops`` on NumPy arrays, ``--threads`` Numba threads; also K = 1..16 and one
-  row per op (every view applying that op once);
-- ``numba-cuda``: ``apply_ops`` on device arrays at N = 512, 8,192 and 65,536 views (K = 8 views of
-  N / 8 images, the 64 images tiled), with the per-view arrays already on the device and on the
-  host (their copy timed), plus one row per op at the largest N.
-
-Every row is the median of ``--reps`` (>= 5) timed repetitions after a warm-up call; the JIT compile
-time is a separate ``aug-compile`` entry. The report schema is documented in
-:mod:`remixmatch.bench.report`.
+K = 8 depth-2 views (the library's probe sampler) of 64 images (:mod:`remixmatch.bench.images`),
+the same for every backend: ``pil`` (one process), ``pil-pool`` (a worker pool, pickling timed),
+``numba-cpu`` (also K = 1..16 and one row per op) and ``numba-cuda`` (512 to 65,536 views, the
+per-view arrays on the device and on the host, per-op rows at the largest size). The JIT compile is
+a separate row. Rows: :class:`~remixmatch.bench.rows.ViewsRow`, :class:`~remixmatch.bench.rows.CompileRow`.
 """
 
 from __future__ import annotations
@@ -25,18 +12,20 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from remixmatch.pipeline.policy import Policies, uniform_policies
 
-from .core import Timing, check_out, checked_reps, checked_threads, no_sync, process_pool, time_calls
+from .cli import AugConfig
+from .core import (
+    Timing, checked_options, find, no_sync, numba_threads_info, process_pool, time_calls,
+)
 from .errors import BenchError
 from .images import ImageSet, load_images
-from .render import frame, skipped_block
-from .report import RunConditions, finish_report, format_rate, format_ratio, machine_info, markdown_table, new_report
+from .render import frame, skipped_block, table
+from .report import format_rate, format_ratio, machine_info, new_report
 from .rows import CompileRow, ViewsRow
 
 BATCH = 64  # images per batch: the reference code's unlabeled batch
@@ -49,54 +38,24 @@ DEFAULT_REPS = 7
 # Calls shorter than this are repeated back to back within one repetition, so that timer resolution
 # and per-call jitter do not dominate; quick runs accept a noisier figure to stay under two minutes.
 REP_SECONDS = {False: 0.2, True: 0.05}
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class AugInputError(BenchError):
     """A command-line value the benchmark cannot run with; the message is shown as one line."""
 
 
-@dataclass(frozen=True)
-class AugConfig:
-    out: Path
-    device: str = "auto"  # "auto": CPU backends, plus numba-cuda when a device is present
-    quick: bool = False
-    reps: int = DEFAULT_REPS
-    threads: int = 1
-    images: str | None = None  # an archive or a directory of image files
-    shards: str | None = None  # a shard directory (else $REMIXMATCH_SHARDS, else synthetic images)
-    seed: int = 0
-    size: int | None = None  # image side: of the synthetic images, or the one --shards/--images must have
-    busy: int = 0  # also measure the numba-cpu headline under 0..busy busy processes (bench/busy.py)
-
-    def as_dict(self) -> dict:
-        config = asdict(self)
-        config["out"] = str(self.out)
-        return config
-
-
-def default_threads() -> int:
-    """All usable cores (Numba's own default, NUMBA_NUM_THREADS, already counts only those)."""
+def config_from_args(args) -> AugConfig:
+    """Rejects what would fail late (after minutes of compiling) before any work starts."""
+    if args.busy < 0:
+        raise AugInputError(f"--busy must be at least 0 (busy processes), got {args.busy}")
+    if args.images is not None and args.shards is not None:
+        raise AugInputError("--images and --shards name two sources of images; give one")
     import numba
 
-    return numba.config.NUMBA_NUM_THREADS
-
-
-def validate(config: AugConfig) -> None:
-    """Rejects what would fail late (after minutes of compiling) before any work starts."""
-    if config.device not in DEVICES:
-        raise AugInputError(f"--device must be one of {', '.join(DEVICES)}, got {config.device!r}")
-    checked_reps(config.reps, config.quick, MIN_REPS, DEFAULT_REPS, MIN_REPS)
-    checked_threads(config.threads)
-    if config.busy < 0:
-        raise AugInputError(f"--busy must be at least 0 (busy processes), got {config.busy}")
-    if config.images is not None and config.shards is not None:
-        raise AugInputError("--images and --shards name two sources of images; give one")
-    check_out(config.out)
-    if config.device == "cuda":
-        reason = cuda_unavailable_reason()
-        if reason:
-            raise AugInputError(f"--device cuda: {reason}")
+    # Every usable core by default: Numba's own default, NUMBA_NUM_THREADS, already counts only those.
+    return AugConfig.from_args(args, **checked_options(args, reps=(MIN_REPS, DEFAULT_REPS, MIN_REPS),
+                                                       threads=numba.config.NUMBA_NUM_THREADS,
+                                                       cuda_reason=cuda_unavailable_reason))
 
 
 # ---- timing ---------------------------------------------------------------------------------------
@@ -212,11 +171,6 @@ def run_pil(work: Workload, config: AugConfig, log) -> list[dict]:
     return rows
 
 
-def _pil_worker_init() -> None:
-    # Imports PIL and the reference in each worker at start-up, outside the timed region.
-    _pil_apply()
-
-
 def _pool_call(pool, pixels: np.ndarray, view_set: ViewSet, k: int, processes: int):
     # One chunk of whole images per process, like the reference code's one-batch-per-task workers.
     bounds = np.linspace(0, len(pixels), processes + 1).astype(int)
@@ -234,7 +188,7 @@ def run_pil_pool(work: Workload, config: AugConfig, log) -> list[dict]:
     except Exception as error:
         return [skipped("pil-pool", _import_error_reason("remixmatch.kernels.pil_reference", error))]
     processes = config.threads
-    with process_pool(processes, _pil_worker_init) as (pool, startup):
+    with process_pool(processes) as (pool, startup):
         view_set = work.mixed()
         timing = measure(_pool_call(pool, work.images.pixels, view_set, HEADLINE_K, processes),
                          config.reps, REP_SECONDS[config.quick])
@@ -311,12 +265,7 @@ def run_numba_cpu(work: Workload, config: AugConfig, log) -> tuple[list[dict], d
         rows.append(row("numba-cpu", HEADLINE_K, BATCH, view_set, name,
                         measure(bound(view_set), config.reps, rep_seconds), config.threads, "cpu"))
         log(rows[-1])
-    threads = {
-        "numba": numba.get_num_threads(),
-        "numba_threading_layer": numba.threading_layer(),
-        "numba_threading_layer_config": numba.config.THREADING_LAYER,
-    }
-    return rows, threads
+    return rows, {"numba": numba.get_num_threads(), **numba_threads_info()}
 
 
 # ---- Numba CUDA ---------------------------------------------------------------------------------------
@@ -400,16 +349,9 @@ def add_ratios(rows: list[dict]) -> None:
             r["ratio_vs_pil"] = r["views_per_s"] / pil[r["op"]]
 
 
-def _find(rows: list[dict], backend: str, **match) -> dict | None:
-    for r in measured(rows):
-        if r["backend"] == backend and all(r.get(key) == value for key, value in match.items()):
-            return r
-    return None
-
-
 def summarize(rows: list[dict]) -> dict:
     headline = dict(k=HEADLINE_K, batch=BATCH, op=None)
-    cpu, pil, pool = (_find(rows, b, **headline) for b in ("numba-cpu", "pil", "pil-pool"))
+    cpu, pil, pool = (find(measured(rows), backend=b, **headline) for b in ("numba-cpu", "pil", "pil-pool"))
     cuda_rates = [r["views_per_s"] for r in measured(rows) if r["backend"] == "numba-cuda" and r["op"] is None]
     return {
         "numba_cpu_vs_pil": cpu["views_per_s"] / pil["views_per_s"] if cpu and pil else None,
@@ -418,15 +360,19 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
-def _spread_text(r: dict) -> str:
-    s = r["spread"]
-    return f"{format_rate(s['min'])}-{format_rate(s['max'])}"
+COLUMNS = (
+    ("backend", lambda r: r["backend"]), ("K", lambda r: str(r["k"])), ("images", lambda r: str(r["batch"])),
+    ("views", lambda r: str(r["views"])), ("inputs", lambda r: r["inputs"]), ("threads", lambda r: str(r["threads"])),
+    ("views/s", lambda r: format_rate(r["views_per_s"])),
+    ("spread", lambda r: f"{format_rate(r['spread']['min'])}-{format_rate(r['spread']['max'])}"),
+    ("vs pil", lambda r: format_ratio(r["ratio_vs_pil"])), ("device", lambda r: r["device"]),
+)
+COMPILE_COLUMNS = (("backend", lambda r: r["backend"]), ("seconds", lambda r: f"{r['seconds']:.1f}"),
+                   ("method", lambda r: r["method"]), ("Numba cache", lambda r: r["cache"]))
 
 
 def body(report: dict, h: str = "##") -> list[str]:
-    rows = report["results"]
-    summary = report["summary"]
-    inputs = report["inputs"]
+    rows, summary, inputs = report["results"], report["summary"], report["inputs"]
     lines = [
         f"Inputs: {inputs['count']} {inputs['images']} images ({inputs['source']}), "
         f"{inputs['height']}x{inputs['width']}; {inputs['policy']}; seed {inputs['seed']}. "
@@ -440,23 +386,25 @@ def body(report: dict, h: str = "##") -> list[str]:
     if summary["numba_cuda_best_views_per_s"] is not None:
         lines.append(f"- numba-cuda best: **{format_rate(summary['numba_cuda_best_views_per_s'])} views/s** "
                      "(goal >= 20M at 32x32 on one H100)")
-    mixed = [r for r in measured(rows) if r["op"] is None]
-    lines += ["", markdown_table(
-        ["backend", "K", "images", "views", "inputs", "threads", "views/s", "spread", "vs pil", "device"],
-        [[r["backend"], str(r["k"]), str(r["batch"]), str(r["views"]), r["inputs"], str(r["threads"]),
-          format_rate(r["views_per_s"]), _spread_text(r), format_ratio(r["ratio_vs_pil"]), r["device"]]
-         for r in mixed])]
-    compiles = [r for r in rows if r["bench"] == "aug-compile"]
-    if compiles:
-        lines += ["", f"{h} JIT compile", "", markdown_table(
-            ["backend", "seconds", "method", "Numba cache"],
-            [[r["backend"], f"{r['seconds']:.1f}", r["method"], r["cache"]] for r in compiles])]
+    lines += ["", table(COLUMNS, [r for r in measured(rows) if r["op"] is None])]
+    if compiles := [r for r in rows if r["bench"] == "aug-compile"]:
+        lines += ["", f"{h} JIT compile", "", table(COMPILE_COLUMNS, compiles)]
     lines += _per_op_section(rows, h)
     if "oversubscription" in report:
         from .busy import render_oversubscription
 
         lines += render_oversubscription(report["oversubscription"], h)
     return lines + skipped_block([f"- {r['backend']}: {r['skipped']}" for r in rows if "skipped" in r], h)
+
+
+def progress_line(result: dict) -> str:
+    if "skipped" in result:
+        return f"{result['backend']}: skipped ({result['skipped']})"
+    if result["bench"] == "aug-compile":
+        return f"{result['backend']}: JIT compile {result['seconds']:.1f} s (Numba cache: {result['cache']})"
+    what = result["op"] or f"K={result['k']} x {result['batch']} images"
+    return (f"{result['backend']} {what} [{result['inputs']}]: {format_rate(result['views_per_s'])} views/s "
+            f"(median of {result['reps']}, {format_rate(result['spread']['min'])}-{format_rate(result['spread']['max'])})")
 
 
 def render_markdown(report: dict) -> str:
@@ -468,25 +416,20 @@ def _per_op_section(rows: list[dict], h: str = "##") -> list[str]:
     if not per_op:
         return []
     backends = [b for b in ("pil", "numba-cpu", "numba-cuda") if any(r["backend"] == b for r in per_op)]
-    header = ["op"] + [f"{b} views/s" for b in backends]
+
+    def cell(backend: str, value):
+        return lambda op: value(r) if (r := find(per_op, backend=backend, op=op)) else "-"
+
+    columns = [("op", str), *((f"{b} views/s", cell(b, lambda r: format_rate(r["views_per_s"]))) for b in backends)]
     if "pil" in backends and "numba-cpu" in backends:
-        header.append("numba-cpu vs pil")
-    table = []
-    for op in dict.fromkeys(r["op"] for r in per_op):
-        found = {b: _find(per_op, b, op=op) for b in backends}
-        cells = [op] + [format_rate(found[b]["views_per_s"]) if found[b] else "-" for b in backends]
-        if len(header) > len(backends) + 1:
-            cells.append(format_ratio(found["numba-cpu"]["ratio_vs_pil"] if found["numba-cpu"] else None))
-        table.append(cells)
+        columns.append(("numba-cpu vs pil", cell("numba-cpu", lambda r: format_ratio(r["ratio_vs_pil"]))))
     sizes = ", ".join(f"{b}: {next(r['views'] for r in per_op if r['backend'] == b)} views" for b in backends)
     return ["", f"{h} Per op (every view applies one op, depth 1, levels uniform)", "", f"Batch: {sizes}.", "",
-            markdown_table(header, table)]
+            table(columns, list(dict.fromkeys(r["op"] for r in per_op)))]
 
 
 def run(config: AugConfig, log: Callable[[object], None]) -> dict:
     """Runs every backend this machine has; returns the report (not yet written)."""
-    started = time.perf_counter()
-    conditions = RunConditions()
     report = new_report("aug", config.as_dict())
     images = load_images(BATCH, images=config.images, shards=config.shards, seed=config.seed, size=config.size)
     work = Workload(images, config.seed)
@@ -524,5 +467,4 @@ def run(config: AugConfig, log: Callable[[object], None]) -> dict:
 
     add_ratios(rows)
     report.update(machine=machine_info(gpu), threads=threads, results=rows, summary=summarize(rows))
-    finish_report(report, time.perf_counter() - started, conditions)
     return report

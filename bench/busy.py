@@ -6,7 +6,7 @@ headline call (K = 8 views of the 64 images, 512 views, policies drawn afresh fo
 1 thread and with ``--threads`` threads under 0, 1, ..., N busy processes (each a Python loop that
 never sleeps), in ``ROUNDS`` rounds that alternate the conditions, so that whatever else the machine
 runs meanwhile falls on every condition alike. The machine's load average is recorded before and
-after. Each run is ``CALLS`` calls after a warm-up; its figure is views over their total time.
+after. Each run is ``CALLS`` calls after a warm-up (core.time_calls); its figure is views over their total time.
 
 Each row names its thread policy: ``fixed`` (the count set once, as the product runs the kernel) or,
 with ``--threads`` above 1, ``adaptive`` (an ablation: before each call, the threads that would not
@@ -26,6 +26,8 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
+
+from .core import time_calls
 
 ROUNDS = 5
 CALLS = 20
@@ -100,15 +102,18 @@ def measure_oversubscription(work, threads: int, busy: int, log, *, batch: int, 
     saved = numba.get_num_threads()
 
     def run_once(n_threads: int, policy: str) -> float:
-        drawn = [uniform_policies(views, depth, rng).arrays() for _ in range(calls + 1)]
+        """A warm-up call, then ``calls`` timed back to back, each with policies drawn afresh (adaptive:
+        each call's thread count picked just before it)."""
+        drawn = iter([uniform_policies(views, depth, rng).arrays() for _ in range(calls + 1)])
         numba.set_num_threads(n_threads)
-        kernels.apply_ops(pixels, *drawn[0], sources=sources, out=out)  # warm-up
-        start = time.perf_counter()
-        for arrays in drawn[1:]:
+
+        def call():
             if policy == "adaptive":
                 numba.set_num_threads(adaptive_threads(n_threads, cores, runnable_tasks()))
-            kernels.apply_ops(pixels, *arrays, sources=sources, out=out)
-        return views * calls / (time.perf_counter() - start)
+            kernels.apply_ops(pixels, *next(drawn), sources=sources, out=out)
+
+        timing = time_calls(call, 1, 0.0, min_calls=calls, max_calls=calls)
+        return views / timing.median_seconds
 
     rates: dict[tuple[int, int, str], list[float]] = {(b, *v): [] for b in range(busy + 1) for v in variants}
     load_before = _loadavg()

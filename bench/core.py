@@ -12,7 +12,7 @@ import os
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -113,6 +113,16 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name() if device != "cpu" else "cpu"
 
 
+def measured(rows: list[dict]) -> list[dict]:
+    """The rows that hold figures: not the skipped ones."""
+    return [r for r in rows if "skipped" not in r]
+
+
+def find(rows: list[dict], **match) -> dict | None:
+    """The first measured row whose fields hold the ``match`` values."""
+    return next((r for r in measured(rows) if all(r.get(k) == v for k, v in match.items())), None)
+
+
 def error_reason(error: BaseException) -> str:
     """An exception as the one-line reason a skipped row gives."""
     text = " ".join(str(error).split()) or type(error).__name__
@@ -158,13 +168,20 @@ def _worker_pid(_: int) -> int:
     return os.getpid()
 
 
+def _pil_worker_init() -> None:
+    # Imports PIL and the reference in each worker at start-up, outside the timed region.
+    import PIL.Image  # noqa: F401
+
+    import remixmatch.kernels.pil_reference  # noqa: F401
+
+
 @contextmanager
-def process_pool(processes: int, initializer: Callable[[], None]):
-    """A started pool of ``processes`` workers (every one has run ``initializer``) and its start-up seconds."""
+def process_pool(processes: int):
+    """A started pool of ``processes`` PIL workers (PIL and the reference imported) and its start-up seconds."""
     # spawn, not fork: the parent runs Numba, DALI and torch threads, which fork does not copy.
     context = multiprocessing.get_context("spawn")
     start = time.perf_counter()
-    pool = context.Pool(processes, initializer=initializer)
+    pool = context.Pool(processes, initializer=_pil_worker_init)
     try:
         seen: set[int] = set()
         while len(seen) < processes:
@@ -179,6 +196,10 @@ def process_pool(processes: int, initializer: Callable[[], None]):
 
 def add_out(parser: OneLineParser, what: str = "report.json and report.md") -> None:
     parser.add_argument("--out", type=Path, required=True, help=f"directory for {what}")
+
+
+def add_device(parser: OneLineParser, help: str) -> None:
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=help)
 
 
 def add_reps(parser: OneLineParser, minimum: int, default: int, quick: int, what: str = "row") -> None:
@@ -200,24 +221,65 @@ def add_subset(parser: OneLineParser) -> None:
     parser.add_argument("--valid", type=int, default=5000, help="training rows held out as validation (5000)")
 
 
-def checked_reps(reps: int | None, quick: bool, minimum: int, default: int, quick_default: int) -> int:
-    """--reps, or its default; at least ``minimum``."""
-    reps = reps if reps is not None else (quick_default if quick else default)
-    if reps < minimum:
-        raise BenchInputError(f"--reps must be at least {minimum} (every figure is a median of >= {minimum} "
-                              f"repetitions), got {reps}")
-    return reps
+def flag(default=None, help: str | None = None, *, parsed: object = ..., **argparse):
+    """A config field that is also its command's ``--name`` option (:func:`add_flags`): ``parsed``,
+    when given, is the option's default where a later check resolves it (None: "the algorithm's")."""
+    return field(default=default, metadata={"flag": {"default": default if parsed is ... else parsed,
+                                                     "help": help, **argparse}})
 
 
-def checked_threads(threads: int | None) -> int:
-    """--threads, or every usable core; at most NUMBA_NUM_THREADS."""
-    import numba
+def add_flags(parser: OneLineParser, config_class) -> None:
+    """The ``--name`` options of ``config_class``'s :func:`flag` fields, in field order; a bool field's
+    option is a switch."""
+    for f in fields(config_class):
+        if "flag" in f.metadata:
+            switch = {"action": "store_true"} if f.type in ("bool", bool) else {}
+            parser.add_argument("--" + f.name.replace("_", "-"), **switch, **f.metadata["flag"])
 
-    threads = threads if threads is not None else usable_cpus()
-    if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
-        raise BenchInputError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), "
-                              f"got {threads}")
-    return threads
+
+@dataclass(frozen=True)
+class CommandConfig:
+    """A command's checked options; :meth:`as_dict` is its report's ``config`` (paths as text)."""
+
+    def as_dict(self) -> dict:
+        return {name: str(value) if isinstance(value, Path) else value for name, value in asdict(self).items()}
+
+    @classmethod
+    def from_args(cls, args, **checked):
+        """The parsed options the config holds, the ``checked`` values in place of the parsed ones."""
+        return cls(**{f.name: checked[f.name] if f.name in checked else getattr(args, f.name) for f in fields(cls)})
+
+
+def checked_options(args, *, reps: tuple[int, int, int] | None = None, shards: bool | None = None,
+                    threads: int | None = None, device_hint: str = "",
+                    cuda_reason: Callable[[], str | None] = cuda_unavailable_reason) -> dict:
+    """The shared options a command's parser has (the ``add_*`` above), checked in one place:
+    --reps (``reps``: its minimum, default and --quick default), --valid, --threads (default
+    ``threads``, else every usable core; at most NUMBA_NUM_THREADS), --out, --shards (``shards``:
+    required or not), --device cuda (``cuda_reason``: the probe of the library the command runs on).
+    Returns the resolved --reps, --threads and --shards."""
+    checked = {}
+    if reps is not None:
+        minimum, default, quick_default = reps
+        checked["reps"] = args.reps if args.reps is not None else (quick_default if args.quick else default)
+        if checked["reps"] < minimum:
+            raise BenchInputError(f"--reps must be at least {minimum} (every figure is a median of >= {minimum} "
+                                  f"repetitions), got {checked['reps']}")
+    if hasattr(args, "valid"):
+        check_valid(args.valid)
+    if hasattr(args, "threads"):
+        import numba
+
+        checked["threads"] = args.threads or threads or usable_cpus()
+        if not 1 <= checked["threads"] <= numba.config.NUMBA_NUM_THREADS:
+            raise BenchInputError(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS), "
+                                  f"got {checked['threads']}")
+    check_out(args.out)
+    if shards is not None:
+        checked["shards"] = shard_directory(args.shards, required=shards)
+    if hasattr(args, "device") and args.device == "cuda" and (reason := cuda_reason()):
+        raise BenchInputError(f"--device cuda: {reason}{device_hint}")
+    return checked
 
 
 def check_out(out: Path) -> None:
@@ -228,12 +290,6 @@ def check_out(out: Path) -> None:
 def check_valid(valid: int) -> None:
     if valid < 0:
         raise BenchInputError(f"--valid must be at least 0, got {valid}")
-
-
-def check_device(device: str, hint: str = "") -> None:
-    """--device cuda needs a device torch can use."""
-    if device == "cuda" and (reason := cuda_unavailable_reason()):
-        raise BenchInputError(f"--device cuda: {reason}{hint}")
 
 
 def shard_directory(value: Path | None, required: bool) -> Path | None:

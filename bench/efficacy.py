@@ -1,48 +1,14 @@
 """``rmm-bench efficacy``: does ReMixMatch beat training on the labels alone, how do FixMatch and
-MixMatch compare, and do the paper's ablations point the same way, on a run sized for the machine at
-hand?
+MixMatch compare, and do the paper's ablations and the departures from the reference code point the
+same way, on a run sized for the machine at hand?
 
-Every variant trains on the same shards, the same labeled subset (same --labels and --seed) and the
-same number of steps with the same model; only the algorithm or the ablated part differs. Each
-algorithm (``--algorithms``) runs with its own settings under the ``cpu`` preset (FixMatch: SGD with
-its cosine decay over --steps, mu = 3, one strong view with Cutout; MixMatch: K = 2 weak views, Adam,
-lambda_u ramped over the whole run; ReMixMatch: K = 2), unless --k / --uratio set them for all. Each row
-is one ``rmm-train`` run (:class:`remixmatch.trainer.run.Run`; its run directory is kept under
-OUT/runs/, and a second call with the same OUT continues or reuses those runs) and reports the
-paper's figure (median EMA test accuracy of the last evaluations) and the best one.
-
-    rmm-bench efficacy --shards shards/cifar10 --out bench-out/efficacy [--steps 5000] [--seeds 1 2]
-                       [--algorithms supervised mixmatch remixmatch fixmatch]
-                       [--variants remixmatch supervised no-da ...] [--labels 250] [--width 16]
-                       [--blocks-per-stage 1] [--batch 32] [--k K] [--uratio MU] [--evaluations 20]
-                       [--median-of 5] [--threads N]
-
-``--algorithms`` names methods, ``--variants`` methods and ReMixMatch's ablations; the runs are the
-algorithms, then the variants not among them (without either: the default variants).
-
-``--variants corrected,reference,reference-ops-only,reference-bn-only`` measures what the
-departures from the reference code cost (names separated by spaces or commas): the corrected
-defaults, every reference choice (``--fidelity reference``, the common hold-out kept), the
-reference's CTAugment ops alone and its interleaved batch norm alone. Each row also gives the
-seconds per step of its run (wall time over steps, evaluations included).
-
-``report.json`` (the common schema of :mod:`remixmatch.bench.report`, ``"command": "efficacy"``):
-``config`` holds ``settings`` (the TrainConfig values every variant shares, before its algorithm's
-settings and its overrides), ``variants`` and ``seeds``; ``inputs`` the shard directory's name and dataset; ``threads`` the torch
-threads; ``results`` one row per (seed, variant)::
-
-    {"variant": "remixmatch", "seed": 1, "what": "ReMixMatch, all parts",
-     "run_dir": "OUT/runs/remixmatch-seed1",
-     "acc_ema_median": 0.41,      # median EMA accuracy of the last `median_of` evaluations (the figure)
-     "acc_ema_best": 0.43, "acc_raw_median": 0.40, "median_of": 5,
-     "wall_seconds": 611.0, "steps": 5000,
-     "algorithm": "remixmatch", "k": 2, "uratio": 1}   # the run's method, K and mu
-
-``summary``: per variant ``{"acc_ema_median_mean": ..., "acc_ema_median_stdev": ... | null,
-"vs_remixmatch": <difference of the means from the baseline row's (remixmatch, else corrected), in
-accuracy> | null, "seeds": n}``.
-``charts``: ``{"curves": "curves.png" | {"skipped": reason}}``: OUT/curves.png draws every run's
-accuracy (EMA, raw) and loss terms against steps, one column per run on shared axes.
+Every variant (:data:`VARIANTS`; ``--algorithms`` first, then the ``--variants`` not among them)
+trains on the same shards, labeled subset and steps with the same model under the ``cpu`` preset,
+each method with its own settings unless --k / --uratio set them for all. Each row is one
+``rmm-train`` run kept under OUT/runs/ (a second call with the same OUT continues or reuses it):
+:class:`~remixmatch.bench.rows.EfficacyRow`. ``summary``: per variant the mean and stdev over seeds
+of the figure and its difference from the baseline (:data:`BASELINES`); OUT/curves.png draws every
+run's curves side by side.
 """
 
 from __future__ import annotations
@@ -53,13 +19,17 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from remixmatch.common.cli import OneLineParser, positive_int, run_cli
+from remixmatch.common.cli import OneLineParser, positive_int
 from remixmatch.trainer.config import ALGORITHMS, FIDELITY
 
+from .core import add_out, add_shards, check_out, shard_directory
 from .errors import BenchError
+from .render import module_main
+from .report import markdown_table, new_report
 from .rows import EfficacyRow
 
 PROG = "rmm-bench efficacy"
+TITLE = "ReMixMatch efficacy on this machine"
 
 # name -> (what it tests, TrainConfig overrides on top of the common settings)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -188,28 +158,27 @@ def summarize(results: list[dict]) -> dict:
             for name, accs in by_variant.items()}
 
 
-def render_markdown(report: dict) -> str:
-    from .report import conditions_line, machine_line, markdown_table
-
-    settings = report["config"]["settings"]
-    rows, base = [], {}
+def body(report: dict, h: str = "##") -> list[str]:
+    """The settings, one line per variant (its figures from the report's summary) and the schedules."""
+    settings, summary = report["config"]["settings"], report["summary"]
     by_variant: dict[str, list[dict]] = {}
     for row in report["results"]:
         by_variant.setdefault(row["variant"], []).append(row)
+
+    def mean(runs: list[dict], value) -> float:
+        return statistics.mean(value(r) for r in runs)
+
+    rows = []
     for name, runs in by_variant.items():
-        base[name] = statistics.mean(r["acc_ema_median"] for r in runs)
-    baseline = baseline_of(base)
-    for name, runs in by_variant.items():
-        accs = [100 * r["acc_ema_median"] for r in runs]
-        spread = f" +- {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
-        delta = "" if baseline is None or name == baseline else f"{100 * (base[name] - base[baseline]):+.2f}"
-        rows.append([name, runs[0]["what"], f"{statistics.mean(accs):.2f}{spread}",
-                     f"{100 * statistics.mean(r['acc_ema_best'] for r in runs):.2f}", delta,
-                     str(len(runs)), f"{statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f}",
-                     str(runs[0]["steps"]), str(runs[0].get("k", settings.get("k", ""))),
-                     str(runs[0].get("uratio", 1)), f"{statistics.mean(r['wall_seconds'] / r['steps'] for r in runs):.3f}"])
-    lines = [
-        "# ReMixMatch efficacy on this machine", "",
+        s = summary[name]
+        spread = "" if s["acc_ema_median_stdev"] is None else f" +- {100 * s['acc_ema_median_stdev']:.2f}"
+        rows.append([name, runs[0]["what"], f"{100 * s['acc_ema_median_mean']:.2f}{spread}",
+                     f"{100 * mean(runs, lambda r: r['acc_ema_best']):.2f}",
+                     "" if s["vs_remixmatch"] is None else f"{100 * s['vs_remixmatch']:+.2f}", str(s["seeds"]),
+                     f"{mean(runs, lambda r: r['wall_seconds']) / 60:.1f}", str(runs[0]["steps"]),
+                     str(runs[0].get("k", settings.get("k", ""))), str(runs[0].get("uratio", 1)),
+                     f"{mean(runs, lambda r: r['wall_seconds'] / r['steps']):.3f}"])
+    return [
         f"Data: shards `{report['inputs'].get('shards', settings['data'])}`; {settings['labels']} labels (seeds {', '.join(map(str, report['config']['seeds']))}); "
         f"{settings['steps']} steps of {settings['batch']} labeled images (and mu times as many unlabeled: the "
         f"mu column); model width {settings['width']}, {settings['blocks_per_stage']} block(s) per stage; each "
@@ -218,16 +187,12 @@ def render_markdown(report: dict) -> str:
         markdown_table(["variant", "what", "EMA acc. % (median of last evals)", "best %", "vs ReMixMatch",
                         "seeds", "minutes", "steps", "K", "mu", "s / step"], rows), "",
         *schedule_lines(by_variant),
-        machine_line(report), "", conditions_line(report),
     ]
-    return "\n".join(lines) + "\n"
 
 
 def schedule_lines(by_variant: dict[str, list[dict]]) -> list[str]:
     """The table of what each variant's schedules were (the short-run rule's values, or a variant's
     own), from the rows' ``schedules``; nothing for rows written before they were recorded."""
-    from .report import markdown_table
-
     rows = []
     for name, runs in by_variant.items():
         s = runs[0].get("schedules")
@@ -254,9 +219,8 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG,
                            description="ReMixMatch, FixMatch, MixMatch, the supervised baseline and ablations, "
                                        "same data and steps.")
-    parser.add_argument("--shards", type=Path, default=None,
-                        help="a shard directory (prep-cifar10 --out; default: $REMIXMATCH_SHARDS)")
-    parser.add_argument("--out", type=Path, required=True, help="directory for report.json, report.md and runs/")
+    add_shards(parser)
+    add_out(parser, "report.json, report.md and runs/")
     parser.add_argument("--algorithms", nargs="+", default=None, choices=ALGORITHMS,
                         help="methods to compare, each with its own settings (e.g. supervised mixmatch remixmatch "
                              "fixmatch)")
@@ -280,57 +244,42 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def check_args(args, settings: dict) -> None:
-    """Raises BenchError (one line) for input no variant can run with, before anything trains."""
-    if args.out.exists() and not args.out.is_dir():
-        raise BenchError(f"--out {args.out} exists and is not a directory")
+def config_from_args(args):
+    """The arguments with the shards resolved, the ``settings`` every variant shares and the chosen
+    ``variants``; raises a one-line error for input no variant can run with, before anything trains."""
+    args.variants = None if args.variants is None else variant_names(args.variants)
+    args.shards = shard_directory(args.shards, required=True)
+    args.settings = common_settings(args)
+    check_out(args.out)
     if args.threads < 0:
         raise BenchError(f"--threads must be at least 0, got {args.threads}")
-    for name in chosen_variants(args):
-        variant_config(name, args.seeds[0], settings)  # ConfigError (a ValueError) names the setting
+    args.variants = chosen_variants(args)
+    for name in args.variants:
+        variant_config(name, args.seeds[0], args.settings)  # ConfigError (a ValueError) names the setting
+    return args
+
+
+def run(args, log) -> dict:
+    import torch
+
+    from remixmatch.datasets_prep import open_shards
+
+    report = new_report("efficacy", {"settings": args.settings, "variants": args.variants, "seeds": args.seeds})
+    shards = open_shards(args.shards)
+    report["inputs"] = {"shards": Path(str(shards.path)).name, "dataset": shards.dataset,
+                        "eval_split": args.settings.get("eval_split", "test")}
+    for seed in args.seeds:
+        for name in args.variants:
+            report["results"].append(run_variant(name, seed, args.settings, args.out, log))
+    report["threads"] = {"torch": torch.get_num_threads()}
+    report["summary"] = summarize(report["results"])
+    report["charts"] = {"curves": draw_variant_curves(report["results"], args.out)}
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    def body() -> int:
-        args = build_parser().parse_args(argv)
-        args.variants = None if args.variants is None else variant_names(args.variants)
-        from .core import shard_directory
-
-        args.shards = shard_directory(args.shards, required=True)
-        settings = common_settings(args)
-        check_args(args, settings)
-        import torch
-
-        from remixmatch.datasets_prep import open_shards
-
-        from .report import RunConditions, finish_report, machine_info, new_report, write_report
-
-        variants = chosen_variants(args)
-        report = new_report("efficacy", {"settings": settings, "variants": variants, "seeds": args.seeds})
-        report["machine"] = machine_info()
-        conditions = RunConditions()
-        started = time.perf_counter()
-
-        def log(text):
-            print(text, file=sys.stderr, flush=True)
-
-        shards = open_shards(args.shards)
-        report["inputs"] = {"shards": Path(str(shards.path)).name, "dataset": shards.dataset,
-                            "eval_split": settings.get("eval_split", "test")}
-        for seed in args.seeds:
-            for name in variants:
-                report["results"].append(run_variant(name, seed, settings, args.out, log))
-        report["threads"] = {"torch": torch.get_num_threads()}
-        report["summary"] = summarize(report["results"])
-        report["charts"] = {"curves": draw_variant_curves(report["results"], args.out)}
-        finish_report(report, time.perf_counter() - started, conditions)
-        json_path, md_path = write_report(args.out, report, render_markdown(report))
-        print(md_path.read_text())
-        print(f"wrote {json_path} and {md_path}", file=sys.stderr)
-        return 0
-
     # Bad input from any layer: one line, exit 2; a diverged run: exit 3, as rmm-train.
-    return run_cli(PROG, body)
+    return module_main(argv, sys.modules[__name__])
 
 
 if __name__ == "__main__":

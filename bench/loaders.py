@@ -1,49 +1,16 @@
 """``rmm-bench pipeline``: complete ReMixMatch step batches per second, loader against loader.
 
-    rmm-bench pipeline --shards DIR [--quick] [--reps N] [--batch 64] [--k 8] [--threads N]
-                       [--labels 250] [--valid 5000] [--seed 0] --out DIR
-
-A step batch at B labeled and B_u = B unlabeled images with K strong views each holds
-B labeled strong + B probe + B_u unlabeled weak + K B_u unlabeled strong views (704 at 64 / 64 / 8),
-everything one training step reads. Rows of one run, all from the same shard split and the same
-CTAugment policy (at its initial weights: no updates here), the same plans:
-
-- ``torch`` on ``cpu``: :class:`remixmatch.pipeline.StepLoader` with the host fetcher (memory-mapped
-  shards) and the fused Numba kernel, ``next(loader)`` timed back to back, prefetch on and off;
-- ``dali`` on ``cpu``: the same loader with ``make_fetcher("dali", split, "cpu", max_batch=2B)``
-  (a skipped row with the reason when DALI does not import or build): DALI reads the rows, the
-  CTAugment kernel runs on DALI's output (the loader's render thread);
-- ``dali-graph`` on ``cpu``: the kernel *inside* the DALI graph
-  (:class:`remixmatch.pipeline.dali.DaliGraphFetcher`, ``kernel="python"``): the step's images and
-  kernel-call arrays enter through ``fn.external_source`` as one sample each and ``fn.python_function``
-  calls ``apply_ops`` (the parallel Numba kernel, ``--threads`` threads) once per step, prefetch on and off;
-- ``dali-numba`` on ``cpu``: the same graph with ``numba_function`` (``nvidia.dali.plugin.numba``)
-  calling our njit kernel from DALI's compiled callback, prefetch on. Single-threaded (``threads`` 1):
-  the parallel kernel writes nothing when called from that callback. Its start-up includes compiling
-  the kernel (tens of seconds). Both graph rows need raw shards and are skipped with the reason otherwise;
-- ``pil-pool``: the reference design, a pool of PIL processes (one per thread, started outside the
-  timed region; its start-up time recorded). Per step the parent draws the plan exactly as the
-  loader does (its samplers, :func:`remixmatch.pipeline.draw_plan`, :func:`kernel_call`), gathers the
-  rows and hands each worker one contiguous chunk of the views; a worker applies per view the weak
-  augmentation with NumPy (flip, reflect pad, crop at the plan's offset) and the view's ops with the
-  PIL calls of :mod:`remixmatch.kernels.pil_reference`, and returns uint8 arrays. Views whose ops are
-  all identity (the unlabeled weak views) skip PIL, as the reference's pool passes the weak view on;
-- ``pil-pool-float``: the same in the reference code's style: images are float32 in [-1, 1] (the
-  reference's tf input pipeline), weak-augmented as floats, and each view goes float -> uint8 PIL
-  (``round(127.5 (1 + x))``) -> ops -> float32 (``/ 127.5 - 1``) and comes back as float32. This is
-  "the reference design" every ratio is taken against;
-- ``torch`` on ``cuda`` at B = --batch and B = 256 (where ``torch.cuda.is_available()``; skipped rows
-  otherwise).
-
-Each figure is the median of ``--reps`` (>= 5) repetitions after a warm-up, each repetition a few
-back-to-back steps (at least 3; 2 with --quick). An untimed check renders one step's plan with the
-loader and with both PIL styles and counts the views that differ (``equivalence``).
-
-``report.json`` follows :mod:`remixmatch.bench.report` (``command`` "pipeline"). A measured row is a
-:class:`remixmatch.bench.rows.LoaderRow`, or a skipped row ``{"bench", "backend", "device", "batch",
-"skipped": reason}``. ``summary``: the headline rates and ratios :func:`summarize` names (null where a
-row is missing; ``dali_graph_vs_dali`` > 1: the kernel in the graph is faster). ``equivalence``: the
-untimed check's counts.
+A step holds B labeled strong + B probe + B_u unlabeled weak + K B_u unlabeled strong views, all
+drawn from one shard split, one CTAugment policy (initial weights) and the same plans. Backends:
+``torch`` (:class:`remixmatch.pipeline.StepLoader`, host fetcher, fused Numba kernel; on the CPU,
+and on CUDA at B = --batch and 256); ``dali`` (DALI reads, the kernel on its output); ``dali-graph``
+and ``dali-numba`` (the kernel inside the DALI graph through ``python_function`` / a single-threaded
+``numba_function``; raw shards only); ``pil-pool`` (the reference design: a pool of PIL processes
+rendering the loader's plans, weak augmentation in NumPy, all-identity views passed on) and
+``pil-pool-float`` (the same in the reference code's float32 [-1, 1] style: every ratio's
+baseline). ``next(loader)`` is timed back to back; an untimed check renders one step with the
+loader and both PIL styles and counts the views that differ (``equivalence``). Rows:
+:class:`~remixmatch.bench.rows.LoaderRow`.
 """
 
 from __future__ import annotations
@@ -58,18 +25,15 @@ import numpy as np
 
 from remixmatch.common.cli import OneLineParser, positive_int
 
+from . import core
 from .core import (
-    NumbaThreadsFetcher, Timing, add_out, add_reps, add_shards, add_subset, add_threads, check_device, check_out,
-    check_valid, checked_reps, checked_threads, cuda_unavailable_reason, device_name, error_reason, no_sync,
-    numba_threads_info, process_pool, shard_directory, time_calls,
+    CommandConfig, NumbaThreadsFetcher, Timing, add_device, add_flags, add_out, add_reps, add_shards, add_subset,
+    add_threads, checked_options, cuda_unavailable_reason, device_name, error_reason, flag, measured, no_sync,
+    numba_threads_info, process_pool, time_calls,
 )
-from .errors import BenchInputError
-from .render import frame, skipped_block, table
+from .render import module_main, skipped_block, table
 from .rows import LoaderRow
-from .report import (
-    PACKAGES, RunConditions, finish_report, format_rate, format_ratio, machine_info, new_report, package_versions,
-    report_main,
-)
+from .report import PACKAGES, format_rate, format_ratio, machine_info, new_report, package_versions
 
 PROG = "rmm-bench pipeline"
 MIN_REPS = 5
@@ -88,23 +52,18 @@ GRAPH_NAMES = {"dali-graph": "dali cpu, kernel in graph (python_function)",
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(CommandConfig):
     shards: Path
     out: Path
-    quick: bool = False
+    quick: bool = flag(False, "5 short repetitions per row (about a minute on 2 cores)")
     reps: int = DEFAULT_REPS
-    batch: int = 64
-    k: int = 8
+    batch: int = flag(64, "labeled = unlabeled images per step (64)", type=positive_int)
+    k: int = flag(8, "strong views per unlabeled image (8)", type=positive_int)
     threads: int = 1
     labels: int = 250
     valid: int = 5000
-    seed: int = 0
+    seed: int = flag(0, "seed of the views (ViewConfig.seed)", type=int)
     device: str = "auto"  # auto: CPU rows, plus CUDA rows where a device answers; cpu; cuda: CUDA rows alone
-
-    def as_dict(self) -> dict:
-        config = asdict(self)
-        config["shards"], config["out"] = str(self.shards), str(self.out)
-        return config
 
     @property
     def views_per_step(self) -> int:
@@ -207,13 +166,6 @@ def _pil_task(task: tuple) -> np.ndarray:
     return render_views_pil(*task)
 
 
-def _pool_init() -> None:
-    # Imports PIL and the reference in each worker at start-up, outside the timed region.
-    import PIL.Image  # noqa: F401
-
-    import remixmatch.kernels.pil_reference  # noqa: F401
-
-
 def pil_step(pool, split, plan, pad: int, processes: int, style: str) -> np.ndarray:
     """One step's views by the reference design: gather the plan's rows, split the views into one
     contiguous chunk per process, render in the pool. ``style`` "uint8" or "float"."""
@@ -307,7 +259,7 @@ def run_pool_rows(config: PipelineConfig, data: BenchData, log) -> tuple[list[di
     processes = config.threads
     views = view_config(config, data)
     rows: list[dict] = []
-    with process_pool(processes, _pool_init) as (pool, startup):
+    with process_pool(processes) as (pool, startup):
         log(f"PIL pool: {processes} processes started in {startup:.1f} s")
         equivalence = check_equivalence(config, data, pool, processes)
         log(f"equivalence: {equivalence['summary']}")
@@ -382,15 +334,8 @@ def _plans_equal(a, b) -> bool:
 
 # ---- assembling the report --------------------------------------------------------------------------
 
-def measured(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if "skipped" not in r]
-
-
 def find(rows: list[dict], backend: str, device: str = "cpu", **match) -> dict | None:
-    for r in measured(rows):
-        if r["backend"] == backend and r["device"] == device and all(r.get(k) == v for k, v in match.items()):
-            return r
-    return None
+    return core.find(rows, backend=backend, device=device, **match)
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -453,8 +398,6 @@ def summarize(rows: list[dict], config: PipelineConfig, equivalence: dict | None
 
 def run(config: PipelineConfig, log: Callable[[object], None]) -> dict:
     """Every row this machine can run; returns the report (not yet written)."""
-    started = time.perf_counter()
-    conditions = RunConditions()
     report = new_report("pipeline", config.as_dict())
     report["versions"] = package_versions(VERSION_PACKAGES)
     data = open_data(config.shards, config.labels, config.valid)
@@ -492,7 +435,6 @@ def run(config: PipelineConfig, log: Callable[[object], None]) -> dict:
                "pil_pool_processes": config.threads}
     report.update(machine=machine_info(gpu), threads=threads, results=rows,
                   summary=summarize(rows, config, equivalence), equivalence=equivalence)
-    finish_report(report, time.perf_counter() - started, conditions)
     return report
 
 
@@ -566,10 +508,6 @@ def body(report: dict, h: str = "##") -> list[str]:
                                   f"{r['skipped']}" for r in rows if "skipped" in r], h)
 
 
-def render_markdown(report: dict) -> str:
-    return frame(report, PROG, body(report))
-
-
 # ---- command line ---------------------------------------------------------------------------------
 
 def build_parser() -> OneLineParser:
@@ -577,33 +515,21 @@ def build_parser() -> OneLineParser:
                                                   "DALI loaders against the PIL process-pool reference design.")
     add_shards(parser)
     add_out(parser)
-    parser.add_argument("--quick", action="store_true", help="5 short repetitions per row (about a minute on 2 cores)")
     add_reps(parser, MIN_REPS, DEFAULT_REPS, MIN_REPS)
-    parser.add_argument("--batch", type=positive_int, default=64, help="labeled = unlabeled images per step (64)")
-    parser.add_argument("--k", type=positive_int, default=8, help="strong views per unlabeled image (8)")
     add_threads(parser, "Numba threads of the loaders and PIL pool processes")
     add_subset(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the views (ViewConfig.seed)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                        help="auto: the CPU rows, plus the CUDA rows where a device answers; cpu: the CPU rows; "
-                             "cuda: the CUDA rows alone (an error without a device)")
+    add_flags(parser, PipelineConfig)
+    add_device(parser, "auto: the CPU rows, plus the CUDA rows where a device answers; cpu: the CPU rows; "
+                       "cuda: the CUDA rows alone (an error without a device)")
     return parser
 
 
 def config_from_args(args) -> PipelineConfig:
-    reps = checked_reps(args.reps, args.quick, MIN_REPS, DEFAULT_REPS, MIN_REPS)
-    check_valid(args.valid)
-    threads = checked_threads(args.threads)
-    check_out(args.out)
-    check_device(args.device)
-    shards = shard_directory(args.shards, required=True)
-    return PipelineConfig(shards=shards, out=args.out, quick=args.quick, reps=reps, batch=args.batch, k=args.k,
-                          threads=threads, labels=args.labels, valid=args.valid, seed=args.seed, device=args.device)
+    return PipelineConfig.from_args(args, **checked_options(args, reps=(MIN_REPS, DEFAULT_REPS, MIN_REPS), shards=True))
 
 
 def main(argv: list[str] | None = None) -> int:
-    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
-                       render_markdown=render_markdown, progress_line=progress_line)
+    return module_main(argv, sys.modules[__name__])
 
 
 def progress_line(r: dict) -> str:

@@ -1,22 +1,7 @@
-"""Data preparation benchmark: prep time of CIFAR-10 sources and random-access reads from the shards.
-
-``python -m remixmatch.bench.prep --out DIR [--quick]`` (or ``rmm-bench prep ...``) writes
-``DIR/prep_report.json`` and ``DIR/prep_report.md``. Figures:
-
-- prep of a synthetic archive in the official python format (60,000 images; 6,000 with --quick),
-  median over repetitions (goal: <= 10 s for 60,000 on 2 cores);
-- prep of a CIFAR-10 JPEG export (``train/<class>/*.jpg``, ``test/<class>/*.jpg`` as a tar or a
-  folder) named by ``--jpeg-tree``, else ``$REMIXMATCH_CIFAR10_JPG`` (goal: <= 60 s on 2 cores;
-  skipped with --quick, or when neither names one);
-- reading 64 images at random indices from the memory-mapped shards (a gather across shards), and
-  64 contiguous rows (a zero-copy view), in microseconds per batch: median and spread over the
-  repetitions. The page cache is warm (the shards were just written).
-
-The JSON follows the layout of :mod:`remixmatch.bench.report` (``command`` "prep"); a ``results``
-row is ``{"bench": "prep", "source": ..., "images": N, "seconds": median, "images_per_s": ...,
-"spread": {...seconds}, "reps": n, "goal_seconds": ...}`` or ``{"bench": "read", "pattern":
-"random" | "contiguous", "batch": 64, "us_per_batch": median, "spread": {...us}, "reps": n}``, or
-a skipped row ``{"bench": "prep", "source": ..., "skipped": reason}``.
+"""``rmm-bench prep``: prep time of CIFAR-10 sources (a synthetic archive in the official format, and
+the JPEG export of --jpeg-tree or $REMIXMATCH_CIFAR10_JPG) and 64-image reads from the shards, at
+random indices (a gather) and contiguous (a view). Writes ``prep_report.json`` / ``.md``; its rows
+are untyped (their figures: ``OTHER_METRICS`` of :mod:`remixmatch.bench.rows`).
 """
 
 from __future__ import annotations
@@ -36,12 +21,11 @@ from remixmatch.common.cli import OneLineParser, positive_int
 from remixmatch.common.paths import CIFAR10_JPG_ENV, DataPath, resolve_path
 
 from .core import add_out, check_out, time_calls
-from .render import frame, table
-from .report import (
-    RunConditions, finish_report, machine_info, new_report, package_versions, report_main, spread,
-)
+from .render import module_main, table
+from .report import new_report, package_versions, spread
 
 PROG = "rmm-bench prep"
+TITLE = "Data preparation benchmark"
 BATCH = 64
 VERSION_PACKAGES = ("numpy", "pyarrow", "pillow", "rich", "remixmatch")
 
@@ -49,24 +33,16 @@ VERSION_PACKAGES = ("numpy", "pyarrow", "pillow", "rich", "remixmatch")
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Prep and shard-read benchmark (CIFAR-10 sources).")
     add_out(parser, "prep_report.json and prep_report.md")
-    parser.add_argument(
-        "--quick", action="store_true", help="6,000 synthetic images, no JPEG tree, fewer reads (well under a minute)"
-    )
-    parser.add_argument(
-        "--jpeg-tree", type=Path, default=None, help=f"a CIFAR-10 JPEG export to prep (default: ${CIFAR10_JPG_ENV})"
-    )
-    parser.add_argument(
-        "--prep-reps",
-        type=positive_int,
-        default=None,
-        help="repetitions of the synthetic prep (default 3; 1 with --quick)",
-    )
-    parser.add_argument(
-        "--read-reps", type=positive_int, default=None, help="timed 64-image reads (default 2000; 300 with --quick)"
-    )
-    parser.add_argument(
-        "--workers", type=positive_int, default=None, help="decoding processes for the JPEG tree (default: all cores)"
-    )
+    parser.add_argument("--quick", action="store_true",
+                        help="6,000 synthetic images, no JPEG tree, fewer reads (well under a minute)")
+    parser.add_argument("--jpeg-tree", type=Path, default=None,
+                        help=f"a CIFAR-10 JPEG export to prep (default: ${CIFAR10_JPG_ENV})")
+    parser.add_argument("--prep-reps", type=positive_int, default=None,
+                        help="repetitions of the synthetic prep (default 3; 1 with --quick)")
+    parser.add_argument("--read-reps", type=positive_int, default=None,
+                        help="timed 64-image reads (default 2000; 300 with --quick)")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="decoding processes for the JPEG tree (default: all cores)")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -85,21 +61,9 @@ def _time_prep(run: Callable[[Path], dict], work: Path, reps: int) -> tuple[list
 
 def _prep_row(source: str, seconds: list[float], images: int, goal: float, **extra) -> dict:
     median = statistics.median(seconds)
-    row = {
-        "bench": "prep",
-        "source": source,
-        "images": images,
-        "seconds": round(median, 3),
-        "images_per_s": round(images / median, 1),
-        "reps": len(seconds),
-        "goal_seconds": goal,
-    }
-    if len(seconds) > 1:
-        row["spread"] = {k: round(v, 3) for k, v in spread(seconds).items()}
-    else:
-        row["spread"] = None
-    row.update(extra)
-    return row
+    return {"bench": "prep", "source": source, "images": images, "seconds": round(median, 3),
+            "images_per_s": round(images / median, 1), "reps": len(seconds), "goal_seconds": goal,
+            "spread": {k: round(v, 3) for k, v in spread(seconds).items()} if len(seconds) > 1 else None, **extra}
 
 
 def _read_rows(shards: Path, reps: int, seed: int) -> list[dict]:
@@ -118,19 +82,10 @@ def _read_rows(shards: Path, reps: int, seed: int) -> list[dict]:
         # min(50, reps) calls of warm-up, then one call per repetition
         timings = [seconds * 1e6 for seconds in time_calls(read, reps, 0.0, warm_calls=min(50, reps) - 1).per_call]
         median = statistics.median(timings)
-        rows.append(
-            {
-                "bench": "read",
-                "pattern": pattern,
-                "batch": BATCH,
-                "rows": n,
-                "shards": len(part.shardset.shard_paths("train")),
-                "us_per_batch": round(median, 2),
-                "images_per_s": round(BATCH / median * 1e6, 1),
-                "spread": {k: round(v, 2) for k, v in spread(timings).items()},
-                "reps": reps,
-            }
-        )
+        rows.append({"bench": "read", "pattern": pattern, "batch": BATCH, "rows": n,
+                     "shards": len(part.shardset.shard_paths("train")), "us_per_batch": round(median, 2),
+                     "images_per_s": round(BATCH / median * 1e6, 1),
+                     "spread": {k: round(v, 2) for k, v in spread(timings).items()}, "reps": reps})
     return rows
 
 
@@ -154,33 +109,26 @@ def run(args: argparse.Namespace, log: Callable[[object], None]) -> dict:
 
     import pyarrow as pa
 
-    start, conditions = time.perf_counter(), RunConditions()
     per_batch = 1000 if args.quick else 10000
     prep_reps = args.prep_reps or (1 if args.quick else 3)
     read_reps = args.read_reps or (300 if args.quick else 2000)
     workers = args.workers or default_workers()
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     report = new_report("prep", config)
-    report["machine"] = machine_info()
     report["versions"] = package_versions(VERSION_PACKAGES)
     report["threads"] = {"prep_decode_processes": workers, "pyarrow_cpu_count": pa.cpu_count(), "reader": 1}
     images = per_batch * 6
-    report["inputs"] = {
-        "synthetic": f"official python format, {images} random 32x32x3 images, "
-        "gzip level 1 (inflating costs the same at any level)",
-        "seed": args.seed,
-    }
+    report["inputs"] = {"synthetic": f"official python format, {images} random 32x32x3 images, gzip level 1 "
+                                     "(inflating costs the same at any level)", "seed": args.seed}
 
     work = args.out / f"work-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     try:
-        archive = write_cifar10_archive(
-            work / "cifar-10-python.tar.gz", synthetic_batches(per_batch, args.seed), compresslevel=1
-        )
+        archive = write_cifar10_archive(work / "cifar-10-python.tar.gz", synthetic_batches(per_batch, args.seed),
+                                        compresslevel=1)
         report["inputs"]["synthetic_archive_bytes"] = archive.stat().st_size
-        seconds, _ = _time_prep(
-            lambda out: prep_cifar10(str(archive), out, progress=False), work / "synthetic", prep_reps
-        )
+        seconds, _ = _time_prep(lambda out: prep_cifar10(str(archive), out, progress=False), work / "synthetic",
+                                prep_reps)
         report["results"].append(_prep_row("synthetic-official", seconds, images, 10.0 * images / 60000))
         shards = work / "synthetic" / f"shards-{prep_reps - 1}"
 
@@ -189,9 +137,8 @@ def run(args: argparse.Namespace, log: Callable[[object], None]) -> dict:
             report["results"].append({"bench": "prep", "source": "cifar10-jpg", "skipped": skip})
         else:
             report["inputs"]["jpeg_tree"] = jpeg_tree.path.name
-            seconds, manifest = _time_prep(
-                lambda out: prep_cifar10(str(jpeg_tree.path), out, workers=workers, progress=False), work / "jpeg", 1
-            )
+            seconds, manifest = _time_prep(lambda out: prep_cifar10(str(jpeg_tree.path), out, workers=workers,
+                                                                    progress=False), work / "jpeg", 1)
             rows = sum(s["rows"] for s in manifest["splits"].values())
             report["results"].append(_prep_row("cifar10-jpg", seconds, rows, 60.0, workers=workers))
 
@@ -207,7 +154,6 @@ def run(args: argparse.Namespace, log: Callable[[object], None]) -> dict:
         "random_read_64_us": by_key[("read", "random")]["us_per_batch"],
         "contiguous_read_64_us": by_key[("read", "contiguous")]["us_per_batch"],
     }
-    finish_report(report, time.perf_counter() - start, conditions)
     return report
 
 
@@ -241,10 +187,6 @@ def body(report: dict, h: str = "##") -> list[str]:
     ]
 
 
-def render_markdown(report: dict) -> str:
-    return frame(report, "Data preparation benchmark", body(report))
-
-
 def config_from_args(args: argparse.Namespace) -> argparse.Namespace:
     check_out(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -252,8 +194,7 @@ def config_from_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
-                       render_markdown=render_markdown, progress_line=str, stem="prep_report",
+    return module_main(argv, sys.modules[__name__], stem="prep_report",
                        interrupted="interrupted; no report was written")
 
 

@@ -1,34 +1,13 @@
 """``rmm-bench ptx``: what each CUDA kernel costs an SM, with no GPU: registers, spills, shared
 memory and the theoretical occupancy they allow.
 
-    rmm-bench ptx [--quick] --out DIR
-
-Every kernel of :func:`remixmatch.kernels.cuda.kernel_signatures` is compiled to PTX for sm_80
-(A100) and sm_90 (H100) by numba-cuda (lowered once, then NVVM from pip per arch) and assembled with
-``ptxas -v`` (the ``nvidia-cuda-nvcc`` wheel the CUDA extra installs), which prints registers per
-thread, spill stores/loads, stack and static shared memory per entry point. Two kinds of rows:
-
-- ``"section": "kernel"``: each kernel as it is declared (its ``max_registers`` cap from
-  :data:`remixmatch.kernels.cuda.MAX_REGISTERS`, its threads per block and dynamic shared memory as
-  the launcher picks them), with the occupancy at each view size of :data:`SIZES` where the launcher
-  uses it under one of the designs for views over 48 KiB (``designs``, of
-  :data:`remixmatch.kernels.cuda.LARGE_VIEW_DESIGNS`): the shared-memory kernel up to 48 KiB and,
-  opted in, above; the global-memory and the tiled kernels above;
-- ``"section": "sweep"``: the per-view kernels under each register cap of :data:`CAPS` (``ptxas
-  -maxrregcount``, what ``cuda.jit(max_registers=...)`` passes to the linker) and each block size of
-  :data:`BLOCK_SIZES`, at the size the kernel serves: the evidence for the declared choice (not
-  with --quick).
-
-Occupancy is the CUDA occupancy calculator's: resident blocks per SM are the least of the register
-limit (registers rounded up to 256 per warp), the shared-memory limit (static + dynamic + 1 KiB the
-runtime reserves per block, rounded up to 128 B), the thread limit (2,048) and the block limit (32);
-occupancy = resident warps / 64. ``report.json`` (:mod:`remixmatch.bench.report`, ``"command":
-"ptx"``) rows: :class:`remixmatch.bench.rows.PtxRow`.
-
-``summary``: ``{"ptxas": version line, "spills": [kernel@arch with spill bytes, as declared],
-"declared": {"<kernel>@<arch>": {"registers", "occupancy": {size: occupancy}}}}`` (the size named
-"96x96 (shared-optin)" where only some designs launch the kernel there). Without ptxas
-or NVVM the report holds one skipped row with the reason.
+Every kernel of :func:`remixmatch.kernels.cuda.kernel_signatures` is compiled to PTX for sm_80 and
+sm_90 (numba-cuda: each kernel lowered once, then NVVM per arch) and assembled with ``ptxas -v``. ``"section": "kernel"`` rows
+give each kernel as declared, with the occupancy at each view size of :data:`SIZES` where the
+launcher uses it; ``"sweep"`` rows (not with --quick) each register cap of :data:`CAPS` and block
+size of :data:`BLOCK_SIZES`: the evidence for the declared choice. Occupancy is the CUDA occupancy
+calculator's (registers rounded to 256 per warp, 1 KiB of shared memory reserved per block, 2,048
+threads and 32 blocks per SM). Rows: :class:`~remixmatch.bench.rows.PtxRow`.
 """
 
 from __future__ import annotations
@@ -47,9 +26,9 @@ from typing import Callable
 
 from remixmatch.common.cli import OneLineParser
 
-from .core import add_out
-from .render import frame
-from .report import RunConditions, finish_report, machine_info, markdown_table, new_report, report_main
+from .core import CommandConfig, add_flags, add_out, flag, measured
+from .render import module_main, table
+from .report import new_report
 from .rows import PtxRow
 
 PROG = "rmm-bench ptx"
@@ -254,7 +233,7 @@ def unavailable_reason() -> str | None:
 
 
 def summarize(rows: list[dict], version: str | None) -> dict:
-    declared = [r for r in rows if r.get("section") == "kernel"]
+    declared = [r for r in measured(rows) if r["section"] == "kernel"]
     return {
         "ptxas": version,
         "spills": [f"{r['kernel']}@{r['arch']}" for r in declared
@@ -266,15 +245,13 @@ def summarize(rows: list[dict], version: str | None) -> dict:
 
 
 @dataclass(frozen=True)
-class PtxConfig:
+class PtxConfig(CommandConfig):
     out: Path
-    quick: bool = False
+    quick: bool = flag(False, "the kernels as declared only, no register-cap and block-size sweep")
 
 
 def run(config: PtxConfig, log: Callable[[object], None]) -> dict:
-    report = new_report("ptx", {"out": str(config.out), "quick": config.quick})
-    conditions, start = RunConditions(), time.perf_counter()
-    report["machine"] = machine_info()
+    report = new_report("ptx", config.as_dict())
     report["inputs"] = {"archs": [a.name for a in ARCHS], "sizes": [_size_name(*s) for s in SIZES],
                         "caps": list(CAPS), "block_sizes": list(BLOCK_SIZES)}
     reason = unavailable_reason()
@@ -288,7 +265,6 @@ def run(config: PtxConfig, log: Callable[[object], None]) -> dict:
         with tempfile.TemporaryDirectory(prefix="rmm-ptx-") as tmp:
             report["results"] = kernel_rows(ptxas, compile_all_ptx(Path(tmp), log), not config.quick, log)
     report["summary"] = summarize(report["results"], version)
-    finish_report(report, time.perf_counter() - start, conditions)
     return report
 
 
@@ -304,41 +280,30 @@ def _cap(value) -> str:
     return "none" if value is None else str(value)
 
 
+KERNEL = (("kernel", lambda r: r["kernel"]), ("arch", lambda r: r["arch"]))
+SPILLS = ("spill st/ld B", lambda r: f"{r['spill_store_bytes']}/{r['spill_load_bytes']}")
+DECLARED_COLUMNS = (*KERNEL, ("max_registers", lambda r: _cap(r["max_registers"])), ("registers", lambda r: str(r["registers"])),
+                    SPILLS, ("stack B", lambda r: str(r["stack_bytes"])),
+                    ("static smem B", lambda r: str(r["static_shared_bytes"])), ("launches", _launch_cells))
+SWEEP_COLUMNS = (*KERNEL, ("cap", lambda r: _cap(r["max_registers"])), ("registers", lambda r: str(r["registers"])),
+                 SPILLS, ("launch", _launch_cells))
+
+
 def body(report: dict, heading: str = "##") -> list[str]:
     rows = report["results"]
     if rows and "skipped" in rows[0]:
         return [f"{heading} CUDA kernel resources", "", f"Skipped: {rows[0]['skipped']}."]
-    declared = [r for r in rows if r["section"] == "kernel"]
-    lines = [
-        f"{heading} CUDA kernel resources (ptxas -v, no GPU needed)",
-        "",
-        f"{report['summary']['ptxas']}. Occupancy: resident warps per SM / 64, from registers, shared memory "
-        "(+1 KiB reserved per block), 2,048 threads and 32 blocks per SM.",
-        "",
-        markdown_table(["kernel", "arch", "max_registers", "registers", "spill st/ld B", "stack B", "static smem B",
-                        "launches"],
-                       [[r["kernel"], r["arch"], _cap(r["max_registers"]), str(r["registers"]),
-                         f"{r['spill_store_bytes']}/{r['spill_load_bytes']}", str(r["stack_bytes"]),
-                         str(r["static_shared_bytes"]), _launch_cells(r)] for r in declared]),
-        "",
-    ]
     spills = report["summary"]["spills"]
-    lines.append(f"**Spills as declared: {', '.join(spills)}.**" if spills else "No kernel spills as declared.")
-    sweep = [r for r in rows if r["section"] == "sweep"]
-    if sweep:
-        lines += [
-            "",
-            f"{heading}# Register cap and block size sweep",
-            "",
-            markdown_table(["kernel", "arch", "cap", "registers", "spill st/ld B", "launch"],
-                           [[r["kernel"], r["arch"], _cap(r["max_registers"]), str(r["registers"]),
-                             f"{r['spill_store_bytes']}/{r['spill_load_bytes']}", _launch_cells(r)] for r in sweep]),
-        ]
+    lines = [
+        f"{heading} CUDA kernel resources (ptxas -v, no GPU needed)", "",
+        f"{report['summary']['ptxas']}. Occupancy: resident warps per SM / 64, from registers, shared memory "
+        "(+1 KiB reserved per block), 2,048 threads and 32 blocks per SM.", "",
+        table(DECLARED_COLUMNS, [r for r in rows if r["section"] == "kernel"]), "",
+        f"**Spills as declared: {', '.join(spills)}.**" if spills else "No kernel spills as declared.",
+    ]
+    if sweep := [r for r in rows if r["section"] == "sweep"]:
+        lines += ["", f"{heading}# Register cap and block size sweep", "", table(SWEEP_COLUMNS, sweep)]
     return lines
-
-
-def render_markdown(report: dict) -> str:
-    return frame(report, PROG, body(report))
 
 
 # ---- command line ---------------------------------------------------------------------------------
@@ -347,13 +312,12 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="CUDA kernel registers, spills, shared memory and theoretical "
                                                   "occupancy for sm_80 and sm_90, from ptxas -v (no GPU needed).")
     add_out(parser)
-    parser.add_argument("--quick", action="store_true", help="the kernels as declared only, no register-cap and "
-                                                             "block-size sweep")
+    add_flags(parser, PtxConfig)
     return parser
 
 
 def config_from_args(args) -> PtxConfig:
-    return PtxConfig(out=args.out, quick=args.quick)
+    return PtxConfig.from_args(args)
 
 
 def progress_line(r: dict) -> str:
@@ -364,8 +328,7 @@ def progress_line(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
-                       render_markdown=render_markdown, progress_line=progress_line)
+    return module_main(argv, sys.modules[__name__])
 
 
 if __name__ == "__main__":

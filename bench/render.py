@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from .report import conditions_line, format_share, machine_line, markdown_table
+from .report import conditions_line, format_share, machine_line, markdown_table, report_main
 
 Column = tuple[str, Callable[[dict], str]]  # a table column: its header and how a row fills its cell
 
@@ -42,3 +42,14 @@ def ratio_range(slow: dict, fast: dict) -> tuple[float, float]:
     """The range of ``1 - slow / fast`` over the two rows' min-max spreads of steps/s."""
     a, b = slow["spread"], fast["spread"]
     return 1.0 - a["max"] / b["min"], 1.0 - a["min"] / b["max"]
+
+
+def module_main(argv, module, **options) -> int:
+    """:func:`report_main` of a command module: its ``PROG``, ``build_parser``, ``config_from_args``,
+    ``run``, ``progress_line`` (if any) and markdown (``render_markdown``, else its ``body`` framed
+    under ``TITLE`` or ``PROG``)."""
+    render = getattr(module, "render_markdown", None) or (
+        lambda report: frame(report, getattr(module, "TITLE", module.PROG), module.body(report)))
+    return report_main(argv, prog=module.PROG, build_parser=module.build_parser,
+                       config_from_args=module.config_from_args, run=module.run, render_markdown=render,
+                       progress_line=getattr(module, "progress_line", str), **options)

@@ -1,50 +1,7 @@
 """Benchmark reports: what machine and software ran, and writing ``report.json`` / ``report.md``.
 
-``report.json`` schema (``schema_version`` 1; keys are only ever added, never renamed)::
-
-    {
-      "schema_version": 1,
-      "command": "aug",                      # the rmm-bench subcommand that wrote it
-      "created": "2025-01-01T12:00:00Z",     # UTC, when the run finished
-      "wall_seconds": 97.3,                  # the whole run, JIT compile and pool start-up included
-      "machine": {
-        "platform": "Linux-6.1-x86_64-with-glibc2.36", "machine": "x86_64",
-        "processor": "AMD EPYC ...",         # /proc/cpuinfo model name where there is one
-        "cpu_count": 2,                      # os.cpu_count()
-        "cpus_usable": 2,                    # CPUs this process may run on (affinity)
-        "memory_gib": 23.4,
-        "gpu": "NVIDIA H100 80GB HBM3" | null
-      },
-      "conditions": {                        # was the machine ours alone? (Linux; null elsewhere)
-        "load_average_at_start": [0.1, 0.3, 0.2],  # 1/5/15 min
-        "other_cpu_seconds": 0.8,            # CPU time other processes used during the run
-        "other_cpu_share": 0.003             # that / (wall seconds * CPUs); above ~0.05 the
-      },                                     # figures are lower than on an idle machine
-      "versions": {"python": "3.11.7", "numpy": ..., "numba": ..., "numba-cuda": ..., "pillow": ...,
-                   "torch": ... | null, "remixmatch": ...},   # null: not installed
-      "threads": {
-        "numba": 2,                          # numba.get_num_threads() during the numba-cpu rows
-        "numba_threading_layer": "omp",      # the layer Numba actually used (null if none ran)
-        "numba_threading_layer_config": "default",   # numba.config.THREADING_LAYER
-        "pil": 1,                            # the single-process PIL reference
-        "pil_pool_processes": 2              # the PIL worker pool
-      },
-      "config": {...},                       # the parsed command-line arguments
-      "inputs": {"images": "cifar10-jpg" | "archive" | "directory" | "synthetic",
-                 "source": "cifar10-jpg.tar.gz", "count": 64, "height": 32, "width": 32,
-                 "policy": "depth 2, op ids uniform over all 19 ops, levels and rand uniform [0, 1)",
-                 "seed": 0},
-      "summary": {                           # the headline ratios, derived from "results"
-        "numba_cpu_vs_pil": <float> | null,  # numba-cpu / pil views/s, K=8 x 64 images (goal >= 10)
-        "numba_cpu_vs_pil_pool": <float> | null,
-        "numba_cuda_best_views_per_s": <float> | null  # goal >= 2e7 at 32x32 on one H100
-      },
-      "results": [ <row>, ... ]
-    }
-
-A ``results`` row is one of the dataclasses of :mod:`remixmatch.bench.rows` (``rmm-bench aug``: a
-:class:`~remixmatch.bench.rows.ViewsRow` per measurement, a :class:`~remixmatch.bench.rows.CompileRow`
-per JIT-compiled backend), or a skipped row: the kind's key fields and ``"skipped": "<reason>"``.
+The layout of ``report.json`` is :class:`remixmatch.bench.rows.Report`; its ``results`` rows are
+the other dataclasses of :mod:`remixmatch.bench.rows`.
 """
 
 from __future__ import annotations
@@ -54,12 +11,15 @@ import json
 import os
 import platform
 import statistics
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 from remixmatch.common.atomic import atomic_write_json, atomic_write_text
 from remixmatch.common.versions import package_versions  # the bench commands import it from here too
 
-SCHEMA_VERSION = 1
+from .rows import SCHEMA_VERSION, Report  # noqa: F401 (SCHEMA_VERSION: read from here too)
+
 
 # Distribution names whose versions a report records (importlib.metadata: nothing gets imported).
 PACKAGES = ("numpy", "numba", "numba-cuda", "pillow", "torch", "remixmatch")
@@ -156,20 +116,7 @@ def spread(values: list[float]) -> dict:
 
 
 def new_report(command: str, config: dict) -> dict:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "command": command,
-        "created": None,
-        "wall_seconds": None,
-        "machine": None,
-        "conditions": None,
-        "versions": package_versions(PACKAGES),
-        "threads": {},
-        "config": config,
-        "inputs": {},
-        "summary": {},
-        "results": [],
-    }
+    return asdict(Report(command=command, versions=package_versions(PACKAGES), config=config))
 
 
 def finish_report(report: dict, wall_seconds: float, conditions: RunConditions) -> None:
@@ -256,25 +203,33 @@ def command_main(argv, *, prog, build_parser, run, interrupted: str = "interrupt
     return run_cli(prog, lambda: run(build_parser().parse_args(argv)), interrupted=interrupted)
 
 
-def report_main(argv, *, prog, build_parser, config_from_args, run, render_markdown, progress_line,
-                after=None, stem: str = "report", interrupted: str = "interrupted") -> int:
-    """The main() of every report command: parse, check, run (progress on stderr), write
-    ``STEM.json`` and ``STEM.md``, print the markdown, then ``after(config, report, log)`` if given. Bad
-    input: one line and the error's exit status (:func:`remixmatch.common.cli.run_cli`)."""
+def report_main(argv, *, prog, build_parser, config_from_args, run, render_markdown, progress_line=str,
+                after=None, stem: str = "report", interrupted: str = "interrupted", log=None, show=print) -> int:
+    """The main() of every report command: parse, check, run (progress on stderr, or through
+    ``log``; the run's machine, wall time and conditions recorded), write ``STEM.json`` and ``STEM.md``, ``show`` the markdown, then ``after(config, report,
+    log)`` if given. Bad input: one line and the error's exit status (:func:`remixmatch.common.cli.run_cli`)."""
     import sys
 
-    def log(item) -> None:
+    def print_log(item) -> None:
         print(item if isinstance(item, str) else progress_line(item), file=sys.stderr, flush=True)
+
+    log = log or print_log
 
     def body(args) -> int:
         config = config_from_args(args)
+        conditions, started = RunConditions(), time.perf_counter()
         report = run(config, log)
+        if report["machine"] is None:
+            report["machine"] = machine_info()
+        if report["created"] is None:  # not finished by the command itself
+            finish_report(report, time.perf_counter() - started, conditions)
         text = render_markdown(report)
         json_path, md_path = write_report(config.out, report, text, stem)
-        print(text)
-        print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+        show(text)
+        log(f"wrote {json_path} and {md_path}")
         if after is not None:
             after(config, report, log)
         return 0
 
     return command_main(argv, prog=prog, build_parser=build_parser, run=body, interrupted=interrupted)
+

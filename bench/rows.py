@@ -23,6 +23,31 @@ def metric(default=None):
     return field(default=default, metadata={"metric": True})
 
 
+SCHEMA_VERSION = 1
+
+
+@dataclass(kw_only=True)
+class Report:
+    """The frame of every ``report.json``; ``rmm-bench all`` and ``gpu-check`` add their own keys."""
+
+    schema_version: int = SCHEMA_VERSION
+    command: str  # the rmm-bench subcommand that wrote it
+    created: str | None = None  # UTC, when the run finished: "2025-01-01T12:00:00Z"
+    wall_seconds: float | None = None  # the whole run, JIT compile and pool start-up included
+    # {"platform", "machine", "processor", "cpu_count", "cpus_usable" (affinity), "memory_gib", "gpu"}
+    machine: dict | None = None
+    # was the machine ours alone? {"load_average_at_start": [1, 5, 15 min], "other_cpu_seconds": CPU
+    # time of other processes during the run, "other_cpu_share": that / (wall seconds * CPUs); above
+    # ~0.05 the figures are lower than on an idle machine}; null values off Linux
+    conditions: dict | None = None
+    versions: dict = field(default_factory=dict)  # distribution -> version (null: not installed)
+    threads: dict = field(default_factory=dict)  # thread counts and the Numba threading layer used
+    config: dict = field(default_factory=dict)  # the parsed command-line arguments
+    inputs: dict = field(default_factory=dict)  # the data: source name (never a full path), sizes, policy, seed
+    summary: dict = field(default_factory=dict)  # the headline figures, derived from "results"
+    results: list = field(default_factory=list)  # rows: the dataclasses below, or skipped rows
+
+
 @dataclass(kw_only=True)
 class ViewsRow:
     """``rmm-bench aug``: strong views/s of one backend (``"bench": "aug"``)."""
@@ -64,7 +89,19 @@ class CompileRow:
 
 
 @dataclass(kw_only=True)
-class LoaderRow:
+class StepTiming:
+    """The step rate of a timed row (:meth:`remixmatch.bench.core.Timing.fields`)."""
+
+    steps_per_s: float = metric()  # median over the repetitions
+    seconds_per_step: float = metric()
+    spread: dict  # of steps/s: {"min", "max", "q1", "q3", "iqr", "stdev"}
+    reps: int  # timed repetitions, after warm-up
+    steps_per_rep: int  # back-to-back steps per repetition
+    warmup_steps: int
+
+
+@dataclass(kw_only=True)
+class LoaderRow(StepTiming):
     """``rmm-bench pipeline``: complete step batches/s of one loader (``"bench": "pipeline"``)."""
 
     bench: str = key(1, "pipeline")
@@ -78,12 +115,6 @@ class LoaderRow:
     views_per_step: int  # B labeled strong + B probes + B_u unlabeled weak + K B_u unlabeled strong
     strong_views_per_step: int  # K B_u
     output: str  # "uint8 NHWC torch tensor" | "uint8 NumPy" | "float32 [-1, 1] NumPy"
-    steps_per_s: float = metric()  # median over the repetitions
-    seconds_per_step: float = metric()
-    spread: dict  # of steps/s
-    reps: int
-    steps_per_rep: int
-    warmup_steps: int
     strong_views_per_s: float = metric()  # steps_per_s * strong_views_per_step
     views_per_s: float = metric()  # steps_per_s * views_per_step
     ratio_vs_reference: float | None = metric()  # strong views/s / the pil-pool-float row's
@@ -95,7 +126,7 @@ class LoaderRow:
 
 
 @dataclass(kw_only=True)
-class TrainRow:
+class TrainRow(StepTiming):
     """``rmm-bench train``: training steps/s of one device and feed (``"bench": "train"``)."""
 
     bench: str = key(1, "train")
@@ -114,12 +145,6 @@ class TrainRow:
     images_per_step: int  # labeled + unlabeled images
     views_per_step: int  # every view the step reads (MixMatch: B + K B_u, its K views all weak)
     train_views_per_labeled_image: float  # (views - probes) / B (FixMatch at mu = 7: 15)
-    steps_per_s: float = metric()  # median over the repetitions
-    seconds_per_step: float = metric()
-    spread: dict  # of steps/s
-    reps: int
-    steps_per_rep: int
-    warmup_steps: int
     images_per_s: float = metric()
     views_per_s: float = metric()
     kimg_per_s: float  # labeled kimg/s (x 1024 images), as rmm-train logs it

@@ -1,67 +1,14 @@
-"""``rmm-bench train``: training steps per second, the step fed by ready tensors against the step fed
-by the real loader, and what a paper-length run would take.
+"""``rmm-bench train``: training steps/s, the step fed by ready tensors (``synthetic``: the ceiling,
+no shards needed) against the step fed by the real loader (``loader``, prefetch on and off; with
+--shards), the step split into its phases, and what the paper's 2^20-step run would take.
 
-    rmm-bench train [--shards DIR] [--quick] [--reps N] [--batch 64] [--k K] [--uratio MU] [--device auto|cpu|cuda]
-                    [--width W] [--blocks-per-stage N] [--threads N]
-                    [--algorithm remixmatch|fixmatch|mixmatch|supervised] [--bn-mode joint|reference]
-                    [--labels 250] [--valid 5000] [--seed 0] [--scaling [--procs-max N]] --out DIR
-
-Per device (``cpu``; ``cuda`` where ``torch.cuda.is_available()``), one model and three rows:
-
-- ``synthetic``: the trainer's step (:data:`remixmatch.trainer.algorithms.STEPS`) fed the same ready batch
-  every step: a :class:`remixmatch.pipeline.StepBatch` of random uint8 NHWC views already on the
-  device, with the shapes, dtypes and probe plan of a real step (made by ``draw_plan`` /
-  ``kernel_call`` / ``split_views`` from the same :class:`ViewConfig` and CTAugment the loader uses).
-  The ceiling: nothing waits for data. Needs no shards;
-- ``loader``, prefetch on: the step fed by :class:`remixmatch.pipeline.StepLoader` with the torch host
-  fetcher (memory-mapped shards, the fused Numba kernel on the CPU or the CUDA kernel after one
-  pinned copy) on real shards; ``loader``, prefetch off: the same without overlap.
-  Without --shards both are skipped rows, with the reason.
-
-Every row runs the per-step body of ``Run.train``, the function the run calls
-(:func:`remixmatch.trainer.loop.train_step`): ``next(loader)`` (timed as the data wait), the step,
-the CTAugment update with the probe scores and, with prefetch, ``loader.prepare()`` after the update
-(the loader itself is built with ``prefetch=False``, as the run builds it); no logging, evaluation or
-checkpoints. The model, EMA copy, Adam, distribution
-alignment, CTAugment and view config are built by the functions ``Run`` uses
-(:mod:`remixmatch.trainer.build`; one rank, the model's default mean / std), the loader as ``Run`` builds it,
-from :class:`remixmatch.trainer.config.TrainConfig` defaults (bf16 autocast and channels_last on CUDA)
-with --algorithm (its paper's settings: FixMatch's SGD, mu = 7, K = 1 strong view with Cutout;
-MixMatch's K = 2 weak views), --batch, --k, --uratio (default: the algorithm's), --width,
---blocks-per-stage. Models: ``cpu`` width 16, 1 block per
-stage (WRN-10-1) unless --width / --blocks-per-stage say otherwise; ``cuda`` WRN-28-2 (width 32,
-4 blocks per stage), the paper's. DALI is never imported.
-
-Each figure is the median of ``--reps`` repetitions after a warm-up, a repetition being back-to-back
-steps for about 3 s (at least 2 steps; with --quick about 0.3 s, at least 1 step: one step of the
-CPU model, a dozen or more on a GPU), device work synchronised at the end of each.
-
-``report.json`` (the common schema of :mod:`remixmatch.bench.report`, ``"command": "train"``) has
-``inputs`` (shards or null, the labeled subset, the policy), ``threads`` (``torch``, ``torch_interop``,
-``numba`` of the loader's render, ``numba_threading_layer``, ``numba_threading_layer_config``,
-``omp_wait_policy``: the OMP_WAIT_POLICY environment variable or null) and ``results`` rows, each a
-:class:`remixmatch.bench.rows.TrainRow` (its fields' comments say what each figure is), or a
-skipped row ``{"bench": "train", "device", "feed", "prefetch", "batch", "skipped": reason}`` (no
---shards; no CUDA device; a device not requested; a CUDA row that failed, with its error). ``summary``: ``{"paper_steps": 1048576, "cpu": {...} | null, "cuda": {...} | null}``,
-per device the figures :func:`summarize` names (null where the row is missing).
-
-With --scaling, ``scaling`` (null without) holds steps/s against the number of processes, per device,
-for 1..--procs-max processes (default: 2 on the CPU; on CUDA every visible GPU): each a short real
-``rmm-train`` run in a subprocess into a temporary directory (removed after), one process for 1,
-``--device cpu --procs N`` (gloo) or ``--gpus N`` (NCCL) above; the same model, algorithm, B, K,
-labeled subset and seed as the rows above, the global batch fixed (each of N processes trains B/N),
-``--steps`` 8 (--quick; 40 otherwise) on the CPU, 120 (600) on CUDA, a metrics line every 2 (5;
-20, 50) steps, evaluation and checkpoint only at the end. The step time is the median of
-``step_seconds`` in metrics.jsonl over the logged windows after the first (the warm-up: Numba cache
-load, allocations, DDP set-up). Each of N processes gets ``max(1, cores // N)`` torch threads
-(``--threads``; cores: the usable CPUs) and, on the CPU, as many Numba threads for its loader
-(NUMBA_NUM_THREADS); the bench's --threads does not apply. Rows:
-:class:`remixmatch.bench.rows.ScalingRow`, or a skipped row ``{"bench": "train", "section": "scaling", "device": ..., "ranks": N, "batch": ...,
-"skipped": reason}`` (no --shards; a device not requested or absent: one row, ranks 1; more processes
-than usable cores on the CPU or than GPUs on CUDA; a batch that does not split over N; a run that
-failed, with its last line). ``summary["scaling"]``: null without --scaling, else per device null
-or ``{"model", "max_ranks", "steps_per_s", "speedup", "efficiency", "one_rank_steps_per_s"}`` of the
-largest measured process count.
+Every row runs the run's own per-step body (:func:`remixmatch.trainer.loop.train_step`) on the
+objects :mod:`remixmatch.trainer.build` makes from :class:`~remixmatch.trainer.config.TrainConfig`
+(the algorithm's paper settings unless --batch/--k/--uratio/--width/--blocks-per-stage say
+otherwise; the CPU model WRN-10-1, CUDA's the paper's WRN-28-2); no logging, evaluation or
+checkpoints. With --scaling, short real ``rmm-train`` runs on 1..--procs-max processes, the global
+batch fixed. Rows: :class:`~remixmatch.bench.rows.TrainRow` and
+:class:`~remixmatch.bench.rows.ScalingRow` (their field comments are the schema).
 """
 
 from __future__ import annotations
@@ -79,18 +26,18 @@ from typing import Callable
 from remixmatch.common.cli import OneLineParser, positive_int
 from remixmatch.trainer.config import ALGORITHMS
 
+from . import core
 from .core import (
-    NumbaThreadsFetcher, add_out, add_reps, add_shards, add_subset, add_threads, check_device, check_out, check_valid,
-    checked_reps, checked_threads, cuda_unavailable_reason, device_name, error_reason, no_sync, numba_threads_info,
-    shard_directory, time_calls,
+    CommandConfig, NumbaThreadsFetcher, add_device, add_flags, add_out, add_reps, add_shards, add_subset, add_threads,
+    checked_options, cuda_unavailable_reason, device_name, error_reason, flag, measured, no_sync,
+    numba_threads_info, time_calls,
 )
 from .errors import BenchInputError
 from .loaders import open_data
-from .render import frame, ratio_range, share_range, skipped_block, table
+from .render import frame, module_main, ratio_range, share_range, skipped_block, table
 from .rows import ScalingRow, TrainRow
 from .report import (
-    PACKAGES, RunConditions, finish_report, format_hours, format_rate, format_share, machine_info, markdown_table,
-    new_report, package_versions, report_main, usable_cpus,
+    format_hours, format_rate, format_share, machine_info, new_report, usable_cpus,
 )
 from .section_runner import run_bounded
 
@@ -119,32 +66,36 @@ FASTER_THAN_CEILING = -0.05
 
 
 @dataclass(frozen=True)
-class TrainBenchConfig:
+class TrainBenchConfig(CommandConfig):
+    """The options of ``rmm-bench train``: a :func:`~remixmatch.bench.core.flag` field is its own ``--name``."""
+
     out: Path
     shards: Path | None = None
-    quick: bool = False
+    quick: bool = flag(False, f"{QUICK_REPS} short repetitions (under a minute on 2 cores at B = 64, K = 8; about "
+                              "90 s with --scaling), and shorter scaling runs")
     reps: int = DEFAULT_REPS
-    batch: int = 64
-    k: int = 8
-    uratio: int = 1
+    batch: int = flag(64, "labeled images per step (64); unlabeled: --uratio times as many", type=positive_int)
+    k: int = flag(8, "views per unlabeled image beyond the weak one (default: the algorithm's: 8, FixMatch 1; "
+                     "MixMatch's K = 2 counts the weak view)", parsed=None, type=positive_int)
+    uratio: int = flag(1, "unlabeled images per labeled image (default: the algorithm's: 1, FixMatch 7)",
+                       parsed=None, type=positive_int)
     device: str = "auto"
-    width: int | None = None
-    blocks_per_stage: int | None = None
+    width: int | None = flag(None, "first stage's channels (default: 16 on the CPU, 32 on CUDA)", type=positive_int)
+    blocks_per_stage: int | None = flag(None, "residual blocks per stage (default: 1 on the CPU, 4 on CUDA: WRN-28-2)",
+                                        type=positive_int)
     threads: int = 1
-    algorithm: str = "remixmatch"
-    bn_mode: str = "joint"  # TrainConfig.bn_mode: one training forward, or the reference's chunks
+    algorithm: str = flag("remixmatch", choices=ALGORITHMS)
+    bn_mode: str = flag("joint", "the training forward: one concatenated call (joint, default) or the reference "
+                                 "code's K + 2 interleaved chunks (reference): what the concatenation buys",
+                        choices=("joint", "reference"))
     labels: int = 250
     valid: int = 5000
-    seed: int = 0
-    scaling: bool = False
-    procs_max: int | None = None  # None: 2 on the CPU, torch.cuda.device_count() on CUDA
-    compile: bool = False  # torch.compile the trained model (TrainConfig.compile)
-
-    def as_dict(self) -> dict:
-        config = asdict(self)
-        config["shards"] = None if self.shards is None else str(self.shards)
-        config["out"] = str(self.out)
-        return config
+    seed: int = flag(0, "run seed: model init, views, MixUp", type=int)
+    scaling: bool = flag(False, "also steps/s against the number of processes: short real rmm-train runs on "
+                                "1..--procs-max processes (needs --shards)")
+    procs_max: int | None = flag(None, f"with --scaling: the most processes (default: {DEFAULT_CPU_PROCS_MAX} on the "
+                                       "CPU, every visible GPU on CUDA)", type=positive_int)
+    compile: bool = flag(False, "torch.compile the trained model (as rmm-train --compile)")
 
     def model(self, device: str) -> tuple[int, int]:
         width, blocks = DEVICE_MODELS[device]
@@ -323,13 +274,16 @@ def _views_per_step(views) -> int:
     return views.batch + probes + views.unlabeled_batch + views.k * views.unlabeled_batch
 
 
+def device_reason(config: TrainBenchConfig, device: str) -> str | None:
+    """Why ``device`` has no rows (not requested, or no CUDA device), or None."""
+    if config.device not in ("auto", device):
+        return f"not requested (--device {config.device})"
+    return cuda_unavailable_reason() if device == "cuda" else None
+
+
 def device_rows(config: TrainBenchConfig, device: str, data, log) -> list[dict]:
     """The three rows of one device, or skipped rows saying why."""
-    reason = None
-    if config.device not in ("auto", device):
-        reason = f"not requested (--device {config.device})"
-    elif device == "cuda":
-        reason = cuda_unavailable_reason()
+    reason = device_reason(config, device)
     rows = []
     for feed, prefetch in FEEDS:
         if reason is None and feed == "loader" and data is None:
@@ -350,13 +304,8 @@ def device_rows(config: TrainBenchConfig, device: str, data, log) -> list[dict]:
     return rows
 
 
-def measured(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if "skipped" not in r]
-
-
 def find(rows: list[dict], device: str, feed: str, prefetch: bool) -> dict | None:
-    return next((r for r in measured(rows) if (r["device"], r["feed"], r["prefetch"]) == (device, feed, prefetch)),
-                None)
+    return core.find(rows, device=device, feed=feed, prefetch=prefetch)
 
 
 def add_wait_shares(rows: list[dict]) -> None:
@@ -417,10 +366,7 @@ def run(config: TrainBenchConfig, log: Callable[[object], None]) -> dict:
     """Every row this machine can run; returns the report (not yet written)."""
     import torch
 
-    started = time.perf_counter()
-    conditions = RunConditions()
     report = new_report("train", config.as_dict())
-    report["versions"] = package_versions(PACKAGES)
     data = None
     if config.shards is not None:
         data = open_data(config.shards, config.labels, config.valid)
@@ -446,7 +392,6 @@ def run(config: TrainBenchConfig, log: Callable[[object], None]) -> dict:
                   threads={"torch": config.threads, "torch_interop": torch.get_num_interop_threads(),
                            "numba": numba_threads, **numba_threads_info(),
                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")})
-    finish_report(report, time.perf_counter() - started, conditions)
     return report
 
 
@@ -546,12 +491,7 @@ def scaling_rows(config: TrainBenchConfig, data, log) -> list[dict]:
     """Per device, one row per process count 1..--procs-max: measured, or skipped with the reason."""
     rows = []
     for device in DEVICES:
-        reason = None
-        if config.device not in ("auto", device):
-            reason = f"not requested (--device {config.device})"
-        elif device == "cuda":
-            reason = cuda_unavailable_reason()
-        if reason is not None:  # the whole device: one row says why
+        if (reason := device_reason(config, device)) is not None:  # the whole device: one row says why
             rows.append(scaling_skipped_row(device, 1, config.batch, reason))
             log(scaling_row_line(rows[-1]))
             continue
@@ -625,26 +565,12 @@ def _row_name(r: dict) -> str:
     return "loader, prefetch" if r["prefetch"] else "loader, no prefetch"
 
 
-def scaling_markdown(scaling: list[dict], h: str = "##") -> list[str]:
-    done = [r for r in scaling if "skipped" not in r]
-    lines = [f"{h} Scaling: steps/s against processes", ""]
-    if not done:
-        return lines + ["No scaling run was measured (see Skipped)."]
-    first = done[0]
-    lines += [
-        f"Short real `rmm-train` runs ({first['algorithm']}, global B = {first['batch']}, K = {first['k']}, fixed: each "
-        "of N processes trains B/N); evaluation and checkpoint at the end only. Step time: the median of metrics.jsonl's step_seconds "
-        "over the logged windows after the first (warm-up). On the CPU each of N processes gets cores / N torch "
-        "threads (`--threads`) and as many Numba threads (NUMBA_NUM_THREADS) for its loader. Speed-up: steps/s "
-        "over the one-process run's; efficiency: speed-up / N.",
-        "",
-        table(SCALING_COLUMNS, done),
-    ]
-    return lines
-
-
 def _threads(r: dict) -> str:
     return str(r["threads"]) + ("" if r["numba_threads"] is None else f" + {r['numba_threads']} numba")
+
+
+def _phase(name: str):
+    return (f"{name} ms", lambda r: f"{1000 * r['phase_seconds_per_step'][name]:.1f} ({format_share(r['phase_shares'][name])})")
 
 
 COLUMNS = (
@@ -677,71 +603,50 @@ def wait_share_text(rows: list[dict], device: str, prefetch: bool) -> str:
     return share_range(loader["data_wait_share"], *ratio_range(loader, ceiling))
 
 
-def phase_markdown(rows: list[dict], h: str = "##") -> list[str]:
+def body(report: dict, h: str = "##") -> list[str]:
     from remixmatch.trainer.phases import PHASES
 
-    names = [*PHASES, "other"]
-    return [
-        f"{h} Where a step's time goes",
-        "",
-        markdown_table(["device", "feed", *[f"{name} ms" for name in names]],
-                       [[r["device"], _row_name(r)] + [f"{1000 * r['phase_seconds_per_step'][name]:.1f} "
-                                                       f"({format_share(r['phase_shares'][name])})" for name in names]
-                        for r in rows]),
-        "",
-        f"Per step, over {rows[0]['phase_steps'] if rows else 0} further steps with the device synchronised at every "
-        "phase boundary (remixmatch.trainer.phases): forward = label guess (or pseudo-labels), MixUp, the forward "
-        "of everything that trains and the losses; optimiser = Adam or SGD, weight decay, EMA, "
-        "distribution-alignment history; cta_update = the EMA model scoring the probes, the policy update and "
-        "drawing the next plan.",
-    ]
-
-
-def body(report: dict, h: str = "##") -> list[str]:
     rows, summary, inputs, config = report["results"], report["summary"], report["inputs"], report["config"]
+    done, scaling = measured(rows), report.get("scaling")
     b, k = config["batch"], config["k"]
-    if inputs["shards"] is None:
-        data_line = "Inputs: no shards (synthetic rows only)."
-    else:
-        data_line = (f"Inputs: shards `{inputs['shards']}` ({inputs['dataset']}, {inputs['rows']} train rows, "
-                     f"{inputs['encoding']}); {inputs['labeled_subset']}.")
-    lines = [
-        f"{data_line} {config['algorithm']}, B = {b}, mu = {config.get('uratio', 1)}, K = {k}, BN mode "
-        f"{config.get('bn_mode', 'joint')}; policy: {inputs['policy']}. Each figure: median of "
-        f"{config['reps']} repetitions of back-to-back steps after warm-up (spread: min-max steps/s). "
-        "Data-wait share = 1 - loader steps/s / synthetic steps/s; measured wait = time in next(loader) / time.",
-        "",
-        f"{h} Headline: B = {b}, K = {k}",
-        "",
-    ]
-    for device in DEVICES:
-        s = summary.get(device)
-        if s is None:
-            continue
-        lines.append(f"- {device} ({s['model']}): data-wait share **{wait_share_text(rows, device, True)}** with "
-                     f"prefetch ({wait_share_text(rows, device, False)} without); the paper's 2^20 steps: "
-                     f"**{format_hours(s['projected_hours_loader'])}** loader-fed, "
-                     f"{format_hours(s['projected_hours_synthetic'])} at the synthetic ceiling")
-    lines += [
-        "",
-        table(COLUMNS, measured(rows)),
-        "",
-        "images/s: labeled + unlabeled images (B + B_u) per second; views/s: every view a step reads. "
-        "On the CPU the loader's render and the step share the cores: the data-wait share holds that "
-        "competition too, the measured wait only the time the step stood idle.",
-    ]
-    faster = [r for r in measured(rows) if r["data_wait_share"] is not None and r["data_wait_share"] < FASTER_THAN_CEILING]
+    data = ("no shards (synthetic rows only)" if inputs["shards"] is None else
+            f"shards `{inputs['shards']}` ({inputs['dataset']}, {inputs['rows']} train rows, {inputs['encoding']}); "
+            f"{inputs['labeled_subset']}")
+    lines = [f"Inputs: {data}. {config['algorithm']}, B = {b}, mu = {config.get('uratio', 1)}, K = {k}, BN mode "
+             f"{config.get('bn_mode', 'joint')}; policy: {inputs['policy']}. Each figure: median of {config['reps']} "
+             "repetitions of back-to-back steps after warm-up (spread: min-max steps/s). Data-wait share = 1 - loader "
+             "steps/s / synthetic steps/s; measured wait = time in next(loader) / time.", "",
+             f"{h} Headline: B = {b}, K = {k}", ""]
+    lines += [f"- {device} ({s['model']}): data-wait share **{wait_share_text(rows, device, True)}** with prefetch "
+              f"({wait_share_text(rows, device, False)} without); the paper's 2^20 steps: "
+              f"**{format_hours(s['projected_hours_loader'])}** loader-fed, "
+              f"{format_hours(s['projected_hours_synthetic'])} at the synthetic ceiling"
+              for device in DEVICES if (s := summary.get(device)) is not None]
+    lines += ["", table(COLUMNS, done), "",
+              "images/s: B + B_u images per second; views/s: every view a step reads. On the CPU the loader's render "
+              "and the step share the cores: the data-wait share holds that competition too, the measured wait only "
+              "the time the step stood idle."]
+    faster = [r for r in done if r["data_wait_share"] is not None and r["data_wait_share"] < FASTER_THAN_CEILING]
     if faster:
         lines += ["", "**Loader-fed rows ran faster than the synthetic ceiling** ("
                   + ", ".join(f"{r['device']} {_row_name(r)} {format_share(r['data_wait_share'])}" for r in faster)
-                  + "): the step itself did not get faster, the figures are noise or contention. Seen on a 2-core "
-                  "machine shared with other work: while the loader's Numba OpenMP threads run, torch's OpenMP "
-                  "threads spin less when the cores are oversubscribed (OMP_WAIT_POLICY=PASSIVE closed most of the "
-                  "gap). Rerun on an idle machine, or with --threads 1."]
-    lines += ["", *phase_markdown(measured(rows), h)]
-    scaling = report.get("scaling")
+                  + "): noise or contention, not a faster step (on a shared 2-core machine torch's OpenMP threads "
+                  "spin less while the loader's run; OMP_WAIT_POLICY=PASSIVE closed most of the gap). Rerun on an "
+                  "idle machine, or with --threads 1."]
+    lines += ["", f"{h} Where a step's time goes", "",
+              table((("device", lambda r: r["device"]), ("feed", _row_name), *map(_phase, [*PHASES, "other"])), done),
+              "", f"Per step, over {done[0]['phase_steps'] if done else 0} further steps, the device synchronised at "
+              "every phase boundary (remixmatch.trainer.phases): forward = label guess, MixUp, the training forward "
+              "and the losses; optimiser = the update, weight decay, EMA, distribution-alignment history; "
+              "cta_update = scoring the probes, the policy update, drawing the next plan."]
     if scaling is not None:
-        lines += ["", *scaling_markdown(scaling, h)]
+        lines += ["", f"{h} Scaling: steps/s against processes", ""]
+        steady = measured(scaling)
+        lines += [f"Short real `rmm-train` runs ({steady[0]['algorithm']}, global B = {steady[0]['batch']} fixed: each "
+                  f"of N processes trains B/N, K = {steady[0]['k']}). Step time: the median of metrics.jsonl's "
+                  "step_seconds over the windows after the first. On the CPU each process gets cores / N torch "
+                  "threads and as many Numba threads. Speed-up: over the one-process run; efficiency: speed-up / N.",
+                  "", table(SCALING_COLUMNS, steady)] if steady else ["No scaling run was measured (see Skipped)."]
     skips = [f"- {r['device']} {_row_name(r)}: {r['skipped']}" for r in rows if "skipped" in r]
     skips += [f"- scaling {r['device']}, {r['ranks']} process{'es' if r['ranks'] > 1 else ''}: {r['skipped']}"
               for r in scaling or [] if "skipped" in r]
@@ -760,58 +665,24 @@ def build_parser() -> OneLineParser:
                                                   "2^20-step run projected.")
     add_shards(parser, "; without one the loader rows are skipped")
     add_out(parser)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_REPS} short repetitions (under a minute on 2 cores at B = 64, K = 8; about 90 s "
-                             "with --scaling), and shorter scaling runs")
     add_reps(parser, MIN_REPS, DEFAULT_REPS, QUICK_REPS)
-    parser.add_argument("--batch", type=positive_int, default=64,
-                        help="labeled images per step (64); unlabeled: --uratio times as many")
-    parser.add_argument("--k", type=positive_int, default=None,
-                        help="views per unlabeled image beyond the weak one (default: the algorithm's: 8, "
-                             "FixMatch 1; MixMatch's K = 2 counts the weak view)")
-    parser.add_argument("--uratio", type=positive_int, default=None,
-                        help="unlabeled images per labeled image (default: the algorithm's: 1, FixMatch 7)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                        help="auto: CPU rows, plus CUDA rows where a device is present; cpu; cuda (an error without one)")
-    parser.add_argument("--width", type=positive_int, default=None,
-                        help="first stage's channels (default: 16 on the CPU, 32 on CUDA)")
-    parser.add_argument("--blocks-per-stage", type=positive_int, default=None,
-                        help="residual blocks per stage (default: 1 on the CPU, 4 on CUDA: WRN-28-2)")
+    add_device(parser, "auto: CPU rows, plus CUDA rows where a device is present; cpu; cuda (an error without one)")
     add_threads(parser, "torch threads and the loader's Numba threads")
-    parser.add_argument("--algorithm", default="remixmatch", choices=ALGORITHMS)
-    parser.add_argument("--bn-mode", default="joint", choices=("joint", "reference"),
-                        help="the training forward: one concatenated call (joint, default) or the reference "
-                             "code's K + 2 interleaved chunks (reference): what the concatenation buys")
     add_subset(parser)
-    parser.add_argument("--seed", type=int, default=0, help="run seed: model init, views, MixUp")
-    parser.add_argument("--scaling", action="store_true",
-                        help="also steps/s against the number of processes: short real rmm-train runs on "
-                             "1..--procs-max processes (needs --shards)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the trained model (as rmm-train --compile)")
-    parser.add_argument("--procs-max", type=positive_int, default=None,
-                        help=f"with --scaling: the most processes (default: {DEFAULT_CPU_PROCS_MAX} on the CPU, "
-                             "every visible GPU on CUDA)")
+    add_flags(parser, TrainBenchConfig)
     return parser
 
 
 def config_from_args(args) -> TrainBenchConfig:
     from remixmatch.trainer.config import ConfigError, TrainConfig, preset_values
 
-    reps = checked_reps(args.reps, args.quick, MIN_REPS, DEFAULT_REPS, QUICK_REPS)
-    check_valid(args.valid)
     if args.procs_max is not None and not args.scaling:
         raise BenchInputError("--procs-max goes with --scaling")
-    threads = checked_threads(args.threads)
-    check_out(args.out)
-    shards = shard_directory(args.shards, required=False)
-    check_device(args.device, "; use --device cpu or auto")
+    checked = checked_options(args, reps=(MIN_REPS, DEFAULT_REPS, QUICK_REPS), shards=False,
+                              device_hint="; use --device cpu or auto")
     paper = {**TrainConfig().to_dict(), **preset_values(None, args.algorithm)}  # the algorithm's K and mu
-    config = TrainBenchConfig(out=args.out, shards=shards, quick=args.quick, reps=reps, batch=args.batch,
-                              k=paper["k"] if args.k is None else args.k,
-                              uratio=paper["uratio"] if args.uratio is None else args.uratio, device=args.device,
-                              width=args.width, blocks_per_stage=args.blocks_per_stage, threads=threads,
-                              algorithm=args.algorithm, bn_mode=args.bn_mode, labels=args.labels, valid=args.valid,
-                              seed=args.seed, scaling=args.scaling, procs_max=args.procs_max, compile=args.compile)
+    config = TrainBenchConfig.from_args(args, **checked, k=paper["k"] if args.k is None else args.k,
+                                        uratio=paper["uratio"] if args.uratio is None else args.uratio)
     try:
         for device in DEVICES:
             config.train_config(device)
@@ -821,8 +692,7 @@ def config_from_args(args) -> TrainBenchConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
-                       render_markdown=render_markdown, progress_line=progress_line)
+    return module_main(argv, sys.modules[__name__])
 
 
 def progress_line(r: dict) -> str:

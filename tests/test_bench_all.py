@@ -16,7 +16,7 @@ import pytest
 from datasets_helpers import REPO, assert_cli_error
 from pipeline_helpers import N_LABELED, N_VALID, pipeline_shards  # noqa: F401 (a fixture)
 from remixmatch.bench import compare as bench_compare
-from remixmatch.bench import all_sections as full_report, ptx
+from remixmatch.bench import all_sections, ptx
 from remixmatch.bench.cli import main
 
 B, K = 4, 2
@@ -41,7 +41,7 @@ def test_every_section_is_measured_or_skipped_with_a_reason(quick_all):
     out, rep, _ = quick_all
     assert TOP_KEYS <= rep.keys() and rep["command"] == "all" and rep["schema_version"] == 1
     sections = rep["sections"]
-    assert list(sections) == list(full_report.SECTIONS)
+    assert list(sections) == list(all_sections.SECTIONS)
     for name in ("aug", "pipeline", "train"):
         assert sections[name]["status"] == "measured", sections[name]
         assert sections[name]["report"]["command"] == name
@@ -85,7 +85,7 @@ def test_charts_are_written_or_skipped_with_a_reason(quick_all):
 def test_markdown_names_every_section_and_ends_with_the_projection(quick_all):
     out, rep, _ = quick_all
     text = (out / "report.md").read_text()
-    for name in full_report.SECTIONS:
+    for name in all_sections.SECTIONS:
         assert f"| {name} | {rep['sections'][name]['status']} |" in text
     assert "![step_split](step_split.png)" in text and "Where a step's time goes" in text
     tail = text[text.index("## What this means for a full run"):]
@@ -93,22 +93,22 @@ def test_markdown_names_every_section_and_ends_with_the_projection(quick_all):
 
 
 def test_the_algorithm_goes_to_the_train_section_and_its_projection(tmp_path):
-    config = full_report.AllConfig(out=tmp_path, shards=tmp_path, batch=64, algorithm="fixmatch", quick=True)
-    train = full_report.section_argv("train", config)
+    config = all_sections.AllConfig(out=tmp_path, shards=tmp_path, batch=64, algorithm="fixmatch", quick=True)
+    train = all_sections.section_argv("train", config)
     assert train[train.index("--algorithm") + 1] == "fixmatch" and "--k" not in train  # FixMatch's own K and mu
-    pipeline = full_report.section_argv("pipeline", config)
+    pipeline = all_sections.section_argv("pipeline", config)
     assert pipeline[pipeline.index("--k") + 1] == "8"  # the loaders are measured at ReMixMatch's K
-    explicit = full_report.section_argv("train", full_report.AllConfig(out=tmp_path, algorithm="mixmatch", k=3))
+    explicit = all_sections.section_argv("train", all_sections.AllConfig(out=tmp_path, algorithm="mixmatch", k=3))
     assert explicit[explicit.index("--k") + 1] == "3"
     # a FixMatch train row: B = 64, mu = 7, K = 1, 64 + 64 probes + 448 weak + 448 strong views
     row = {"device": "cpu", "feed": "loader", "prefetch": True, "model": "WRN-10-1", "batch": 64, "k": 1,
            "algorithm": "fixmatch", "unlabeled_batch": 448, "views_per_step": 1024, "seconds_per_step": 2.0,
            "phase_shares": {"data_wait": 0.1}}
     sections = {"train": {"status": "measured", "report": {"results": [row]}}}
-    proj = full_report.projection(sections, config)
+    proj = all_sections.projection(sections, config)
     assert (proj["algorithm"], proj["unlabeled_batch"], proj["k"]) == ("fixmatch", 448, 1)
     assert proj["projected_hours"] == pytest.approx(2.0 * 2**20 / 3600)
-    text = "\n".join(full_report.projection_markdown(proj, config))
+    text = "\n".join(all_sections.projection_markdown(proj, config))
     assert "The fixmatch paper's CIFAR-10 run, 2^20 steps of B = 64 labeled + 448 unlabeled images with K = 1 strong " \
            "views each, 1024 views per step" in text
     assert "not the paper's" not in text

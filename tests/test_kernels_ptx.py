@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from remixmatch.bench import all_sections as full_report, ptx
+from remixmatch.bench import all_sections, ptx
 from remixmatch.bench.cli import main
 from remixmatch.kernels.cuda import kernel_signatures
 
@@ -86,7 +86,7 @@ def test_the_resource_report_covers_every_kernel_without_spills(ptx_files, tmp_p
     assert not [r for r in rows if r["section"] == "sweep"], "--quick: no sweep"
     # rmm-bench all's headline reads the same section.
     sections = {"ptx": {"status": "measured", "report": report}}
-    assert full_report.summarize(sections, None)["max_spill_bytes"] == 0
+    assert all_sections.summarize(sections, None)["max_spill_bytes"] == 0
 
 
 def _fake_ptxas(folder):
