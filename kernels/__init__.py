@@ -15,7 +15,7 @@ from .threads import start_numba_threads
 start_numba_threads()
 
 __all__ = [
-    "AugmentInputError", "apply_ops", "weak_augment", "compile_all",
+    "AugmentInputError", "apply_ops", "weak_augment", "compile_all", "serial_warm_up_arguments",
     "MAX_DEPTH", "NUM_OPS", "OP_ID", "OP_NAMES", "OPS", "RESCALE_FILTERS", "Kind", "Level", "OpSpec",
 ]
 
@@ -30,9 +30,6 @@ def compile_all(*, parallel: bool = True, serial: bool = False) -> float:
 
     import numpy as np
 
-    from .args import apply_args
-    from .tables import kernel_tables, level_form_table
-
     start = time.perf_counter()
     images = np.zeros((1, 8, 8, 3), np.uint8)
     op_ids = np.zeros((1, 1), np.int32)
@@ -44,7 +41,20 @@ def compile_all(*, parallel: bool = True, serial: bool = False) -> float:
     if serial:
         from .cpu import apply_ops_cpu_serial
 
-        apply_ops_cpu_serial(*apply_args(images, op_ids, levels, rand, level_form_table("corrected"), None, None,
-                                         np.zeros(1, np.int32), np.zeros((1, 2), np.int32), 2,
-                                         np.empty_like(images), kernel_tables(8, 8).arrays(), np.asarray))
+        apply_ops_cpu_serial(*serial_warm_up_arguments())
     return time.perf_counter() - start
+
+
+def serial_warm_up_arguments() -> tuple:
+    """Tiny arguments of the types every caller of the serial twin passes (``kernels.args.apply_args``'s),
+    so that :func:`compile_all` compiles and caches the one specialisation they all use."""
+    import numpy as np
+
+    from .args import apply_args
+    from .tables import kernel_tables, level_form_table
+
+    image = np.zeros((1, 8, 8, 3), np.uint8)
+    return tuple(apply_args(image, np.zeros((1, 1), np.int32), np.zeros((1, 1, 2), np.float32),
+                            np.zeros((1, 2, 2), np.float32), level_form_table("corrected"), None, None,
+                            np.zeros(1, np.int32), np.zeros((1, 2), np.int32), 2, np.empty_like(image),
+                            kernel_tables(8, 8).arrays(), np.asarray))

@@ -197,16 +197,10 @@ def test_graph_kernel_batches_match_the_host_fetcher(cifar, kernel):
         # (kernels.compile_all(serial=True)), not one of its own.
         import numba
 
-        from remixmatch.kernels.args import apply_args
+        from remixmatch.kernels import serial_warm_up_arguments
         from remixmatch.kernels.cpu import apply_ops_cpu_serial
-        from remixmatch.kernels.tables import kernel_tables, level_form_table
 
-        one = np.zeros((1, 8, 8, 3), np.uint8)
-        args = apply_args(one, np.zeros((1, 1), np.int32), np.zeros((1, 1, 2), np.float32),
-                          np.zeros((1, 2, 2), np.float32), level_form_table("corrected"), None, None,
-                          np.zeros(1, np.int32), np.zeros((1, 2), np.int32), 4, np.empty_like(one),
-                          kernel_tables(8, 8).arrays(), np.asarray)
-        assert apply_ops_cpu_serial.signatures == [tuple(numba.typeof(a) for a in args)]
+        assert apply_ops_cpu_serial.signatures == [tuple(numba.typeof(a) for a in serial_warm_up_arguments())]
 
 
 def test_graph_fetcher_render_and_fetch(cifar):
