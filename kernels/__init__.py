@@ -20,28 +20,23 @@ __all__ = [
 ]
 
 
-def compile_all(*, parallel: bool = True, serial: bool = False) -> float:
-    """Compiles the CPU kernels into their on-disk cache now (a first call would otherwise pay it);
-    returns the seconds spent. ``parallel``: the kernels behind :func:`apply_ops` and
-    :func:`weak_augment`; ``serial``: their one-thread twin, which DALI's in-graph kernel calls
-    (``remixmatch.kernels.cpu.apply_ops_cpu_serial``). Separate switches, so that two processes can
-    compile them side by side."""
+def compile_all() -> float:
+    """Compiles every CPU kernel into its on-disk cache now (a first call would otherwise pay it);
+    returns the seconds spent: the kernels behind :func:`apply_ops` and :func:`weak_augment`, and
+    their one-thread twin, which DALI's in-graph kernel calls
+    (``remixmatch.kernels.cpu.apply_ops_cpu_serial``). The twin reuses the view function the
+    parallel kernel compiled, so it costs seconds here."""
     import time
 
     import numpy as np
 
+    from .cpu import apply_ops_cpu_serial
+
     start = time.perf_counter()
     images = np.zeros((1, 8, 8, 3), np.uint8)
-    op_ids = np.zeros((1, 1), np.int32)
-    levels = np.zeros((1, 1, 2), np.float32)
-    rand = np.zeros((1, 2, 2), np.float32)
-    if parallel:
-        apply_ops(images, op_ids, levels, rand)
-        weak_augment(images, np.zeros(1, np.int32), np.zeros((1, 2), np.int32), pad=2)
-    if serial:
-        from .cpu import apply_ops_cpu_serial
-
-        apply_ops_cpu_serial(*serial_warm_up_arguments())
+    apply_ops(images, np.zeros((1, 1), np.int32), np.zeros((1, 1, 2), np.float32), np.zeros((1, 2, 2), np.float32))
+    weak_augment(images, np.zeros(1, np.int32), np.zeros((1, 2), np.int32), pad=2)
+    apply_ops_cpu_serial(*serial_warm_up_arguments())
     return time.perf_counter() - start
 
 

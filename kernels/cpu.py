@@ -1,6 +1,15 @@
 """The CPU backend: one ``njit(parallel=True)`` pass over views, each view's ops chained in two
 private buffers, the pixel math inlined from :mod:`pixel_math`.
 
+One view is one compiled function, :func:`_apply_view`, called by the parallel kernel and by its
+one-thread twin alike, so it compiles once (about 60 s on one core) instead of once inlined into
+each kernel's loop (about 290 s each: Numba and LLVM work superlinearly on a loop holding the
+whole op chain). It is compiled as a function outside a parfor would not be: with Numba's
+parfor simplification (copy propagation and dead-code removal) but no parallel transformation.
+Without it, every inlined pixel_math call copies its array arguments into new variables, each a
+reference-count increment and decrement per pixel: 5-30x slower views (the figures:
+docs/results.md, "One compiled view").
+
 The views are handed out dynamically, ``CHUNK`` at a time, from an atomic counter: each of the
 Numba threads claims the next chunk when it is done with its last. Numba's own ``prange`` split
 is static (fixed halves on 2 threads, and its chunk size does not change that under the OpenMP
@@ -12,10 +21,15 @@ Which thread renders a view changes nothing of its pixels.
 
 from __future__ import annotations
 
+import os
+import re
+import warnings
+
 import numba
 import numpy as np
 from numba import prange
 from numba.core import cgutils, types
+from numba.core.errors import NumbaPerformanceWarning
 from numba.extending import intrinsic
 
 from . import jit_cache
@@ -53,10 +67,24 @@ def _claim(typingctx, counter, chunk):
     return sig, codegen
 
 
+# Element loops rather than slice assignment: outside a parfor, ``x[:] = y`` is Numba's generic
+# broadcasting setitem, about 3 us for a 32x32 view.
+@numba.njit(inline="always")
+def _copy(source, target):
+    for i in range(target.shape[0]):
+        target[i] = source[i]
+
+
+@numba.njit(inline="always")
+def _zero(target):
+    for i in range(target.shape[0]):
+        target[i] = 0
+
+
 @numba.njit(inline="always")
 def _load_view(image, buf, height, width, weak, flip, off_y, off_x, pad):
     if not weak:
-        buf[:] = image
+        _copy(image, buf)
         return
     for y in range(height):
         for x in range(width):
@@ -67,22 +95,41 @@ def _load_view(image, buf, height, width, weak, flip, off_y, off_x, pad):
             buf[d + 2] = image[s + 2]
 
 
+# ``parallel=`` with every transformation off: Numba still runs its parfor passes' simplification
+# (see the module docstring) and leaves the function serial, callable from a parfor body and from a
+# compiled callback alike. Numba warns that nothing became parallel: that is the intent, and the
+# filter is this file's alone (the warning names the function's file).
+SIMPLIFY_ONLY = {"comprehension": False, "prange": False, "setitem": False, "numpy": False,
+                 "reduction": False, "inplace_binop": False, "stencil": False, "fusion": False}
+warnings.filterwarnings(
+    "ignore", category=NumbaPerformanceWarning,
+    message=r"(?s).*no transformation for parallel execution was possible.*" + re.escape(os.path.join("kernels", "cpu.py")))
+
+
 @numba.njit(inline="always")
-def _apply_view(image, op_ids, levels, rand, forms, cutout, cutout_level, height, width, weak, flip, off_y,
-                off_x, pad, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
-    # One view end to end, in three private buffers: a (input), b (output), rows (row passes).
+def _scratch(height, width):
+    """One thread's buffers for its views, allocated once per call rather than per view: the image
+    in flight (two, swapped per op), the row pass's, the int and float parameters, the coordinates,
+    the histogram, the table and the row accumulator."""
     size = height * width * 3
+    return (np.empty(size, np.uint8), np.empty(size, np.uint8), np.empty(size, np.uint8),
+            np.empty(PARAMS_I, np.int32), np.empty(PARAMS_F, np.float64), np.empty(height + width, np.int32),
+            np.empty(LUT_SIZE, np.int32), np.empty(LUT_SIZE, np.int32), np.empty(max(height, width) * 3, np.int32))
+
+
+# error_model="numpy" as in a parfor body: no zero-division branch per integer division.
+@numba.njit(parallel=SIMPLIFY_ONLY, error_model="numpy", nogil=True)
+def _apply_view(image, op_ids, levels, rand, forms, cutout, cutout_level, height, width, weak, flip, off_y,
+                off_x, pad, out, rotations, bounds_y, coef_y, bounds_x, coef_x, scratch):
+    # One view end to end, in three of the thread's buffers: a (input), b (output), rows (row passes).
     pixels = height * width
     depth = op_ids.shape[0]
-    a = np.empty(size, np.uint8)
-    b = np.empty(size, np.uint8)
-    rows = np.empty(size, np.uint8)
-    params_i = np.zeros(PARAMS_I, np.int32)
-    params_f = np.zeros(PARAMS_F, np.float64)
-    coords = np.zeros(height + width, np.int32)
-    hist = np.zeros(LUT_SIZE, np.int32)
-    lut = np.zeros(LUT_SIZE, np.int32)
-    acc = np.empty(max(height, width) * 3, np.int32)
+    a, b, rows, params_i, params_f, coords, hist, lut, acc = scratch
+    # Zeroed as fresh ones would be: a view's pixels never depend on the view before it.
+    _zero(params_i)
+    _zero(params_f)
+    _zero(coords)
+    _zero(lut)
     _load_view(image, a, height, width, weak, flip, off_y, off_x, pad)
     steps = depth + (1 if cutout else 0)
     for step in range(steps):
@@ -99,7 +146,7 @@ def _apply_view(image, op_ids, levels, rand, forms, cutout, cutout_level, height
         fns.prepare_op(op, v0, v1, u0, u1, height, width, params_i, params_f, coords, rotations,
                        forms)
         if fns.needs_histogram(op):
-            hist[:] = 0
+            _zero(hist)
             for p in range(pixels):
                 for c in range(3):
                     slot = fns.histogram_slot(op, a, p, c)
@@ -128,18 +175,18 @@ def _apply_view(image, op_ids, levels, rand, forms, cutout, cutout_level, height
                         fns.op_pixel(op, a, rows, b, y, x, height, width, params_i, params_f,
                                      coords, bounds_y, coef_y)
         a, b = b, a
-    out[:] = a
+    _copy(a, out)
 
 
 @numba.njit(inline="always")
 def _render_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms, cutout,
-                 cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
+                 cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x, scratch):
     flip = flips[n] if weak else 0
     off_y = offsets[n, 0] if weak else 0
     off_x = offsets[n, 1] if weak else 0
     image = images[fns.clamp_index(sources[n], images.shape[0])]
     _apply_view(image, op_ids[n], levels[n], rand[n], forms, cutout, cutout_level, height, width,
-                weak, flip, off_y, off_x, pad, out[n], rotations, bounds_y, coef_y, bounds_x, coef_x)
+                weak, flip, off_y, off_x, pad, out[n], rotations, bounds_y, coef_y, bounds_x, coef_x, scratch)
 
 
 # nogil: a loader thread renders the next step's views while the trainer runs Python.
@@ -151,13 +198,15 @@ def apply_ops_cpu(images, sources, weak, flips, offsets, pad, op_ids, levels, ra
     views = out.shape[0]
     counter = np.zeros(1, np.int64)
     for _ in prange(_CLAIMERS):
+        scratch = _scratch(height, width)
         while True:
             first = _claim(counter, CHUNK)
             if first >= views:
                 break
             for n in range(first, min(first + CHUNK, views)):
                 _render_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms, cutout,
-                             cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x)
+                             cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x,
+                             scratch)
 
 
 # The same views, in order, on the calling thread, cached on disk beside the parallel build: DALI's
@@ -168,9 +217,10 @@ def apply_ops_cpu(images, sources, weak, flips, offsets, pad, op_ids, levels, ra
 @numba.njit(cache=True, nogil=True)
 def apply_ops_cpu_serial(images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms, cutout,
                          cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x):
+    scratch = _scratch(height, width)
     for n in range(out.shape[0]):
         _render_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms, cutout,
-                     cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x)
+                     cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x, scratch)
 
 
 # The parameters are the fields of args.WeakArgs, in order.

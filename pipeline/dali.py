@@ -293,7 +293,7 @@ def _numba_runner(pad: int, height: int, width: int, semantics: str):
     rotations, bounds_y, coef_y, bounds_x, coef_x = kernel_tables(height, width).arrays()
     forms = level_form_table(semantics)
     # The arguments typed as kernels.args.apply_args types them, so that the callback calls the very
-    # specialisation kernels.compile_all(serial=True) compiles and caches instead of compiling one of its
+    # specialisation kernels.compile_all() compiles and caches instead of compiling one of its
     # own (minutes): int32 scalars, booleans read from an array (a Python True would reach the kernel as
     # a literal type), and DALI's inputs, which numba_function hands over as optional arrays, reshaped
     # into plain ones.

@@ -194,7 +194,7 @@ def test_graph_kernel_batches_match_the_host_fetcher(cifar, kernel):
     assert any(not np.array_equal(host[0]["views"], b["views"]) for b in host[1:])
     if kernel == "numba":
         # The callback calls the one specialisation `make test` compiles and caches beforehand
-        # (kernels.compile_all(serial=True)), not one of its own.
+        # (kernels.compile_all()), not one of its own.
         import numba
 
         from remixmatch.kernels import serial_warm_up_arguments
