@@ -1,26 +1,12 @@
 """``rmm-bench all``: one report that shows where a training step's time goes, and what a full run costs.
 
-    rmm-bench all [--device cpu|cuda] [--quick] [--shards DIR] [--algorithm NAME] [--batch 64] [--k K] [--threads N]
-                  [--labels 250] [--valid 5000] [--width W] [--blocks-per-stage N] [--skip SECTION ...]
-                  --out DIR
+Runs ``aug``, ``ptx``, ``pipeline`` (needs --shards) and ``train`` (of --algorithm, with the step
+split; with ``--scaling`` where more than one device is usable and not --quick: the ``scaling``
+section), each as its own ``rmm-bench`` process writing its report under ``DIR/<section>/``: one
+section's threads, DALI or CUDA context never touch the next, and a section that fails leaves the
+others standing.
 
-Runs, each as its own ``rmm-bench`` process (so one section's threads, DALI or CUDA context never
-touch the next, and a section that fails leaves the others standing), writing its own report under
-``DIR/<section>/``:
-
-- ``aug``: strong views/s of the kernels against the PIL reference (``rmm-bench aug``);
-- ``ptx``: registers, spills, shared memory and occupancy of every CUDA kernel (``rmm-bench ptx``;
-  no GPU needed);
-- ``pipeline``: complete step batches/s, the loaders against the PIL pool (``rmm-bench pipeline``;
-  needs --shards);
-- ``train``: training steps/s, ready tensors against the loader, and the step split into its phases
-  (``rmm-bench train``), of --algorithm (remixmatch, fixmatch, mixmatch or supervised, each with its
-  paper's settings; the projection is then that method's paper-length run);
-- ``scaling``: steps/s against processes, measured by the train section's run (``rmm-bench train
-  --scaling``; CPU: 1..2 processes when two cores are usable; CUDA: 1..every GPU when more than one
-  is visible; not with --quick: it runs real ``rmm-train`` jobs).
-
-``DIR/report.json`` (schema of :mod:`remixmatch.bench.report`, ``"command": "all"``) adds::
+``DIR/report.json`` (``"command": "all"``) adds::
 
     "sections": {"aug" | "ptx" | "pipeline" | "train" | "scaling": a SectionRow (remixmatch.bench.rows)
         without its null fields; scaling's holds the train section's scaling "rows" and "summary"},
@@ -39,8 +25,7 @@ touch the next, and a section that fails leaves the others standing), writing it
     "summary": {"numba_cpu_vs_pil", "numba_cuda_best_views_per_s", "torch_vs_reference",
                 "train_steps_per_s", "data_wait_share", "max_spill_bytes", ...}   # headline figures, null when absent
 
-``DIR/report.md`` holds every section's tables and ends with the projection. The PNG charts need
-matplotlib (the ``plots`` extra); without it each chart is listed as skipped with the reason.
+The PNG charts need matplotlib (the ``plots`` extra); without it each chart is listed as skipped.
 """
 
 from __future__ import annotations
@@ -48,7 +33,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -57,12 +42,15 @@ from remixmatch.trainer.config import ALGORITHMS
 
 from . import aug, loaders, ptx, train_steps
 from .charts import draw_charts
-from .core import add_out, add_shards, add_subset, add_threads, check_out, check_valid, gpu_count, shard_directory
+from .core import (
+    CommandConfig, check_out, check_valid, command_parser, flag, gpu_count, labels_flag, out_flag, shard_directory,
+    shards_flag, threads_flag, valid_flag,
+)
 from .errors import BenchError
 from .render import frame
 from .report import (
     RunConditions, finish_report, format_hours, format_rate, format_ratio, format_share, machine_info, new_report,
-    report_main, usable_cpus,
+    usable_cpus,
 )
 from .rows import SectionRow
 from .section_rows import aug_row, measured_rows, section_report
@@ -77,20 +65,24 @@ BODIES = {"aug": aug.body, "ptx": ptx.body, "pipeline": loaders.body, "train": t
 
 
 @dataclass(frozen=True)
-class AllConfig:
-    out: Path
-    device: str = "cpu"
-    quick: bool = False
-    shards: Path | None = None
-    batch: int = 64
-    k: int | None = None  # None: the algorithm's K in train; 8 (ReMixMatch's) for the aug and pipeline sections
-    threads: int | None = None
-    algorithm: str = "remixmatch"
-    labels: int = 250
-    valid: int = 5000
-    width: int | None = None
-    blocks_per_stage: int | None = None
-    skip: tuple[str, ...] = field(default_factory=tuple)
+class AllConfig(CommandConfig):
+    out: Path = out_flag("report.json, report.md and the charts")
+    device: str = flag("cpu", "the kernels and training device (cuda: an error without one)", choices=("cpu", "cuda"))
+    quick: bool = flag(False, "every section's --quick; no scaling section")
+    shards: Path | None = shards_flag("; without one pipeline and scaling are skipped and the train section measures "
+                                      "ready tensors only")
+    batch: int = flag(64, "labeled = unlabeled images per step (64)", type=positive_int)
+    k: int | None = flag(None, "views per unlabeled image beyond the weak one (default: 8 for aug and pipeline, the "
+                               "algorithm's for train)", type=positive_int)
+    threads: int | None = threads_flag("threads per section", None)
+    algorithm: str = flag("remixmatch", "the method the train section measures, with its paper's settings "
+                                        "(remixmatch)", choices=ALGORITHMS)
+    labels: int = labels_flag()
+    valid: int = valid_flag()
+    width: int | None = flag(None, "the trained model's first-stage channels", type=positive_int)
+    blocks_per_stage: int | None = flag(None, "residual blocks per stage", type=positive_int)
+    skip: tuple[str, ...] = flag((), f"leave a section out (repeatable): {', '.join(SECTIONS)}", parsed=[],
+                                 action="append", choices=SECTIONS, metavar="SECTION")
 
 
 # ---- sections -------------------------------------------------------------------------------------
@@ -327,8 +319,7 @@ def render_markdown(report: dict) -> str:
 # ---- the run --------------------------------------------------------------------------------------
 
 def run(config: AllConfig, log: Callable[[object], None]) -> dict:
-    report = new_report("all", {**{k: (str(v) if isinstance(v, Path) else v) for k, v in config.__dict__.items()},
-                                "skip": list(config.skip)})
+    report = new_report("all", {**config.as_dict(), "skip": list(config.skip)})
     conditions, start = RunConditions(), time.perf_counter()
     sections = {}
     for name in SECTIONS[:-1]:
@@ -358,28 +349,9 @@ def run(config: AllConfig, log: Callable[[object], None]) -> dict:
 # ---- command line ---------------------------------------------------------------------------------
 
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG, description="One report: views/s per backend against PIL, CUDA kernel "
-                                                  "resources, step batches/s, training steps/s with the step split "
-                                                  "into its phases, scaling, and the paper's run projected.")
-    add_out(parser, "report.json, report.md and the charts")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                        help="the kernels and training device (cuda: an error without one)")
-    parser.add_argument("--quick", action="store_true", help="every section's --quick; no scaling section")
-    add_shards(parser, "; without one pipeline and scaling are skipped and the train section measures ready "
-                       "tensors only")
-    parser.add_argument("--batch", type=positive_int, default=64, help="labeled = unlabeled images per step (64)")
-    parser.add_argument("--k", type=positive_int, default=None,
-                        help="views per unlabeled image beyond the weak one (default: 8 for aug and pipeline, the "
-                             "algorithm's for train)")
-    parser.add_argument("--algorithm", default="remixmatch", choices=ALGORITHMS,
-                        help="the method the train section measures, with its paper's settings (remixmatch)")
-    add_threads(parser, "threads per section")
-    add_subset(parser)
-    parser.add_argument("--width", type=positive_int, default=None, help="the trained model's first-stage channels")
-    parser.add_argument("--blocks-per-stage", type=positive_int, default=None, help="residual blocks per stage")
-    parser.add_argument("--skip", action="append", default=[], choices=SECTIONS, metavar="SECTION",
-                        help=f"leave a section out (repeatable): {', '.join(SECTIONS)}")
-    return parser
+    return command_parser(PROG, "One report: views/s per backend against PIL, CUDA kernel resources, step batches/s, "
+                                "training steps/s with the step split into its phases, scaling, and the paper's run "
+                                "projected.", AllConfig)
 
 
 def config_from_args(args) -> AllConfig:
@@ -388,19 +360,4 @@ def config_from_args(args) -> AllConfig:
     check_valid(args.valid)
     if args.device == "cuda" and gpu_count() == 0:
         raise BenchError("--device cuda: no CUDA device (torch.cuda.is_available() is False); use --device cpu")
-    return AllConfig(out=args.out, device=args.device, quick=args.quick, shards=shards, batch=args.batch,
-                     k=args.k, algorithm=args.algorithm, threads=args.threads, labels=args.labels, valid=args.valid,
-                     width=args.width, blocks_per_stage=args.blocks_per_stage, skip=tuple(args.skip))
-
-
-def progress_line(item) -> str:
-    return str(item)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=config_from_args, run=run,
-                       render_markdown=render_markdown, progress_line=progress_line)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return AllConfig.from_args(args, shards=shards, skip=tuple(args.skip))

@@ -20,13 +20,13 @@ from remixmatch.pipeline.policy import Policies, uniform_policies
 
 from .cli import AugConfig
 from .core import (
-    Timing, checked_options, find, no_sync, numba_threads_info, process_pool, time_calls,
+    Timing, checked_options, find, numba_threads_info, process_pool, time_calls,
 )
 from .errors import BenchError
 from .images import ImageSet, load_images
 from .render import frame, skipped_block, table
 from .report import format_rate, format_ratio, machine_info, new_report
-from .rows import CompileRow, ViewsRow
+from .rows import CompileRow, ViewsRow, skipped as rows_skipped
 
 BATCH = 64  # images per batch: the reference code's unlabeled batch
 HEADLINE_K = 8  # strong views per image (ReMixMatch's default K)
@@ -38,6 +38,7 @@ DEFAULT_REPS = 7
 # Calls shorter than this are repeated back to back within one repetition, so that timer resolution
 # and per-call jitter do not dominate; quick runs accept a noisier figure to stay under two minutes.
 REP_SECONDS = {False: 0.2, True: 0.05}
+MAX_CALLS = 1000  # per repetition
 
 
 class AugInputError(BenchError):
@@ -58,17 +59,6 @@ def config_from_args(args) -> AugConfig:
                                                        cuda_reason=cuda_unavailable_reason))
 
 
-# ---- timing ---------------------------------------------------------------------------------------
-
-def measure(call: Callable[[], object], reps: int, rep_seconds: float, sync: Callable[[], None] = no_sync) -> Timing:
-    """One warm-up call (its duration sizes the repetitions), then ``reps`` timed repetitions."""
-    return time_calls(call, reps, rep_seconds, max_calls=1000, sync=sync)
-
-
-def time_first_call(call: Callable[[], object], sync: Callable[[], None] = no_sync) -> float:
-    return time_calls(call, 0, 0.0, sync=sync).first_seconds
-
-
 def row(backend: str, k: int, batch: int, view_set: ViewSet, op: str | None, timing: Timing,
         threads: int, device: str, inputs: str = "host", **extra) -> dict:
     return asdict(ViewsRow(backend=backend, k=k, batch=batch, views=view_set.views, depth=view_set.depth, op=op,
@@ -77,7 +67,7 @@ def row(backend: str, k: int, batch: int, view_set: ViewSet, op: str | None, tim
 
 
 def skipped(backend: str, reason: str) -> dict:
-    return {"bench": "aug", "backend": backend, "skipped": reason}
+    return rows_skipped(ViewsRow, reason, backend=backend)
 
 
 def _import_error_reason(module: str, error: BaseException) -> str:
@@ -164,8 +154,8 @@ def run_pil(work: Workload, config: AugConfig, log) -> list[dict]:
     if not config.quick:
         cases += [(name, work.single_op(op_id)) for op_id, name in op_table()]
     for op, view_set in cases:
-        timing = measure(lambda p=view_set: apply_ops_batch(pixels, *p.policies.arrays(), sources=p.sources),
-                         config.reps, rep_seconds)
+        timing = time_calls(lambda p=view_set: apply_ops_batch(pixels, *p.policies.arrays(), sources=p.sources),
+                            config.reps, rep_seconds, max_calls=MAX_CALLS)
         rows.append(row("pil", HEADLINE_K, BATCH, view_set, op, timing, threads=1, device="cpu"))
         log(rows[-1])
     return rows
@@ -190,8 +180,8 @@ def run_pil_pool(work: Workload, config: AugConfig, log) -> list[dict]:
     processes = config.threads
     with process_pool(processes) as (pool, startup):
         view_set = work.mixed()
-        timing = measure(_pool_call(pool, work.images.pixels, view_set, HEADLINE_K, processes),
-                         config.reps, REP_SECONDS[config.quick])
+        timing = time_calls(_pool_call(pool, work.images.pixels, view_set, HEADLINE_K, processes),
+                            config.reps, REP_SECONDS[config.quick], max_calls=MAX_CALLS)
     result = row("pil-pool", HEADLINE_K, BATCH, view_set, None, timing, threads=processes, device="cpu",
                  startup_seconds=startup)
     log(result)
@@ -248,13 +238,14 @@ def run_numba_cpu(work: Workload, config: AugConfig, log) -> tuple[list[dict], d
         compile_seconds = time.perf_counter() - start
     headline = work.mixed()
     headline_call = bound(headline)
-    first = time_first_call(headline_call)
+    first = time_calls(headline_call, 0, 0.0).first_seconds
     cache = numba_cache_outcome("remixmatch.kernels.cpu")
 
     rows = []
     for k in K_SWEEP:
         view_set = headline if k == HEADLINE_K else work.mixed(k)
-        timing = measure(headline_call if k == HEADLINE_K else bound(view_set), config.reps, rep_seconds)
+        timing = time_calls(headline_call if k == HEADLINE_K else bound(view_set), config.reps, rep_seconds,
+                            max_calls=MAX_CALLS)
         rows.append(row("numba-cpu", k, BATCH, view_set, None, timing, config.threads, "cpu"))
         log(rows[-1])
     steady = next(r["seconds"] for r in rows if r["k"] == HEADLINE_K)
@@ -263,7 +254,8 @@ def run_numba_cpu(work: Workload, config: AugConfig, log) -> tuple[list[dict], d
     for op_id, name in op_table():
         view_set = work.single_op(op_id)
         rows.append(row("numba-cpu", HEADLINE_K, BATCH, view_set, name,
-                        measure(bound(view_set), config.reps, rep_seconds), config.threads, "cpu"))
+                        time_calls(bound(view_set), config.reps, rep_seconds, max_calls=MAX_CALLS), config.threads,
+                        "cpu"))
         log(rows[-1])
     return rows, {"numba": numba.get_num_threads(), **numba_threads_info()}
 
@@ -315,21 +307,22 @@ def run_numba_cuda(work: Workload, config: AugConfig, log) -> list[dict]:
         images = cuda.to_device(work.images.tiled(batch), stream=stream)
         view_set = work.mixed(HEADLINE_K, batch)
         for on_device in (True, False):
-            call = bound(images, view_set, on_device)
-            first = None if rows else time_first_call(call, stream.synchronize)
-            timing = measure(call, config.reps, rep_seconds, stream.synchronize)
+            # The very first call compiles: one more call sizes the repetitions.
+            timing = time_calls(bound(images, view_set, on_device), config.reps, rep_seconds, max_calls=MAX_CALLS,
+                                warm_calls=0 if rows else 1, sync=stream.synchronize)
             rows.append(row("numba-cuda", HEADLINE_K, batch, view_set, None, timing, 1, device,
                             inputs="device" if on_device else "host"))
             log(rows[-1])
-            if first is not None:
-                compiled = compile_entry("numba-cuda", None, first, timing.median_seconds,
+            if len(rows) == 1:  # the kernel's first call compiled it
+                compiled = compile_entry("numba-cuda", None, timing.first_seconds, timing.median_seconds,
                                          numba_cache_outcome("remixmatch.kernels.cuda"))
                 log(compiled)
     # Per-op rows at the largest N, whose images the last size left on the device.
     for op_id, name in op_table():
         view_set = work.single_op(op_id, HEADLINE_K, batch)
         rows.append(row("numba-cuda", HEADLINE_K, batch, view_set, name,
-                        measure(bound(images, view_set, True), config.reps, rep_seconds, stream.synchronize),
+                        time_calls(bound(images, view_set, True), config.reps, rep_seconds, max_calls=MAX_CALLS,
+                                   sync=stream.synchronize),
                         1, device, inputs="device"))
         log(rows[-1])
     return [compiled] + rows

@@ -19,7 +19,9 @@ from pathlib import Path
 from remixmatch.common.cli import OneLineParser, positive_int, run_cli
 from remixmatch.common.paths import SHARDS_ENV
 
-from .core import CommandConfig, add_device, add_flags, add_out, add_reps, add_threads, flag
+from .core import (
+    CommandConfig, add_flags, command_parser, device_flag, flag, out_flag, reps_flag, threads_flag,
+)
 
 PROG = "rmm-bench"
 
@@ -46,11 +48,12 @@ DELEGATED = {
 class AugConfig(CommandConfig):
     """The options of ``rmm-bench aug`` (here, not in aug.py: ``--help`` imports no NumPy or Numba)."""
 
-    out: Path
-    device: str = "auto"  # "auto": CPU backends, plus numba-cuda when a device is present
+    out: Path = out_flag()
+    device: str = device_flag("which Numba backends to run: auto (CPU, plus CUDA if a device is present), cpu, or "
+                              "cuda (an error without a device); the PIL reference always runs")
     quick: bool = flag(False, "5 repetitions, shorter repetitions, no PIL per-op rows (under 2 minutes on 2 cores)")
-    reps: int = 7
-    threads: int = 1
+    reps: int = reps_flag(5, 7, 5, "figure")
+    threads: int = threads_flag("Numba threads and PIL pool processes")
     images: str | None = flag(None, "instead of --shards: a tar archive or a directory of PNG/JPEG files (its "
                                     "train/ part)", metavar="PATH")
     shards: str | None = flag(None, f"a shard directory (prep-cifar10 --out): the first 64 images of its train "
@@ -63,28 +66,17 @@ class AugConfig(CommandConfig):
                         "(5 alternating runs each: the kernel on oversubscribed cores)", type=int, metavar="N")
 
 
-def add_aug_arguments(aug: OneLineParser) -> None:
-    add_out(aug)
-    add_device(aug, "which Numba backends to run: auto (CPU, plus CUDA if a device is present), cpu, or cuda "
-                    "(an error without a device); the PIL reference always runs")
-    add_reps(aug, 5, 7, 5, "figure")
-    add_threads(aug, "Numba threads and PIL pool processes")
-    add_flags(aug, AugConfig)
-
-
 AUG = "CTAugment strong views/s: Numba CPU/CUDA kernels vs the PIL reference"
 
 
 def aug_parser() -> OneLineParser:
-    parser = OneLineParser(prog=f"{PROG} aug", description=f"{AUG}.")
-    add_aug_arguments(parser)
-    return parser
+    return command_parser(f"{PROG} aug", f"{AUG}.", AugConfig)
 
 
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Benchmarks of the ReMixMatch building blocks.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_aug_arguments(commands.add_parser("aug", help=AUG, description=f"{AUG}."))
+    add_flags(commands.add_parser("aug", help=AUG, description=f"{AUG}."), AugConfig)
     for name, (_, help_text) in DELEGATED.items():
         commands.add_parser(name, help=f"{help_text} (see: {PROG} {name} --help)", add_help=False)
     return parser
@@ -122,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["aug"]:
         return run_aug(argv[1:])
     if argv and argv[0] in DELEGATED:
-        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
+        from .render import module_main
+
+        module = importlib.import_module(DELEGATED[argv[0]][0])
+        return module.main(argv[1:]) if hasattr(module, "main") else module_main(argv[1:], module)
     parser = build_parser()
     return run_cli(parser.prog, lambda: parser.parse_args(argv))
 

@@ -123,6 +123,16 @@ def find(rows: list[dict], **match) -> dict | None:
     return next((r for r in measured(rows) if all(r.get(k) == v for k, v in match.items())), None)
 
 
+def value(row: dict | None, key: str):
+    """A summary's figure: the row's field, None where the row was not measured."""
+    return row[key] if row else None
+
+
+def ratio(a: dict | None, b: dict | None, key: str = "steps_per_s") -> float | None:
+    """A summary's ratio of two rows' figures, None where either was not measured."""
+    return a[key] / b[key] if a and b else None
+
+
 def error_reason(error: BaseException) -> str:
     """An exception as the one-line reason a skipped row gives."""
     text = " ".join(str(error).split()) or type(error).__name__
@@ -194,38 +204,42 @@ def process_pool(processes: int):
 
 # ---- command-line options and their checks -------------------------------------------------------------
 
-def add_out(parser: OneLineParser, what: str = "report.json and report.md") -> None:
-    parser.add_argument("--out", type=Path, required=True, help=f"directory for {what}")
-
-
-def add_device(parser: OneLineParser, help: str) -> None:
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=help)
-
-
-def add_reps(parser: OneLineParser, minimum: int, default: int, quick: int, what: str = "row") -> None:
-    parser.add_argument("--reps", type=int, default=None,
-                        help=f"timed repetitions per {what}, at least {minimum} (default {default}; {quick} with --quick)")
-
-
-def add_threads(parser: OneLineParser, what: str) -> None:
-    parser.add_argument("--threads", type=positive_int, default=None, help=f"{what} (default: all usable cores)")
-
-
-def add_shards(parser: OneLineParser, without: str = "") -> None:
-    parser.add_argument("--shards", type=Path, default=None,
-                        help=f"a shard directory (prep-cifar10 --out; default: ${SHARDS_ENV}){without}")
-
-
-def add_subset(parser: OneLineParser) -> None:
-    parser.add_argument("--labels", type=positive_int, default=250, help="labeled images of the subset (250)")
-    parser.add_argument("--valid", type=int, default=5000, help="training rows held out as validation (5000)")
-
-
-def flag(default=None, help: str | None = None, *, parsed: object = ..., **argparse):
-    """A config field that is also its command's ``--name`` option (:func:`add_flags`): ``parsed``,
-    when given, is the option's default where a later check resolves it (None: "the algorithm's")."""
+def flag(default=None, help: str | None = None, *, parsed: object = ..., option: str | None = None, **argparse):
+    """A config field that is also its command's ``--name`` option (:func:`add_flags`; ``option``: another
+    name): ``parsed``, when given, is the option's default where a later check resolves it (None: "the
+    algorithm's", or a check's default)."""
     return field(default=default, metadata={"flag": {"default": default if parsed is ... else parsed,
-                                                     "help": help, **argparse}})
+                                                     "help": help, **argparse}, "option": option})
+
+
+# The options most commands share, as flag fields; checked_options checks them.
+def out_flag(what: str = "report.json and report.md"):
+    return flag(None, f"directory for {what}", type=Path, required=True)
+
+
+def device_flag(help: str):
+    return flag("auto", help, choices=("auto", "cpu", "cuda"))
+
+
+def reps_flag(minimum: int, default: int, quick: int, what: str = "row"):
+    return flag(default, f"timed repetitions per {what}, at least {minimum} (default {default}; {quick} with --quick)",
+                parsed=None, type=int)
+
+
+def threads_flag(what: str, default: int | None = 1):
+    return flag(default, f"{what} (default: all usable cores)", parsed=None, type=positive_int)
+
+
+def shards_flag(without: str = ""):
+    return flag(None, f"a shard directory (prep-cifar10 --out; default: ${SHARDS_ENV}){without}", type=Path)
+
+
+def labels_flag():
+    return flag(250, "labeled images of the subset (250)", type=positive_int)
+
+
+def valid_flag():
+    return flag(5000, "training rows held out as validation (5000)", type=int)
 
 
 def add_flags(parser: OneLineParser, config_class) -> None:
@@ -234,7 +248,15 @@ def add_flags(parser: OneLineParser, config_class) -> None:
     for f in fields(config_class):
         if "flag" in f.metadata:
             switch = {"action": "store_true"} if f.type in ("bool", bool) else {}
-            parser.add_argument("--" + f.name.replace("_", "-"), **switch, **f.metadata["flag"])
+            parser.add_argument("--" + (f.metadata["option"] or f.name.replace("_", "-")), dest=f.name, **switch,
+                                **f.metadata["flag"])
+
+
+def command_parser(prog: str, description: str, config_class) -> OneLineParser:
+    """A command's parser: the options of its config's flag fields."""
+    parser = OneLineParser(prog=prog, description=description)
+    add_flags(parser, config_class)
+    return parser
 
 
 @dataclass(frozen=True)

@@ -2,29 +2,24 @@
 MixMatch compare, and do the paper's ablations and the departures from the reference code point the
 same way, on a run sized for the machine at hand?
 
-Every variant (:data:`VARIANTS`; ``--algorithms`` first, then the ``--variants`` not among them)
-trains on the same shards, labeled subset and steps with the same model under the ``cpu`` preset,
-each method with its own settings unless --k / --uratio set them for all. Each row is one
-``rmm-train`` run kept under OUT/runs/ (a second call with the same OUT continues or reuses it):
-:class:`~remixmatch.bench.rows.EfficacyRow`. ``summary``: per variant the mean and stdev over seeds
-of the figure and its difference from the baseline (:data:`BASELINES`); OUT/curves.png draws every
-run's curves side by side.
+Every variant (:data:`VARIANTS`) trains on the same shards, labeled subset and steps with the same
+model under the ``cpu`` preset, one ``rmm-train`` run per row kept under OUT/runs/ (a second call with
+the same OUT continues or reuses it): :class:`~remixmatch.bench.rows.EfficacyRow`. ``summary``: per
+variant the mean and stdev over seeds and the difference from the baseline (:data:`BASELINES`).
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from remixmatch.common.cli import OneLineParser, positive_int
 from remixmatch.trainer.config import ALGORITHMS, FIDELITY
 
-from .core import add_out, add_shards, check_out, shard_directory
+from .core import CommandConfig, check_out, command_parser, flag, out_flag, shard_directory, shards_flag
 from .errors import BenchError
-from .render import module_main
 from .report import markdown_table, new_report
 from .rows import EfficacyRow
 
@@ -75,6 +70,44 @@ DEFAULT_VARIANTS = ("remixmatch", "supervised", "no-da", "k1")
 BASELINES = ("remixmatch", "corrected")
 
 
+@dataclass(frozen=True)
+class EfficacyConfig(CommandConfig):
+    shards: Path = shards_flag()
+    out: Path = out_flag("report.json, report.md and runs/")
+    algorithms: list[str] | None = flag(None, "methods to compare, each with its own settings (e.g. supervised "
+                                              "mixmatch remixmatch fixmatch)", nargs="+", choices=ALGORITHMS)
+    variants: list[str] | None = flag(None, f"methods, ReMixMatch ablations and fidelity variants, separated by spaces "
+                                            f"or commas (default without --algorithms: {' '.join(DEFAULT_VARIANTS)}): "
+                                            f"{', '.join(VARIANTS)}", nargs="+", metavar="NAME")
+    seeds: tuple[int, ...] = flag((1,), "labeled split (and run) seeds", nargs="+", type=int)
+    labels: int = flag(250, type=positive_int)
+    steps: int = flag(5000, type=positive_int)
+    width: int = flag(16, type=positive_int)
+    blocks_per_stage: int = flag(1, type=positive_int)
+    batch: int = flag(32, type=positive_int)
+    k: int | None = flag(None, "views per unlabeled image beyond the weak one, for every method (default: each "
+                               "method's under the cpu preset)", type=positive_int)
+    uratio: int | None = flag(None, "unlabeled images per labeled image, for every method (default: each method's)",
+                              type=positive_int)
+    evaluations: int = flag(20, "evaluations per run", type=positive_int)
+    median_of: int = flag(5, "the figure: median of the last N", type=positive_int)
+    threads: int = flag(0, "torch CPU threads (0: torch's default)", type=int)
+
+    @property
+    def settings(self) -> dict:
+        """The settings every variant shares, on top of the `cpu` preset's short-run values for its
+        algorithm: the run's size from the flags (K and mu only where given)."""
+        from remixmatch.trainer.config import PRESETS
+
+        # The hold-out is the cpu preset's for every variant (--fidelity reference would hold one image
+        # out): all train on the same images.
+        settings = dict(data=str(self.shards), labels=self.labels, steps=self.steps, width=self.width,
+                        valid=PRESETS["cpu"]["valid"], blocks_per_stage=self.blocks_per_stage, batch=self.batch,
+                        eval_every=max(1, self.steps // self.evaluations), ckpt_every=max(1, self.steps // 10),
+                        log_every=max(1, self.steps // 50), median_of=self.median_of, threads=self.threads)
+        return settings | {name: getattr(self, name) for name in ("k", "uratio") if getattr(self, name) is not None}
+
+
 def baseline_of(names) -> str | None:
     return next((name for name in BASELINES if name in names), None)
 
@@ -89,21 +122,6 @@ def variant_names(values: list[str]) -> list[str]:
     return names
 
 
-def common_settings(args) -> dict:
-    """The settings every variant shares, on top of the `cpu` preset's short-run values for its
-    algorithm: the run's size from the flags (K and mu only where given)."""
-    from remixmatch.trainer.config import PRESETS
-
-    # The hold-out is the cpu preset's for every variant (--fidelity reference would hold one image
-    # out): all train on the same images.
-    settings = dict(data=str(args.shards), labels=args.labels, steps=args.steps, width=args.width,
-                    valid=PRESETS["cpu"]["valid"], blocks_per_stage=args.blocks_per_stage, batch=args.batch,
-                    eval_every=max(1, args.steps // args.evaluations), ckpt_every=max(1, args.steps // 10),
-                    log_every=max(1, args.steps // 50), median_of=args.median_of, threads=args.threads)
-    settings.update({name: getattr(args, name) for name in ("k", "uratio") if getattr(args, name) is not None})
-    return settings
-
-
 def variant_config(name: str, seed: int, settings: dict):
     from remixmatch.trainer.config import resolve
 
@@ -112,12 +130,12 @@ def variant_config(name: str, seed: int, settings: dict):
     return resolve("cpu", [], {**settings, **VARIANTS[name][1], "seed": seed, "run_seed": seed})
 
 
-def chosen_variants(args) -> list[str]:
+def chosen_variants(algorithms, variants) -> list[str]:
     """--algorithms, then the --variants not among them; the default variants without either."""
-    if args.algorithms is None and args.variants is None:
+    if algorithms is None and variants is None:
         return list(DEFAULT_VARIANTS)
-    names = list(args.algorithms or [])
-    return names + [name for name in (args.variants or []) if name not in names]
+    names = list(algorithms or [])
+    return names + [name for name in (variants or []) if name not in names]
 
 
 def run_variant(name: str, seed: int, settings: dict, out: Path, log) -> dict:
@@ -216,71 +234,37 @@ def draw_variant_curves(results: list[dict], out: Path) -> str | dict:
 
 
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG,
-                           description="ReMixMatch, FixMatch, MixMatch, the supervised baseline and ablations, "
-                                       "same data and steps.")
-    add_shards(parser)
-    add_out(parser, "report.json, report.md and runs/")
-    parser.add_argument("--algorithms", nargs="+", default=None, choices=ALGORITHMS,
-                        help="methods to compare, each with its own settings (e.g. supervised mixmatch remixmatch "
-                             "fixmatch)")
-    parser.add_argument("--variants", nargs="+", default=None, metavar="NAME",
-                        help=f"methods, ReMixMatch ablations and fidelity variants, separated by spaces or commas "
-                             f"(default without --algorithms: {' '.join(DEFAULT_VARIANTS)}): {', '.join(VARIANTS)}")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1], help="labeled split (and run) seeds")
-    parser.add_argument("--labels", type=positive_int, default=250)
-    parser.add_argument("--steps", type=positive_int, default=5000)
-    parser.add_argument("--width", type=positive_int, default=16)
-    parser.add_argument("--blocks-per-stage", type=positive_int, default=1)
-    parser.add_argument("--batch", type=positive_int, default=32)
-    parser.add_argument("--k", type=positive_int, default=None,
-                        help="views per unlabeled image beyond the weak one, for every method (default: each "
-                             "method's under the cpu preset)")
-    parser.add_argument("--uratio", type=positive_int, default=None,
-                        help="unlabeled images per labeled image, for every method (default: each method's)")
-    parser.add_argument("--evaluations", type=positive_int, default=20, help="evaluations per run")
-    parser.add_argument("--median-of", type=positive_int, default=5, help="the figure: median of the last N")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    return parser
+    return command_parser(PROG, "ReMixMatch, FixMatch, MixMatch, the supervised baseline and ablations, same data "
+                                "and steps.", EfficacyConfig)
 
 
-def config_from_args(args):
-    """The arguments with the shards resolved, the ``settings`` every variant shares and the chosen
-    ``variants``; raises a one-line error for input no variant can run with, before anything trains."""
-    args.variants = None if args.variants is None else variant_names(args.variants)
-    args.shards = shard_directory(args.shards, required=True)
-    args.settings = common_settings(args)
+def config_from_args(args) -> EfficacyConfig:
+    """Raises a one-line error for input no variant can run with, before anything trains."""
+    variants = None if args.variants is None else variant_names(args.variants)
+    config = EfficacyConfig.from_args(args, shards=shard_directory(args.shards, required=True),
+                                      variants=chosen_variants(args.algorithms, variants))
     check_out(args.out)
     if args.threads < 0:
         raise BenchError(f"--threads must be at least 0, got {args.threads}")
-    args.variants = chosen_variants(args)
-    for name in args.variants:
-        variant_config(name, args.seeds[0], args.settings)  # ConfigError (a ValueError) names the setting
-    return args
+    for name in config.variants:
+        variant_config(name, config.seeds[0], config.settings)  # ConfigError (a ValueError) names the setting
+    return config
 
 
-def run(args, log) -> dict:
+def run(config: EfficacyConfig, log) -> dict:
     import torch
 
     from remixmatch.datasets_prep import open_shards
 
-    report = new_report("efficacy", {"settings": args.settings, "variants": args.variants, "seeds": args.seeds})
-    shards = open_shards(args.shards)
+    settings = config.settings
+    report = new_report("efficacy", {"settings": settings, "variants": config.variants, "seeds": list(config.seeds)})
+    shards = open_shards(config.shards)
     report["inputs"] = {"shards": Path(str(shards.path)).name, "dataset": shards.dataset,
-                        "eval_split": args.settings.get("eval_split", "test")}
-    for seed in args.seeds:
-        for name in args.variants:
-            report["results"].append(run_variant(name, seed, args.settings, args.out, log))
+                        "eval_split": settings.get("eval_split", "test")}
+    for seed in config.seeds:
+        for name in config.variants:
+            report["results"].append(run_variant(name, seed, settings, config.out, log))
     report["threads"] = {"torch": torch.get_num_threads()}
     report["summary"] = summarize(report["results"])
-    report["charts"] = {"curves": draw_variant_curves(report["results"], args.out)}
+    report["charts"] = {"curves": draw_variant_curves(report["results"], config.out)}
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    # Bad input from any layer: one line, exit 2; a diverged run: exit 3, as rmm-train.
-    return module_main(argv, sys.modules[__name__])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,7 @@ import sys
 import tarfile
 import time
 import xml.etree.ElementTree as ElementTree
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +27,7 @@ from remixmatch.trainer.curves import read_metrics
 from . import section_runner
 from .charts import draw_charts
 from .compare import IDENTITY, METRICS, row_values
-from .core import add_out, check_out, cuda_unavailable_reason
+from .core import CommandConfig, check_out, command_parser, cuda_unavailable_reason, flag, out_flag
 from .errors import BenchError
 from .gpu_env import one_line
 from .report import RunConditions, finish_report, format_hours, format_rate, machine_info, markdown_table, new_report, report_main
@@ -60,27 +60,6 @@ REHEARSAL_STEP = ("--batch", "4", "--k", "2", "--labels", "10", "--valid", "10")
 REHEARSAL_AUG = ("--device", "cpu", "--size", "8", "--threads", "1", "--reps", "5")
 REHEARSAL_TUNING = (0, 3)  # the variants the rehearsal runs: one large-view design, one register cap
 LAUNCH_STEPS = {False: (200, 300), True: (4, 6)}  # the launcher's run, then its --resume (rehearsal: True)
-
-
-@dataclass(frozen=True)
-class CheckConfig:
-    out: Path
-    archive: Path
-    shards: Path  # where the data section writes (or found) the shards
-    budget_s: int = DEFAULT_BUDGET_S
-    learn_seconds: int = 100
-    bundle: Path | None = None
-    skip: tuple[str, ...] = field(default_factory=tuple)
-    rehearse: bool = False  # every section runs its CPU form at tiny sizes (no GPU needed)
-    numba_cache: Path | None = None  # NUMBA_CACHE_DIR of every section (default OUT/numba-cache)
-
-    def as_dict(self) -> dict:  # the archive by its name only: reports are shared
-        plain = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
-        return {**plain, "archive": self.archive.name, "skip": list(self.skip), "numba_cache": str(self.cache_dir)}
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.numba_cache or self.out / "numba-cache"
 
 
 def cuda_reason() -> str | None:
@@ -302,6 +281,34 @@ SECTIONS = (
 SECTION_NAMES = tuple(s.name for s in SECTIONS)
 
 
+@dataclass(frozen=True)
+class CheckConfig(CommandConfig):
+    out: Path = out_flag("report.json, report.md, charts, logs")
+    archive: Path = flag(None, "the CIFAR-10 archive (cifar10-jpg.tar.gz or the official tarball): the shards and "
+                               "the real images of the kernel tests", type=Path, required=True)
+    shards: Path = flag(None, "the shard directory (made from --archive when it has no manifest; default OUT/shards)",
+                        type=Path)
+    budget_s: int = flag(DEFAULT_BUDGET_S, f"seconds the whole run may take ({DEFAULT_BUDGET_S})", option="budget",
+                         metavar="BUDGET", type=positive_int)
+    learn_seconds: int = flag(100, "seconds of training in the learning section (100)", type=positive_int)
+    bundle: Path | None = flag(None, "also copy report.json, report.md, the charts and logs.tar.gz here (at most 8 "
+                                     "files)", type=Path)
+    skip: tuple[str, ...] = flag((), f"leave a section out (repeatable): {', '.join(SECTION_NAMES)}", parsed=[],
+                                 action="append", choices=SECTION_NAMES, metavar="SECTION")
+    rehearse: bool = flag(False, "on a machine without a GPU: every section runs its own command in its CPU form at "
+                                 "tiny sizes (the tests collect and skip); exit 1 if a section fails")
+    numba_cache: Path | None = flag(None, "NUMBA_CACHE_DIR of every section: where the CUDA kernels are compiled once "
+                                          "(default OUT/numba-cache)", type=Path)
+
+    def as_dict(self) -> dict:  # the archive by its name only: reports are shared
+        return {**super().as_dict(), "archive": self.archive.name, "skip": list(self.skip),
+                "numba_cache": str(self.cache_dir)}
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.numba_cache or self.out / "numba-cache"
+
+
 def run_section(section: CheckSection, config: CheckConfig, left_s: float, reason: str | None, log) -> dict:
     """One section within the smaller of its cap and ``left_s``, or the reason it is skipped. In a
     rehearsal ``left_s`` alone: the caps are sized for the GPU forms, and the CPU forms run rows the GPU
@@ -519,40 +526,16 @@ def run(config: CheckConfig, log: Callable[[object], None]) -> dict:
 
 
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG, description="Every CUDA path proven and the GPU figures measured in one run "
-                                                  "bounded by --budget: environment, gpu tests, kernel views/s, loader "
-                                                  "steps/s, training steps/s with the step split, the launcher, and a "
-                                                  "short real run's learning curve.")
-    parser.add_argument("--archive", type=Path, required=True,
-                        help="the CIFAR-10 archive (cifar10-jpg.tar.gz or the official tarball): the shards and the "
-                             "real images of the kernel tests")
-    add_out(parser, "report.json, report.md, charts, logs")
-    parser.add_argument("--shards", type=Path, default=None,
-                        help="the shard directory (made from --archive when it has no manifest; default OUT/shards)")
-    parser.add_argument("--budget", type=positive_int, default=DEFAULT_BUDGET_S,
-                        help=f"seconds the whole run may take ({DEFAULT_BUDGET_S})")
-    parser.add_argument("--learn-seconds", type=positive_int, default=100,
-                        help="seconds of training in the learning section (100)")
-    parser.add_argument("--bundle", type=Path, default=None,
-                        help="also copy report.json, report.md, the charts and logs.tar.gz here (at most 8 files)")
-    parser.add_argument("--skip", action="append", default=[], choices=SECTION_NAMES, metavar="SECTION",
-                        help=f"leave a section out (repeatable): {', '.join(SECTION_NAMES)}")
-    parser.add_argument("--rehearse", action="store_true",
-                        help="on a machine without a GPU: every section runs its own command in its CPU form at "
-                             "tiny sizes (the tests collect and skip); exit 1 if a section fails")
-    parser.add_argument("--numba-cache", type=Path, default=None,
-                        help="NUMBA_CACHE_DIR of every section: where the CUDA kernels are compiled once "
-                             "(default OUT/numba-cache)")
-    return parser
+    return command_parser(PROG, "Every CUDA path proven and the GPU figures measured in one run bounded by --budget: "
+                                "environment, gpu tests, kernel views/s, loader steps/s, training steps/s with the "
+                                "step split, the launcher, and a short real run's learning curve.", CheckConfig)
 
 
 def config_from_args(args) -> CheckConfig:
     if not args.archive.is_file():
         raise BenchError(f"--archive {args.archive}: no such file")
     check_out(args.out)
-    return CheckConfig(out=args.out, archive=args.archive, shards=args.shards or args.out / "shards",
-                       budget_s=args.budget, learn_seconds=args.learn_seconds, bundle=args.bundle,
-                       skip=tuple(args.skip), rehearse=args.rehearse, numba_cache=args.numba_cache)
+    return CheckConfig.from_args(args, shards=args.shards or args.out / "shards", skip=tuple(args.skip))
 
 
 def main(argv: list[str] | None = None) -> int:

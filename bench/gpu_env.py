@@ -8,15 +8,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from remixmatch.common.cli import OneLineParser
 
-from .core import add_out, error_reason, gpu_count, time_calls
-from .report import RunConditions, finish_report, machine_info, new_report, package_versions, report_main
+from .core import CommandConfig, command_parser, error_reason, gpu_count, out_flag, time_calls
+from .report import RunConditions, finish_report, machine_info, new_report, package_versions
 
 PROG = "rmm-bench gpu-env"
 COMPILE_IMAGES = 8  # the compile probe's batch: 8 images x 8 views, 32x32
@@ -122,9 +122,14 @@ def probe_environment() -> dict:
     return env
 
 
-def run(args, log: Callable[[object], None]) -> dict:
+@dataclass(frozen=True)
+class EnvConfig(CommandConfig):
+    out: Path = out_flag()
+
+
+def run(config: EnvConfig, log: Callable[[object], None]) -> dict:
     started, conditions = time.perf_counter(), RunConditions()
-    report = new_report("gpu-env", {"out": str(args.out)})
+    report = new_report("gpu-env", config.as_dict())
     env = probe_environment()
     for name, error in env["errors"].items():
         log(f"{name}: {error}")
@@ -157,17 +162,9 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+config_from_args = EnvConfig.from_args
+
+
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG, description="What this machine's GPU stack is: GPU, driver, torch, numba-cuda, "
-                                                  "NVVM, ptxas, and the CUDA kernel's JIT compile time.")
-    add_out(parser)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    return report_main(argv, prog=PROG, build_parser=build_parser, config_from_args=lambda args: args,
-                       run=run, render_markdown=render_markdown, progress_line=str)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return command_parser(PROG, "What this machine's GPU stack is: GPU, driver, torch, numba-cuda, NVVM, ptxas, and "
+                                "the CUDA kernel's JIT compile time.", EnvConfig)

@@ -1,21 +1,13 @@
 """``rmm-bench pipeline``: complete ReMixMatch step batches per second, loader against loader.
 
-A step holds B labeled strong + B probe + B_u unlabeled weak + K B_u unlabeled strong views, all
-drawn from one shard split, one CTAugment policy (initial weights) and the same plans. Backends:
-``torch`` (:class:`remixmatch.pipeline.StepLoader`, host fetcher, fused Numba kernel; on the CPU,
-and on CUDA at B = --batch and 256); ``dali`` (DALI reads, the kernel on its output); ``dali-graph``
-and ``dali-numba`` (the kernel inside the DALI graph through ``python_function`` / a single-threaded
-``numba_function``; raw shards only); ``pil-pool`` (the reference design: a pool of PIL processes
-rendering the loader's plans, weak augmentation in NumPy, all-identity views passed on) and
-``pil-pool-float`` (the same in the reference code's float32 [-1, 1] style: every ratio's
-baseline). ``next(loader)`` is timed back to back; an untimed check renders one step with the
-loader and both PIL styles and counts the views that differ (``equivalence``). Rows:
-:class:`~remixmatch.bench.rows.LoaderRow`.
+Every backend draws the same steps (one shard split, one CTAugment policy at its initial weights, the
+same plans) and ``next(loader)`` is timed back to back; an untimed check renders one step with the
+loader and both PIL styles and counts the views that differ (``equivalence``). The backends and the
+figures: :class:`~remixmatch.bench.rows.LoaderRow`.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,12 +19,12 @@ from remixmatch.common.cli import OneLineParser, positive_int
 
 from . import core
 from .core import (
-    CommandConfig, NumbaThreadsFetcher, Timing, add_device, add_flags, add_out, add_reps, add_shards, add_subset,
-    add_threads, checked_options, cuda_unavailable_reason, device_name, error_reason, flag, measured, no_sync,
-    numba_threads_info, process_pool, time_calls,
+    CommandConfig, NumbaThreadsFetcher, Timing, checked_options, command_parser, cuda_unavailable_reason, device_flag,
+    device_name, error_reason, flag, labels_flag, measured, no_sync, numba_threads_info, out_flag, process_pool,
+    ratio, reps_flag, shards_flag, threads_flag, time_calls, valid_flag, value,
 )
-from .render import module_main, skipped_block, table
-from .rows import LoaderRow
+from .render import skipped_block, table
+from .rows import LoaderRow, skipped
 from .report import PACKAGES, format_rate, format_ratio, machine_info, new_report, package_versions
 
 PROG = "rmm-bench pipeline"
@@ -47,23 +39,36 @@ SUBSET_SEED = 1  # the trainer's default labeled-split seed
 VERSION_PACKAGES = PACKAGES + ("nvidia-dali-cuda120",)
 # Loader rows whose CTAugment kernel runs inside the DALI graph, and the in-graph operator of each.
 GRAPH_KERNELS = {"dali-graph": "python", "dali-numba": "numba"}
+# The summary's CPU rows at --batch, by the name its figures carry: (backend, prefetch; None: the pool).
+SUMMARY_CPU_ROWS = {"torch_cpu": ("torch", True), "torch_cpu_no_prefetch": ("torch", False),
+                    "dali_cpu": ("dali", True), "dali_cpu_no_prefetch": ("dali", False),
+                    "dali_graph_cpu": ("dali-graph", True), "dali_graph_cpu_no_prefetch": ("dali-graph", False),
+                    "dali_numba_cpu": ("dali-numba", True), "reference": ("pil-pool-float", None),
+                    "pil_pool": ("pil-pool", None)}
+# The summary's steps/s ratios: figure -> (row, the row it is divided by).
+SUMMARY_RATIOS = {"torch_vs_reference": ("torch_cpu", "reference"),
+                  "torch_no_prefetch_vs_reference": ("torch_cpu_no_prefetch", "reference"),
+                  "torch_vs_pil_pool": ("torch_cpu", "pil_pool"), "dali_vs_reference": ("dali_cpu", "reference"),
+                  "dali_vs_pil_pool": ("dali_cpu", "pil_pool"), "dali_graph_vs_reference": ("dali_graph_cpu", "reference"),
+                  "dali_graph_vs_dali": ("dali_graph_cpu", "dali_cpu"), "dali_numba_vs_dali": ("dali_numba_cpu", "dali_cpu")}
 GRAPH_NAMES = {"dali-graph": "dali cpu, kernel in graph (python_function)",
                "dali-numba": "dali cpu, kernel in graph (numba_function, 1 thread)"}
 
 
 @dataclass(frozen=True)
 class PipelineConfig(CommandConfig):
-    shards: Path
-    out: Path
+    shards: Path = shards_flag()
+    out: Path = out_flag()
     quick: bool = flag(False, "5 short repetitions per row (about a minute on 2 cores)")
-    reps: int = DEFAULT_REPS
+    reps: int = reps_flag(MIN_REPS, DEFAULT_REPS, MIN_REPS)
     batch: int = flag(64, "labeled = unlabeled images per step (64)", type=positive_int)
     k: int = flag(8, "strong views per unlabeled image (8)", type=positive_int)
-    threads: int = 1
-    labels: int = 250
-    valid: int = 5000
+    threads: int = threads_flag("Numba threads of the loaders and PIL pool processes")
+    labels: int = labels_flag()
+    valid: int = valid_flag()
     seed: int = flag(0, "seed of the views (ViewConfig.seed)", type=int)
-    device: str = "auto"  # auto: CPU rows, plus CUDA rows where a device answers; cpu; cuda: CUDA rows alone
+    device: str = device_flag("auto: the CPU rows, plus the CUDA rows where a device answers; cpu: the CPU rows; "
+                              "cuda: the CUDA rows alone (an error without a device)")
 
     @property
     def views_per_step(self) -> int:
@@ -82,7 +87,7 @@ class BenchData:
         return {
             "shards": Path(str(self.shards.path)).name,  # the directory's name only: reports are shared
             "dataset": self.shards.dataset, "split": "train", "encoding": split.encoding,
-            "rows": len(split), "image_shape": list(split.image_shape),
+            "rows": len(split), "image_shape": list(self.train.image_shape),  # encoded shards: the first image's
             "labeled": int(len(self.train.labeled)), "unlabeled": int(len(self.train.unlabeled)),
             "labeled_subset": f"{config.labels} labels, seed {SUBSET_SEED}, {config.valid} held out",
             "policy": "CTAugment(depth 2, decay 0.99, threshold 0.8, rule 'segment') at its initial weights "
@@ -204,8 +209,7 @@ def measured_row(config: PipelineConfig, backend: str, device: str, device_name:
 
 
 def skipped_row(backend: str, device: str, batch: int, reason: str, prefetch=None) -> dict:
-    return {"bench": "pipeline", "backend": backend, "device": device, "prefetch": prefetch, "batch": batch,
-            "skipped": reason}
+    return skipped(LoaderRow, reason, backend=backend, device=device, prefetch=prefetch, batch=batch)
 
 
 def run_loader(config: PipelineConfig, data: BenchData, backend: str, device: str, prefetch: bool, log,
@@ -348,52 +352,18 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def summarize(rows: list[dict], config: PipelineConfig, equivalence: dict | None) -> dict:
-    torch_on = find(rows, "torch", prefetch=True, batch=config.batch)
-    torch_off = find(rows, "torch", prefetch=False, batch=config.batch)
-    dali_on = find(rows, "dali", prefetch=True, batch=config.batch)
-    dali_off = find(rows, "dali", prefetch=False, batch=config.batch)
-    graph_on = find(rows, "dali-graph", prefetch=True, batch=config.batch)
-    graph_off = find(rows, "dali-graph", prefetch=False, batch=config.batch)
-    numba_on = find(rows, "dali-numba", prefetch=True, batch=config.batch)
-    reference, pool = find(rows, "pil-pool-float"), find(rows, "pil-pool")
-    cuda_small = find(rows, "torch", "cuda", batch=config.batch)
-    cuda_big = find(rows, "torch", "cuda", batch=max(CUDA_BIG_BATCH, config.batch))
-
-    def rate(r, key="steps_per_s"):
-        return r[key] if r else None
-
-    def ratio(a, b):
-        return a["steps_per_s"] / b["steps_per_s"] if a and b else None
-
-    torch_vs_reference = ratio(torch_on, reference)
-    return {
-        "torch_cpu_steps_per_s": rate(torch_on),
-        "torch_cpu_no_prefetch_steps_per_s": rate(torch_off),
-        "dali_cpu_steps_per_s": rate(dali_on),
-        "dali_cpu_no_prefetch_steps_per_s": rate(dali_off),
-        "reference_steps_per_s": rate(reference),
-        "pil_pool_steps_per_s": rate(pool),
-        "torch_cpu_strong_views_per_s": rate(torch_on, "strong_views_per_s"),
-        "dali_cpu_strong_views_per_s": rate(dali_on, "strong_views_per_s"),
-        "reference_strong_views_per_s": rate(reference, "strong_views_per_s"),
-        "pil_pool_strong_views_per_s": rate(pool, "strong_views_per_s"),
-        "torch_vs_reference": torch_vs_reference,
-        "torch_no_prefetch_vs_reference": ratio(torch_off, reference),
-        "torch_vs_pil_pool": ratio(torch_on, pool),
-        "dali_vs_reference": ratio(dali_on, reference),
-        "dali_vs_pil_pool": ratio(dali_on, pool),
-        "dali_graph_cpu_steps_per_s": rate(graph_on),
-        "dali_graph_cpu_no_prefetch_steps_per_s": rate(graph_off),
-        "dali_numba_cpu_steps_per_s": rate(numba_on),
-        "dali_graph_vs_reference": ratio(graph_on, reference),
-        "dali_graph_vs_dali": ratio(graph_on, dali_on),
-        "dali_numba_vs_dali": ratio(numba_on, dali_on),
-        "goal_torch_vs_reference": GOAL_VS_REFERENCE,
-        "goal_met": None if torch_vs_reference is None else torch_vs_reference >= GOAL_VS_REFERENCE,
-        "torch_cuda_steps_per_s": rate(cuda_small),
-        "torch_cuda_b256_steps_per_s": rate(cuda_big),
-        "views_bit_exact": None if equivalence is None else equivalence["bit_exact"],
-    }
+    named = {name: find(rows, backend, prefetch=prefetch, batch=config.batch)
+             for name, (backend, prefetch) in SUMMARY_CPU_ROWS.items()}
+    named |= {"torch_cuda": find(rows, "torch", "cuda", batch=config.batch),
+              "torch_cuda_b256": find(rows, "torch", "cuda", batch=max(CUDA_BIG_BATCH, config.batch))}
+    summary = {f"{name}_steps_per_s": value(row, "steps_per_s") for name, row in named.items()}
+    summary |= {f"{name}_strong_views_per_s": value(named[name], "strong_views_per_s")
+                for name in ("torch_cpu", "dali_cpu", "reference", "pil_pool")}
+    summary |= {figure: ratio(named[a], named[b]) for figure, (a, b) in SUMMARY_RATIOS.items()}
+    goal = summary["torch_vs_reference"]
+    return {**summary, "goal_torch_vs_reference": GOAL_VS_REFERENCE,
+            "goal_met": None if goal is None else goal >= GOAL_VS_REFERENCE,
+            "views_bit_exact": None if equivalence is None else equivalence["bit_exact"]}
 
 
 def run(config: PipelineConfig, log: Callable[[object], None]) -> dict:
@@ -511,25 +481,12 @@ def body(report: dict, h: str = "##") -> list[str]:
 # ---- command line ---------------------------------------------------------------------------------
 
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG, description="Complete ReMixMatch step batches per second: the torch and "
-                                                  "DALI loaders against the PIL process-pool reference design.")
-    add_shards(parser)
-    add_out(parser)
-    add_reps(parser, MIN_REPS, DEFAULT_REPS, MIN_REPS)
-    add_threads(parser, "Numba threads of the loaders and PIL pool processes")
-    add_subset(parser)
-    add_flags(parser, PipelineConfig)
-    add_device(parser, "auto: the CPU rows, plus the CUDA rows where a device answers; cpu: the CPU rows; "
-                       "cuda: the CUDA rows alone (an error without a device)")
-    return parser
+    return command_parser(PROG, "Complete ReMixMatch step batches per second: the torch and DALI loaders against "
+                                "the PIL process-pool reference design.", PipelineConfig)
 
 
 def config_from_args(args) -> PipelineConfig:
     return PipelineConfig.from_args(args, **checked_options(args, reps=(MIN_REPS, DEFAULT_REPS, MIN_REPS), shards=True))
-
-
-def main(argv: list[str] | None = None) -> int:
-    return module_main(argv, sys.modules[__name__])
 
 
 def progress_line(r: dict) -> str:
@@ -539,7 +496,3 @@ def progress_line(r: dict) -> str:
     return (f"{_row_name(r)} B={r['batch']} K={r['k']}: {r['steps_per_s']:.1f} steps/s "
             f"({format_rate(r['strong_views_per_s'])} strong views/s; median of {r['reps']} x {r['steps_per_rep']} steps, "
             f"{s['min']:.1f}-{s['max']:.1f})")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

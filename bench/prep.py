@@ -6,12 +6,12 @@ are untyped (their figures: ``OTHER_METRICS`` of :mod:`remixmatch.bench.rows`).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +20,7 @@ import numpy as np
 from remixmatch.common.cli import OneLineParser, positive_int
 from remixmatch.common.paths import CIFAR10_JPG_ENV, DataPath, resolve_path
 
-from .core import add_out, check_out, time_calls
+from .core import CommandConfig, check_out, command_parser, flag, out_flag, time_calls
 from .render import module_main, table
 from .report import new_report, package_versions, spread
 
@@ -30,21 +30,20 @@ BATCH = 64
 VERSION_PACKAGES = ("numpy", "pyarrow", "pillow", "rich", "remixmatch")
 
 
+@dataclass(frozen=True)
+class PrepConfig(CommandConfig):
+    out: Path = out_flag("prep_report.json and prep_report.md")
+    quick: bool = flag(False, "6,000 synthetic images, no JPEG tree, fewer reads (well under a minute)")
+    jpeg_tree: Path | None = flag(None, f"a CIFAR-10 JPEG export to prep (default: ${CIFAR10_JPG_ENV})", type=Path)
+    prep_reps: int | None = flag(None, "repetitions of the synthetic prep (default 3; 1 with --quick)",
+                                 type=positive_int)
+    read_reps: int | None = flag(None, "timed 64-image reads (default 2000; 300 with --quick)", type=positive_int)
+    workers: int | None = flag(None, "decoding processes for the JPEG tree (default: all cores)", type=positive_int)
+    seed: int = flag(0, type=int)
+
+
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG, description="Prep and shard-read benchmark (CIFAR-10 sources).")
-    add_out(parser, "prep_report.json and prep_report.md")
-    parser.add_argument("--quick", action="store_true",
-                        help="6,000 synthetic images, no JPEG tree, fewer reads (well under a minute)")
-    parser.add_argument("--jpeg-tree", type=Path, default=None,
-                        help=f"a CIFAR-10 JPEG export to prep (default: ${CIFAR10_JPG_ENV})")
-    parser.add_argument("--prep-reps", type=positive_int, default=None,
-                        help="repetitions of the synthetic prep (default 3; 1 with --quick)")
-    parser.add_argument("--read-reps", type=positive_int, default=None,
-                        help="timed 64-image reads (default 2000; 300 with --quick)")
-    parser.add_argument("--workers", type=positive_int, default=None,
-                        help="decoding processes for the JPEG tree (default: all cores)")
-    parser.add_argument("--seed", type=int, default=0)
-    return parser
+    return command_parser(PROG, "Prep and shard-read benchmark (CIFAR-10 sources).", PrepConfig)
 
 
 def _time_prep(run: Callable[[Path], dict], work: Path, reps: int) -> tuple[list[float], dict]:
@@ -89,7 +88,7 @@ def _read_rows(shards: Path, reps: int, seed: int) -> list[dict]:
     return rows
 
 
-def jpeg_tree_to_time(args: argparse.Namespace) -> tuple[DataPath | None, str | None]:
+def jpeg_tree_to_time(args: PrepConfig) -> tuple[DataPath | None, str | None]:
     """The CIFAR-10 JPEG export to prep (--jpeg-tree, else $REMIXMATCH_CIFAR10_JPG), or why that row
     is skipped."""
     if args.quick:
@@ -102,7 +101,7 @@ def jpeg_tree_to_time(args: argparse.Namespace) -> tuple[DataPath | None, str | 
     return tree, None
 
 
-def run(args: argparse.Namespace, log: Callable[[object], None]) -> dict:
+def run(args: PrepConfig, log: Callable[[object], None]) -> dict:
     from remixmatch.datasets_prep.decode import default_workers
     from remixmatch.datasets_prep.sources_cifar import prep_cifar10
     from remixmatch.datasets_prep.synthetic import synthetic_batches, write_cifar10_archive
@@ -113,8 +112,7 @@ def run(args: argparse.Namespace, log: Callable[[object], None]) -> dict:
     prep_reps = args.prep_reps or (1 if args.quick else 3)
     read_reps = args.read_reps or (300 if args.quick else 2000)
     workers = args.workers or default_workers()
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    report = new_report("prep", config)
+    report = new_report("prep", args.as_dict())
     report["versions"] = package_versions(VERSION_PACKAGES)
     report["threads"] = {"prep_decode_processes": workers, "pyarrow_cpu_count": pa.cpu_count(), "reader": 1}
     images = per_batch * 6
@@ -187,10 +185,10 @@ def body(report: dict, h: str = "##") -> list[str]:
     ]
 
 
-def config_from_args(args: argparse.Namespace) -> argparse.Namespace:
+def config_from_args(args) -> PrepConfig:
     check_out(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
-    return args
+    return PrepConfig.from_args(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -26,10 +25,10 @@ from typing import Callable
 
 from remixmatch.common.cli import OneLineParser
 
-from .core import CommandConfig, add_flags, add_out, flag, measured
-from .render import module_main, table
+from .core import CommandConfig, command_parser, flag, measured, out_flag
+from .render import table
 from .report import new_report
-from .rows import PtxRow
+from .rows import PtxRow, skipped
 
 PROG = "rmm-bench ptx"
 
@@ -246,7 +245,7 @@ def summarize(rows: list[dict], version: str | None) -> dict:
 
 @dataclass(frozen=True)
 class PtxConfig(CommandConfig):
-    out: Path
+    out: Path = out_flag()
     quick: bool = flag(False, "the kernels as declared only, no register-cap and block-size sweep")
 
 
@@ -257,7 +256,7 @@ def run(config: PtxConfig, log: Callable[[object], None]) -> dict:
     reason = unavailable_reason()
     version = None
     if reason is not None:
-        report["results"] = [{"bench": "ptx", "section": "kernel", "skipped": reason}]
+        report["results"] = [skipped(PtxRow, reason, section="kernel")]
         log(report["results"][0])
     else:
         ptxas = find_ptxas()
@@ -309,15 +308,11 @@ def body(report: dict, heading: str = "##") -> list[str]:
 # ---- command line ---------------------------------------------------------------------------------
 
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG, description="CUDA kernel registers, spills, shared memory and theoretical "
-                                                  "occupancy for sm_80 and sm_90, from ptxas -v (no GPU needed).")
-    add_out(parser)
-    add_flags(parser, PtxConfig)
-    return parser
+    return command_parser(PROG, "CUDA kernel registers, spills, shared memory and theoretical occupancy for sm_80 "
+                                "and sm_90, from ptxas -v (no GPU needed).", PtxConfig)
 
 
-def config_from_args(args) -> PtxConfig:
-    return PtxConfig.from_args(args)
+config_from_args = PtxConfig.from_args
 
 
 def progress_line(r: dict) -> str:
@@ -325,11 +320,3 @@ def progress_line(r: dict) -> str:
         return f"ptx: skipped ({r['skipped']})"
     return (f"{r['kernel']} {r['arch']} (cap {_cap(r['max_registers'])}): {r['registers']} registers, "
             f"spills {r['spill_store_bytes']}/{r['spill_load_bytes']} B; {_launch_cells(r)}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    return module_main(argv, sys.modules[__name__])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

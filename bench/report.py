@@ -7,7 +7,6 @@ the other dataclasses of :mod:`remixmatch.bench.rows`.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import statistics

@@ -23,6 +23,13 @@ def metric(default=None):
     return field(default=default, metadata={"metric": True})
 
 
+def skipped(row: type, reason: str, **keys) -> dict:
+    """A row of kind ``row`` that was not measured: its fixed ``bench`` and ``section``, the key fields
+    given, and why."""
+    fixed = {f.name: f.default for f in fields(row) if f.name in ("bench", "section") and f.default is not None}
+    return {**fixed, **keys, "skipped": reason}
+
+
 SCHEMA_VERSION = 1
 
 
@@ -105,7 +112,12 @@ class LoaderRow(StepTiming):
     """``rmm-bench pipeline``: complete step batches/s of one loader (``"bench": "pipeline"``)."""
 
     bench: str = key(1, "pipeline")
-    backend: str = key(3)  # "torch" | "dali" | "dali-graph" | "dali-numba" | "pil-pool" | "pil-pool-float"
+    # "torch": StepLoader, host fetcher, fused Numba kernel (CPU; CUDA at B = --batch and 256); "dali": DALI
+    # reads, the kernel on its output; "dali-graph" | "dali-numba": the kernel inside the DALI graph
+    # (python_function | numba_function, 1 thread; raw shards only); "pil-pool": the reference design, PIL
+    # processes rendering the loader's plans (weak views in NumPy, all-identity views passed on);
+    # "pil-pool-float": the same in the reference code's float32 [-1, 1] style, every ratio's baseline
+    backend: str = key(3)
     device: str = key(4)  # "cpu" | "cuda"
     device_name: str  # "cpu" | "<GPU name>"
     prefetch: bool | None = key(6)  # null: the PIL pool (no loader)

@@ -28,14 +28,14 @@ from remixmatch.trainer.config import ALGORITHMS
 
 from . import core
 from .core import (
-    CommandConfig, NumbaThreadsFetcher, add_device, add_flags, add_out, add_reps, add_shards, add_subset, add_threads,
-    checked_options, cuda_unavailable_reason, device_name, error_reason, flag, measured, no_sync,
-    numba_threads_info, time_calls,
+    CommandConfig, NumbaThreadsFetcher, checked_options, command_parser, device_flag, labels_flag, out_flag, reps_flag,
+    shards_flag, threads_flag, valid_flag, cuda_unavailable_reason, device_name, error_reason, flag, measured, no_sync,
+    numba_threads_info, time_calls, value,
 )
 from .errors import BenchInputError
 from .loaders import open_data
-from .render import frame, module_main, ratio_range, share_range, skipped_block, table
-from .rows import ScalingRow, TrainRow
+from .render import frame, ratio_range, share_range, skipped_block, table
+from .rows import ScalingRow, TrainRow, skipped
 from .report import (
     format_hours, format_rate, format_share, machine_info, new_report, usable_cpus,
 )
@@ -69,27 +69,28 @@ FASTER_THAN_CEILING = -0.05
 class TrainBenchConfig(CommandConfig):
     """The options of ``rmm-bench train``: a :func:`~remixmatch.bench.core.flag` field is its own ``--name``."""
 
-    out: Path
-    shards: Path | None = None
+    out: Path = out_flag()
+    shards: Path | None = shards_flag("; without one the loader rows are skipped")
     quick: bool = flag(False, f"{QUICK_REPS} short repetitions (under a minute on 2 cores at B = 64, K = 8; about "
                               "90 s with --scaling), and shorter scaling runs")
-    reps: int = DEFAULT_REPS
+    reps: int = reps_flag(MIN_REPS, DEFAULT_REPS, QUICK_REPS)
     batch: int = flag(64, "labeled images per step (64); unlabeled: --uratio times as many", type=positive_int)
     k: int = flag(8, "views per unlabeled image beyond the weak one (default: the algorithm's: 8, FixMatch 1; "
                      "MixMatch's K = 2 counts the weak view)", parsed=None, type=positive_int)
     uratio: int = flag(1, "unlabeled images per labeled image (default: the algorithm's: 1, FixMatch 7)",
                        parsed=None, type=positive_int)
-    device: str = "auto"
+    device: str = device_flag("auto: CPU rows, plus CUDA rows where a device is present; cpu; cuda (an error "
+                              "without one)")
     width: int | None = flag(None, "first stage's channels (default: 16 on the CPU, 32 on CUDA)", type=positive_int)
     blocks_per_stage: int | None = flag(None, "residual blocks per stage (default: 1 on the CPU, 4 on CUDA: WRN-28-2)",
                                         type=positive_int)
-    threads: int = 1
+    threads: int = threads_flag("torch threads and the loader's Numba threads")
     algorithm: str = flag("remixmatch", choices=ALGORITHMS)
     bn_mode: str = flag("joint", "the training forward: one concatenated call (joint, default) or the reference "
                                  "code's K + 2 interleaved chunks (reference): what the concatenation buys",
                         choices=("joint", "reference"))
-    labels: int = 250
-    valid: int = 5000
+    labels: int = labels_flag()
+    valid: int = valid_flag()
     seed: int = flag(0, "run seed: model init, views, MixUp", type=int)
     scaling: bool = flag(False, "also steps/s against the number of processes: short real rmm-train runs on "
                                 "1..--procs-max processes (needs --shards)")
@@ -181,8 +182,7 @@ class TrainLoop:
 # ---- rows -------------------------------------------------------------------------------------------
 
 def skipped_row(device: str, feed: str, prefetch: bool, batch: int, reason: str) -> dict:
-    return {"bench": "train", "device": device, "feed": feed, "prefetch": prefetch, "batch": batch,
-            "skipped": reason}
+    return skipped(TrainRow, reason, device=device, feed=feed, prefetch=prefetch, batch=batch)
 
 
 def run_row(config: TrainBenchConfig, device: str, feed: str, prefetch: bool, data, log) -> dict:
@@ -320,26 +320,15 @@ def summarize(rows: list[dict]) -> dict:
     for device in DEVICES:
         synthetic, on, off = (find(rows, device, "synthetic", True), find(rows, device, "loader", True),
                               find(rows, device, "loader", False))
-        if not (synthetic or on or off):
-            summary[device] = None
-            continue
-
-        def get(row, key):
-            return row[key] if row else None
-
-        summary[device] = {
-            "model": get(synthetic or on or off, "model"),
-            "synthetic_steps_per_s": get(synthetic, "steps_per_s"),
-            "loader_steps_per_s": get(on, "steps_per_s"),
-            "loader_no_prefetch_steps_per_s": get(off, "steps_per_s"),
-            "synthetic_images_per_s": get(synthetic, "images_per_s"),
-            "loader_images_per_s": get(on, "images_per_s"),
-            "data_wait_share": get(on, "data_wait_share"),
-            "data_wait_share_no_prefetch": get(off, "data_wait_share"),
-            "wait_share_measured": get(on, "wait_share_measured"),
-            "wait_share_measured_no_prefetch": get(off, "wait_share_measured"),
-            "projected_hours_synthetic": get(synthetic, "projected_hours"),
-            "projected_hours_loader": get(on, "projected_hours"),
+        summary[device] = None if not (synthetic or on or off) else {
+            "model": value(synthetic or on or off, "model"),
+            "synthetic_steps_per_s": value(synthetic, "steps_per_s"), "loader_steps_per_s": value(on, "steps_per_s"),
+            "loader_no_prefetch_steps_per_s": value(off, "steps_per_s"),
+            "synthetic_images_per_s": value(synthetic, "images_per_s"), "loader_images_per_s": value(on, "images_per_s"),
+            **{key + suffix: value(row, key) for key in ("data_wait_share", "wait_share_measured")
+               for suffix, row in (("", on), ("_no_prefetch", off))},
+            "projected_hours_synthetic": value(synthetic, "projected_hours"),
+            "projected_hours_loader": value(on, "projected_hours"),
         }
     return summary
 
@@ -351,15 +340,9 @@ def describe_inputs(config: TrainBenchConfig, data) -> dict:
               if tc.uses_cta else f"none ({tc.algorithm}: weak views only)")
     if data is None:
         return {"shards": None, "synthetic_classes": SYNTHETIC_CLASSES, "policy": policy, "view_seed": config.seed}
-    split = data.train.split
-    return {
-        "shards": Path(str(data.shards.path)).name,  # the directory's name only: reports are shared
-        "dataset": data.shards.dataset, "encoding": split.encoding, "rows": len(split),
-        "image_shape": list(data.train.image_shape),
-        "labeled": int(len(data.train.labeled)), "unlabeled": int(len(data.train.unlabeled)),
-        "labeled_subset": f"{config.labels} labels, seed {SUBSET_SEED}, {config.valid} held out",
-        "policy": policy, "view_seed": config.seed,
-    }
+    inputs = {**data.describe(config), "policy": policy}
+    del inputs["split"]  # the train split always: the trainer's
+    return inputs
 
 
 def run(config: TrainBenchConfig, log: Callable[[object], None]) -> dict:
@@ -408,8 +391,7 @@ def scaling_procs_max(config: TrainBenchConfig, device: str) -> int:
 
 
 def scaling_skipped_row(device: str, ranks: int, batch: int, reason: str) -> dict:
-    return {"bench": "train", "section": "scaling", "device": device, "ranks": ranks, "batch": batch,
-            "skipped": reason}
+    return skipped(ScalingRow, reason, device=device, ranks=ranks, batch=batch)
 
 
 def scaling_threads(ranks: int) -> int:
@@ -660,17 +642,8 @@ def render_markdown(report: dict) -> str:
 # ---- command line ---------------------------------------------------------------------------------
 
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG, description="Training steps/s: the step fed by ready synthetic tensors "
-                                                  "against the step fed by the real loader, and the paper's "
-                                                  "2^20-step run projected.")
-    add_shards(parser, "; without one the loader rows are skipped")
-    add_out(parser)
-    add_reps(parser, MIN_REPS, DEFAULT_REPS, QUICK_REPS)
-    add_device(parser, "auto: CPU rows, plus CUDA rows where a device is present; cpu; cuda (an error without one)")
-    add_threads(parser, "torch threads and the loader's Numba threads")
-    add_subset(parser)
-    add_flags(parser, TrainBenchConfig)
-    return parser
+    return command_parser(PROG, "Training steps/s: the step fed by ready synthetic tensors against the step fed by "
+                                "the real loader, and the paper's 2^20-step run projected.", TrainBenchConfig)
 
 
 def config_from_args(args) -> TrainBenchConfig:
@@ -691,10 +664,6 @@ def config_from_args(args) -> TrainBenchConfig:
     return config
 
 
-def main(argv: list[str] | None = None) -> int:
-    return module_main(argv, sys.modules[__name__])
-
-
 def progress_line(r: dict) -> str:
     if "skipped" in r:
         return f"{r['device']} {_row_name(r)}: skipped ({r['skipped']})"
@@ -703,7 +672,3 @@ def progress_line(r: dict) -> str:
             f"({format_rate(r['images_per_s'])} images/s; wait {1000 * r['wait_seconds_per_step']:.1f} ms/step; "
             f"median of {r['reps']} x {r['steps_per_rep']} steps, {s['min']:.2f}-{s['max']:.2f}; "
             f"2^20 steps: {format_hours(r['projected_hours'])})")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
