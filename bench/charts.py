@@ -76,7 +76,6 @@ def views_chart(plt, sections: dict, k: int):
         ax.set_yscale("log")
         ax.set_title("Complete step batches (rmm-bench pipeline)")
         ax.tick_params(axis="x", labelsize=7)
-    fig.tight_layout()
     return fig
 
 
@@ -98,7 +97,6 @@ def per_op_chart(plt, sections: dict):
     ax.set_xlabel("views/s (log), one op per view")
     ax.set_title("Each CTAugment op alone (longer bar: cheaper op)")
     ax.legend()
-    fig.tight_layout()
     return fig
 
 
@@ -119,7 +117,6 @@ def step_split_chart(plt, sections: dict):
     ax.set_xlabel("ms per step")
     ax.set_title("Where a training step's time goes")
     ax.legend(ncol=len(names), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
-    fig.tight_layout()
     return fig
 
 
@@ -141,7 +138,6 @@ def scaling_chart(plt, sections: dict):
     ax.set_ylabel("steps/s, global batch fixed")
     ax.set_title("Scaling")
     ax.legend()
-    fig.tight_layout()
     return fig
 
 
@@ -182,6 +178,7 @@ def draw_charts(sections: dict, out: Path, k: int = 8, names: tuple[str, ...] = 
             charts[name] = fig
             continue
         try:
+            fig.tight_layout()
             charts[name] = _save(fig, out, name)
         finally:
             plt.close(fig)

@@ -1,9 +1,8 @@
 """``rmm-bench``: the benchmark commands, each writing ``--out DIR/report.json`` and ``report.md``.
 
-``aug`` (strong views/s of the kernels against PIL) is parsed here; ``prep``, ``views``,
-``pipeline``, ``train``, ``efficacy``, ``ptx``, ``all``, ``compare``, ``semantics``, ``gpu-env`` and
-``gpu-check`` own their arguments: everything after the name goes to the ``main(argv)`` of their
-module (:data:`DELEGATED`; ``rmm-bench NAME --help``). Bad input exits with status 2 and a one-line
+``aug`` (strong views/s of the kernels against PIL) is parsed here; the other commands own their
+arguments: everything after the name goes to their module (:data:`DELEGATED`; ``rmm-bench NAME
+--help``), to its ``main(argv)`` where it has one, else to :func:`~remixmatch.bench.render.module_main`. Bad input exits with status 2 and a one-line
 message. This module imports nothing heavy: ``--help`` and the delegation cost no NumPy, Numba or
 pyarrow import.
 """
@@ -25,7 +24,7 @@ from .core import (
 
 PROG = "rmm-bench"
 
-# Subcommands that own their argument parsing (everything after the name goes to their main(argv)): module, help.
+# Subcommands that own their argument parsing (everything after the name goes to their module): module, help.
 DELEGATED = {
     "prep": ("remixmatch.bench.prep", "data preparation benchmark"),
     "views": ("remixmatch.bench.views", "a PNG of weak and strong views"),

@@ -28,9 +28,9 @@ from remixmatch.trainer.config import ALGORITHMS
 
 from . import core
 from .core import (
-    CommandConfig, NumbaThreadsFetcher, checked_options, command_parser, device_flag, labels_flag, out_flag, reps_flag,
-    shards_flag, threads_flag, valid_flag, cuda_unavailable_reason, device_name, error_reason, flag, measured, no_sync,
-    numba_threads_info, time_calls, value,
+    CommandConfig, NumbaThreadsFetcher, checked_options, command_parser, cuda_unavailable_reason, device_flag,
+    device_name, error_reason, flag, gpu_count, labels_flag, measured, no_sync, numba_threads_info, out_flag,
+    reps_flag, shards_flag, threads_flag, time_calls, valid_flag, value,
 )
 from .errors import BenchInputError
 from .loaders import open_data
@@ -286,18 +286,16 @@ def device_rows(config: TrainBenchConfig, device: str, data, log) -> list[dict]:
     reason = device_reason(config, device)
     rows = []
     for feed, prefetch in FEEDS:
-        if reason is None and feed == "loader" and data is None:
-            row = skipped_row(device, feed, prefetch, config.batch,
-                              "no --shards given: the loader rows need a shard directory (prep-cifar10 --out)")
-        elif reason is not None:
-            row = skipped_row(device, feed, prefetch, config.batch, reason)
-        elif device == "cuda":
-            try:  # a CUDA failure (driver, memory, numba-cuda) must not cost the other rows
-                row = run_row(config, device, feed, prefetch, data, log)
-            except Exception as error:
-                row = skipped_row(device, feed, prefetch, config.batch, f"failed: {error_reason(error)}")
-        else:
-            row = run_row(config, device, feed, prefetch, data, log)
+        why = reason or ("no --shards given: the loader rows need a shard directory (prep-cifar10 --out)"
+                         if feed == "loader" and data is None else None)
+        try:
+            row = skipped_row(device, feed, prefetch, config.batch, why) if why else run_row(
+                config, device, feed, prefetch, data, log)
+        except Exception as error:
+            if device != "cuda":
+                raise
+            # a CUDA failure (driver, memory, numba-cuda) must not cost the other rows
+            row = skipped_row(device, feed, prefetch, config.batch, f"failed: {error_reason(error)}")
         if "skipped" in row:
             log(row)
         rows.append(row)
@@ -383,11 +381,7 @@ def run(config: TrainBenchConfig, log: Callable[[object], None]) -> dict:
 def scaling_procs_max(config: TrainBenchConfig, device: str) -> int:
     if config.procs_max is not None:
         return config.procs_max
-    if device == "cuda":
-        import torch
-
-        return max(1, torch.cuda.device_count())
-    return DEFAULT_CPU_PROCS_MAX
+    return max(1, gpu_count()) if device == "cuda" else DEFAULT_CPU_PROCS_MAX
 
 
 def scaling_skipped_row(device: str, ranks: int, batch: int, reason: str) -> dict:
@@ -469,6 +463,20 @@ def run_scaling_row(config: TrainBenchConfig, device: str, ranks: int, side: int
         threads=threads, numba_threads=threads if device == "cpu" else None, wall_seconds=wall))
 
 
+def scaling_run_reason(config: TrainBenchConfig, device: str, ranks: int, data) -> str | None:
+    """Why the run of ``ranks`` processes on ``device`` cannot be made here, or None."""
+    if data is None:
+        return "no --shards given: the scaling runs train on a shard directory (prep-cifar10 --out)"
+    if device == "cpu" and ranks > usable_cpus():
+        return (f"{ranks} processes on {usable_cpus()} usable cores: under one core each "
+                "(raise --procs-max only where more cores exist)")
+    if device == "cuda" and ranks > (gpus := gpu_count()):
+        return f"{ranks} processes need {ranks} GPUs; {gpus} CUDA devices are visible"
+    if config.batch % ranks:
+        return f"--batch {config.batch} does not split over {ranks} processes (the batch is global)"
+    return None
+
+
 def scaling_rows(config: TrainBenchConfig, data, log) -> list[dict]:
     """Per device, one row per process count 1..--procs-max: measured, or skipped with the reason."""
     rows = []
@@ -477,28 +485,14 @@ def scaling_rows(config: TrainBenchConfig, data, log) -> list[dict]:
             rows.append(scaling_skipped_row(device, 1, config.batch, reason))
             log(scaling_row_line(rows[-1]))
             continue
-        tc_batch = config.batch
         for ranks in range(1, scaling_procs_max(config, device) + 1):
-            row_reason = None
-            if data is None:
-                row_reason = "no --shards given: the scaling runs train on a shard directory (prep-cifar10 --out)"
-            if row_reason is None and device == "cpu" and ranks > usable_cpus():
-                row_reason = (f"{ranks} processes on {usable_cpus()} usable cores: under one core each "
-                              "(raise --procs-max only where more cores exist)")
-            if row_reason is None and device == "cuda":
-                import torch
-
-                if ranks > torch.cuda.device_count():
-                    row_reason = f"{ranks} processes need {ranks} GPUs; {torch.cuda.device_count()} CUDA devices are visible"
-            if row_reason is None and tc_batch % ranks:
-                row_reason = f"--batch {tc_batch} does not split over {ranks} processes (the batch is global)"
-            if row_reason is not None:
-                row = scaling_skipped_row(device, ranks, tc_batch, row_reason)
+            if (reason := scaling_run_reason(config, device, ranks, data)) is not None:
+                row = scaling_skipped_row(device, ranks, config.batch, reason)
             else:
                 try:
                     row = run_scaling_row(config, device, ranks, data.train.image_shape[0])
                 except Exception as error:  # one failed run must not cost the other rows
-                    row = scaling_skipped_row(device, ranks, tc_batch, f"failed: {error_reason(error)}")
+                    row = scaling_skipped_row(device, ranks, config.batch, f"failed: {error_reason(error)}")
             log(scaling_row_line(row))
             rows.append(row)
     add_speedups(rows)
