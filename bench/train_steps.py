@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from remixmatch.common.cli import OneLineParser, positive_int
+from remixmatch.kernels.threads import wait_policy
 from remixmatch.trainer.config import ALGORITHMS
 
 from . import core
@@ -372,7 +373,7 @@ def run(config: TrainBenchConfig, log: Callable[[object], None]) -> dict:
     report.update(machine=machine_info(gpu), results=rows, summary=summary, scaling=scaling,
                   threads={"torch": config.threads, "torch_interop": torch.get_num_interop_threads(),
                            "numba": numba_threads, **numba_threads_info(),
-                           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")})
+                           "omp_wait_policy": wait_policy()})
     return report
 
 

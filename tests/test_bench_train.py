@@ -202,6 +202,9 @@ def test_a_loader_row_above_the_ceiling_gets_a_note(quick_run):
     text = bench_train.render_markdown(rep)
     assert "faster than the synthetic ceiling" in text and "cpu loader, prefetch -50.0%" in text
     assert {"numba_threading_layer", "omp_wait_policy"} <= rep["threads"].keys()
+    # what Numba's OpenMP runtime started with and who chose it, not only the variable's value
+    from remixmatch.kernels.threads import wait_policy
+    assert rep["threads"]["omp_wait_policy"] == wait_policy() and rep["threads"]["omp_wait_policy"]["set_by"]
 
 
 # ---- scaling -----------------------------------------------------------------------------------------
