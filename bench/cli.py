@@ -1,11 +1,12 @@
 """``rmm-bench``: the benchmark commands, each writing ``--out DIR/report.json`` and ``report.md``.
 
-``aug`` (strong views/s of the kernels against PIL) is parsed here; the other commands own their
-arguments: everything after the name goes to their module (:data:`DELEGATED`; ``rmm-bench NAME
---help``), to its ``main(argv)`` where it has one, else to :func:`~remixmatch.bench.render.module_main`. Bad input exits with status 2 and a one-line
+``aug`` (strong views/s of the kernels against PIL) is parsed here; ``prep``, ``views``,
+``pipeline``, ``train``, ``efficacy``, ``ptx``, ``all``, ``compare``, ``semantics``, ``gpu-env`` and
+``gpu-check`` own their arguments: everything after the name goes to their module
+(:data:`DELEGATED`; ``rmm-bench NAME --help``), to its ``main(argv)`` where it has one, else to
+:func:`~remixmatch.bench.render.module_main`. Bad input exits with status 2 and a one-line
 message. This module imports nothing heavy: ``--help`` and the delegation cost no NumPy, Numba or
-pyarrow import.
-"""
+pyarrow import."""
 
 from __future__ import annotations
 
