@@ -198,15 +198,16 @@ def apply_ops_cpu(images, sources, weak, flips, offsets, pad, op_ids, levels, ra
     views = out.shape[0]
     counter = np.zeros(1, np.int64)
     for _ in prange(_CLAIMERS):
+        first = _claim(counter, CHUNK)
+        if first >= views:
+            continue  # most claimers find no views: they allocate nothing
         scratch = _scratch(height, width)
-        while True:
-            first = _claim(counter, CHUNK)
-            if first >= views:
-                break
+        while first < views:
             for n in range(first, min(first + CHUNK, views)):
                 _render_view(n, images, sources, weak, flips, offsets, pad, op_ids, levels, rand, forms, cutout,
                              cutout_level, height, width, out, rotations, bounds_y, coef_y, bounds_x, coef_x,
                              scratch)
+            first = _claim(counter, CHUNK)
 
 
 # The same views, in order, on the calling thread, cached on disk beside the parallel build: DALI's
